@@ -1,0 +1,179 @@
+using Microsoft.Win32.SafeHandles;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace PetalsSharp.Models.Weights;
+
+/// <summary>
+/// One <c>.safetensors</c> file, opened for reading. The header is parsed and validated on open;
+/// tensor data is memory-mapped and only paged in when a loaded tensor is touched, so a server that
+/// loads a few blocks of a large checkpoint reads only those bytes.
+/// </summary>
+/// <remarks>
+/// Tensors returned with their stored dtype alias a private (copy-on-write) mapping of the file:
+/// writing into them never changes the file, but later loads of the same tensor from this instance
+/// see the write. Treat them as read-only. Returned tensors stay valid after this object is disposed
+/// (libtorch reference-counts the mapping).
+/// </remarks>
+public sealed class SafeTensorsFile : IDisposable
+{
+    private readonly SafeFileHandle handle;
+    private readonly Dictionary<ScalarType, Tensor> mappings = new();
+    private readonly Lock gate = new();
+    private readonly bool allowMapping;
+    private bool mappingFailed;
+    private bool disposed;
+
+    /// <summary>Opens and validates a safetensors file.</summary>
+    /// <param name="path">Path of the <c>.safetensors</c> file.</param>
+    /// <exception cref="CheckpointException">The file is missing, truncated or has an invalid header.</exception>
+    public SafeTensorsFile(string path) : this(path, allowMapping: true)
+    {
+    }
+
+    /// <param name="path">Path of the file.</param>
+    /// <param name="allowMapping">False forces the copying read path; tests use it to check both paths agree.</param>
+    internal SafeTensorsFile(string path, bool allowMapping)
+    {
+        Path = System.IO.Path.GetFullPath(path);
+        this.allowMapping = allowMapping;
+        try
+        {
+            handle = File.OpenHandle(Path, FileMode.Open, FileAccess.Read, FileShare.Read);
+        }
+        catch (Exception ex) when (ex is IOException or UnauthorizedAccessException)
+        {
+            throw new CheckpointException(Path, $"cannot open safetensors file {Path}: {ex.Message}", inner: ex);
+        }
+
+        try
+        {
+            using var stream = new FileStream(handle, FileAccess.Read, bufferSize: 0);
+            var header = SafeTensorsHeader.Read(Path, stream);
+            FileLength = RandomAccess.GetLength(handle);
+            DataOffset = header.DataOffset;
+            Entries = header.Entries;
+            Metadata = header.Metadata;
+        }
+        catch
+        {
+            handle.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>Absolute path of the file.</summary>
+    public string Path { get; }
+
+    /// <summary>Size of the file in bytes.</summary>
+    public long FileLength { get; }
+
+    /// <summary>Byte offset where tensor data begins (8 + header length).</summary>
+    public long DataOffset { get; }
+
+    /// <summary>The tensors in the file, by name.</summary>
+    public IReadOnlyDictionary<string, TensorEntry> Entries { get; }
+
+    /// <summary>The optional <c>__metadata__</c> string map (empty when absent).</summary>
+    public IReadOnlyDictionary<string, string> Metadata { get; }
+
+    /// <summary>Whether the file holds a tensor of this name.</summary>
+    public bool Contains(string name) => Entries.ContainsKey(name);
+
+    /// <summary>
+    /// Loads a tensor, converted to <paramref name="dtype"/>. The result is contiguous, on the CPU,
+    /// has the stored shape, and is owned by the caller (dispose it).
+    /// </summary>
+    /// <param name="name">The tensor name.</param>
+    /// <param name="dtype">The dtype to return; when it equals the stored dtype the tensor may alias the file mapping.</param>
+    /// <exception cref="CheckpointException">No tensor of that name.</exception>
+    public Tensor Load(string name, ScalarType dtype = ScalarType.Float32)
+    {
+        ObjectDisposedException.ThrowIf(disposed, this);
+        if (!Entries.TryGetValue(name, out var entry))
+        {
+            throw new CheckpointException(Path, $"tensor '{name}' not found in {Path}", name);
+        }
+        SafeTensorsDType.TryParse(entry.DType, out var stored, out int elementSize);
+
+        using var scope = NewDisposeScope();
+        Tensor raw;
+        long absolute = DataOffset + entry.Begin;
+        if (entry.ByteLength == 0)
+        {
+            raw = empty(entry.Shape, stored);
+        }
+        else if (absolute % elementSize == 0 && TryGetMapping(stored, elementSize) is Tensor mapping)
+        {
+            // from_file cannot map at a byte offset, and TorchSharp 0.107 has no view(dtype), so the
+            // whole file is mapped once per stored dtype and the tensor is a narrow of that mapping.
+            // That only works when the tensor starts on an element boundary; otherwise we copy.
+            raw = mapping.narrow(0, absolute / elementSize, entry.ByteLength / elementSize).view(entry.Shape);
+        }
+        else
+        {
+            raw = ReadCopy(entry, stored, absolute);
+        }
+
+        var result = raw.dtype == dtype ? raw : raw.to_type(dtype);
+        return result.MoveToOuterDisposeScope();
+    }
+
+    /// <summary>Releases the file handle and this object's references to the mappings.</summary>
+    public void Dispose()
+    {
+        lock (gate)
+        {
+            if (disposed) return;
+            disposed = true;
+            foreach (var m in mappings.Values) m.Dispose();
+            mappings.Clear();
+            handle.Dispose();
+        }
+    }
+
+    private Tensor? TryGetMapping(ScalarType stored, int elementSize)
+    {
+        if (!allowMapping) return null;
+        lock (gate)
+        {
+            if (mappingFailed) return null;
+            if (mappings.TryGetValue(stored, out var existing)) return existing;
+            try
+            {
+                // shared: false maps MAP_PRIVATE: nothing written into a loaded tensor reaches the file.
+                var mapped = from_file(Path, shared: false, size: FileLength / elementSize, dtype: stored);
+                mapped.DetachFromDisposeScope();
+                mappings.Add(stored, mapped);
+                return mapped;
+            }
+            catch (Exception)
+            {
+                // Mapping is an optimisation; a filesystem that refuses mmap still gets correct data by copying.
+                mappingFailed = true;
+                return null;
+            }
+        }
+    }
+
+    private Tensor ReadCopy(TensorEntry entry, ScalarType stored, long absolute)
+    {
+        var tensor = empty(entry.Shape, stored);
+        TensorBytes.ForEachChunk(tensor, (span, offset) =>
+        {
+            int read = 0;
+            while (read < span.Length)
+            {
+                int n = RandomAccess.Read(handle, span[read..], absolute + offset + read);
+                if (n == 0)
+                {
+                    throw new CheckpointException(Path,
+                        $"truncated safetensors file {Path}: tensor '{entry.Name}' needs bytes up to {DataOffset + entry.End}, file ended at {absolute + offset + read}",
+                        entry.Name);
+                }
+                read += n;
+            }
+        });
+        return tensor;
+    }
+}
