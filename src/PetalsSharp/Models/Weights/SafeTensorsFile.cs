@@ -22,6 +22,7 @@ public sealed class SafeTensorsFile : IDisposable
     private readonly Lock gate = new();
     private readonly bool allowMapping;
     private bool mappingFailed;
+    private int mappedLoads;
     private bool disposed;
 
     /// <summary>Opens and validates a safetensors file.</summary>
@@ -48,12 +49,16 @@ public sealed class SafeTensorsFile : IDisposable
 
         try
         {
-            using var stream = new FileStream(handle, FileAccess.Read, bufferSize: 0);
-            var header = SafeTensorsHeader.Read(Path, stream);
             FileLength = RandomAccess.GetLength(handle);
+            var header = SafeTensorsHeader.Read(Path, handle);
             DataOffset = header.DataOffset;
             Entries = header.Entries;
             Metadata = header.Metadata;
+        }
+        catch (IOException ex)
+        {
+            handle.Dispose();
+            throw new CheckpointException(Path, $"cannot read safetensors file {Path}: {ex.Message}", inner: ex);
         }
         catch
         {
@@ -76,6 +81,12 @@ public sealed class SafeTensorsFile : IDisposable
 
     /// <summary>The optional <c>__metadata__</c> string map (empty when absent).</summary>
     public IReadOnlyDictionary<string, string> Metadata { get; }
+
+    /// <summary>Loads served from the memory mapping rather than by copying; tests use it to prove the mapped path runs.</summary>
+    internal int MappedLoadCount => Volatile.Read(ref mappedLoads);
+
+    /// <summary>Why <c>torch.from_file</c> failed, if it did (loads then fall back to copying).</summary>
+    internal Exception? MappingError { get; private set; }
 
     /// <summary>Whether the file holds a tensor of this name.</summary>
     public bool Contains(string name) => Entries.ContainsKey(name);
@@ -109,6 +120,7 @@ public sealed class SafeTensorsFile : IDisposable
             // whole file is mapped once per stored dtype and the tensor is a narrow of that mapping.
             // That only works when the tensor starts on an element boundary; otherwise we copy.
             raw = mapping.narrow(0, absolute / elementSize, entry.ByteLength / elementSize).view(entry.Shape);
+            Interlocked.Increment(ref mappedLoads);
         }
         else
         {
@@ -147,8 +159,9 @@ public sealed class SafeTensorsFile : IDisposable
                 mappings.Add(stored, mapped);
                 return mapped;
             }
-            catch (Exception)
+            catch (Exception ex)
             {
+                MappingError = ex;
                 // Mapping is an optimisation; a filesystem that refuses mmap still gets correct data by copying.
                 mappingFailed = true;
                 return null;

@@ -1,5 +1,6 @@
 using System.Buffers.Binary;
 using System.Text.Json;
+using Microsoft.Win32.SafeHandles;
 
 namespace PetalsSharp.Models.Weights;
 
@@ -30,9 +31,9 @@ internal static class SafeTensorsHeader
         IReadOnlyDictionary<string, TensorEntry> Entries,
         IReadOnlyDictionary<string, string> Metadata);
 
-    public static Parsed Read(string path, Stream stream)
+    public static Parsed Read(string path, SafeFileHandle file)
     {
-        long fileLength = stream.Length;
+        long fileLength = RandomAccess.GetLength(file);
         if (fileLength < 8)
         {
             throw new CheckpointException(path,
@@ -40,7 +41,7 @@ internal static class SafeTensorsHeader
         }
 
         Span<byte> lengthBytes = stackalloc byte[8];
-        stream.ReadExactly(lengthBytes);
+        ReadExactly(file, lengthBytes, 0);
         ulong headerLength = BinaryPrimitives.ReadUInt64LittleEndian(lengthBytes);
         if (headerLength > MaxHeaderBytes)
         {
@@ -54,7 +55,7 @@ internal static class SafeTensorsHeader
         }
 
         var json = new byte[headerLength];
-        stream.ReadExactly(json);
+        ReadExactly(file, json, 8);
         long dataOffset = 8 + (long)headerLength;
 
         JsonDocument doc;
@@ -93,6 +94,18 @@ internal static class SafeTensorsHeader
 
             CheckLayout(path, fileLength, dataOffset, entries.Values);
             return new Parsed(dataOffset, entries, metadata);
+        }
+    }
+
+    private static void ReadExactly(SafeFileHandle file, Span<byte> buffer, long offset)
+    {
+        // Lengths were checked against the file size, so a short read means the file shrank under us.
+        while (buffer.Length > 0)
+        {
+            int n = RandomAccess.Read(file, buffer, offset);
+            if (n == 0) throw new EndOfStreamException();
+            buffer = buffer[n..];
+            offset += n;
         }
     }
 
