@@ -110,6 +110,36 @@ public class SafeTensorsFileTests
     }
 
     [Fact]
+    public void WriterAcceptsViewsAndTrainableTensors()
+    {
+        using var dir = new TempDir();
+        using var scope = NewDisposeScope();
+        var matrix = randn(6, 10, generator: new Generator(5));
+        var transposed = matrix.t();
+        var columns = matrix.narrow(1, 3, 4);
+        // A trained prompt is a leaf that requires grad; saving it must not need a detach by the caller.
+        var prompt = randn(4, 8, generator: new Generator(6)).requires_grad_(true);
+        SafeTensorsWriter.Write(dir.File("v.safetensors"), [("t", transposed), ("cols", columns), ("prompt", prompt)]);
+
+        using var file = new SafeTensorsFile(dir.File("v.safetensors"));
+        AssertBitIdentical(transposed.contiguous(), file.Load("t"), "transposed");
+        AssertBitIdentical(columns.contiguous(), file.Load("cols"), "narrowed");
+        AssertBitIdentical(prompt.detach(), file.Load("prompt"), "prompt");
+        Assert.False(file.Load("prompt").requires_grad);
+    }
+
+    [Fact]
+    public void WriterRejectsDuplicateNames()
+    {
+        using var dir = new TempDir();
+        using var scope = NewDisposeScope();
+        var ex = Assert.Throws<ArgumentException>(() =>
+            SafeTensorsWriter.Write(dir.File("d.safetensors"), [("w", zeros(2)), ("w", ones(2))]));
+        Assert.Contains("'w'", ex.Message);
+        Assert.Empty(Directory.GetFiles(dir.Path));
+    }
+
+    [Fact]
     public void MisalignedTensorFallsBackToCopyWithSameResult()
     {
         using var dir = new TempDir();

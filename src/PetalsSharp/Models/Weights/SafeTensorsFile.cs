@@ -149,6 +149,7 @@ public sealed class SafeTensorsFile : IDisposable
         if (!allowMapping) return null;
         lock (gate)
         {
+            ObjectDisposedException.ThrowIf(disposed, this);
             if (mappingFailed) return null;
             if (mappings.TryGetValue(stored, out var existing)) return existing;
             try
