@@ -1,2 +1,12 @@
-using TorchSharp;
-Console.WriteLine(torch.ones(2, 3).sum().item<float>());
+using System.CommandLine;
+using PetalsSharp.Cli;
+using PetalsSharp.Cli.Commands;
+
+var root = new RootCommand("petals: run large language models collaboratively, BitTorrent-style (PetalsSharp).")
+{
+    DemoCommand.Create(),
+    GenerateCommand.Create(),
+    InspectCommand.Create(),
+    CreateModelCommand.Create(),
+};
+return await Cli.InvokeAsync(root, args);

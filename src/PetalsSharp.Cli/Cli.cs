@@ -1,0 +1,95 @@
+using System.CommandLine;
+using PetalsSharp.Models;
+using static TorchSharp.torch;
+
+namespace PetalsSharp.Cli;
+
+/// <summary>What every command shares: error reporting, common options and argument parsing.</summary>
+public static class Cli
+{
+    /// <summary>Runs the parsed command; any failure becomes one line on stderr and exit code 1.</summary>
+    public static async Task<int> InvokeAsync(RootCommand root, string[] args)
+    {
+        var parse = root.Parse(args);
+        try
+        {
+            return await parse.InvokeAsync(new InvocationConfiguration { EnableDefaultExceptionHandler = false });
+        }
+        catch (OperationCanceledException)
+        {
+            Console.Error.WriteLine("error: cancelled");
+            return 130;
+        }
+        catch (Exception e)
+        {
+            Console.Error.WriteLine($"error: {Describe(e)}");
+            if (Environment.GetEnvironmentVariable("PETALS_DEBUG") == "1") Console.Error.WriteLine(e);
+            return 1;
+        }
+    }
+
+    static string Describe(Exception e)
+    {
+        while (e is AggregateException { InnerException: { } inner }) e = inner;
+        var message = e.Message.ReplaceLineEndings(" ");
+        return e is ConfigException or Models.Weights.CheckpointException or ArgumentException or CliException
+            or FileNotFoundException or DirectoryNotFoundException or InvalidOperationException or FormatException
+            ? message
+            : $"{e.GetType().Name}: {message}";
+    }
+
+    public static Option<string> ModelOption(bool required = true) => new("--model", "-m")
+    {
+        Description = "Hugging Face model folder (config.json, *.safetensors, tokenizer)",
+        Required = required,
+    };
+
+    public static Option<string> DtypeOption() => new("--dtype")
+    {
+        Description = "How weights are stored in memory: f32 (default), bf16 or f16. Compute is f32 on CPU.",
+        DefaultValueFactory = _ => "f32",
+    };
+
+    public static ScalarType ParseDtype(string value) => value.ToLowerInvariant() switch
+    {
+        "f32" or "float32" or "fp32" => ScalarType.Float32,
+        "bf16" or "bfloat16" => ScalarType.BFloat16,
+        "f16" or "float16" or "fp16" => ScalarType.Float16,
+        _ => throw new CliException($"--dtype must be f32, bf16 or f16 (got '{value}')"),
+    };
+
+    /// <summary>Parses <c>"1,2,3;4,5,6"</c>: rows split by ';', ids by ','.</summary>
+    public static List<IReadOnlyList<int>> ParseInputIds(string text)
+    {
+        var rows = new List<IReadOnlyList<int>>();
+        foreach (var row in text.Split(';'))
+        {
+            var ids = new List<int>();
+            foreach (var part in row.Split(',', StringSplitOptions.TrimEntries))
+            {
+                if (!int.TryParse(part, out var id) || id < 0)
+                    throw new CliException($"--input-ids: '{part}' is not a non-negative token id (format: \"1,2,3;4,5,6\")");
+                ids.Add(id);
+            }
+            rows.Add(ids);
+        }
+        return rows;
+    }
+
+    /// <summary>Left-pads rows to one length for a cache-free forward; returns the padding per row.</summary>
+    public static (Tensor Ids, int[] LeftPadding) ToTensor(IReadOnlyList<IReadOnlyList<int>> rows, int padId)
+    {
+        int width = rows.Max(r => r.Count);
+        var data = new long[rows.Count * width];
+        var pad = new int[rows.Count];
+        for (int b = 0; b < rows.Count; b++)
+        {
+            pad[b] = width - rows[b].Count;
+            for (int t = 0; t < width; t++) data[b * width + t] = t < pad[b] ? padId : rows[b][t - pad[b]];
+        }
+        return (tensor(data, [rows.Count, width]), pad);
+    }
+}
+
+/// <summary>A user error: printed as one line without the exception type.</summary>
+public sealed class CliException(string message) : Exception(message);

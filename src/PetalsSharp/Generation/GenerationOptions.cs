@@ -1,0 +1,106 @@
+using static TorchSharp.torch;
+
+namespace PetalsSharp.Generation;
+
+/// <summary>How to generate. The defaults are Hugging Face's: greedy, 20 new tokens, stop on EOS.</summary>
+public sealed record GenerationOptions
+{
+    public int MaxNewTokens { get; init; } = 20;
+
+    /// <summary>Sample from the distribution; false picks the argmax (greedy).</summary>
+    public bool DoSample { get; init; }
+
+    public double Temperature { get; init; } = 1.0;
+
+    /// <summary>Keep only the K most likely tokens (0 = off).</summary>
+    public int TopK { get; init; }
+
+    /// <summary>Keep the smallest set of tokens whose probability reaches P (1 = off).</summary>
+    public double TopP { get; init; } = 1.0;
+
+    /// <summary>HF/CTRL repetition penalty over prompt and generated tokens (1 = off).</summary>
+    public double RepetitionPenalty { get; init; } = 1.0;
+
+    /// <summary>Seed of the sampler's RNG; the same seed gives the same tokens.</summary>
+    public int? Seed { get; init; }
+
+    /// <summary>End-of-sequence ids; null takes the model config's.</summary>
+    public IReadOnlyList<int>? EosTokenIds { get; init; }
+
+    /// <summary>Keep generating past EOS (as the HF reference fixtures do).</summary>
+    public bool IgnoreEos { get; init; }
+
+    /// <summary>A row stops when its generated text contains one of these; the text is cut before it.</summary>
+    public IReadOnlyList<string> StopStrings { get; init; } = [];
+
+    /// <summary>User logits processors, run after the repetition penalty and before temperature/top-k/top-p.</summary>
+    public IReadOnlyList<ILogitsProcessor> LogitsProcessors { get; init; } = [];
+
+    /// <summary>Replaces the built-in greedy/multinomial choice (custom sampling).</summary>
+    public ITokenSampler? Sampler { get; init; }
+
+    /// <summary>
+    /// HF hidden-state indices (0 = embeddings, i = block i-1's output, L = after the final norm) to return for
+    /// every position of the prompt and the generated tokens.
+    /// </summary>
+    public IReadOnlyList<int> HiddenStateLayers { get; init; } = [];
+
+    public void Validate(int numLayers)
+    {
+        if (MaxNewTokens < 0) throw new ArgumentOutOfRangeException(nameof(MaxNewTokens), "max_new_tokens must be >= 0");
+        if (!(Temperature > 0) || double.IsInfinity(Temperature)) throw new ArgumentOutOfRangeException(nameof(Temperature), "temperature must be a positive number");
+        if (TopK < 0) throw new ArgumentOutOfRangeException(nameof(TopK), "top_k must be >= 0");
+        if (!(TopP > 0 && TopP <= 1)) throw new ArgumentOutOfRangeException(nameof(TopP), "top_p must be in (0, 1]");
+        if (!(RepetitionPenalty > 0)) throw new ArgumentOutOfRangeException(nameof(RepetitionPenalty), "repetition_penalty must be positive");
+        foreach (var l in HiddenStateLayers)
+            if (l < 0 || l > numLayers) throw new ArgumentOutOfRangeException(nameof(HiddenStateLayers), $"hidden state layer {l} is outside [0, {numLayers}]");
+    }
+}
+
+/// <summary>Rewrites next-token scores, as HF's <c>LogitsProcessor</c> does.</summary>
+public interface ILogitsProcessor
+{
+    /// <param name="sequences">Every token so far per row (prompt and generated, no padding).</param>
+    /// <param name="scores">Next-token scores <c>[B, V]</c> float32.</param>
+    /// <returns>New scores <c>[B, V]</c>.</returns>
+    Tensor Process(IReadOnlyList<IReadOnlyList<int>> sequences, Tensor scores);
+}
+
+/// <summary>Picks the next token of every row from processed scores <c>[B, V]</c>.</summary>
+public interface ITokenSampler
+{
+    int[] Sample(Tensor scores);
+}
+
+/// <summary>A logits processor from a lambda.</summary>
+public sealed class LogitsProcessor(Func<IReadOnlyList<IReadOnlyList<int>>, Tensor, Tensor> process) : ILogitsProcessor
+{
+    public Tensor Process(IReadOnlyList<IReadOnlyList<int>> sequences, Tensor scores) => process(sequences, scores);
+}
+
+/// <summary>Why a row stopped.</summary>
+public enum FinishReason
+{
+    /// <summary>max_new_tokens reached.</summary>
+    Length,
+    /// <summary>An end-of-sequence token was produced.</summary>
+    EndOfSequence,
+    /// <summary>A stop string appeared.</summary>
+    StopString,
+}
+
+/// <summary>One step of a stream: the token each row produced (null once a row has finished) and its new text.</summary>
+public sealed record GenerationStep(int Index, IReadOnlyList<int?> Tokens, IReadOnlyList<string> TextDeltas);
+
+/// <summary>The outcome of a generation.</summary>
+/// <param name="Sequences">Prompt then generated tokens, per row (no padding).</param>
+/// <param name="NewTokens">Generated tokens per row, including an EOS that ended the row.</param>
+/// <param name="Texts">Decoded generated text per row (empty strings without a tokenizer).</param>
+/// <param name="FinishReasons">Why each row stopped.</param>
+/// <param name="HiddenStates">Requested layer → <c>[B, S, H]</c> over the padded prompt and every step.</param>
+public sealed record GenerationResult(
+    IReadOnlyList<IReadOnlyList<int>> Sequences,
+    IReadOnlyList<IReadOnlyList<int>> NewTokens,
+    IReadOnlyList<string> Texts,
+    IReadOnlyList<FinishReason> FinishReasons,
+    IReadOnlyDictionary<int, Tensor> HiddenStates);

@@ -1,0 +1,54 @@
+using static TorchSharp.torch;
+
+namespace PetalsSharp.Models;
+
+/// <summary>
+/// A contiguous run of blocks <c>[Start, End)</c>: all of them in this process, or a chain of servers. The
+/// client-side model talks to blocks only through this, so local and distributed runs share one code path.
+/// </summary>
+public interface IBlockStack : IDisposable
+{
+    ModelConfig Config { get; }
+    int Start { get; }
+    int End { get; }
+
+    /// <summary>
+    /// A cache-free forward <c>[B,T,H] → [B,T,H]</c>, differentiable with respect to <paramref name="hidden"/>.
+    /// </summary>
+    Tensor Forward(Tensor hidden, ForwardOptions? options = null);
+
+    /// <summary>Opens an inference session that keeps a KV cache for every block of the stack.</summary>
+    IBlockSession OpenSession(SessionOptions options);
+}
+
+/// <summary>Options of a cache-free forward.</summary>
+/// <param name="LeftPadding">Per-row count of left-padding tokens.</param>
+/// <param name="OnBlockOutput">
+/// Receives (absolute block index, its output <c>[B,T,H]</c>) for every block whose output the stack can see.
+/// The receiver owns the tensor (it is outside any dispose scope) and must dispose it.
+/// </param>
+public sealed record ForwardOptions(IReadOnlyList<int>? LeftPadding = null, Action<int, Tensor>? OnBlockOutput = null);
+
+/// <summary>Options fixed when a session opens.</summary>
+/// <param name="Batch">Rows in every step.</param>
+/// <param name="MaxLength">Tokens the KV cache must hold (prompt plus everything generated).</param>
+/// <param name="LeftPadding">Per-row count of left-padding tokens at the start of the sequence.</param>
+public sealed record SessionOptions(int Batch, int MaxLength, IReadOnlyList<int>? LeftPadding = null);
+
+/// <summary>Options of one inference step.</summary>
+/// <param name="HypoIds">Beam search: row i continues old row HypoIds[i] (<c>[B]</c> int64); applied before the step.</param>
+/// <param name="StartFromPosition">Rolls the cache back: the new tokens are written from this position on.</param>
+/// <param name="OnBlockOutput">As in <see cref="ForwardOptions.OnBlockOutput"/>.</param>
+public sealed record StepOptions(Tensor? HypoIds = null, int? StartFromPosition = null, Action<int, Tensor>? OnBlockOutput = null);
+
+/// <summary>An inference session over a block stack: each step feeds new hidden states and keeps the cache.</summary>
+public interface IBlockSession : IDisposable
+{
+    /// <summary>Tokens already in the cache.</summary>
+    int Position { get; }
+
+    SessionOptions Options { get; }
+
+    /// <summary>Runs new hidden states <c>[B,T,H]</c> through every block and returns <c>[B,T,H]</c>.</summary>
+    ValueTask<Tensor> StepAsync(Tensor hidden, StepOptions? options = null, CancellationToken cancellationToken = default);
+}

@@ -1,0 +1,70 @@
+using PetalsSharp.Models.Weights;
+using static TorchSharp.torch;
+
+namespace PetalsSharp.Models;
+
+/// <summary>
+/// A Hugging Face model folder opened for selective loading: config.json is parsed at once, but tensors are
+/// read only when a block or the client-side ends are asked for, so a server touches just its span.
+/// Every tensor is checked against the family's expected name and shape.
+/// </summary>
+public sealed class Checkpoint : IDisposable
+{
+    Checkpoint(string directory, ModelConfig config, WeightStore weights)
+    {
+        Directory = directory;
+        Config = config;
+        Weights = weights;
+    }
+
+    public string Directory { get; }
+    public ModelConfig Config { get; }
+    public WeightStore Weights { get; }
+
+    public static Checkpoint Open(string directory)
+    {
+        var config = ModelConfigLoader.Load(directory);
+        return new Checkpoint(directory, config, WeightStore.Open(directory));
+    }
+
+    /// <summary>Loads block <paramref name="index"/>; weights are stored in <paramref name="dtype"/>.</summary>
+    public DecoderBlock LoadBlock(int index, ScalarType dtype = ScalarType.Float32, Device? device = null)
+    {
+        if (index < 0 || index >= Config.NumLayers)
+            throw new ArgumentOutOfRangeException(nameof(index), $"block {index} is outside [0, {Config.NumLayers})");
+        var weights = Load(Config.Family.BlockTensors(Config, index), dtype, device);
+        return Config.Family.CreateBlock(Config, index, weights);
+    }
+
+    /// <summary>Loads blocks <c>[start, end)</c>, reporting progress after each one.</summary>
+    public LocalBlockStack LoadBlocks(int start, int end, ScalarType dtype = ScalarType.Float32, Device? device = null,
+        IProgress<int>? progress = null)
+    {
+        if (start < 0 || end > Config.NumLayers || start >= end)
+            throw new ArgumentOutOfRangeException(nameof(start), $"span {start}:{end} is not inside [0, {Config.NumLayers}]");
+        var blocks = new List<DecoderBlock>();
+        for (int i = start; i < end; i++)
+        {
+            blocks.Add(LoadBlock(i, dtype, device));
+            progress?.Report(i - start + 1);
+        }
+        return new LocalBlockStack(Config, blocks);
+    }
+
+    /// <summary>Loads what the client keeps: embeddings, final norm and LM head.</summary>
+    public ModelEnds LoadEnds(ScalarType dtype = ScalarType.Float32, Device? device = null) =>
+        Config.Family.CreateEnds(Config, Load(Config.Family.EndTensors(Config), dtype, device));
+
+    Dictionary<string, Tensor> Load(IEnumerable<TensorSpec> specs, ScalarType dtype, Device? device)
+    {
+        var result = new Dictionary<string, Tensor>();
+        foreach (var spec in specs)
+        {
+            var t = Weights.Load(spec.Name, dtype, spec.Shape);
+            result[spec.Name] = device is null || device.type == TorchSharp.DeviceType.CPU ? t : t.to(device);
+        }
+        return result;
+    }
+
+    public void Dispose() => Weights.Dispose();
+}

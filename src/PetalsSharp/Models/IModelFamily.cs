@@ -1,0 +1,53 @@
+using TorchSharp;
+
+namespace PetalsSharp.Models;
+
+/// <summary>
+/// One model family (Llama, Mixtral, Falcon, BLOOM): how its config reads, which tensors a block and the
+/// client-side ends hold, and how to build them. Adding a family means one file that implements this.
+/// </summary>
+public interface IModelFamily
+{
+    /// <summary>HF <c>model_type</c> values this family handles.</summary>
+    IReadOnlyList<string> ModelTypes { get; }
+
+    ModelConfig ParseConfig(JsonConfigReader reader);
+
+    /// <summary>Every tensor of block <paramref name="index"/>, with its checkpoint name and exact shape.</summary>
+    IReadOnlyList<TensorSpec> BlockTensors(ModelConfig config, int index);
+
+    /// <summary>Every tensor the client keeps: embeddings (and their norm), final norm, LM head when untied.</summary>
+    IReadOnlyList<TensorSpec> EndTensors(ModelConfig config);
+
+    /// <summary>Builds block <paramref name="index"/> from its tensors, keyed by <see cref="TensorSpec.Name"/>.</summary>
+    DecoderBlock CreateBlock(ModelConfig config, int index, IReadOnlyDictionary<string, torch.Tensor> weights);
+
+    ModelEnds CreateEnds(ModelConfig config, IReadOnlyDictionary<string, torch.Tensor> weights);
+}
+
+/// <summary>How a tensor is initialised when <c>petals create-model</c> draws random weights.</summary>
+public enum TensorRole
+{
+    /// <summary>Token embeddings: normal with a fixed std.</summary>
+    Embedding,
+    /// <summary>Linear weight <c>[out, in]</c>: normal with std gain / sqrt(in).</summary>
+    Matrix,
+    /// <summary>Norm scale: 1 + 0.1·N(0,1).</summary>
+    NormScale,
+    /// <summary>Bias (also norm shift): 0.1·N(0,1).</summary>
+    Bias,
+}
+
+/// <summary>A checkpoint tensor: its HF name, the exact shape it must have, and how random init draws it.</summary>
+public sealed record TensorSpec(string Name, long[] Shape, TensorRole Role, double Gain = 1.5);
+
+/// <summary>The families this build knows, looked up by <c>model_type</c>.</summary>
+public static class ModelFamilies
+{
+    static readonly IModelFamily[] All = [new LlamaFamily()];
+
+    public static IEnumerable<string> Names => All.SelectMany(f => f.ModelTypes);
+
+    public static IModelFamily? Find(string modelType) =>
+        All.FirstOrDefault(f => f.ModelTypes.Contains(modelType, StringComparer.Ordinal));
+}

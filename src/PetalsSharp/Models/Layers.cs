@@ -1,0 +1,156 @@
+using TorchSharp;
+using TorchSharp.Modules;
+using static TorchSharp.torch;
+using F = TorchSharp.torch.nn.functional;
+
+namespace PetalsSharp.Models;
+
+/// <summary>
+/// Building blocks shared by the families. Weights may be stored in bf16/f16 to halve memory, but this CPU
+/// computes 16-bit matmuls at about 1 GFLOP/s, so every op upcasts the weight to the activation dtype.
+/// </summary>
+public static class Ops
+{
+    /// <summary>Frozen parameter over a loaded tensor (autograd flows to inputs, never to served weights).</summary>
+    public static Parameter Frozen(Tensor t) => new(t, requires_grad: false);
+
+    /// <summary><c>x [..., in] @ w[out, in]^T + b</c>, upcasting a 16-bit stored weight to x's dtype.</summary>
+    public static Tensor Linear(Tensor x, Tensor w, Tensor? b = null) =>
+        F.linear(x, Cast(w, x), b is null ? null : Cast(b, x));
+
+    public static Tensor Cast(Tensor w, Tensor like) => w.dtype == like.dtype ? w : w.to(like.dtype);
+
+    public static Tensor RmsNorm(Tensor x, Tensor weight, double eps)
+    {
+        var xf = x.to(ScalarType.Float32);                                   // [..., H]
+        var normed = xf * xf.pow(2).mean([-1L], keepdim: true).add(eps).rsqrt();
+        return Cast(weight, x) * normed.to(x.dtype);                          // [..., H]
+    }
+
+    public static Tensor LayerNorm(Tensor x, Tensor weight, Tensor? bias, double eps) =>
+        F.layer_norm(x, [x.shape[^1]], Cast(weight, x), bias is null ? null : Cast(bias, x), eps);
+
+    /// <summary>HF's <c>rotate_half</c>: pairs dimension i with i + D/2.</summary>
+    public static Tensor RotateHalf(Tensor x)
+    {
+        var half = x.shape[^1] / 2;
+        var x1 = x.narrow(-1, 0, half);
+        var x2 = x.narrow(-1, half, half);
+        return cat([x2.neg(), x1], -1);
+    }
+
+    /// <summary>Applies rotary tables <c>cos/sin [B,1,T,D]</c> to <c>x [B,heads,T,D]</c>.</summary>
+    public static Tensor ApplyRotary(Tensor x, Tensor cos, Tensor sin) => x * cos + RotateHalf(x) * sin;
+
+    /// <summary>
+    /// Scaled dot-product attention for <c>q [B,H,T,D]</c> over <c>k, v [B,kvH,S,D]</c>. Grouped-query
+    /// attention folds each group's query heads into the row axis (<c>[B,kvH,G·T,D]</c>) so the KV
+    /// heads are never copied. <paramref name="bias"/> is an optional additive <c>[B,H,T,S]</c> (ALiBi).
+    /// Returns <c>[B,T,H·D]</c>.
+    /// </summary>
+    public static Tensor Attention(Tensor q, Tensor k, Tensor v, StepContext ctx, Tensor? bias = null)
+    {
+        long b = q.shape[0], h = q.shape[1], t = q.shape[2], d = q.shape[3];
+        long kvH = k.shape[1], s = k.shape[2], g = h / kvH;
+        var qg = q.reshape(b, kvH, g * t, d);                                 // [B, kvH, G*T, D]
+        Tensor? mask = ctx.Mask;                                               // [B, 1, T, S] bool or null
+        Tensor? attnMask = null;
+        if (bias is not null)
+        {
+            var add = bias.reshape(b, kvH, g * t, s);                          // [B, kvH, G*T, S]
+            attnMask = mask is null ? add : add.masked_fill(mask.repeat(1, 1, g, 1).logical_not(), float.NegativeInfinity);
+        }
+        else if (mask is not null)
+        {
+            attnMask = g == 1 ? mask : mask.repeat(1, 1, g, 1);                // [B, 1, G*T, S]
+        }
+        var o = F.scaled_dot_product_attention(qg, k, v, attnMask, 0.0, false); // [B, kvH, G*T, D]
+        return o.reshape(b, h, t, d).transpose(1, 2).reshape(b, t, h * d);     // [B, T, H*D]
+    }
+}
+
+/// <summary>HF rope variants: none ("default"), linear, dynamic NTK, and Llama 3.1's frequency-band scaling.</summary>
+public sealed record RopeScaling(
+    string Type,
+    double Factor = 1.0,
+    double LowFreqFactor = 1.0,
+    double HighFreqFactor = 4.0,
+    int? OriginalMaxPositionEmbeddings = null)
+{
+    public static RopeScaling? Parse(JsonConfigReader r)
+    {
+        if (r.Object("rope_scaling") is not { } o) return null;
+        var sub = new JsonConfigReader(o, r.Source + " rope_scaling");
+        var type = sub.String("rope_type") ?? sub.String("type") ?? "default";
+        if (type is not ("default" or "linear" or "dynamic" or "llama3"))
+            throw new ConfigException($"{r.Source}: unsupported rope_scaling type '{type}' (supported: linear, dynamic, llama3)");
+        var scaling = new RopeScaling(type, sub.Double("factor", 1.0), sub.Double("low_freq_factor", 1.0),
+            sub.Double("high_freq_factor", 4.0), sub.IntOrNull("original_max_position_embeddings"));
+        if (type != "default" && scaling.Factor < 1.0 && type != "linear")
+            throw new ConfigException($"{r.Source}: rope_scaling factor must be >= 1 (got {scaling.Factor})");
+        if (scaling.Factor <= 0) throw new ConfigException($"{r.Source}: rope_scaling factor must be positive");
+        return scaling.Type == "default" ? null : scaling;
+    }
+}
+
+/// <summary>Rotary position embedding as in HF transformers 4.45 (<c>modeling_rope_utils</c>).</summary>
+public sealed class Rotary(int headDim, double theta, RopeScaling? scaling, int maxPositionEmbeddings)
+{
+    public int HeadDim { get; } = headDim;
+
+    /// <summary>Inverse frequencies <c>[D/2]</c> in double, for a sequence of <paramref name="seqLen"/> tokens.</summary>
+    public double[] InverseFrequencies(int seqLen = 0)
+    {
+        double baseTheta = theta;
+        if (scaling?.Type == "dynamic" && seqLen > maxPositionEmbeddings)
+        {
+            // Dynamic NTK raises the base once the sequence outgrows the trained context.
+            var f = scaling.Factor;
+            baseTheta = theta * Math.Pow(f * seqLen / maxPositionEmbeddings - (f - 1), HeadDim / (HeadDim - 2.0));
+        }
+        var inv = new double[HeadDim / 2];
+        for (int i = 0; i < inv.Length; i++)
+        {
+            // HF computes arange(0, dim, 2).float() / dim in float32 then base ** that; mirror it.
+            float exponent = (float)(2 * i) / HeadDim;
+            inv[i] = (float)(1.0 / Math.Pow(baseTheta, exponent));
+        }
+        if (scaling?.Type == "linear")
+            for (int i = 0; i < inv.Length; i++) inv[i] = (float)(inv[i] / scaling.Factor);
+        else if (scaling?.Type == "llama3")
+            Llama3Scale(inv, scaling, scaling.OriginalMaxPositionEmbeddings ?? maxPositionEmbeddings);
+        return inv;
+    }
+
+    static void Llama3Scale(double[] inv, RopeScaling s, int oldContext)
+    {
+        double lowWavelen = oldContext / s.LowFreqFactor, highWavelen = oldContext / s.HighFreqFactor;
+        for (int i = 0; i < inv.Length; i++)
+        {
+            double wavelen = 2 * Math.PI / inv[i];
+            double scaled = wavelen > lowWavelen ? inv[i] / s.Factor : inv[i];
+            if (!(wavelen < highWavelen) && !(wavelen > lowWavelen))
+            {
+                double smooth = (oldContext / wavelen - s.LowFreqFactor) / (s.HighFreqFactor - s.LowFreqFactor);
+                scaled = (1 - smooth) * scaled / s.Factor + smooth * scaled;
+            }
+            inv[i] = (float)scaled;
+        }
+    }
+
+    /// <summary>Cos and sin tables <c>[B,1,T,D]</c> for the step's positions, memoised per step.</summary>
+    public (Tensor Cos, Tensor Sin) Tables(StepContext ctx, ScalarType dtype)
+    {
+        var cos = ctx.Memo((this, "cos"), () => Compute(ctx, dtype, cos: true));
+        var sin = ctx.Memo((this, "sin"), () => Compute(ctx, dtype, cos: false));
+        return (cos, sin);
+    }
+
+    Tensor Compute(StepContext ctx, ScalarType dtype, bool cos)
+    {
+        var invFreq = tensor(InverseFrequencies(ctx.TotalLength - (ctx.LeftPadding?.Min() ?? 0)).Select(x => (float)x).ToArray(), device: ctx.Device); // [D/2]
+        var freqs = ctx.PositionIds.to(ScalarType.Float32).unsqueeze(-1) * invFreq;    // [B, T, D/2]
+        var emb = cat([freqs, freqs], -1);                                             // [B, T, D]
+        return (cos ? emb.cos() : emb.sin()).unsqueeze(1).to(dtype);                   // [B, 1, T, D]
+    }
+}

@@ -1,0 +1,127 @@
+using static TorchSharp.torch;
+
+namespace PetalsSharp.Models;
+
+/// <summary>Blocks held in this process: the whole model for a local run, or a server's span.</summary>
+public sealed class LocalBlockStack : IBlockStack
+{
+    readonly DecoderBlock[] _blocks;
+
+    public LocalBlockStack(ModelConfig config, IReadOnlyList<DecoderBlock> blocks)
+    {
+        if (blocks.Count == 0) throw new ArgumentException("a block stack needs at least one block");
+        for (int i = 1; i < blocks.Count; i++)
+            if (blocks[i].Index != blocks[i - 1].Index + 1) throw new ArgumentException("blocks must be contiguous");
+        Config = config;
+        _blocks = blocks.ToArray();
+    }
+
+    public ModelConfig Config { get; }
+    public int Start => _blocks[0].Index;
+    public int End => _blocks[^1].Index + 1;
+    public IReadOnlyList<DecoderBlock> Blocks => _blocks;
+
+    public Tensor Forward(Tensor hidden, ForwardOptions? options = null)
+    {
+        CheckHidden(hidden, Config);
+        using var scope = NewDisposeScope();
+        var ctx = new StepContext((int)hidden.shape[0], (int)hidden.shape[1], 0, options?.LeftPadding, hidden.device);
+        return Run(hidden, ctx, null, options?.OnBlockOutput).MoveToOuterDisposeScope();
+    }
+
+    /// <summary>Runs the blocks; <paramref name="caches"/> is null for a cache-free pass.</summary>
+    internal Tensor Run(Tensor hidden, StepContext ctx, LayerCache[]? caches, Action<int, Tensor>? onBlockOutput)
+    {
+        var h = hidden;
+        for (int i = 0; i < _blocks.Length; i++)
+        {
+            h = _blocks[i].Forward(h, ctx, caches?[i]);                       // [B, T, H]
+            if (onBlockOutput is not null) onBlockOutput(_blocks[i].Index, h.detach().clone().DetachFromDisposeScope());
+        }
+        return h;
+    }
+
+    public IBlockSession OpenSession(SessionOptions options) => new LocalBlockSession(this, options);
+
+    /// <summary>Bytes of KV cache one token of one row needs across the stack.</summary>
+    public long CacheBytesPerToken(ScalarType dtype) =>
+        _blocks.Sum(b => 2L * b.CacheShape.KvHeads * b.CacheShape.HeadDim) * ElementSize(dtype);
+
+    static long ElementSize(ScalarType t) => t switch
+    {
+        ScalarType.Float32 => 4, ScalarType.BFloat16 or ScalarType.Float16 => 2, ScalarType.Float64 => 8,
+        _ => throw new ArgumentException($"unsupported cache dtype {t}"),
+    };
+
+    internal static void CheckHidden(Tensor hidden, ModelConfig config)
+    {
+        if (hidden.dim() != 3 || hidden.shape[2] != config.HiddenSize)
+            throw new ArgumentException($"hidden states must be [batch, seq, {config.HiddenSize}], got [{string.Join(", ", hidden.shape)}]");
+        if (!hidden.is_floating_point())
+            throw new ArgumentException($"hidden states must be floating point, got {hidden.dtype}");
+    }
+
+    public void Dispose()
+    {
+        foreach (var b in _blocks) b.Dispose();
+    }
+}
+
+/// <summary>A session over local blocks: one preallocated KV cache per block.</summary>
+public sealed class LocalBlockSession : IBlockSession
+{
+    readonly LocalBlockStack _stack;
+    readonly LayerCache[] _caches;
+
+    public LocalBlockSession(LocalBlockStack stack, SessionOptions options)
+    {
+        if (options.Batch <= 0) throw new ArgumentOutOfRangeException(nameof(options), "batch must be positive");
+        if (options.MaxLength <= 0) throw new ArgumentOutOfRangeException(nameof(options), "max length must be positive");
+        _stack = stack;
+        Options = options;
+        var dtype = ScalarType.Float32;
+        var device = stack.Blocks[0].parameters().FirstOrDefault()?.device ?? CPU;
+        _caches = stack.Blocks.Select(b => b.AllocateCache(options.Batch, options.MaxLength, device, dtype)).ToArray();
+    }
+
+    public int Position { get; private set; }
+    public SessionOptions Options { get; }
+
+    /// <summary>Caches of each block, for parity tests against HF's past_key_values.</summary>
+    public IReadOnlyList<LayerCache> Caches => _caches;
+
+    public ValueTask<Tensor> StepAsync(Tensor hidden, StepOptions? options = null, CancellationToken cancellationToken = default)
+    {
+        cancellationToken.ThrowIfCancellationRequested();
+        return ValueTask.FromResult(Step(hidden, options));
+    }
+
+    public Tensor Step(Tensor hidden, StepOptions? options = null)
+    {
+        LocalBlockStack.CheckHidden(hidden, _stack.Config);
+        if (hidden.shape[0] != Options.Batch)
+            throw new ArgumentException($"step has {hidden.shape[0]} rows, the session was opened for {Options.Batch}");
+        var start = options?.StartFromPosition ?? Position;
+        if (start < 0 || start > Position)
+            throw new ArgumentOutOfRangeException(nameof(options), $"start_from_position {start} is outside [0, {Position}]");
+        var t = (int)hidden.shape[1];
+        if (start + t > Options.MaxLength)
+            throw new ArgumentException($"session max length {Options.MaxLength} exceeded: {start} + {t} tokens");
+        if (options?.HypoIds is { } hypo)
+        {
+            if (hypo.dim() != 1 || hypo.shape[0] != Options.Batch)
+                throw new ArgumentException($"hypo_ids must be [{Options.Batch}], got [{string.Join(", ", hypo.shape)}]");
+            foreach (var c in _caches) c.Reorder(hypo.to(ScalarType.Int64));
+        }
+        using var scope = NewDisposeScope();
+        var ctx = new StepContext(Options.Batch, t, start, Options.LeftPadding, hidden.device);
+        var output = _stack.Run(hidden, ctx, _caches, options?.OnBlockOutput);
+        Position = start + t;
+        return output.MoveToOuterDisposeScope();
+    }
+
+    public void Dispose()
+    {
+        foreach (var c in _caches) c.Dispose();
+    }
+}

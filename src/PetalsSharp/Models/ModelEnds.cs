@@ -1,0 +1,82 @@
+using TorchSharp;
+using TorchSharp.Modules;
+using static TorchSharp.torch;
+
+namespace PetalsSharp.Models;
+
+/// <summary>RMSNorm (Llama, Mixtral) or LayerNorm with optional shift (Falcon, BLOOM).</summary>
+public sealed class Norm : nn.Module
+{
+    readonly Parameter weight;   // [H]
+    readonly Parameter? bias;    // [H]
+    readonly double _eps;
+    readonly bool _rms;
+
+    public Norm(Tensor weight, Tensor? bias, double eps, bool rms) : base(rms ? "rms_norm" : "layer_norm")
+    {
+        this.weight = Ops.Frozen(weight);
+        this.bias = bias is null ? null : Ops.Frozen(bias);
+        _eps = eps;
+        _rms = rms;
+        RegisterComponents();
+    }
+
+    public Tensor Forward(Tensor x) => _rms ? Ops.RmsNorm(x, weight, _eps) : Ops.LayerNorm(x, weight, bias, _eps);
+}
+
+/// <summary>
+/// What the client keeps of a model: token embeddings (and BLOOM's embedding norm), the final norm and the
+/// LM head. Everything between them is a stack of blocks, local or remote.
+/// </summary>
+public sealed class ModelEnds : nn.Module
+{
+    readonly Parameter embed_tokens;   // [V, H]
+    readonly Norm? embed_norm;
+    readonly Norm norm;
+    readonly Parameter lm_head;        // [V, H] (the embedding matrix itself when tied)
+
+    public ModelEnds(ModelConfig config, Tensor embedding, Norm? embeddingNorm, Norm finalNorm, Tensor head) : base("ends")
+    {
+        Config = config;
+        embed_tokens = Ops.Frozen(embedding);
+        embed_norm = embeddingNorm;
+        norm = finalNorm;
+        lm_head = ReferenceEquals(head, embedding) ? embed_tokens : Ops.Frozen(head);
+        RegisterComponents();
+    }
+
+    public ModelConfig Config { get; }
+
+    /// <summary>The token embedding matrix <c>[V, H]</c>.</summary>
+    public Tensor EmbeddingWeight => embed_tokens;
+
+    /// <summary>Raw token embeddings <c>[B, T, H]</c> in <paramref name="dtype"/>, before any embedding norm.</summary>
+    public Tensor EmbedTokens(Tensor inputIds, ScalarType dtype = ScalarType.Float32)
+    {
+        CheckIds(inputIds);
+        var flat = embed_tokens.index_select(0, inputIds.flatten());                  // [B*T, H]
+        return flat.view(inputIds.shape[0], inputIds.shape[1], -1).to(dtype);          // [B, T, H]
+    }
+
+    /// <summary>What the first block receives from embeddings (BLOOM applies its embedding LayerNorm here).</summary>
+    public Tensor AfterEmbedding(Tensor embeddings) => embed_norm?.Forward(embeddings) ?? embeddings;
+
+    /// <summary>Token ids <c>[B, T]</c> to the first block's input <c>[B, T, H]</c>.</summary>
+    public Tensor Embed(Tensor inputIds, ScalarType dtype = ScalarType.Float32) =>
+        AfterEmbedding(EmbedTokens(inputIds, dtype));
+
+    public Tensor FinalNorm(Tensor hidden) => norm.Forward(hidden);
+
+    /// <summary>Normed hidden states <c>[B, T, H]</c> to logits <c>[B, T, V]</c>.</summary>
+    public Tensor Logits(Tensor normed) => Ops.Linear(normed, lm_head);
+
+    void CheckIds(Tensor ids)
+    {
+        if (ids.dim() != 2) throw new ArgumentException($"input ids must be [batch, seq], got rank {ids.dim()}");
+        if (ids.dtype != ScalarType.Int64) throw new ArgumentException($"input ids must be int64, got {ids.dtype}");
+        if (ids.NumberOfElements == 0) return;
+        long min = ids.min().item<long>(), max = ids.max().item<long>();
+        if (min < 0 || max >= Config.VocabSize)
+            throw new ArgumentOutOfRangeException(nameof(ids), $"token id {(min < 0 ? min : max)} is outside the vocabulary [0, {Config.VocabSize})");
+    }
+}
