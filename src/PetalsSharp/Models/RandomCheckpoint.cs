@@ -32,22 +32,25 @@ public static class RandomCheckpoint
             .Concat(Enumerable.Range(0, config.NumLayers).SelectMany(i => config.Family.BlockTensors(config, i)))
             .OrderBy(s => s.Name, StringComparer.Ordinal).ToList();
         var generator = new Generator((ulong)seed);
-        int done = 0;
-        IEnumerable<(string, Tensor)> Draw()
+        // The writer needs every shape before the first byte, so all tensors exist at once (≈ the file size).
+        var tensors = new List<(string, Tensor)>();
+        try
         {
             foreach (var spec in specs)
             {
-                // The writer disposes nothing; each tensor lives only until the next one is drawn.
-                using var t = Sample(spec, generator).to(dtype);
-                yield return (spec.Name, t);
-                progress?.Report((++done, specs.Count));
+                tensors.Add((spec.Name, Sample(spec, generator, dtype)));
+                progress?.Report((tensors.Count, specs.Count));
             }
+            SafeTensorsWriter.Write(Path.Combine(outDir, "model.safetensors"), tensors,
+                new Dictionary<string, string> { ["format"] = "pt" });
         }
-        SafeTensorsWriter.Write(Path.Combine(outDir, "model.safetensors"), Draw(),
-            new Dictionary<string, string> { ["format"] = "pt" });
+        finally
+        {
+            foreach (var (_, t) in tensors) t.Dispose();
+        }
     }
 
-    static Tensor Sample(TensorSpec spec, Generator g)
+    static Tensor Sample(TensorSpec spec, Generator g, ScalarType dtype)
     {
         using var scope = NewDisposeScope();
         var n = randn(spec.Shape, generator: g);
@@ -59,6 +62,6 @@ public static class RandomCheckpoint
             TensorRole.Bias => n * 0.1,
             _ => throw new ArgumentOutOfRangeException(nameof(spec)),
         };
-        return t.MoveToOuterDisposeScope();
+        return t.to(dtype).MoveToOuterDisposeScope();
     }
 }

@@ -1,0 +1,130 @@
+using System.Diagnostics;
+using PetalsSharp.Generation;
+using PetalsSharp.Models;
+using static TorchSharp.torch;
+using F = TorchSharp.torch.nn.functional;
+
+namespace PetalsSharp.Benchmarks;
+
+/// <summary>
+/// Prefill and decode tok/s of the local engine on a ~100M-parameter Llama, in f32 and bf16 weights, and
+/// decode's weight-streaming rate divided by the memory bandwidth measured in the same run (the roofline).
+/// </summary>
+public static class EngineBenchmark
+{
+    public static async Task RunAsync(BenchArgs args)
+    {
+        var dir = args.Get("model") ?? EnsureModel();
+        int promptLen = args.Int("prompt", 64), newTokens = args.Int("new", 128);
+        Console.WriteLine($"model: {dir}; prompt {promptLen} tokens, {newTokens} new tokens; torch threads {get_num_threads()}");
+        var bandwidth = MeasureBandwidth();
+        Console.WriteLine($"memory bandwidth (streaming sum over 1 GiB): {bandwidth / 1e9:F1} GB/s");
+        Console.WriteLine();
+        Console.WriteLine("| weights | prefill tok/s | decode tok/s | decode ms/token | weight bytes/token | decode GB/s | ÷ bandwidth |");
+        Console.WriteLine("|---|---|---|---|---|---|---|");
+        foreach (var dtype in new[] { ScalarType.Float32, ScalarType.BFloat16 })
+        {
+            using var lm = CausalLM.Load(dir, new ModelLoadOptions(dtype));
+            var bytesPerToken = DecodeBytesPerToken(lm);
+            var prompt = Enumerable.Range(0, promptLen).Select(i => (i * 7919) % (lm.Config.VocabSize - 1)).ToArray();
+            var prefill = Timing.Median(() => Prefill(lm, prompt), repeats: 3);
+            // Decode time = (prefill + N steps) - prefill, so the prompt's cost is not counted twice.
+            var total = Timing.Median(() => lm.GenerateAsync([prompt], new GenerationOptions { MaxNewTokens = newTokens, IgnoreEos = true })
+                .GetAwaiter().GetResult(), repeats: 3);
+            var decodeSeconds = (total - prefill) / (newTokens - 1);
+            var gbps = bytesPerToken / decodeSeconds;
+            Console.WriteLine($"| {dtype} | {promptLen / prefill:F0} | {1 / decodeSeconds:F1} | {decodeSeconds * 1000:F2} | {bytesPerToken / 1e6:F0} MB | {gbps / 1e9:F1} | {gbps / bandwidth:F2} |");
+            if (dtype == ScalarType.Float32) Breakdown(lm);
+        }
+        await Task.CompletedTask;
+    }
+
+    static void Prefill(CausalLM lm, int[] prompt)
+    {
+        using var scope = NewDisposeScope();
+        using var session = lm.Blocks.OpenSession(new SessionOptions(1, prompt.Length + 1));
+        var h = session.StepAsync(lm.Ends.Embed(tensor(prompt.Select(i => (long)i).ToArray(), [1, prompt.Length]))).AsTask().Result;
+        lm.Ends.Logits(lm.Ends.FinalNorm(h.narrow(1, prompt.Length - 1, 1)));
+    }
+
+    /// <summary>Bytes a decode step must read: every block weight and the LM head, in their stored dtype.</summary>
+    static long DecodeBytesPerToken(CausalLM lm)
+    {
+        long blocks = ((LocalBlockStack)lm.Blocks).Blocks.Sum(b => b.parameters().Sum(p => p.NumberOfElements * p.ElementSize));
+        var head = lm.Ends.EmbeddingWeight;   // untied heads are the same size
+        return blocks + head.NumberOfElements * head.ElementSize;
+    }
+
+    /// <summary>Streaming read rate: summing a 1 GiB float tensor with all torch threads; best of 5.</summary>
+    static double MeasureBandwidth()
+    {
+        using var big = ones(256L * 1024 * 1024);   // 1 GiB of float32
+        double best = double.MaxValue;
+        for (int i = 0; i < 6; i++)
+        {
+            var sw = Stopwatch.StartNew();
+            using var s = big.sum();
+            s.item<float>();
+            if (i > 0) best = Math.Min(best, sw.Elapsed.TotalSeconds);
+        }
+        var torchRate = big.NumberOfElements * 4 / best;
+        // Also a plain two-thread read in C#, in case libtorch's reduction is not the fastest reader here.
+        var host = new float[128L * 1024 * 1024];   // 512 MiB
+        Array.Fill(host, 1f);
+        double bestHost = double.MaxValue;
+        for (int i = 0; i < 6; i++)
+        {
+            var sw = Stopwatch.StartNew();
+            int threads = Math.Max(1, get_num_threads());
+            var chunk = host.Length / threads;
+            Parallel.For(0, threads, t => System.Numerics.Tensors.TensorPrimitives.Sum(host.AsSpan(t * chunk, chunk)));
+            if (i > 0) bestHost = Math.Min(bestHost, sw.Elapsed.TotalSeconds);
+        }
+        var hostRate = host.LongLength * 4 / bestHost;
+        Console.WriteLine($"read bandwidth: torch sum {torchRate / 1e9:F1} GB/s, C# TensorPrimitives.Sum {hostRate / 1e9:F1} GB/s");
+        return Math.Max(torchRate, hostRate);
+    }
+
+    /// <summary>Where a decode step's time goes: the blocks, the LM head, and everything else.</summary>
+    static void Breakdown(CausalLM lm)
+    {
+        var stack = (LocalBlockStack)lm.Blocks;
+        using var session = (LocalBlockSession)stack.OpenSession(new SessionOptions(1, 300));
+        using (var scope = NewDisposeScope()) session.Step(lm.Ends.Embed(tensor(new long[] { 1 }, [1, 1])));
+        var x = lm.Ends.Embed(tensor(new long[] { 2 }, [1, 1]));
+        int steps = 0;
+        var blocks = Timing.Median(() =>
+        {
+            using var scope = NewDisposeScope();
+            session.Step(x, new StepOptions(StartFromPosition: 1 + (steps++ % 50)));
+        }, repeats: 21, warmup: 3);
+        var head = Timing.Median(() =>
+        {
+            using var scope = NewDisposeScope();
+            lm.Ends.Logits(lm.Ends.FinalNorm(x)).argmax(-1).item<long>();
+        }, repeats: 21, warmup: 3);
+        var gemv = Timing.Median(() =>
+        {
+            using var scope = NewDisposeScope();
+            foreach (var b in stack.Blocks)
+                foreach (var p in b.parameters().Where(p => p.dim() == 2)) F.linear(ones(1, 1, p.shape[1]), p);
+        }, repeats: 21, warmup: 3);
+        Console.WriteLine($"|   breakdown (f32) | blocks {blocks * 1000:F2} ms | of which bare matmuls {gemv * 1000:F2} ms | head+norm {head * 1000:F2} ms | | | |");
+    }
+
+    /// <summary>The ~100M model of the issue: hidden 768, 12 layers, 12 heads, 4 KV heads, vocab 32000.</summary>
+    static string EnsureModel()
+    {
+        var dir = Path.Combine(Path.GetTempPath(), "petals-bench-llama-100m");
+        if (File.Exists(Path.Combine(dir, "model.safetensors"))) return dir;
+        var config = new LlamaConfig
+        {
+            ModelType = "llama", VocabSize = 32000, HiddenSize = 768, NumLayers = 12, NumHeads = 12, NumKvHeads = 4,
+            HeadDim = 64, IntermediateSize = 2048, MaxPositionEmbeddings = 2048, RmsNormEps = 1e-5,
+            BosTokenId = 31999, EosTokenIds = [31999],
+        };
+        Console.WriteLine($"creating {dir} ...");
+        RandomCheckpoint.Write(config, dir, seed: 1);
+        return dir;
+    }
+}

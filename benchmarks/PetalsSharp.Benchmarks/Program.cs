@@ -1,0 +1,15 @@
+using PetalsSharp.Benchmarks;
+
+// Benchmarks measure; they never assert. Usage:
+//   dotnet run --project benchmarks/PetalsSharp.Benchmarks -c Release -- engine [--model DIR] [--prompt 64] [--new 128]
+var command = args.FirstOrDefault() ?? "engine";
+var options = BenchArgs.Parse(args.Skip(1).ToArray());
+switch (command)
+{
+    case "engine":
+        await EngineBenchmark.RunAsync(options);
+        return 0;
+    default:
+        Console.Error.WriteLine($"unknown benchmark '{command}' (available: engine)");
+        return 2;
+}

@@ -1,0 +1,101 @@
+using System.Text.Json;
+using Xunit;
+
+namespace PetalsSharp.Tests.Cli;
+
+/// <summary>The CLI's JSON contracts and its one-line errors, through the real executable.</summary>
+public sealed class CliTests
+{
+    static readonly string Fixture = TestData.Path("llama-gqa");
+
+    static string IdsArg(Reference r, string path) =>
+        string.Join(";", r.IdRows(path).Select(row => string.Join(",", row)));
+
+    [Fact]
+    public async Task Generate_json_gives_the_fixture_greedy_tokens()
+    {
+        using var r = Reference.Load("llama-gqa");
+        var res = await CliRunner.RunAsync("generate", "--model", Fixture, "--input-ids", IdsArg(r, "generation.prompt_ids"),
+            "--max-new-tokens", "12", "--greedy", "--json");
+        Assert.True(res.ExitCode == 0, res.Stderr);
+        using var doc = JsonDocument.Parse(res.Stdout);
+        Assert.Equal(r["generation.sequences"].GetRawText().Replace(" ", ""), doc.RootElement.GetProperty("sequences").GetRawText());
+        Assert.Equal(r["generation.new_tokens"].GetRawText().Replace(" ", ""), doc.RootElement.GetProperty("new_tokens").GetRawText());
+    }
+
+    [Fact]
+    public async Task Inspect_json_gives_logits_and_every_hidden_state()
+    {
+        using var r = Reference.Load("llama-gqa");
+        var res = await CliRunner.RunAsync("inspect", "--model", Fixture, "--input-ids", IdsArg(r, "input_ids"), "--json");
+        Assert.True(res.ExitCode == 0, res.Stderr);
+        using var doc = JsonDocument.Parse(res.Stdout);
+        var logits = Reference.ToTensor(doc.RootElement.GetProperty("logits"), TorchSharp.torch.ScalarType.Float32);
+        TensorAssert.Close(r.Floats("logits"), logits, 1e-3, 1e-4, "logits");
+        var hidden = Reference.ToTensor(doc.RootElement.GetProperty("hidden_states"), TorchSharp.torch.ScalarType.Float32);
+        TensorAssert.Close(r.Floats("hidden_states"), hidden, 1e-3, 1e-4, "hidden_states");
+    }
+
+    [Theory]
+    [InlineData("missing-model", "model folder not found")]
+    [InlineData("bad-ids", "is not a non-negative token id")]
+    [InlineData("id-out-of-vocab", "outside the vocabulary")]
+    [InlineData("bad-dtype", "--dtype must be f32, bf16 or f16")]
+    [InlineData("no-input", "give either --prompt or --input-ids")]
+    [InlineData("bad-top-p", "top_p must be in (0, 1]")]
+    public async Task Bad_input_gets_one_line_and_a_nonzero_exit(string scenario, string expected)
+    {
+        string[] args = scenario switch
+        {
+            "missing-model" => ["generate", "--model", "/nonexistent/model", "--input-ids", "1,2"],
+            "bad-ids" => ["generate", "--model", Fixture, "--input-ids", "1,x;3"],
+            "id-out-of-vocab" => ["inspect", "--model", Fixture, "--input-ids", "1,99999", "--json"],
+            "bad-dtype" => ["generate", "--model", Fixture, "--input-ids", "1,2", "--dtype", "int3"],
+            "no-input" => ["generate", "--model", Fixture],
+            "bad-top-p" => ["generate", "--model", Fixture, "--input-ids", "1,2", "--top-p", "0"],
+            _ => throw new ArgumentException(scenario),
+        };
+        var res = await CliRunner.RunAsync(args);
+        Assert.NotEqual(0, res.ExitCode);
+        Assert.Contains(expected, res.Stderr);
+        Assert.Single(res.Stderr.Trim().Split('\n'));
+        Assert.DoesNotContain("   at ", res.Stderr);
+    }
+
+    [Fact]
+    public async Task Unknown_option_is_a_usage_error()
+    {
+        var res = await CliRunner.RunAsync("generate", "--model", Fixture, "--frobnicate");
+        Assert.NotEqual(0, res.ExitCode);
+        Assert.Contains("--frobnicate", res.Stderr + res.Stdout);
+    }
+
+    [Fact]
+    public async Task Bad_checkpoint_is_reported_with_file_and_tensor()
+    {
+        var dir = Directory.CreateTempSubdirectory("petals-badckpt").FullName;
+        File.Copy(Path.Combine(Fixture, "config.json"), Path.Combine(dir, "config.json"));
+        var bytes = File.ReadAllBytes(Path.Combine(Fixture, "model.safetensors"));
+        File.WriteAllBytes(Path.Combine(dir, "model.safetensors"), bytes[..(bytes.Length / 2)]);
+        var res = await CliRunner.RunAsync("generate", "--model", dir, "--input-ids", "1,2");
+        Assert.NotEqual(0, res.ExitCode);
+        Assert.Contains(Path.Combine(dir, "model.safetensors"), res.Stderr);
+        Assert.Contains("truncated", res.Stderr);
+        Assert.Single(res.Stderr.Trim().Split('\n'));
+    }
+
+    [Fact]
+    public async Task Create_model_then_generate_text_from_a_prompt()
+    {
+        var dir = Path.Combine(Directory.CreateTempSubdirectory("petals-create").FullName, "tiny");
+        var res = await CliRunner.RunAsync("create-model", "--family", "llama", "--hidden-size", "32", "--layers", "2",
+            "--heads", "4", "--kv-heads", "2", "--intermediate-size", "64", "--vocab-size", "1000", "--seed", "3", "--out", dir);
+        Assert.True(res.ExitCode == 0, res.Stderr);
+        foreach (var f in new[] { "config.json", "model.safetensors", "tokenizer.json" })
+            Assert.True(File.Exists(Path.Combine(dir, f)), f);
+        var gen = await CliRunner.RunAsync("generate", "--model", dir, "--prompt", "Hello world", "-n", "8", "--seed", "1");
+        Assert.True(gen.ExitCode == 0, gen.Stderr);
+        Assert.StartsWith("Hello world", gen.Stdout);
+        Assert.True(gen.Stdout.Trim().Length > "Hello world".Length);
+    }
+}
