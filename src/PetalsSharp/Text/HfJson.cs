@@ -63,6 +63,10 @@ internal static class HfJson
             {
                 return new Regex(regex, RegexOptions.CultureInvariant);
             }
+            catch (ArgumentException) when (FlattenNestedClasses(regex) is var flat && flat != regex && TryRegex(flat) is Regex r)
+            {
+                return r;
+            }
             catch (ArgumentException ex)
             {
                 throw new NotSupportedException($"'{file}': {component} regex '{regex}' is not supported by .NET: {ex.Message}", ex);
@@ -70,5 +74,67 @@ internal static class HfJson
         }
 
         throw Invalid(file, $"{component} has no 'pattern' with 'String' or 'Regex'");
+    }
+
+    /// <summary>
+    /// Rewrites Oniguruma's nested character classes, which mean a union (BLOOM's <c>[^(\s|[.,!?…])]</c>), into one
+    /// flat .NET class. Returns the input unchanged when a nested class is negated, which has no flat form.
+    /// </summary>
+    internal static string FlattenNestedClasses(string pattern)
+    {
+        var sb = new System.Text.StringBuilder(pattern.Length);
+        int depth = 0;
+        for (int i = 0; i < pattern.Length; i++)
+        {
+            char c = pattern[i];
+            if (c == '\\' && i + 1 < pattern.Length)
+            {
+                sb.Append(c).Append(pattern[++i]);
+            }
+            else if (c == '[' && depth == 0)
+            {
+                depth = 1;
+                sb.Append(c);
+                if (i + 1 < pattern.Length && pattern[i + 1] == '^')
+                {
+                    sb.Append(pattern[++i]);
+                }
+            }
+            else if (c == '[')
+            {
+                if (i + 1 < pattern.Length && pattern[i + 1] == '^')
+                {
+                    return pattern;
+                }
+
+                depth++;
+            }
+            else if (c == ']' && depth > 0)
+            {
+                depth--;
+                if (depth == 0)
+                {
+                    sb.Append(c);
+                }
+            }
+            else
+            {
+                sb.Append(c);
+            }
+        }
+
+        return sb.ToString();
+    }
+
+    private static Regex? TryRegex(string pattern)
+    {
+        try
+        {
+            return new Regex(pattern, RegexOptions.CultureInvariant);
+        }
+        catch (ArgumentException)
+        {
+            return null;
+        }
     }
 }

@@ -1,3 +1,4 @@
+using System.Text;
 using System.Text.Json;
 using System.Text.RegularExpressions;
 
@@ -9,7 +10,8 @@ internal abstract class HfPreTokenizer
     /// <summary>The GPT-2 split pattern that HF's ByteLevel pre-tokenizer applies when <c>use_regex</c> is true.</summary>
     public const string Gpt2Pattern = @"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+";
 
-    private const string SupportedTypes = "Sequence, ByteLevel, Split (Isolated, Removed, MergedWithPrevious, MergedWithNext)";
+    private const string SupportedTypes =
+        "Sequence, ByteLevel, Split, Punctuation, Digits (behaviors Isolated, Removed, MergedWithPrevious, MergedWithNext, Contiguous)";
 
     private static readonly Regex Gpt2Regex = new(Gpt2Pattern, RegexOptions.CultureInvariant | RegexOptions.Compiled);
 
@@ -44,15 +46,40 @@ internal abstract class HfPreTokenizer
                     throw HfJson.Unsupported(file, "pre_tokenizer", "Split with invert=true", SupportedTypes);
                 }
 
-                string behavior = HfJson.String(e, "behavior") ?? "Isolated";
-                if (behavior is not ("Isolated" or "Removed" or "MergedWithPrevious" or "MergedWithNext"))
-                {
-                    throw HfJson.Unsupported(file, "pre_tokenizer", $"Split with behavior {behavior}", SupportedTypes);
-                }
-
-                return new SplitPreTokenizer(HfJson.Pattern(e, file, "Split pre_tokenizer"), behavior);
+                var regex = HfJson.Pattern(e, file, "Split pre_tokenizer");
+                return new SplitPreTokenizer(p => regex.Matches(p).Select(m => (m.Index, m.Length)), Behavior(e, file, "Isolated"));
+            case "Punctuation":
+                return new SplitPreTokenizer(p => SingleChars(p, IsPunctuation), Behavior(e, file, "Isolated"));
+            case "Digits":
+                bool individual = HfJson.Bool(e, "individual_digits", false);
+                return new SplitPreTokenizer(p => SingleChars(p, Rune.IsNumber), individual ? "Isolated" : "Contiguous");
             default:
                 throw HfJson.Unsupported(file, "pre_tokenizer", type, SupportedTypes);
+        }
+    }
+
+    private static string Behavior(JsonElement e, string file, string fallback)
+    {
+        string behavior = HfJson.String(e, "behavior") ?? fallback;
+        return behavior is "Isolated" or "Removed" or "MergedWithPrevious" or "MergedWithNext" or "Contiguous"
+            ? behavior
+            : throw HfJson.Unsupported(file, "pre_tokenizer", $"{HfJson.Type(e)} with behavior {behavior}", SupportedTypes);
+    }
+
+    // HF counts ASCII symbols such as '$' or '+' as punctuation too (Rust's is_ascii_punctuation).
+    private static bool IsPunctuation(Rune r) => Rune.IsPunctuation(r) || (r.IsAscii && Rune.IsSymbol(r));
+
+    private static IEnumerable<(int Index, int Length)> SingleChars(string piece, Func<Rune, bool> predicate)
+    {
+        for (int i = 0; i < piece.Length;)
+        {
+            Rune.DecodeFromUtf16(piece.AsSpan(i), out Rune rune, out int length);
+            if (predicate(rune))
+            {
+                yield return (i, length);
+            }
+
+            i += length;
         }
     }
 
@@ -106,39 +133,60 @@ internal abstract class HfPreTokenizer
         }
     }
 
-    private sealed class SplitPreTokenizer(Regex pattern, string behavior) : HfPreTokenizer
+    /// <summary>Splits around the ranges a matcher finds, keeping or gluing the matches as HF's <c>SplitDelimiterBehavior</c> says.</summary>
+    private sealed class SplitPreTokenizer(Func<string, IEnumerable<(int Index, int Length)>> matcher, string behavior) : HfPreTokenizer
     {
         public override void Split(string piece, List<string> output)
         {
             int last = 0;
             string? carry = null; // a match waiting to be glued to the next piece (MergedWithNext)
-            foreach (Match m in pattern.Matches(piece))
+            int contiguousStart = -1; // start of the current run of adjacent matches (Contiguous)
+            foreach (var (index, length) in matcher(piece))
             {
-                if (m.Length == 0)
+                if (length == 0)
                 {
                     continue;
                 }
 
-                string before = piece[last..m.Index];
+                string before = piece[last..index];
                 switch (behavior)
                 {
                     case "Isolated":
                         AddNonEmpty(output, before);
-                        output.Add(m.Value);
+                        output.Add(piece.Substring(index, length));
                         break;
                     case "Removed":
                         AddNonEmpty(output, before);
                         break;
                     case "MergedWithPrevious":
-                        output.Add(before + m.Value);
+                        output.Add(before + piece.Substring(index, length));
+                        break;
+                    case "MergedWithNext":
+                        AddNonEmpty(output, carry + before);
+                        carry = piece.Substring(index, length);
                         break;
                     default:
-                        AddNonEmpty(output, carry + before);
-                        carry = m.Value;
+                        if (contiguousStart >= 0 && before.Length > 0)
+                        {
+                            output.Add(piece[contiguousStart..last]);
+                            contiguousStart = -1;
+                        }
+
+                        if (contiguousStart < 0)
+                        {
+                            AddNonEmpty(output, before);
+                            contiguousStart = index;
+                        }
+
                         break;
                 }
 
-                last = m.Index + m.Length;
+                last = index + length;
+            }
+
+            if (contiguousStart >= 0)
+            {
+                output.Add(piece[contiguousStart..last]);
             }
 
             AddNonEmpty(output, carry + piece[last..]);
