@@ -123,12 +123,27 @@ internal abstract class HfPreTokenizer
                 return;
             }
 
+            // Isolated, as in HF: text the pattern skips would become its own piece (the pattern covers all text).
+            int last = 0;
             foreach (Match m in Gpt2Regex.Matches(piece))
             {
-                if (m.Length > 0)
+                if (m.Length == 0)
                 {
-                    output.Add(ByteLevelAlphabet.Encode(m.Value));
+                    continue;
                 }
+
+                if (m.Index > last)
+                {
+                    output.Add(ByteLevelAlphabet.Encode(piece[last..m.Index]));
+                }
+
+                output.Add(ByteLevelAlphabet.Encode(m.Value));
+                last = m.Index + m.Length;
+            }
+
+            if (last < piece.Length)
+            {
+                output.Add(ByteLevelAlphabet.Encode(piece[last..]));
             }
         }
     }
