@@ -7,17 +7,22 @@ namespace PetalsSharp.Text;
 /// <see cref="MlTokenizers.LlamaTokenizer"/>.
 /// </summary>
 /// <remarks>
+/// The library reads the model, normalizes and decodes. BPE merging of BPE models is done by this project's
+/// <see cref="SentencePieceBpe"/>, because the library breaks score ties unlike sentencepiece.
+/// 
 /// Like the sentencepiece library, text such as <c>&lt;s&gt;</c> inside the input is encoded as plain text,
 /// not as the control token.
 /// </remarks>
 public sealed class SentencePieceTokenizer : ITextTokenizer
 {
     private readonly MlTokenizers.LlamaTokenizer _inner;
+    private readonly SentencePieceBpe? _bpe;
     private readonly string?[] _pieces;
 
-    private SentencePieceTokenizer(MlTokenizers.LlamaTokenizer inner, TokenizerSettings settings)
+    private SentencePieceTokenizer(MlTokenizers.LlamaTokenizer inner, SentencePieceBpe? bpe, TokenizerSettings settings)
     {
         _inner = inner;
+        _bpe = bpe;
         int size = 0;
         foreach (var kv in inner.Vocabulary)
         {
@@ -49,19 +54,18 @@ public sealed class SentencePieceTokenizer : ITextTokenizer
             throw new FileNotFoundException($"SentencePiece model '{path}' does not exist.", path);
         }
 
-        using var stream = File.OpenRead(path);
-        MlTokenizers.LlamaTokenizer inner;
+        byte[] bytes = File.ReadAllBytes(path);
         try
         {
             // BOS is added here rather than by the library so that empty text still gets it.
-            inner = MlTokenizers.LlamaTokenizer.Create(stream, addBeginOfSentence: false, addEndOfSentence: false);
+            var inner = MlTokenizers.LlamaTokenizer.Create(new MemoryStream(bytes), addBeginOfSentence: false, addEndOfSentence: false);
+            var bpe = SentencePieceBpe.TryCreate(bytes, inner.ByteFallback, inner.UnknownId);
+            return new SentencePieceTokenizer(inner, bpe, settings ?? TokenizerSettings.None);
         }
         catch (Exception ex) when (ex is not OutOfMemoryException)
         {
-            throw new InvalidDataException($"'{path}' is not a supported SentencePiece BPE model: {ex.Message}", ex);
+            throw new InvalidDataException($"'{path}' is not a supported SentencePiece model: {ex.Message}", ex);
         }
-
-        return new SentencePieceTokenizer(inner, settings ?? TokenizerSettings.None);
     }
 
     /// <inheritdoc />
@@ -80,15 +84,27 @@ public sealed class SentencePieceTokenizer : ITextTokenizer
     public IReadOnlyList<int> Encode(string text, bool? addBos = null)
     {
         ArgumentNullException.ThrowIfNull(text);
-        var body = text.Length == 0 ? [] : _inner.EncodeToIds(text, addBeginningOfSentence: false, addEndOfSentence: false);
+        var ids = new List<int>();
         if ((addBos ?? AddBos) && BosId is int bos)
         {
-            var ids = new List<int>(body.Count + 1) { bos };
-            ids.AddRange(body);
+            ids.Add(bos);
+        }
+
+        if (text.Length == 0)
+        {
             return ids;
         }
 
-        return body.ToArray();
+        if (_bpe is null)
+        {
+            ids.AddRange(_inner.EncodeToIds(text, addBeginningOfSentence: false, addEndOfSentence: false));
+        }
+        else
+        {
+            _bpe.Encode(_inner.Normalizer?.Normalize(text) ?? text, ids);
+        }
+
+        return ids;
     }
 
     /// <inheritdoc />

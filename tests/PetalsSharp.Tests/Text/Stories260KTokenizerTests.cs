@@ -77,6 +77,36 @@ public class Stories260KTokenizerTests
     }
 
     [SkippableFact]
+    public void EqualScorePairs_MergeLeftmostFirst_AsSentencePieceDoes()
+    {
+        // "ooo" can merge as "oo"+"o" or "o"+"oo" with the same score; sentencepiece and llama2.c take the leftmost pair.
+        foreach (var format in new[] { TokenizerFormat.SentencePiece, TokenizerFormat.HfJson })
+        {
+            var tokenizer = Load(format);
+            var ids = tokenizer.Encode(".ooo", addBos: false);
+            Assert.Equal(["▁", ".", "oo", "o"], ids.Select(id => tokenizer.TokenToString(id)));
+        }
+    }
+
+    [SkippableFact]
+    public void BothFormats_Agree_OnRandomText()
+    {
+        var sp = Load(TokenizerFormat.SentencePiece);
+        var json = Load(TokenizerFormat.HfJson);
+        string[] alphabet = ["a", "b", "e", "t", "h", "o", "l", " ", "  ", "\t", "\n", "\r", "é", "日", "😀", ".", ",", "!", "1", "Th", "the", "ing", "Lily"];
+        var random = new Random(260);
+        for (int n = 0; n < 2000; n++)
+        {
+            string text = string.Concat(Enumerable.Range(0, random.Next(0, 30)).Select(_ => alphabet[random.Next(alphabet.Length)]));
+            var spIds = sp.Encode(text);
+            var jsonIds = json.Encode(text);
+            Assert.True(spIds.SequenceEqual(jsonIds), $"ids differ for {Show(text)}: [{string.Join(",", spIds)}] vs [{string.Join(",", jsonIds)}]");
+            Assert.Equal(text, sp.Decode(spIds));
+            Assert.Equal(text, json.Decode(jsonIds));
+        }
+    }
+
+    [SkippableFact]
     public void TokenToString_ReturnsRawPieces()
     {
         foreach (var format in new[] { TokenizerFormat.SentencePiece, TokenizerFormat.HfJson })
