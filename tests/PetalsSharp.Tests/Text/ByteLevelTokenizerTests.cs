@@ -86,6 +86,21 @@ public class ByteLevelTokenizerTests : IClassFixture<ByteLevelTokenizerTests.Gpt
     }
 
     [Fact]
+    public void ConcurrentEncoding_MatchesSequential()
+    {
+        var tokenizer = TokenizerLoader.Load(_dirs.Full);
+        var texts = Enumerable.Range(0, 400).Select(i => Samples[i % Samples.Length] + " " + i).ToArray();
+        var expected = texts.Select(t => tokenizer.Encode(t)).ToArray();
+        var fresh = TokenizerLoader.Load(_dirs.Full);
+        var actual = new IReadOnlyList<int>[texts.Length];
+        Parallel.For(0, texts.Length, new ParallelOptions { MaxDegreeOfParallelism = 4 }, i => actual[i] = fresh.Encode(texts[i]));
+        for (int i = 0; i < texts.Length; i++)
+        {
+            Assert.Equal(expected[i], actual[i]);
+        }
+    }
+
+    [Fact]
     public void TooSmallVocab_IsRejected()
     {
         var ex = Assert.Throws<ArgumentOutOfRangeException>(() => Gpt2TokenizerFiles.Write(TempDir.Create(), 256));
