@@ -1,0 +1,70 @@
+using System.Text;
+using System.Text.Json;
+using System.Text.RegularExpressions;
+
+namespace PetalsSharp.Text;
+
+/// <summary>A <c>tokenizer.json</c> normalizer: rewrites text between added tokens before it is split.</summary>
+internal abstract class HfNormalizer
+{
+    private const string SupportedTypes = "Sequence, Prepend, Replace, NFC, NFD, NFKC, NFKD, Lowercase";
+
+    public abstract string Apply(string text);
+
+    public static HfNormalizer? Parse(JsonElement e, string file)
+    {
+        if (HfJson.IsNull(e))
+        {
+            return null;
+        }
+
+        string? type = HfJson.Type(e);
+        return type switch
+        {
+            "Sequence" => new SequenceNormalizer(
+                HfJson.Array(e, "normalizers", file, "normalizer Sequence").Select(n => Parse(n, file)).OfType<HfNormalizer>().ToArray()),
+            "Prepend" => new PrependNormalizer(HfJson.String(e, "prepend") ?? throw HfJson.Invalid(file, "Prepend normalizer has no 'prepend'")),
+            "Replace" => new ReplaceNormalizer(HfJson.Pattern(e, file, "Replace normalizer"), HfJson.String(e, "content") ?? string.Empty),
+            "NFC" => new UnicodeNormalizer(NormalizationForm.FormC),
+            "NFD" => new UnicodeNormalizer(NormalizationForm.FormD),
+            "NFKC" => new UnicodeNormalizer(NormalizationForm.FormKC),
+            "NFKD" => new UnicodeNormalizer(NormalizationForm.FormKD),
+            "Lowercase" => new LowercaseNormalizer(),
+            _ => throw HfJson.Unsupported(file, "normalizer", type, SupportedTypes),
+        };
+    }
+
+    private sealed class SequenceNormalizer(HfNormalizer[] steps) : HfNormalizer
+    {
+        public override string Apply(string text)
+        {
+            foreach (var step in steps)
+            {
+                text = step.Apply(text);
+            }
+
+            return text;
+        }
+    }
+
+    private sealed class PrependNormalizer(string prefix) : HfNormalizer
+    {
+        // HF leaves empty text empty, so a segment between two added tokens gains nothing.
+        public override string Apply(string text) => text.Length == 0 ? text : prefix + text;
+    }
+
+    private sealed class ReplaceNormalizer(Regex pattern, string content) : HfNormalizer
+    {
+        public override string Apply(string text) => pattern.Replace(text, content.Replace("$", "$$", StringComparison.Ordinal));
+    }
+
+    private sealed class UnicodeNormalizer(NormalizationForm form) : HfNormalizer
+    {
+        public override string Apply(string text) => text.Normalize(form);
+    }
+
+    private sealed class LowercaseNormalizer : HfNormalizer
+    {
+        public override string Apply(string text) => text.ToLowerInvariant();
+    }
+}
