@@ -53,6 +53,15 @@ public static class TokenizerLoader
         return useJson ? HfJsonTokenizer.Load(chosen, settings) : SentencePieceTokenizer.Load(chosen, settings);
     }
 
+    /// <summary>
+    /// Like <see cref="Load"/>, but a folder without any tokenizer file gives null (random-weight fixtures have
+    /// none). A tokenizer file that exists but is broken still throws.
+    /// </summary>
+    public static ITextTokenizer? TryLoad(string modelDir) =>
+        File.Exists(Path.Combine(modelDir, HfJsonFileName)) || File.Exists(Path.Combine(modelDir, SentencePieceFileName))
+            ? Load(modelDir)
+            : null;
+
     /// <summary>Reads the tokenizer settings of <paramref name="modelDir"/>; missing files give empty settings.</summary>
     /// <param name="modelDir">The model folder.</param>
     /// <returns>The settings found.</returns>

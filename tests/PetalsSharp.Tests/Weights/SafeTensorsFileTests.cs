@@ -8,7 +8,7 @@ namespace PetalsSharp.Tests.Weights;
 
 public class SafeTensorsFileTests
 {
-    public static TheoryData<string> FixtureNames => new(Fixtures);
+    public static TheoryData<string> FixtureNames => new(FixtureFolders);
 
     [Theory]
     [MemberData(nameof(FixtureNames))]

@@ -33,7 +33,7 @@ internal sealed class TempDir : IDisposable
 
 internal static class SafeTensorsTestSupport
 {
-    public static readonly string[] Fixtures = ["llama-gqa", "mixtral", "falcon-new", "bloom"];
+    public static readonly string[] FixtureFolders = ["llama-gqa", "mixtral", "falcon-new", "bloom"];
 
     public static string FixtureDir(string name) => Path.Combine(AppContext.BaseDirectory, "TestData", name);
 
