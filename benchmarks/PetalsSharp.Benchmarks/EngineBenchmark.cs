@@ -34,7 +34,7 @@ public static class EngineBenchmark
             var decodeSeconds = (total - prefill) / (newTokens - 1);
             var gbps = bytesPerToken / decodeSeconds;
             Console.WriteLine($"| {dtype} | {promptLen / prefill:F0} | {1 / decodeSeconds:F1} | {decodeSeconds * 1000:F2} | {bytesPerToken / 1e6:F0} MB | {gbps / 1e9:F1} | {gbps / bandwidth:F2} |");
-            if (dtype == ScalarType.Float32) Breakdown(lm);
+            Breakdown(lm);
         }
         await Task.CompletedTask;
     }
@@ -107,9 +107,16 @@ public static class EngineBenchmark
         {
             using var scope = NewDisposeScope();
             foreach (var b in stack.Blocks)
-                foreach (var p in b.parameters().Where(p => p.dim() == 2)) F.linear(ones(1, 1, p.shape[1]), p);
+                foreach (var p in b.parameters().Where(p => p.dim() == 2)) F.linear(ones(1, 1, p.shape[1]), p.to(ScalarType.Float32));
         }, repeats: 21, warmup: 3);
-        Console.WriteLine($"|   breakdown (f32) | blocks {blocks * 1000:F2} ms | of which bare matmuls {gemv * 1000:F2} ms | head+norm {head * 1000:F2} ms | | | |");
+        var fast = Timing.Median(() =>
+        {
+            using var scope = NewDisposeScope();
+            foreach (var b in stack.Blocks)
+                foreach (var p in b.parameters().Where(p => p.dim() == 2)) Ops.Linear(ones(1, 1, p.shape[1]), p);
+        }, repeats: 21, warmup: 3);
+        long matBytes = stack.Blocks.Sum(b => b.parameters().Where(p => p.dim() == 2).Sum(p => p.NumberOfElements * p.ElementSize));
+        Console.WriteLine($"|   breakdown ({x.dtype}) | blocks {blocks * 1000:F2} ms | their matmuls: C# GEMV {fast * 1000:F2} ms ({matBytes / fast / 1e9:F1} GB/s), F.linear {gemv * 1000:F2} ms ({matBytes / gemv / 1e9:F1} GB/s) | head+norm {head * 1000:F2} ms | | | |");
     }
 
     /// <summary>The ~100M model of the issue: hidden 768, 12 layers, 12 heads, 4 KV heads, vocab 32000.</summary>
