@@ -34,7 +34,7 @@ public static class EngineBenchmark
             var decodeSeconds = (total - prefill) / (newTokens - 1);
             var gbps = bytesPerToken / decodeSeconds;
             Console.WriteLine($"| {dtype} | {promptLen / prefill:F0} | {1 / decodeSeconds:F1} | {decodeSeconds * 1000:F2} | {bytesPerToken / 1e6:F0} MB | {gbps / 1e9:F1} | {gbps / bandwidth:F2} |");
-            Breakdown(lm);
+            Breakdown(lm, dtype);
         }
         await Task.CompletedTask;
     }
@@ -86,7 +86,7 @@ public static class EngineBenchmark
     }
 
     /// <summary>Where a decode step's time goes: the blocks, the LM head, and everything else.</summary>
-    static void Breakdown(CausalLM lm)
+    static void Breakdown(CausalLM lm, ScalarType dtype)
     {
         var stack = (LocalBlockStack)lm.Blocks;
         using var session = (LocalBlockSession)stack.OpenSession(new SessionOptions(1, 300));
@@ -116,7 +116,7 @@ public static class EngineBenchmark
                 foreach (var p in b.parameters().Where(p => p.dim() == 2)) Ops.Linear(ones(1, 1, p.shape[1]), p);
         }, repeats: 21, warmup: 3);
         long matBytes = stack.Blocks.Sum(b => b.parameters().Where(p => p.dim() == 2).Sum(p => p.NumberOfElements * p.ElementSize));
-        Console.WriteLine($"|   breakdown ({x.dtype}) | blocks {blocks * 1000:F2} ms | their matmuls: C# GEMV {fast * 1000:F2} ms ({matBytes / fast / 1e9:F1} GB/s), F.linear {gemv * 1000:F2} ms ({matBytes / gemv / 1e9:F1} GB/s) | head+norm {head * 1000:F2} ms | | | |");
+        Console.WriteLine($"|   breakdown ({dtype}) | blocks {blocks * 1000:F2} ms | their matmuls: C# GEMV {fast * 1000:F2} ms ({matBytes / fast / 1e9:F1} GB/s), F.linear {gemv * 1000:F2} ms ({matBytes / gemv / 1e9:F1} GB/s) | head+norm {head * 1000:F2} ms | | | |");
     }
 
     /// <summary>The ~100M model of the issue: hidden 768, 12 layers, 12 heads, 4 KV heads, vocab 32000.</summary>
