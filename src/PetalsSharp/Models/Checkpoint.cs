@@ -55,6 +55,22 @@ public sealed class Checkpoint : IDisposable
     public ModelEnds LoadEnds(ScalarType dtype = ScalarType.Float32, Device? device = null) =>
         Config.Family.CreateEnds(Config, Load(Config.Family.EndTensors(Config), dtype, device));
 
+    /// <summary>
+    /// Fingerprint of block <paramref name="index"/>'s weights as stored in the files (see
+    /// <see cref="WeightStore.ContentHash"/>): equal fingerprints mean the same weights, whatever dtype serves them.
+    /// </summary>
+    public string BlockFingerprint(int index)
+    {
+        var hash = new System.IO.Hashing.XxHash128();
+        foreach (var spec in Config.Family.BlockTensors(Config, index))
+            hash.Append(System.Text.Encoding.UTF8.GetBytes(spec.Name + "=" + Weights.ContentHash(spec.Name) + ";"));
+        return Convert.ToHexStringLower(hash.GetCurrentHash());
+    }
+
+    /// <summary>One fingerprint over a span's block fingerprints.</summary>
+    public static string SpanFingerprint(IEnumerable<string> blockFingerprints) =>
+        Convert.ToHexStringLower(System.IO.Hashing.XxHash128.Hash(System.Text.Encoding.UTF8.GetBytes(string.Join(",", blockFingerprints))));
+
     Dictionary<string, Tensor> Load(IEnumerable<TensorSpec> specs, ScalarType dtype, Device? device)
     {
         var result = new Dictionary<string, Tensor>();

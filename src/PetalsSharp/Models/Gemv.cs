@@ -66,12 +66,7 @@ internal static unsafe class Gemv
         return true;
     }
 
-    // TorchSharp 0.107 exposes no element pointer for bf16 tensors (storage<T> has no bf16 T), so ask the
-    // native layer TorchSharp itself calls; it returns tensor.data_ptr(), storage offset included.
-    [System.Runtime.InteropServices.DllImport("LibTorchSharp")]
-    static extern IntPtr THSTensor_data(IntPtr handle);
-
-    static T* Ptr<T>(Tensor t) where T : unmanaged => (T*)THSTensor_data(t.Handle);
+    static T* Ptr<T>(Tensor t) where T : unmanaged => PetalsSharp.Wire.NativeMemory.Pointer<T>(t);
 
     /// <summary>Dot of two float32 rows with four independent accumulators, so loads rather than adds set the pace.</summary>
     static float DotF32(float* w, float* x, int n)

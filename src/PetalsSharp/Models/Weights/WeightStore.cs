@@ -108,6 +108,28 @@ public sealed class WeightStore : IDisposable
     }
 
     /// <summary>Closes the opened files. Tensors already loaded stay valid.</summary>
+    /// <summary>
+    /// A hash of the tensor as stored (dtype, shape and raw bytes, XxHash128), independent of the dtype it is loaded
+    /// in, so a client and a server holding the same files agree on it without loading anything.
+    /// </summary>
+    public string ContentHash(string name)
+    {
+        var (file, entry) = Entry(name);
+        var hash = new System.IO.Hashing.XxHash128();
+        hash.Append(System.Text.Encoding.UTF8.GetBytes($"{entry.DType}[{string.Join(",", entry.Shape)}]"));
+        using var handle = File.OpenHandle(file.Path, FileMode.Open, FileAccess.Read, FileShare.Read);
+        var buffer = new byte[1 << 20];
+        long offset = file.DataOffset + entry.Begin, end = file.DataOffset + entry.End;
+        while (offset < end)
+        {
+            int read = RandomAccess.Read(handle, buffer.AsSpan(0, (int)Math.Min(buffer.Length, end - offset)), offset);
+            if (read <= 0) throw new CheckpointException(file.Path, $"file ended while hashing tensor '{name}'", name);
+            hash.Append(buffer.AsSpan(0, read));
+            offset += read;
+        }
+        return Convert.ToHexStringLower(hash.GetCurrentHash());
+    }
+
     public void Dispose()
     {
         lock (gate)

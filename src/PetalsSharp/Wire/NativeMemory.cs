@@ -1,0 +1,18 @@
+using System.Runtime.InteropServices;
+using static TorchSharp.torch;
+
+namespace PetalsSharp.Wire;
+
+/// <summary>Raw access to a CPU tensor's elements (TorchSharp 0.107 has no pointer accessor for 16-bit dtypes).</summary>
+internal static unsafe class NativeMemory
+{
+    [DllImport("LibTorchSharp")]
+    static extern IntPtr THSTensor_data(IntPtr handle);
+
+    /// <summary>Pointer to the first element (storage offset included). The tensor must be contiguous and on the CPU.</summary>
+    public static T* Pointer<T>(Tensor t) where T : unmanaged => (T*)THSTensor_data(t.Handle);
+
+    /// <summary>The elements of a contiguous CPU tensor as a span (valid while the tensor lives).</summary>
+    public static Span<T> Span<T>(Tensor t) where T : unmanaged =>
+        new(Pointer<T>(t), checked((int)t.NumberOfElements));
+}

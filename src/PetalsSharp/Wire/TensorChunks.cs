@@ -1,0 +1,87 @@
+using Google.Protobuf;
+using PetalsSharp.Wire.V1;
+using WireTensor = PetalsSharp.Wire.V1.Tensor;
+
+namespace PetalsSharp.Wire;
+
+/// <summary>Cuts a serialized tensor into chunks for the Forward/Backward streams.</summary>
+public static class TensorChunks
+{
+    public static IEnumerable<CallMessage> Split(string name, WireTensor tensor, int chunkBytes = Protocol.ChunkBytes)
+    {
+        var bytes = tensor.ToByteString();
+        if (bytes.Length == 0)
+        {
+            yield return new CallMessage { Chunk = new TensorChunk { Name = name, TotalBytes = 0, Last = true } };
+            yield break;
+        }
+        for (int offset = 0; offset < bytes.Length; offset += chunkBytes)
+        {
+            int length = Math.Min(chunkBytes, bytes.Length - offset);
+            yield return new CallMessage
+            {
+                Chunk = new TensorChunk
+                {
+                    Name = offset == 0 ? name : "",
+                    TotalBytes = offset == 0 ? bytes.Length : 0,
+                    Part = UnsafeByteOperations.UnsafeWrap(bytes.Memory.Slice(offset, length)),
+                    Last = offset + length == bytes.Length,
+                },
+            };
+        }
+    }
+}
+
+/// <summary>
+/// Reassembles chunked tensors, refusing anything out of order, oversized or truncated before it buffers it.
+/// Only the names the caller expects are accepted, each once.
+/// </summary>
+public sealed class TensorAssembler(IReadOnlyCollection<string> expectedNames, long maxTensorBytes)
+{
+    readonly Dictionary<string, WireTensor> _done = new();
+    string? _current;
+    byte[]? _buffer;
+    long _filled;
+
+    public IReadOnlyDictionary<string, WireTensor> Completed => _done;
+
+    public bool IsComplete => _current is null && expectedNames.All(_done.ContainsKey);
+
+    public void Add(TensorChunk chunk)
+    {
+        if (_current is null)
+        {
+            if (!expectedNames.Contains(chunk.Name))
+                throw new WireException($"unexpected tensor '{chunk.Name}' (expected {string.Join(", ", expectedNames)})");
+            if (_done.ContainsKey(chunk.Name)) throw new WireException($"tensor '{chunk.Name}' sent twice");
+            if (chunk.TotalBytes < 0 || chunk.TotalBytes > maxTensorBytes)
+                throw new WireException($"tensor '{chunk.Name}' declares {chunk.TotalBytes} bytes; the limit is {maxTensorBytes}");
+            _current = chunk.Name;
+            _buffer = new byte[chunk.TotalBytes];
+            _filled = 0;
+        }
+        else if (chunk.Name.Length != 0 && chunk.Name != _current)
+        {
+            throw new WireException($"tensor '{chunk.Name}' started before '{_current}' was complete");
+        }
+        if (_filled + chunk.Part.Length > _buffer!.Length)
+            throw new WireException($"tensor '{_current}' sent more bytes than the {_buffer.Length} it declared");
+        chunk.Part.Span.CopyTo(_buffer.AsSpan((int)_filled));
+        _filled += chunk.Part.Length;
+        if (!chunk.Last) return;
+        if (_filled != _buffer.Length)
+            throw new WireException($"tensor '{_current}' is truncated: {_filled} of {_buffer.Length} bytes");
+        try { _done[_current] = WireTensor.Parser.ParseFrom(_buffer); }
+        catch (InvalidProtocolBufferException e) { throw new WireException($"tensor '{_current}' is not a valid Tensor message: {e.Message}"); }
+        _current = null;
+        _buffer = null;
+    }
+
+    /// <summary>Throws unless every expected tensor arrived whole.</summary>
+    public void RequireComplete()
+    {
+        if (_current is not null) throw new WireException($"stream ended in the middle of tensor '{_current}'");
+        var missing = expectedNames.Where(n => !_done.ContainsKey(n)).ToList();
+        if (missing.Count > 0) throw new WireException($"missing tensor(s): {string.Join(", ", missing)}");
+    }
+}
