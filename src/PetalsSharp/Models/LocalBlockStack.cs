@@ -6,9 +6,15 @@ namespace PetalsSharp.Models;
 public sealed class LocalBlockStack : IBlockStack
 {
     readonly DecoderBlock[] _blocks;
+    readonly bool _ownsBlocks;
 
-    public LocalBlockStack(ModelConfig config, IReadOnlyList<DecoderBlock> blocks)
+    public LocalBlockStack(ModelConfig config, IReadOnlyList<DecoderBlock> blocks) : this(config, blocks, ownsBlocks: true)
     {
+    }
+
+    LocalBlockStack(ModelConfig config, IReadOnlyList<DecoderBlock> blocks, bool ownsBlocks)
+    {
+        _ownsBlocks = ownsBlocks;
         if (blocks.Count == 0) throw new ArgumentException("a block stack needs at least one block");
         for (int i = 1; i < blocks.Count; i++)
             if (blocks[i].Index != blocks[i - 1].Index + 1) throw new ArgumentException("blocks must be contiguous");
@@ -43,6 +49,17 @@ public sealed class LocalBlockStack : IBlockStack
 
     public IBlockSession OpenSession(SessionOptions options) => new LocalBlockSession(this, options);
 
+    /// <summary>
+    /// Blocks <c>[start, end)</c> (absolute indices) as a stack that shares these blocks; disposing the slice
+    /// leaves them alive. A server uses it to run part of its span.
+    /// </summary>
+    public LocalBlockStack Slice(int start, int end)
+    {
+        if (start < Start || end > End || start >= end)
+            throw new ArgumentOutOfRangeException(nameof(start), $"[{start}, {end}) is not inside [{Start}, {End})");
+        return new LocalBlockStack(Config, _blocks[(start - Start)..(end - Start)], ownsBlocks: false);
+    }
+
     /// <summary>Bytes of KV cache one token of one row needs across the stack.</summary>
     public long CacheBytesPerToken(ScalarType dtype) =>
         _blocks.Sum(b => 2L * b.CacheShape.KvHeads * b.CacheShape.HeadDim) * ElementSize(dtype);
@@ -63,7 +80,7 @@ public sealed class LocalBlockStack : IBlockStack
 
     public void Dispose()
     {
-        foreach (var b in _blocks) b.Dispose();
+        if (_ownsBlocks) foreach (var b in _blocks) b.Dispose();
     }
 }
 
