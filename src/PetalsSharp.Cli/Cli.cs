@@ -31,10 +31,11 @@ public static class Cli
     static string Describe(Exception e)
     {
         while (e is AggregateException { InnerException: { } inner }) e = inner;
+        if (e is Grpc.Core.RpcException rpc) return $"server answered {rpc.StatusCode}: {rpc.Status.Detail}".ReplaceLineEndings(" ");
         var message = e.Message.ReplaceLineEndings(" ");
         return e is ConfigException or Models.Weights.CheckpointException or ArgumentException or CliException
             or FileNotFoundException or DirectoryNotFoundException or InvalidOperationException or FormatException
-            or InvalidDataException or NotSupportedException
+            or InvalidDataException or NotSupportedException or Swarm.SwarmException
             ? message
             : $"{e.GetType().Name}: {message}";
     }

@@ -26,7 +26,7 @@ public static class DemoCommand
                 dir = EnsureBuiltInModel();
                 AnsiConsole.MarkupLine("[yellow]The built-in demo model has RANDOM weights: expect gibberish. Pass --model DIR for a real checkpoint.[/]");
             }
-            using var lm = ModelOpener.Open(dir, TorchSharp.torch.ScalarType.Float32);
+            using var lm = await ModelOpener.OpenAsync(dir, TorchSharp.torch.ScalarType.Float32, ct: ct);
             AnsiConsole.MarkupLine($"model: [bold]{Markup.Escape(dir)}[/] ({lm.Config.ModelType}, {lm.Config.NumLayers} blocks, hidden {lm.Config.HiddenSize})");
             var text = pr.GetValue(prompt)!;
             var options = new GenerationOptions { MaxNewTokens = pr.GetValue(maxNew), DoSample = false };

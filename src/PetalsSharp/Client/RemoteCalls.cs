@@ -1,0 +1,77 @@
+using Grpc.Core;
+using PetalsSharp.Swarm;
+using PetalsSharp.Wire;
+using PetalsSharp.Wire.V1;
+using static TorchSharp.torch;
+using Tensor = TorchSharp.torch.Tensor;
+
+namespace PetalsSharp.Client;
+
+/// <summary>Forward and Backward RPCs of one hop, with tensors chunked both ways.</summary>
+internal static class RemoteCalls
+{
+    public static async Task<Tensor> ForwardAsync(ServerConnection server, ChainHop hop, Tensor hidden,
+        IReadOnlyList<int>? leftPadding, RemoteOptions options, CancellationToken ct)
+    {
+        var header = Header(hop, leftPadding, options);
+        var reply = await CallAsync(server.Client.Forward(deadline: DateTime.UtcNow + options.RequestTimeout, cancellationToken: ct),
+            header, [("hidden", hidden)], "hidden", options).ConfigureAwait(false);
+        return Expect(reply, hidden.shape, server, "hidden");
+    }
+
+    public static async Task<Tensor> BackwardAsync(ServerConnection server, ChainHop hop, Tensor input, Tensor gradOutput,
+        IReadOnlyList<int>? leftPadding, RemoteOptions options, CancellationToken ct)
+    {
+        var header = Header(hop, leftPadding, options);
+        var reply = await CallAsync(server.Client.Backward(deadline: DateTime.UtcNow + options.RequestTimeout, cancellationToken: ct),
+            header, [("hidden", input), ("grad_output", gradOutput)], "grad_input", options).ConfigureAwait(false);
+        return Expect(reply, input.shape, server, "grad_input");
+    }
+
+    static CallHeader Header(ChainHop hop, IReadOnlyList<int>? leftPadding, RemoteOptions options)
+    {
+        var header = new CallHeader { StartBlock = hop.Start, EndBlock = hop.End, OutputCompression = options.Compression };
+        if (leftPadding is not null) header.LeftPadding.AddRange(leftPadding);
+        return header;
+    }
+
+    static async Task<Tensor> CallAsync(AsyncDuplexStreamingCall<CallMessage, CallMessage> call, CallHeader header,
+        (string Name, Tensor Value)[] tensors, string replyName, RemoteOptions options)
+    {
+        using (call)
+        {
+            await call.RequestStream.WriteAsync(new CallMessage { Header = header }).ConfigureAwait(false);
+            foreach (var (name, value) in tensors)
+                foreach (var chunk in TensorChunks.Split(name, TensorCodec.Encode(value, options.Compression)))
+                    await call.RequestStream.WriteAsync(chunk).ConfigureAwait(false);
+            await call.RequestStream.CompleteAsync().ConfigureAwait(false);
+            var assembler = new TensorAssembler([replyName], Protocol.DefaultMaxTensorBytes);
+            while (await call.ResponseStream.MoveNext(CancellationToken.None).ConfigureAwait(false))
+            {
+                if (call.ResponseStream.Current.KindCase != CallMessage.KindOneofCase.Chunk)
+                    throw new WireException("server replied with something other than tensor chunks");
+                assembler.Add(call.ResponseStream.Current.Chunk);
+            }
+            assembler.RequireComplete();
+            return TensorCodec.Decode(assembler.Completed[replyName], replyName);
+        }
+    }
+
+    /// <summary>A reply must have the shape we sent and finite values: a server is not trusted either.</summary>
+    internal static Tensor Expect(Tensor reply, long[] shape, ServerConnection server, string what)
+    {
+        if (!reply.shape.SequenceEqual(shape))
+        {
+            var got = string.Join(", ", reply.shape);
+            reply.Dispose();
+            throw new SwarmException($"{server.Address} returned {what} of shape [{got}], expected [{string.Join(", ", shape)}]");
+        }
+        try { TensorCodec.RequireFinite(reply, what); }
+        catch (WireException e)
+        {
+            reply.Dispose();
+            throw new SwarmException($"{server.Address}: {e.Message}");
+        }
+        return reply;
+    }
+}

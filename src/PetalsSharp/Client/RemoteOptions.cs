@@ -1,0 +1,23 @@
+using PetalsSharp.Wire;
+using PetalsSharp.Wire.V1;
+
+namespace PetalsSharp.Client;
+
+/// <summary>How a client talks to servers.</summary>
+public sealed record RemoteOptions
+{
+    /// <summary>Compression of activations in both directions (requests, and replies via output_compression).</summary>
+    public Compression Compression { get; init; } = Compression.None;
+
+    /// <summary>Deadline of one Forward/Backward call and of one inference step.</summary>
+    public TimeSpan RequestTimeout { get; init; } = TimeSpan.FromMinutes(3);
+
+    /// <summary>Largest message sent or accepted; inference steps bigger than half of it are split along T.</summary>
+    public int MaxMessageBytes { get; init; } = Protocol.DefaultMaxMessageBytes;
+
+    /// <summary>Refuse servers whose block fingerprints differ from the local checkpoint's (when it has those blocks).</summary>
+    public bool VerifyWeights { get; init; } = true;
+
+    /// <summary>Called with the <c>route: ...</c> line whenever a chain is chosen.</summary>
+    public Action<string>? OnRoute { get; init; }
+}

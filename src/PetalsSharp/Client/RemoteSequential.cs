@@ -1,0 +1,115 @@
+using PetalsSharp.Models;
+using PetalsSharp.Swarm;
+using static TorchSharp.torch;
+
+namespace PetalsSharp.Client;
+
+/// <summary>
+/// Blocks <c>[Start, End)</c> served by remote servers, as an <see cref="IBlockStack"/>. Forward is
+/// differentiable (backward calls each server's Backward, hop by hop in reverse), sessions keep their KV caches
+/// on the servers, and <c>remote[3..7]</c> gives a stack over just those blocks.
+/// </summary>
+public sealed class RemoteSequential : IBlockStack
+{
+    readonly RemotePool _pool;
+    readonly bool _ownsPool;
+
+    RemoteSequential(RemotePool pool, int start, int end, bool ownsPool)
+    {
+        _pool = pool;
+        _ownsPool = ownsPool;
+        Start = start;
+        End = end;
+    }
+
+    public ModelConfig Config => _pool.Config;
+    public int Start { get; }
+    public int End { get; }
+    public RemoteOptions Options => _pool.Options;
+
+    /// <summary>Servers known to this stack.</summary>
+    public IReadOnlyList<ServerConnection> Servers => _pool.Servers;
+
+    /// <summary>
+    /// Connects to a static list of servers (<c>HOST:PORT</c>) that together cover every block. With a local
+    /// checkpoint, servers whose weights differ from it are refused.
+    /// </summary>
+    public static async Task<RemoteSequential> ConnectAsync(ModelConfig config, IEnumerable<string> peers,
+        RemoteOptions? options = null, Checkpoint? localCheckpoint = null, CancellationToken cancellationToken = default)
+    {
+        var pool = await RemotePool.ConnectAsync(config, peers, options ?? new RemoteOptions(), localCheckpoint, cancellationToken).ConfigureAwait(false);
+        var stack = new RemoteSequential(pool, 0, config.NumLayers, ownsPool: true);
+        stack.Chain();   // fail now, not at the first step, when the servers leave a gap
+        return stack;
+    }
+
+    /// <summary>A stack over blocks <paramref name="range"/> that shares these servers.</summary>
+    public RemoteSequential this[Range range]
+    {
+        get
+        {
+            var (offset, length) = range.GetOffsetAndLength(End - Start);
+            if (length <= 0) throw new ArgumentOutOfRangeException(nameof(range), "a slice needs at least one block");
+            return new RemoteSequential(_pool, Start + offset, Start + offset + length, ownsPool: false);
+        }
+    }
+
+    /// <summary>The chain of servers this stack would use now.</summary>
+    public IReadOnlyList<ChainHop> Chain()
+    {
+        var chain = ChainPlanner.FewestHops(_pool.Servers.Select(s => s.Span).ToList(), Start, End);
+        _pool.Options.OnRoute?.Invoke(ChainPlanner.Describe(chain));
+        return chain;
+    }
+
+    public Tensor Forward(Tensor hidden, ForwardOptions? options = null)
+    {
+        LocalBlockStack.CheckHidden(hidden, Config);
+        var h = hidden;
+        foreach (var hop in Chain())
+        {
+            var server = _pool.Get(hop.Server.Address);
+            h = h.requires_grad
+                ? RemoteHopFunction.apply(h, new RemoteHop(server, hop, options?.LeftPadding, _pool.Options))
+                : Run(() => RemoteCalls.ForwardAsync(server, hop, h, options?.LeftPadding, _pool.Options, CancellationToken.None));
+            options?.OnBlockOutput?.Invoke(hop.End - 1, h.detach().clone().DetachFromDisposeScope());
+        }
+        return h;
+    }
+
+    public IBlockSession OpenSession(SessionOptions options) => new RemoteSession(_pool, Chain(), options);
+
+    /// <summary>Runs async gRPC work from the synchronous IBlockStack/autograd surface without capturing a context.</summary>
+    internal static T Run<T>(Func<Task<T>> work) => Task.Run(work).GetAwaiter().GetResult();
+
+    public void Dispose()
+    {
+        if (_ownsPool) _pool.Dispose();
+    }
+}
+
+/// <summary>What the autograd function needs to call a hop again in backward.</summary>
+internal sealed record RemoteHop(ServerConnection Server, ChainHop Hop, IReadOnlyList<int>? LeftPadding, RemoteOptions Options);
+
+/// <summary>One hop as an autograd node: forward calls the server's Forward, backward its Backward.</summary>
+internal sealed class RemoteHopFunction : TorchSharp.torch.autograd.SingleTensorFunction<RemoteHopFunction>
+{
+    public override string Name => "RemoteHop";
+
+    public override Tensor forward(TorchSharp.torch.autograd.AutogradContext ctx, params object[] vars)
+    {
+        var input = (Tensor)vars[0];
+        var hop = (RemoteHop)vars[1];
+        ctx.save_for_backward([input.detach()]);
+        ctx.save_data("hop", hop);
+        return RemoteSequential.Run(() => RemoteCalls.ForwardAsync(hop.Server, hop.Hop, input.detach(), hop.LeftPadding, hop.Options, CancellationToken.None));
+    }
+
+    public override List<Tensor> backward(TorchSharp.torch.autograd.AutogradContext ctx, Tensor gradOutput)
+    {
+        var input = ctx.get_saved_variables()[0];
+        var hop = (RemoteHop)ctx.get_data("hop");
+        var grad = RemoteSequential.Run(() => RemoteCalls.BackwardAsync(hop.Server, hop.Hop, input, gradOutput.contiguous(), hop.LeftPadding, hop.Options, CancellationToken.None));
+        return [grad];
+    }
+}

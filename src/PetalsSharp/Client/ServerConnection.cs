@@ -1,0 +1,96 @@
+using System.Collections.Concurrent;
+using Grpc.Net.Client;
+using PetalsSharp.Models;
+using PetalsSharp.Swarm;
+using PetalsSharp.Wire;
+using PetalsSharp.Wire.V1;
+
+namespace PetalsSharp.Client;
+
+/// <summary>A gRPC channel to one server and what its Info said.</summary>
+public sealed class ServerConnection : IDisposable
+{
+    readonly GrpcChannel _channel;
+
+    ServerConnection(string address, GrpcChannel channel, InfoReply info)
+    {
+        Address = address;
+        _channel = channel;
+        Client = new BlockService.BlockServiceClient(channel);
+        Info = info;
+        Span = new ServerSpan(address, info.StartBlock, info.EndBlock);
+    }
+
+    public string Address { get; }
+    public BlockService.BlockServiceClient Client { get; }
+    public InfoReply Info { get; }
+    public ServerSpan Span { get; }
+
+    /// <summary>HTTP/2 without TLS, large messages both ways, and fast first reconnects.</summary>
+    public static GrpcChannel CreateChannel(string address, int maxMessageBytes) =>
+        GrpcChannel.ForAddress(address.Contains("://") ? address : "http://" + address, new GrpcChannelOptions
+        {
+            MaxReceiveMessageSize = maxMessageBytes,
+            MaxSendMessageSize = maxMessageBytes,
+            InitialReconnectBackoff = TimeSpan.FromMilliseconds(50),
+            HttpHandler = new SocketsHttpHandler
+            {
+                EnableMultipleHttp2Connections = true,
+                ConnectTimeout = TimeSpan.FromSeconds(5),
+                KeepAlivePingDelay = TimeSpan.FromSeconds(30),
+                KeepAlivePingTimeout = TimeSpan.FromSeconds(20),
+            },
+        });
+
+    /// <summary>Connects, asks Info and checks that the server serves this model with a compatible protocol.</summary>
+    public static async Task<ServerConnection> ConnectAsync(string address, ModelConfig config, RemoteOptions options,
+        CancellationToken cancellationToken = default)
+    {
+        var channel = CreateChannel(address, options.MaxMessageBytes);
+        try
+        {
+            var client = new BlockService.BlockServiceClient(channel);
+            var info = await client.InfoAsync(new InfoRequest(), deadline: DateTime.UtcNow.AddSeconds(10),
+                cancellationToken: cancellationToken).ConfigureAwait(false);
+            if (info.ProtocolVersion != Protocol.Version)
+                throw new SwarmException($"{address} speaks protocol v{info.ProtocolVersion}, this client v{Protocol.Version}");
+            if (info.NumBlocks != config.NumLayers || info.HiddenSize != config.HiddenSize)
+                throw new SwarmException($"{address} serves a model with {info.NumBlocks} blocks of width {info.HiddenSize}; this model has {config.NumLayers} of width {config.HiddenSize}");
+            if (info.StartBlock < 0 || info.EndBlock > info.NumBlocks || info.StartBlock >= info.EndBlock)
+                throw new SwarmException($"{address} announces an invalid span [{info.StartBlock}, {info.EndBlock})");
+            if (info.BlockFingerprints.Count != info.EndBlock - info.StartBlock)
+                throw new SwarmException($"{address} sent {info.BlockFingerprints.Count} block fingerprints for a span of {info.EndBlock - info.StartBlock}");
+            return new ServerConnection(address, channel, info);
+        }
+        catch
+        {
+            channel.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>Throws when a block's fingerprint differs from the one the local files give.</summary>
+    public void VerifyWeights(Func<int, string?> localFingerprint)
+    {
+        for (int i = Info.StartBlock; i < Info.EndBlock; i++)
+        {
+            var local = localFingerprint(i);
+            var remote = Info.BlockFingerprints[i - Info.StartBlock];
+            if (local is not null && local != remote)
+                throw new SwarmException($"{Address} serves different weights for block {i} (fingerprint {remote}, local {local}); refusing it");
+        }
+    }
+
+    public void Dispose() => _channel.Dispose();
+}
+
+/// <summary>Fingerprints of the local checkpoint's blocks, computed once, or null where the files lack the block.</summary>
+public sealed class LocalFingerprints(Checkpoint? checkpoint)
+{
+    readonly ConcurrentDictionary<int, string?> _cache = new();
+
+    public string? Get(int block) => checkpoint is null ? null : _cache.GetOrAdd(block, i =>
+        checkpoint.Config.Family.BlockTensors(checkpoint.Config, i).All(s => checkpoint.Weights.Contains(s.Name))
+            ? checkpoint.BlockFingerprint(i)
+            : null);
+}

@@ -1,0 +1,130 @@
+using PetalsSharp.Client;
+using PetalsSharp.Generation;
+using PetalsSharp.Models;
+using PetalsSharp.Wire.V1;
+using Xunit;
+using static TorchSharp.torch;
+using Tensor = TorchSharp.torch.Tensor;
+
+namespace PetalsSharp.Tests.Swarm;
+
+/// <summary>Servers in their own processes give what the local model gives (acceptance 1–3 of the serving issue).</summary>
+[Collection(LlamaSwarmCollection.Name)]
+public sealed class DistributedParityTests(LlamaSwarm swarm)
+{
+    static readonly Reference Ref = Reference.Load("llama-gqa");
+
+    public static TheoryData<int> Chains => new() { 2, 3 };
+
+    IEnumerable<string> Peers(int servers) => servers == 2 ? swarm.TwoPeers : swarm.ThreePeers;
+
+    [Theory]
+    [MemberData(nameof(Chains))]
+    public async Task Logits_match_local_within_1e5_and_the_route_uses_every_server(int servers)
+    {
+        using var scope = NewDisposeScope();
+        var routes = new List<string>();
+        using var lm = await swarm.ConnectAsync(Peers(servers), new RemoteOptions { OnRoute = routes.Add });
+        using var local = CausalLM.Load(LlamaSwarm.ModelDir);
+        var ids = Ref.Longs("input_ids");
+        var remote = lm.Forward(ids);
+        Assert.True(TensorAssert.MaxAbsDiff(local.Forward(ids), remote) <= 1e-5);
+        TensorAssert.Close(Ref.Floats("logits"), remote, 1e-3, 1e-4, "logits vs HF");
+        Assert.Equal(servers, routes[^1].Split(' ').Length - 1);
+    }
+
+    [Theory]
+    [MemberData(nameof(Chains))]
+    public async Task Greedy_tokens_equal_the_fixture(int servers)
+    {
+        using var lm = await swarm.ConnectAsync(Peers(servers));
+        var result = await lm.GenerateAsync(Ref.IdRows("generation.prompt_ids"), new GenerationOptions { MaxNewTokens = 12, IgnoreEos = true });
+        Assert.Equal(Ref.IdRows("generation.new_tokens"), result.NewTokens);
+    }
+
+    [Fact]
+    public async Task Hidden_states_between_spans_are_visible()
+    {
+        using var scope = NewDisposeScope();
+        using var lm = await swarm.ConnectAsync(swarm.ThreePeers);
+        using var result = lm.Inspect(Ref.Longs("input_ids"));
+        var expected = Ref.Floats("hidden_states");
+        for (int i = 0; i < result.HiddenStates.Count; i++)
+            TensorAssert.Close(expected[i], result.HiddenStates[i]!, 1e-3, 1e-4, $"hidden_states[{i}]");
+    }
+
+    [Fact]
+    public async Task Backward_through_the_servers_matches_local_autograd()
+    {
+        using var scope = NewDisposeScope();
+        using var lm = await swarm.ConnectAsync(swarm.ThreePeers);
+        using var local = CausalLM.Load(LlamaSwarm.ModelDir);
+        manual_seed(11);
+        var x = randn(2, 5, 64);
+        var weights = randn(2, 5, 64);
+        Tensor Grad(IBlockStack blocks)
+        {
+            var input = x.clone().requires_grad_(true);
+            (blocks.Forward(input) * weights).sum().backward();
+            return input.grad!.clone();
+        }
+        var expected = Grad(local.Blocks);
+        var actual = Grad(lm.Blocks);
+        Assert.True(TensorAssert.MaxAbsDiff(expected, actual) <= 1e-5, $"max diff {TensorAssert.MaxAbsDiff(expected, actual)}");
+    }
+
+    [Fact]
+    public async Task A_slice_runs_only_its_blocks()
+    {
+        using var scope = NewDisposeScope();
+        using var lm = await swarm.ConnectAsync(swarm.ThreePeers);
+        using var local = CausalLM.Load(LlamaSwarm.ModelDir);
+        var slice = ((RemoteSequential)lm.Blocks)[1..3];
+        Assert.Equal((1, 3), (slice.Start, slice.End));
+        var x = randn(1, 4, 64);
+        var expected = ((LocalBlockStack)local.Blocks).Slice(1, 3).Forward(x);
+        Assert.True(TensorAssert.MaxAbsDiff(expected, slice.Forward(x)) <= 1e-5);
+    }
+
+    [Fact]
+    public async Task Rollback_and_beam_reorder_match_local()
+    {
+        using var scope = NewDisposeScope();
+        using var lm = await swarm.ConnectAsync(swarm.TwoPeers);
+        using var local = CausalLM.Load(LlamaSwarm.ModelDir);
+        manual_seed(5);
+        var prefix = randn(2, 4, 64);
+        var step = randn(2, 2, 64);
+        async Task<Tensor> Run(IBlockStack blocks)
+        {
+            using var s = blocks.OpenSession(new SessionOptions(2, 16));
+            await s.StepAsync(prefix);
+            await s.StepAsync(randn(2, 3, 64));                                        // tokens to be rolled back
+            await s.StepAsync(step, new StepOptions(StartFromPosition: 4));
+            return await s.StepAsync(step.narrow(1, 0, 1), new StepOptions(HypoIds: tensor(new long[] { 1, 0 })));
+        }
+        var expected = await Run(local.Blocks);
+        var actual = await Run(lm.Blocks);
+        Assert.True(TensorAssert.MaxAbsDiff(expected, actual) <= 1e-5);
+    }
+
+    [Theory]
+    [InlineData(Compression.Float16, 2e-3)]
+    [InlineData(Compression.Bfloat16, 3e-2)]
+    [InlineData(Compression.Int8Blockwise, 1e-1)]
+    public async Task Compressed_activations_stay_within_their_bound(Compression compression, double bound)
+    {
+        using var scope = NewDisposeScope();
+        using var lm = await swarm.ConnectAsync(swarm.ThreePeers, new RemoteOptions { Compression = compression });
+        var ids = Ref.Longs("input_ids");
+        var logits = lm.Forward(ids);
+        var expected = Ref.Floats("logits");
+        var relative = TensorAssert.MaxAbsDiff(expected, logits) / expected.abs().max().item<float>();
+        Assert.True(relative <= bound, $"{compression}: max |Δlogit| / max |logit| = {relative:E2} > {bound:E0}");
+        if (compression == Compression.Bfloat16)
+        {
+            var result = await lm.GenerateAsync(Ref.IdRows("generation.prompt_ids"), new GenerationOptions { MaxNewTokens = 12, IgnoreEos = true });
+            Assert.Equal(Ref.IdRows("generation.new_tokens"), result.NewTokens);
+        }
+    }
+}

@@ -1,0 +1,76 @@
+using System.Diagnostics;
+
+namespace PetalsSharp.Tests.Swarm;
+
+/// <summary>A real <c>petals server</c> child process on 127.0.0.1 with an ephemeral port, killed on dispose.</summary>
+public sealed class ServerProcess : IDisposable
+{
+    readonly Process _process;
+    readonly System.Text.StringBuilder _log = new();
+
+    ServerProcess(Process process, string address)
+    {
+        _process = process;
+        Address = address;
+    }
+
+    /// <summary><c>127.0.0.1:PORT</c> as the server printed it.</summary>
+    public string Address { get; }
+
+    public string Log
+    {
+        get { lock (_log) return _log.ToString(); }
+    }
+
+    public static async Task<ServerProcess> StartAsync(string modelDir, int start, int end, params string[] extra)
+    {
+        var psi = new ProcessStartInfo("dotnet")
+        {
+            RedirectStandardOutput = true,
+            RedirectStandardError = true,
+            UseShellExecute = false,
+        };
+        psi.ArgumentList.Add(Path.Combine(AppContext.BaseDirectory, "petals.dll"));
+        foreach (var a in new[] { "server", "--model", modelDir, "--blocks", $"{start}:{end}", "--host", "127.0.0.1", "--port", "0" }.Concat(extra))
+            psi.ArgumentList.Add(a);
+        var process = Process.Start(psi)!;
+        var listening = new TaskCompletionSource<string>(TaskCreationOptions.RunContinuationsAsynchronously);
+        var log = new System.Text.StringBuilder();
+        void OnLine(string? line)
+        {
+            if (line is null) return;
+            lock (log) log.AppendLine(line);
+            const string marker = "listening on ";
+            var at = line.IndexOf(marker, StringComparison.Ordinal);
+            if (at >= 0) listening.TrySetResult(line[(at + marker.Length)..].Trim());
+        }
+        process.OutputDataReceived += (_, e) => OnLine(e.Data);
+        process.ErrorDataReceived += (_, e) => OnLine(e.Data);
+        process.BeginOutputReadLine();
+        process.BeginErrorReadLine();
+        process.EnableRaisingEvents = true;
+        process.Exited += (_, _) => listening.TrySetException(new InvalidOperationException($"server {start}:{end} exited early:\n{log}"));
+        var done = await Task.WhenAny(listening.Task, Task.Delay(TimeSpan.FromSeconds(60)));
+        if (done != listening.Task)
+        {
+            process.Kill(entireProcessTree: true);
+            throw new TimeoutException($"server {start}:{end} did not start in 60 s:\n{log}");
+        }
+        var result = new ServerProcess(process, await listening.Task);
+        lock (log) result._log.Append(log);
+        return result;
+    }
+
+    /// <summary>Kills the process at once, as a crash would (SIGKILL).</summary>
+    public void Kill()
+    {
+        if (!_process.HasExited) _process.Kill(entireProcessTree: true);
+        _process.WaitForExit(10_000);
+    }
+
+    public void Dispose()
+    {
+        Kill();
+        _process.Dispose();
+    }
+}
