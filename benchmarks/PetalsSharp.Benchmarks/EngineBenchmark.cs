@@ -120,7 +120,7 @@ public static class EngineBenchmark
     }
 
     /// <summary>The ~100M model of the issue: hidden 768, 12 layers, 12 heads, 4 KV heads, vocab 32000.</summary>
-    static string EnsureModel()
+    public static string EnsureModel()
     {
         var dir = Path.Combine(Path.GetTempPath(), "petals-bench-llama-100m");
         if (File.Exists(Path.Combine(dir, "model.safetensors"))) return dir;

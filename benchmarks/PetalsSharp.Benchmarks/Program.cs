@@ -2,6 +2,7 @@ using PetalsSharp.Benchmarks;
 
 // Benchmarks measure; they never assert. Usage:
 //   dotnet run --project benchmarks/PetalsSharp.Benchmarks -c Release -- engine [--model DIR] [--prompt 64] [--new 128]
+//   dotnet run --project benchmarks/PetalsSharp.Benchmarks -c Release -- swarm [--model DIR] [--servers 3]
 var command = args.FirstOrDefault() ?? "engine";
 var options = BenchArgs.Parse(args.Skip(1).ToArray());
 switch (command)
@@ -9,7 +10,10 @@ switch (command)
     case "engine":
         await EngineBenchmark.RunAsync(options);
         return 0;
+    case "swarm":
+        await SwarmBenchmark.RunAsync(options);
+        return 0;
     default:
-        Console.Error.WriteLine($"unknown benchmark '{command}' (available: engine)");
+        Console.Error.WriteLine($"unknown benchmark '{command}' (available: engine, swarm)");
         return 2;
 }

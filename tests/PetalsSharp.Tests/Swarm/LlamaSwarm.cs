@@ -1,5 +1,6 @@
 using PetalsSharp.Client;
 using PetalsSharp.Models;
+using PetalsSharp.Server;
 using Xunit;
 
 namespace PetalsSharp.Tests.Swarm;

@@ -1,8 +1,11 @@
 using System.Diagnostics;
 
-namespace PetalsSharp.Tests.Swarm;
+namespace PetalsSharp.Server;
 
-/// <summary>A real <c>petals server</c> child process on 127.0.0.1 with an ephemeral port, killed on dispose.</summary>
+/// <summary>
+/// A <c>petals server</c> child process on 127.0.0.1 with an ephemeral port, killed on dispose. Tests, benchmarks and
+/// local demos start real servers this way; the address is read from the line the server prints when it listens.
+/// </summary>
 public sealed class ServerProcess : IDisposable
 {
     readonly Process _process;
@@ -22,6 +25,9 @@ public sealed class ServerProcess : IDisposable
         get { lock (_log) return _log.ToString(); }
     }
 
+    /// <summary>Where petals.dll is: next to the running program unless told otherwise.</summary>
+    public static string DefaultPetalsDll => Path.Combine(AppContext.BaseDirectory, "petals.dll");
+
     public static async Task<ServerProcess> StartAsync(string modelDir, int start, int end, params string[] extra)
     {
         var psi = new ProcessStartInfo("dotnet")
@@ -30,7 +36,7 @@ public sealed class ServerProcess : IDisposable
             RedirectStandardError = true,
             UseShellExecute = false,
         };
-        psi.ArgumentList.Add(Path.Combine(AppContext.BaseDirectory, "petals.dll"));
+        psi.ArgumentList.Add(DefaultPetalsDll);
         foreach (var a in new[] { "server", "--model", modelDir, "--blocks", $"{start}:{end}", "--host", "127.0.0.1", "--port", "0" }.Concat(extra))
             psi.ArgumentList.Add(a);
         var process = Process.Start(psi)!;
