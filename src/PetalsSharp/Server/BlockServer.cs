@@ -148,7 +148,7 @@ public sealed class BlockServer : IAsyncDisposable
         string host = IPAddress.Any.Equals(address) || IPAddress.IPv6Any.Equals(address) ? "127.0.0.1"
             : address.AddressFamily == System.Net.Sockets.AddressFamily.InterNetworkV6 ? $"[{address}]" : address.ToString();
         Address = $"{host}:{bound.Port}";
-        _logger.LogInformation("serving {Model} blocks [{Start}, {End}) on {Address} (public {Public}), {WeightMb:F1} MB of {Dtype} weights, cache {Tokens} tokens",
+        _logger.LogDebug("serving {Model} blocks [{Start}, {End}) on {Address} (public {Public}), {WeightMb:F1} MB of {Dtype} weights, cache {Tokens} tokens",
             Options.ResolvedModelName, Start, End, Address, PublicAddress, WeightBytes / 1048576.0, Options.WeightDtype, CacheTokensLeft);
     }
 
