@@ -1,0 +1,162 @@
+using Grpc.Core;
+using Microsoft.Extensions.Logging;
+using PetalsSharp.Models;
+using PetalsSharp.Wire;
+using PetalsSharp.Wire.V1;
+using static TorchSharp.torch;
+using WireTensor = PetalsSharp.Wire.V1.Tensor;
+
+namespace PetalsSharp.Server;
+
+public sealed partial class BlockServiceImpl
+{
+    /// <summary>Step ids remembered per session to refuse replays; older ones are forgotten to bound memory.</summary>
+    const int RememberedStepIds = 4096;
+
+    /// <inheritdoc />
+    public override Task Inference(IAsyncStreamReader<InferenceRequest> requestStream, IServerStreamWriter<InferenceReply> responseStream,
+        ServerCallContext context) => GuardAsync("Inference", context, async ct =>
+    {
+        var first = await ReadWithIdleTimeoutAsync(requestStream, ct);
+        if (first is null) return;
+        if (first.KindCase != InferenceRequest.KindOneofCase.Open)
+            throw RequestValidator.Error(StatusCode.FailedPrecondition, "no session: send OpenSession first");
+        var open = first.Open;
+        CheckOpen(open);
+        using var lease = _server.CacheBudget.Allocate(open.BatchSize, open.MaxLength, open.EndBlock - open.StartBlock);
+        using var slice = _server.Stack.Slice(open.StartBlock, open.EndBlock);
+        var options = new SessionOptions(open.BatchSize, open.MaxLength,
+            RequestValidator.CheckLeftPadding(open.LeftPadding, open.BatchSize, open.MaxLength));
+        var session = await _server.Scheduler.RunAsync(ComputeScheduler.InferencePriority, () => new LocalBlockSession(slice, options), ct);
+        _server.SessionOpened();
+        try
+        {
+            _logger.LogInformation("session {Session} opened: blocks [{Start}, {End}), batch {Batch}, max_length {MaxLength}",
+                open.SessionId, open.StartBlock, open.EndBlock, open.BatchSize, open.MaxLength);
+            await responseStream.WriteAsync(new InferenceReply
+            {
+                Opened = new SessionOpened { SessionId = open.SessionId, CacheTokensLeft = _server.CacheTokensLeft },
+            }, ct);
+            await RunStepsAsync(open, session, requestStream, responseStream, ct);
+        }
+        finally
+        {
+            // The step (if any) has finished by now: RunAsync never completes while its work is running.
+            session.Dispose();
+            _server.SessionClosed();
+            _logger.LogInformation("session {Session} closed", open.SessionId);
+        }
+    });
+
+    void CheckOpen(OpenSession open)
+    {
+        RequestValidator.CheckId(open.SessionId, "session_id");
+        RequestValidator.CheckRange(open.StartBlock, open.EndBlock, _server.Start, _server.End);
+        if (open.BatchSize < 1 || open.BatchSize > _server.Options.MaxBatchSize)
+            throw new WireException($"batch_size {open.BatchSize} is outside [1, {_server.Options.MaxBatchSize}]");
+        if (open.MaxLength < 1 || open.MaxLength > _server.MaxSessionLength)
+            throw new WireException($"max_length {open.MaxLength} is outside [1, {_server.MaxSessionLength}] (max_session_length)");
+        RequestValidator.CheckCompression(open.OutputCompression, "output_compression");
+        if (open.ActiveAdapter.Length != 0) throw new WireException($"active_adapter '{Clip(open.ActiveAdapter)}': this server has no adapters");
+        RequestValidator.CheckLeftPadding(open.LeftPadding, open.BatchSize, open.MaxLength);
+    }
+
+    async Task RunStepsAsync(OpenSession open, LocalBlockSession session, IAsyncStreamReader<InferenceRequest> requests,
+        IServerStreamWriter<InferenceReply> replies, CancellationToken ct)
+    {
+        string? lastId = null;
+        InferenceReply? lastReply = null;
+        var seen = new HashSet<string>();
+        var seenOrder = new Queue<string>();
+        int batch = open.BatchSize;
+        while (await ReadWithIdleTimeoutAsync(requests, ct) is { } message)
+        {
+            if (message.KindCase == InferenceRequest.KindOneofCase.Open)
+                throw RequestValidator.Error(StatusCode.FailedPrecondition, $"session '{Clip(open.SessionId)}' is already open in this stream; open another stream for a new session");
+            if (message.KindCase != InferenceRequest.KindOneofCase.Step)
+                throw new WireException("empty InferenceRequest (neither open nor step)");
+            var step = message.Step;
+            RequestValidator.CheckId(step.StepId, "step_id");
+            if (step.StepId == lastId)
+            {
+                // A retried step (the client lost our reply): answer again, never apply twice.
+                await replies.WriteAsync(lastReply!, ct);
+                continue;
+            }
+            if (seen.Contains(step.StepId))
+                throw RequestValidator.Error(StatusCode.FailedPrecondition,
+                    $"step_id '{Clip(step.StepId)}' was already applied and is not the last step; a step is never applied twice");
+
+            long maxElements = (long)batch * open.MaxLength * HiddenSize;
+            using var hidden = RequestValidator.DecodeHidden(step.Hidden, "hidden", HiddenSize, maxElements, allowEmptySequence: true);
+            if (hidden.shape[0] != batch)
+                throw new WireException($"hidden: batch {hidden.shape[0]} does not match the session's batch {batch}");
+            int tokens = (int)hidden.shape[1];
+            using var hypoIds = RequestValidator.DecodeHypoIds(step.HypoIds, batch);
+            int start = session.Position;
+            if (step.HasStartFromPosition)
+            {
+                if (step.StartFromPosition < 0)
+                    throw new WireException($"start_from_position {step.StartFromPosition} is negative");
+                if (step.StartFromPosition > session.Position)
+                    throw RequestValidator.Error(StatusCode.OutOfRange,
+                        $"start_from_position {step.StartFromPosition} is beyond the session position {session.Position}");
+                start = step.StartFromPosition;
+            }
+            if ((long)start + tokens > open.MaxLength)
+                throw RequestValidator.Error(StatusCode.OutOfRange,
+                    $"hidden: position {start} + {tokens} tokens exceeds the session's max_length {open.MaxLength}");
+
+            WireTensor output;
+            if (tokens == 0)
+                output = EmptyHidden(batch, open.OutputCompression);   // capacity check: nothing to run, position unchanged
+            else
+                output = await _server.Scheduler.RunAsync(ComputeScheduler.InferencePriority, () =>
+                {
+                    using var scope = NewDisposeScope();
+                    using var noGrad = no_grad();
+                    var result = session.Step(hidden, new StepOptions(hypoIds, step.HasStartFromPosition ? start : null));
+                    return TensorCodec.Encode(result, open.OutputCompression);
+                }, ct);
+
+            var reply = new InferenceReply { Result = new StepResult { StepId = step.StepId, Hidden = output, Position = session.Position } };
+            await replies.WriteAsync(reply, ct);
+            lastId = step.StepId;
+            lastReply = reply;
+            seen.Add(step.StepId);
+            seenOrder.Enqueue(step.StepId);
+            if (seenOrder.Count > RememberedStepIds) seen.Remove(seenOrder.Dequeue());
+        }
+    }
+
+    WireTensor EmptyHidden(int batch, Compression compression)
+    {
+        var t = new WireTensor { Dtype = DType.Float32, Compression = compression };
+        t.Shape.AddRange([batch, 0, HiddenSize]);
+        return t;
+    }
+
+    /// <summary>
+    /// The next message, or null when the client closed its side. Waiting longer than the idle timeout ends the
+    /// session with DEADLINE_EXCEEDED (the caller's using/finally blocks then free the cache).
+    /// </summary>
+    async Task<InferenceRequest?> ReadWithIdleTimeoutAsync(IAsyncStreamReader<InferenceRequest> stream, CancellationToken ct)
+    {
+        var next = stream.MoveNext(ct);
+        if (!next.IsCompleted)
+        {
+            using var timer = CancellationTokenSource.CreateLinkedTokenSource(ct);
+            var idle = Task.Delay(_server.Options.SessionIdleTimeout, timer.Token);
+            if (await Task.WhenAny(next, idle) != next)
+            {
+                // The abandoned read fails once the call ends; observe it so it is not reported as unobserved.
+                _ = next.ContinueWith(t => _ = t.Exception, TaskContinuationOptions.OnlyOnFaulted);
+                ct.ThrowIfCancellationRequested();
+                throw RequestValidator.Error(StatusCode.DeadlineExceeded,
+                    $"session idle for {_server.Options.SessionIdleTimeout.TotalSeconds:0.###} s (session_idle_timeout); its cache was freed");
+            }
+            timer.Cancel();
+        }
+        return await next ? stream.Current : null;
+    }
+}

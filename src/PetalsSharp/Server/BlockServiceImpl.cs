@@ -1,0 +1,175 @@
+using Grpc.Core;
+using Microsoft.Extensions.Logging;
+using PetalsSharp.Models;
+using PetalsSharp.Wire;
+using PetalsSharp.Wire.V1;
+using static TorchSharp.torch;
+using WireTensor = PetalsSharp.Wire.V1.Tensor;
+
+namespace PetalsSharp.Server;
+
+/// <summary>
+/// The gRPC service of a <see cref="BlockServer"/>. Requests are decoded and validated on the request's own
+/// thread; only model compute goes to the scheduler. Every failure leaves as an <see cref="RpcException"/>
+/// whose message names the offending field, and no request can take the process or another session down.
+/// </summary>
+public sealed partial class BlockServiceImpl : BlockService.BlockServiceBase
+{
+    readonly BlockServer _server;
+    readonly ILogger _logger;
+
+    internal BlockServiceImpl(BlockServer server, ILogger logger)
+    {
+        _server = server;
+        _logger = logger;
+    }
+
+    int HiddenSize => _server.Config.HiddenSize;
+
+    /// <inheritdoc />
+    public override Task<InfoReply> Info(InfoRequest request, ServerCallContext context)
+    {
+        var o = _server.Options;
+        var reply = new InfoReply
+        {
+            ProtocolVersion = Protocol.Version,
+            SoftwareVersion = Protocol.SoftwareVersion,
+            ModelName = o.ResolvedModelName,
+            DhtPrefix = o.ResolvedDhtPrefix,
+            StartBlock = _server.Start,
+            EndBlock = _server.End,
+            NumBlocks = _server.Config.NumLayers,
+            HiddenSize = HiddenSize,
+            WeightsDtype = o.WeightDtype switch
+            {
+                ScalarType.BFloat16 => "bfloat16", ScalarType.Float16 => "float16", _ => "float32",
+            },
+            CacheTokensLeft = _server.CacheTokensLeft,
+            WeightsFingerprint = _server.WeightsFingerprint,
+            MaxMessageBytes = o.MaxMessageBytes,
+            MaxSessionLength = _server.MaxSessionLength,
+        };
+        reply.Compressions.AddRange(TensorCodec.Supported);
+        reply.BlockFingerprints.AddRange(_server.BlockFingerprints);
+        return Task.FromResult(reply);
+    }
+
+    /// <inheritdoc />
+    public override Task Forward(IAsyncStreamReader<CallMessage> requestStream, IServerStreamWriter<CallMessage> responseStream,
+        ServerCallContext context) => GuardAsync("Forward", context, async ct =>
+    {
+        var (header, tensors) = await ReadCallAsync(requestStream, ["hidden"], ct);
+        using var hidden = RequestValidator.DecodeHidden(tensors["hidden"], "hidden", HiddenSize, MaxElements, allowEmptySequence: false);
+        var padding = CheckCall(header, hidden);
+        var reply = await _server.Scheduler.RunAsync(ComputeScheduler.ForwardBackwardPriority, () =>
+        {
+            using var scope = NewDisposeScope();
+            using var noGrad = no_grad();
+            using var slice = _server.Stack.Slice(header.StartBlock, header.EndBlock);
+            var output = slice.Forward(hidden, new ForwardOptions(padding));
+            return TensorCodec.Encode(output, header.OutputCompression);
+        }, ct);
+        await WriteChunksAsync(responseStream, "hidden", reply, ct);
+    });
+
+    /// <inheritdoc />
+    public override Task Backward(IAsyncStreamReader<CallMessage> requestStream, IServerStreamWriter<CallMessage> responseStream,
+        ServerCallContext context) => GuardAsync("Backward", context, async ct =>
+    {
+        var (header, tensors) = await ReadCallAsync(requestStream, ["hidden", "grad_output"], ct);
+        using var hidden = RequestValidator.DecodeHidden(tensors["hidden"], "hidden", HiddenSize, MaxElements, allowEmptySequence: false);
+        using var gradOutput = RequestValidator.DecodeHidden(tensors["grad_output"], "grad_output", HiddenSize, MaxElements, allowEmptySequence: false);
+        if (!hidden.shape.SequenceEqual(gradOutput.shape))
+            throw new WireException($"grad_output: shape [{string.Join(", ", gradOutput.shape)}] differs from hidden [{string.Join(", ", hidden.shape)}]");
+        var padding = CheckCall(header, hidden);
+        var reply = await _server.Scheduler.RunAsync(ComputeScheduler.ForwardBackwardPriority, () =>
+        {
+            // Servers keep no activations between calls (as in Petals): backward recomputes the forward pass.
+            using var scope = NewDisposeScope();
+            using var grad = enable_grad();
+            using var slice = _server.Stack.Slice(header.StartBlock, header.EndBlock);
+            var input = hidden.detach().requires_grad_(true);
+            var output = slice.Forward(input, new ForwardOptions(padding));
+            var gradInput = autograd.grad([output], [input], [gradOutput])[0];
+            return TensorCodec.Encode(gradInput, header.OutputCompression);
+        }, ct);
+        await WriteChunksAsync(responseStream, "grad_input", reply, ct);
+    });
+
+    /// <summary>Elements a Forward/Backward tensor may have once decoded to float32.</summary>
+    long MaxElements => _server.Options.MaxTensorBytes / sizeof(float);
+
+    int[]? CheckCall(CallHeader header, TorchSharp.torch.Tensor hidden)
+    {
+        RequestValidator.CheckRange(header.StartBlock, header.EndBlock, _server.Start, _server.End);
+        RequestValidator.CheckCompression(header.OutputCompression, "output_compression");
+        if (header.ActiveAdapter.Length != 0) throw new WireException($"active_adapter '{Clip(header.ActiveAdapter)}': this server has no adapters");
+        int batch = (int)hidden.shape[0], tokens = (int)hidden.shape[1];
+        if ((long)batch * tokens > _server.Options.MaxRequestTokens)
+            throw RequestValidator.Error(StatusCode.ResourceExhausted,
+                $"hidden: {batch} × {tokens} tokens exceed this server's limit of {_server.Options.MaxRequestTokens} per request");
+        return RequestValidator.CheckLeftPadding(header.LeftPadding, batch, tokens);
+    }
+
+    /// <summary>Reads a CallHeader and then the chunks of the named tensors.</summary>
+    async Task<(CallHeader, IReadOnlyDictionary<string, WireTensor>)> ReadCallAsync(IAsyncStreamReader<CallMessage> stream,
+        string[] names, CancellationToken ct)
+    {
+        if (!await stream.MoveNext(ct)) throw new WireException("empty request: a CallHeader must come first");
+        if (stream.Current.KindCase != CallMessage.KindOneofCase.Header)
+            throw new WireException($"first message is {stream.Current.KindCase}; a CallHeader must come first");
+        var header = stream.Current.Header;
+        var assembler = new TensorAssembler(names, _server.Options.MaxTensorBytes);
+        // Stop as soon as every tensor is whole: the reply need not wait for the client to close its side.
+        while (!assembler.IsComplete && await stream.MoveNext(ct))
+        {
+            var message = stream.Current;
+            switch (message.KindCase)
+            {
+                case CallMessage.KindOneofCase.Chunk: assembler.Add(message.Chunk); break;
+                case CallMessage.KindOneofCase.Header: throw new WireException("CallHeader sent twice");
+                default: throw new WireException("empty CallMessage (neither header nor chunk)");
+            }
+        }
+        assembler.RequireComplete();
+        return (header, assembler.Completed);
+    }
+
+    static async Task WriteChunksAsync(IServerStreamWriter<CallMessage> stream, string name, WireTensor tensor, CancellationToken ct)
+    {
+        foreach (var message in TensorChunks.Split(name, tensor)) await stream.WriteAsync(message, ct);
+    }
+
+    /// <summary>Runs a handler and turns every failure into an RpcException with a fitting status code.</summary>
+    async Task GuardAsync(string rpc, ServerCallContext context, Func<CancellationToken, Task> handler)
+    {
+        using var cts = CancellationTokenSource.CreateLinkedTokenSource(context.CancellationToken, _server.Stopping);
+        try
+        {
+            await handler(cts.Token);
+        }
+        catch (Exception e) when (Translate(e, context) is { } rpc2)
+        {
+            if (rpc2.StatusCode == StatusCode.Internal) _logger.LogError(e, "{Rpc} from {Peer} failed", rpc, context.Peer);
+            else _logger.LogDebug("{Rpc} from {Peer}: {Code} {Message}", rpc, context.Peer, rpc2.StatusCode, rpc2.Status.Detail);
+            if (ReferenceEquals(rpc2, e)) throw;
+            throw rpc2;
+        }
+    }
+
+    RpcException Translate(Exception e, ServerCallContext context) => e switch
+    {
+        RpcException r => r,
+        WireException w => RequestValidator.Error(StatusCode.InvalidArgument, w.Message),
+        OperationCanceledException when _server.Stopping.IsCancellationRequested =>
+            RequestValidator.Error(StatusCode.Unavailable, "server is stopping"),
+        OperationCanceledException when context.CancellationToken.IsCancellationRequested =>
+            RequestValidator.Error(StatusCode.Cancelled, "call cancelled by the client"),
+        ObjectDisposedException when _server.Stopping.IsCancellationRequested =>
+            RequestValidator.Error(StatusCode.Unavailable, "server is stopping"),
+        ArgumentException a => RequestValidator.Error(StatusCode.InvalidArgument, a.Message),
+        _ => RequestValidator.Error(StatusCode.Internal, $"{e.GetType().Name}: {e.Message}"),
+    };
+
+    static string Clip(string s) => s.Length <= 64 ? s : s[..64] + "…";
+}

@@ -1,0 +1,95 @@
+using PetalsSharp.Models;
+using PetalsSharp.Wire;
+using static TorchSharp.torch;
+
+namespace PetalsSharp.Server;
+
+/// <summary>How a <see cref="BlockServer"/> is set up: which blocks it serves, where it listens, its limits.</summary>
+public sealed record ServerOptions
+{
+    /// <summary>The default port, 31330 (Petals' own default is 31330 too); 0 picks a free port.</summary>
+    public const int DefaultPort = 31330;
+
+    /// <summary>Default KV-cache room: 8192 tokens of one row across the whole span.</summary>
+    public const long DefaultCacheTokens = 8192;
+
+    /// <summary>Hugging Face model folder.</summary>
+    public required string ModelDir { get; init; }
+
+    /// <summary>First served block (inclusive).</summary>
+    public required int StartBlock { get; init; }
+
+    /// <summary>End of the served span (exclusive).</summary>
+    public required int EndBlock { get; init; }
+
+    /// <summary>Interface to bind; "0.0.0.0" (default) listens everywhere.</summary>
+    public string Host { get; init; } = "0.0.0.0";
+
+    /// <summary>Port to bind (default <see cref="DefaultPort"/>); 0 lets the OS choose, see <see cref="BlockServer.Address"/>.</summary>
+    public int Port { get; init; } = DefaultPort;
+
+    /// <summary>Address announced to clients; defaults to the bound host:port (127.0.0.1 when bound to 0.0.0.0).</summary>
+    public string? PublicAddress { get; init; }
+
+    /// <summary>How weights are held in memory; compute is float32 either way.</summary>
+    public ScalarType WeightDtype { get; init; } = ScalarType.Float32;
+
+    /// <summary>KV-cache room in (row × position) slots for the whole span; default <see cref="DefaultCacheTokens"/>.</summary>
+    public long? CacheTokens { get; init; }
+
+    /// <summary>KV-cache room in bytes; converted to tokens with the span's cache bytes per token. Wins over <see cref="CacheTokens"/>.</summary>
+    public long? CacheBytes { get; init; }
+
+    /// <summary>Largest max_length a session may ask for; default min(max_position_embeddings, 8192).</summary>
+    public int? MaxSessionLength { get; init; }
+
+    /// <summary>A session that sends nothing for this long ends with DEADLINE_EXCEEDED and frees its cache.</summary>
+    public TimeSpan SessionIdleTimeout { get; init; } = TimeSpan.FromSeconds(300);
+
+    /// <summary>Largest single gRPC message, both directions.</summary>
+    public int MaxMessageBytes { get; init; } = Protocol.DefaultMaxMessageBytes;
+
+    /// <summary>Largest tensor assembled from Forward/Backward chunks.</summary>
+    public long MaxTensorBytes { get; init; } = Protocol.DefaultMaxTensorBytes;
+
+    /// <summary>Largest batch a session may open with (each row costs max_length cache slots per block).</summary>
+    public int MaxBatchSize { get; init; } = 256;
+
+    /// <summary>Largest B×T of one Forward/Backward; bounds the time one request holds the compute thread.</summary>
+    public int MaxRequestTokens { get; init; } = 16384;
+
+    /// <summary>Announced model name; defaults to the model folder's name.</summary>
+    public string? ModelName { get; init; }
+
+    /// <summary>DHT key prefix; defaults to the model name with '.' and ' ' replaced by '-'.</summary>
+    public string? DhtPrefix { get; init; }
+
+    /// <summary>The model name announced in Info.</summary>
+    public string ResolvedModelName =>
+        ModelName ?? Path.GetFileName(Path.TrimEndingDirectorySeparator(Path.GetFullPath(ModelDir)));
+
+    /// <summary>The DHT prefix announced in Info.</summary>
+    public string ResolvedDhtPrefix => DhtPrefix ?? ResolvedModelName.Replace('.', '-').Replace(' ', '-');
+
+    /// <summary>max_length limit for this model.</summary>
+    public int ResolveMaxSessionLength(ModelConfig config) =>
+        MaxSessionLength ?? Math.Min(config.MaxPositionEmbeddings, 8192);
+
+    /// <summary>Cache room in tokens, given the KV bytes one token of one row costs across the span.</summary>
+    public long ResolveCacheTokens(long cacheBytesPerToken) =>
+        CacheBytes is { } bytes ? bytes / Math.Max(1, cacheBytesPerToken) : CacheTokens ?? DefaultCacheTokens;
+
+    /// <summary>Throws <see cref="ArgumentException"/> on a setting no server could run with.</summary>
+    public void Validate()
+    {
+        if (StartBlock < 0 || EndBlock <= StartBlock)
+            throw new ArgumentException($"block span {StartBlock}:{EndBlock} is empty or negative (START < END, both ≥ 0)");
+        if (Port is < 0 or > 65535) throw new ArgumentException($"port {Port} is outside [0, 65535]");
+        if (CacheTokens is < 0) throw new ArgumentException($"cache tokens {CacheTokens} is negative");
+        if (CacheBytes is < 0) throw new ArgumentException($"cache bytes {CacheBytes} is negative");
+        if (MaxSessionLength is < 1) throw new ArgumentException($"max session length {MaxSessionLength} must be at least 1");
+        if (SessionIdleTimeout <= TimeSpan.Zero) throw new ArgumentException("session idle timeout must be positive");
+        if (MaxMessageBytes < 1024) throw new ArgumentException($"max message bytes {MaxMessageBytes} is too small");
+        if (MaxBatchSize < 1 || MaxRequestTokens < 1) throw new ArgumentException("batch and token limits must be positive");
+    }
+}
