@@ -21,6 +21,9 @@ internal sealed class RemotePool : IDisposable
 
     public ServerConnection Get(string address) => _byAddress[address];
 
+    /// <summary>Failures inside autograd backward nodes, which cannot throw (see RemoteSequential.Backward).</summary>
+    public System.Collections.Concurrent.ConcurrentQueue<Exception> BackwardErrors { get; } = new();
+
     public static async Task<RemotePool> ConnectAsync(ModelConfig config, IEnumerable<string> peers, RemoteOptions options,
         Checkpoint? local, CancellationToken ct)
     {

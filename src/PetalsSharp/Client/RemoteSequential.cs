@@ -70,7 +70,7 @@ public sealed class RemoteSequential : IBlockStack
         {
             var server = _pool.Get(hop.Server.Address);
             h = h.requires_grad
-                ? RemoteHopFunction.apply(h, new RemoteHop(server, hop, options?.LeftPadding, _pool.Options))
+                ? RemoteHopFunction.apply(h, new RemoteHop(server, hop, options?.LeftPadding, _pool.Options, _pool.BackwardErrors))
                 : Run(() => RemoteCalls.ForwardAsync(server, hop, h, options?.LeftPadding, _pool.Options, CancellationToken.None));
             options?.OnBlockOutput?.Invoke(hop.End - 1, h.detach().clone().DetachFromDisposeScope());
         }
@@ -78,6 +78,26 @@ public sealed class RemoteSequential : IBlockStack
     }
 
     public IBlockSession OpenSession(SessionOptions options) => new RemoteSession(_pool, Chain(), options);
+
+    /// <summary>
+    /// <c>loss.backward()</c>, then throws if a remote hop's Backward failed. Prefer this to a bare
+    /// <c>backward()</c>: libtorch cannot carry a .NET exception out of an autograd node, so a failed hop yields
+    /// NaN gradients and is reported here.
+    /// </summary>
+    public void Backward(Tensor loss)
+    {
+        loss.backward();
+        ThrowIfBackwardFailed();
+    }
+
+    /// <summary>Throws the failures of remote Backward calls since the last check, if any.</summary>
+    public void ThrowIfBackwardFailed()
+    {
+        var errors = new List<Exception>();
+        while (_pool.BackwardErrors.TryDequeue(out var e)) errors.Add(e);
+        if (errors.Count == 1) throw errors[0];
+        if (errors.Count > 1) throw new AggregateException("remote backward failed", errors);
+    }
 
     /// <summary>Runs async gRPC work from the synchronous IBlockStack/autograd surface without capturing a context.</summary>
     internal static T Run<T>(Func<Task<T>> work) => Task.Run(work).GetAwaiter().GetResult();
@@ -89,7 +109,8 @@ public sealed class RemoteSequential : IBlockStack
 }
 
 /// <summary>What the autograd function needs to call a hop again in backward.</summary>
-internal sealed record RemoteHop(ServerConnection Server, ChainHop Hop, IReadOnlyList<int>? LeftPadding, RemoteOptions Options);
+internal sealed record RemoteHop(ServerConnection Server, ChainHop Hop, IReadOnlyList<int>? LeftPadding, RemoteOptions Options,
+    System.Collections.Concurrent.ConcurrentQueue<Exception> Errors);
 
 /// <summary>One hop as an autograd node: forward calls the server's Forward, backward its Backward.</summary>
 internal sealed class RemoteHopFunction : TorchSharp.torch.autograd.SingleTensorFunction<RemoteHopFunction>
@@ -109,7 +130,18 @@ internal sealed class RemoteHopFunction : TorchSharp.torch.autograd.SingleTensor
     {
         var input = ctx.get_saved_variables()[0];
         var hop = (RemoteHop)ctx.get_data("hop");
-        var grad = RemoteSequential.Run(() => RemoteCalls.BackwardAsync(hop.Server, hop.Hop, input, gradOutput.contiguous(), hop.LeftPadding, hop.Options, CancellationToken.None));
-        return [grad];
+        try
+        {
+            var grad = RemoteSequential.Run(() => RemoteCalls.BackwardAsync(hop.Server, hop.Hop, input, gradOutput.contiguous(), hop.LeftPadding, hop.Options, CancellationToken.None));
+            return [grad, null!];
+        }
+        catch (Exception e)
+        {
+            // An exception thrown here would cross libtorch's native callback and kill the process, so the
+            // failure is recorded and surfaced by RemoteSequential.Backward / ThrowIfBackwardFailed, and the
+            // gradient is NaN so that nothing can silently train on it.
+            hop.Errors.Enqueue(new SwarmException($"backward through {hop.Hop} failed: {e.Message}", e));
+            return [full_like(input, float.NaN), null!];
+        }
     }
 }

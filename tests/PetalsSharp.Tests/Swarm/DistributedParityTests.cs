@@ -65,12 +65,27 @@ public sealed class DistributedParityTests(LlamaSwarm swarm)
         Tensor Grad(IBlockStack blocks)
         {
             var input = x.clone().requires_grad_(true);
-            (blocks.Forward(input) * weights).sum().backward();
+            var loss = (blocks.Forward(input) * weights).sum();
+            if (blocks is RemoteSequential remote) remote.Backward(loss);
+            else loss.backward();
             return input.grad!.clone();
         }
         var expected = Grad(local.Blocks);
         var actual = Grad(lm.Blocks);
         Assert.True(TensorAssert.MaxAbsDiff(expected, actual) <= 1e-5, $"max diff {TensorAssert.MaxAbsDiff(expected, actual)}");
+    }
+
+    [Fact]
+    public async Task A_failed_remote_backward_is_reported_not_swallowed()
+    {
+        using var scope = NewDisposeScope();
+        using var lm = await swarm.ConnectAsync(swarm.TwoPeers);
+        var remote = (RemoteSequential)lm.Blocks;
+        var input = randn(1, 3, 64).requires_grad_(true);
+        var loss = (remote.Forward(input) * float.NaN).sum();      // NaN gradients: the server must refuse them
+        var e = Assert.ThrowsAny<Exception>(() => remote.Backward(loss));
+        Assert.Contains("NaN", e.Message);
+        Assert.True(input.grad!.isnan().all().item<bool>(), "a failed hop must not yield usable gradients");
     }
 
     [Fact]
