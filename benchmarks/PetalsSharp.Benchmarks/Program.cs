@@ -10,6 +10,9 @@ switch (command)
     case "engine":
         await EngineBenchmark.RunAsync(options);
         return 0;
+    case "hop":
+        await HopBenchmark.RunAsync(options);
+        return 0;
     case "swarm":
         await SwarmBenchmark.RunAsync(options);
         return 0;

@@ -2,6 +2,8 @@ using System.CommandLine;
 using PetalsSharp.Cli;
 using PetalsSharp.Cli.Commands;
 
+PetalsSharp.Server.ParentWatchdog.StartFromEnvironment();
+
 var root = new RootCommand("petals: run large language models collaboratively, BitTorrent-style (PetalsSharp).")
 {
     DemoCommand.Create(),

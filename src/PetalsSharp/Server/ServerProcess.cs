@@ -37,6 +37,7 @@ public sealed class ServerProcess : IDisposable
             UseShellExecute = false,
         };
         psi.ArgumentList.Add(DefaultPetalsDll);
+        psi.Environment[ParentWatchdog.Variable] = Environment.ProcessId.ToString();
         foreach (var a in new[] { "server", "--model", modelDir, "--blocks", $"{start}:{end}", "--host", "127.0.0.1", "--port", "0" }.Concat(extra))
             psi.ArgumentList.Add(a);
         var process = Process.Start(psi)!;
