@@ -58,6 +58,8 @@ public static class RequestValidator
         if (msg is null) throw new WireException($"{what}: missing tensor");
         if (msg.Shape.Count != 3)
             throw new WireException($"{what}: expected shape [batch, tokens, {hiddenSize}], got rank {msg.Shape.Count} [{string.Join(", ", msg.Shape)}]");
+        foreach (var d in msg.Shape)
+            if (d < 0) throw new WireException($"{what}: negative dimension {d} in shape [{string.Join(", ", msg.Shape)}]");
         if (msg.Dtype != DType.Float32)
             throw new WireException($"{what}: dtype {msg.Dtype} is not accepted for hidden states (float32)");
         if (msg.Shape[2] != hiddenSize)

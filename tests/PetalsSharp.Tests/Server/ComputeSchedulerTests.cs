@@ -1,0 +1,75 @@
+using PetalsSharp.Server;
+using Xunit;
+
+namespace PetalsSharp.Tests.Server;
+
+/// <summary>Priorities of the compute thread, checked by order of completion only (no timing).</summary>
+public sealed class ComputeSchedulerTests
+{
+    [Fact]
+    public async Task An_inference_step_waits_only_for_the_running_task()
+    {
+        using var scheduler = new ComputeScheduler();
+        var order = new List<string>();
+        using var started = new ManualResetEventSlim();
+        using var release = new ManualResetEventSlim();
+        var running = scheduler.RunAsync(ComputeScheduler.ForwardBackwardPriority, () =>
+        {
+            started.Set();
+            release.Wait();
+            lock (order) order.Add("running forward");
+            return 0;
+        });
+        started.Wait();
+        var queued = Enumerable.Range(1, 3).Select(i => scheduler.RunAsync(ComputeScheduler.ForwardBackwardPriority, () =>
+        {
+            lock (order) order.Add($"forward {i}");
+            return i;
+        })).ToList();
+        var step = scheduler.RunAsync(ComputeScheduler.InferencePriority, () => { lock (order) order.Add("step"); return 0; });
+        var step2 = scheduler.RunAsync(ComputeScheduler.InferencePriority, () => { lock (order) order.Add("step 2"); return 0; });
+        Assert.Equal(5, scheduler.QueueLength);
+        release.Set();
+        await Task.WhenAll(queued.Append(running).Append(step).Append(step2));
+        Assert.Equal(["running forward", "step", "step 2", "forward 1", "forward 2", "forward 3"], order);
+    }
+
+    [Fact]
+    public async Task Exceptions_and_cancellation_reach_the_caller_and_the_thread_survives()
+    {
+        using var scheduler = new ComputeScheduler();
+        var failed = scheduler.RunAsync<int>(0, () => throw new InvalidOperationException("boom"));
+        Assert.Equal("boom", (await Assert.ThrowsAsync<InvalidOperationException>(() => failed)).Message);
+
+        using var release = new ManualResetEventSlim();
+        using var started = new ManualResetEventSlim();
+        var blocker = scheduler.RunAsync(1, () => { started.Set(); release.Wait(); return 1; });
+        started.Wait();
+        using var cts = new CancellationTokenSource();
+        bool ran = false;
+        var cancelled = scheduler.RunAsync(0, () => ran = true, cts.Token);
+        cts.Cancel();
+        await Assert.ThrowsAnyAsync<OperationCanceledException>(() => cancelled);
+        release.Set();
+        Assert.Equal(1, await blocker);
+        Assert.Equal(42, await scheduler.RunAsync(0, () => 42));
+        Assert.False(ran);
+    }
+
+    [Fact]
+    public async Task Dispose_cancels_queued_work()
+    {
+        var scheduler = new ComputeScheduler();
+        using var release = new ManualResetEventSlim();
+        using var started = new ManualResetEventSlim();
+        var blocker = scheduler.RunAsync(1, () => { started.Set(); release.Wait(); return 1; });
+        started.Wait();
+        var queued = scheduler.RunAsync(1, () => 2);
+        var disposing = Task.Run(scheduler.Dispose);
+        await Assert.ThrowsAnyAsync<OperationCanceledException>(() => queued);
+        release.Set();
+        await disposing;
+        Assert.Equal(1, await blocker);
+        Assert.Throws<ObjectDisposedException>(() => { _ = scheduler.RunAsync(0, () => 3); });
+    }
+}
