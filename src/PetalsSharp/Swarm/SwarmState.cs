@@ -1,0 +1,66 @@
+using PetalsSharp.Wire.V1;
+
+namespace PetalsSharp.Swarm;
+
+/// <summary>One server as the swarm sees it: who (node id), where, what it serves and how well.</summary>
+public sealed record ServerInfo(
+    string PeerId,
+    string Address,
+    int Start,
+    int End,
+    ServerState State,
+    double Throughput,
+    double InferenceRps,
+    long CacheTokensLeft,
+    string PublicName,
+    string WeightsDtype,
+    string Version,
+    string Fingerprint,
+    IReadOnlyList<string> Adapters,
+    DateTimeOffset Expiration)
+{
+    public ServerSpan Span => new(Address, Start, End);
+
+    /// <summary>Reads a DHT entry's value; null when it is not a valid announcement for this model.</summary>
+    public static ServerInfo? FromAnnouncement(string peerId, ServerAnnouncement a, int numBlocks, DateTimeOffset expiration)
+    {
+        if (a.StartBlock < 0 || a.EndBlock > numBlocks || a.StartBlock >= a.EndBlock) return null;
+        if (string.IsNullOrWhiteSpace(a.Address) || a.Address.Length > 256) return null;
+        if (!double.IsFinite(a.Throughput) || a.Throughput < 0) return null;
+        return new ServerInfo(peerId, a.Address, a.StartBlock, a.EndBlock, a.State, a.Throughput,
+            double.IsFinite(a.InferenceRps) ? a.InferenceRps : 0, a.CacheTokensLeft, a.PublicName, a.WeightsDtype,
+            a.SoftwareVersion, a.WeightsFingerprint, a.Adapters.ToList(), expiration);
+    }
+}
+
+/// <summary>
+/// An immutable snapshot of one model's swarm: every server that announced itself, keyed by peer id. Routing,
+/// coverage and the dashboard are pure functions of it.
+/// </summary>
+public sealed record SwarmSnapshot(string DhtPrefix, int NumBlocks, IReadOnlyList<ServerInfo> Servers)
+{
+    /// <summary>Servers clients may route through now.</summary>
+    public IReadOnlyList<ServerInfo> Online => Servers.Where(s => s.State == ServerState.Online).ToList();
+
+    /// <summary>Per block: how many online servers hold it and their summed throughput.</summary>
+    public IReadOnlyList<(int Servers, double Throughput)> Coverage()
+    {
+        var result = new (int, double)[NumBlocks];
+        foreach (var s in Online)
+            for (int i = s.Start; i < s.End; i++)
+                result[i] = (result[i].Item1 + 1, result[i].Item2 + s.Throughput);
+        return result;
+    }
+
+    /// <summary>Blocks no online server holds.</summary>
+    public IReadOnlyList<int> Uncovered() =>
+        Coverage().Select((c, i) => (c, i)).Where(x => x.c.Servers == 0).Select(x => x.i).ToList();
+
+    /// <summary>Merges per-block records (one server appears under each of its blocks) into one entry per peer.</summary>
+    public static SwarmSnapshot FromRecords(string prefix, int numBlocks, IEnumerable<ServerInfo> records) =>
+        new(prefix, numBlocks, records
+            .GroupBy(r => r.PeerId)
+            .Select(g => g.OrderByDescending(r => r.Expiration).First())
+            .OrderBy(s => s.Start).ThenBy(s => s.Address, StringComparer.Ordinal)
+            .ToList());
+}
