@@ -14,7 +14,7 @@ public static class ServerCommand
         var model = Cli.ModelOption();
         var blocks = new Option<string>("--blocks") { Description = "Span to serve, START:END (END exclusive), e.g. 0:12", Required = true };
         var host = new Option<string>("--host") { Description = "Interface to bind", DefaultValueFactory = _ => "0.0.0.0" };
-        var port = new Option<int>("--port") { Description = $"Port to bind (0 = any free port)", DefaultValueFactory = _ => ServerOptions.DefaultPort };
+        var port = new Option<int>("--port") { Description = "Port to bind (0 = any free port)", DefaultValueFactory = _ => ServerOptions.DefaultPort };
         var publicAddress = new Option<string?>("--public-address") { Description = "Address announced to clients (default: the bound host:port)" };
         var dtype = Cli.DtypeOption();
         var cacheTokens = new Option<long?>("--cache-tokens") { Description = $"KV-cache room in tokens of one row across the span (default {ServerOptions.DefaultCacheTokens})" };

@@ -67,7 +67,8 @@ public static class RequestValidator
         if (msg.Shape[0] < 1) throw new WireException($"{what}: batch {msg.Shape[0]} must be at least 1");
         if (msg.Shape[1] < (allowEmptySequence ? 0 : 1))
             throw new WireException($"{what}: {msg.Shape[1]} tokens; at least {(allowEmptySequence ? 0 : 1)} needed");
-        var t = TensorCodec.Decode(msg, what, maxElements);
+        // Detached: a request thread may carry someone else's dispose scope, and the caller owns this tensor.
+        var t = TensorCodec.Decode(msg, what, maxElements).DetachFromDisposeScope();
         try
         {
             TensorCodec.RequireFinite(t, what);
@@ -87,7 +88,7 @@ public static class RequestValidator
         if (msg.Dtype != DType.Int64) throw new WireException($"hypo_ids: dtype {msg.Dtype} is not accepted (int64)");
         if (msg.Shape.Count != 1 || msg.Shape[0] != batch)
             throw new WireException($"hypo_ids: expected shape [{batch}], got [{string.Join(", ", msg.Shape)}]");
-        var t = TensorCodec.Decode(msg, "hypo_ids", batch);
+        var t = TensorCodec.Decode(msg, "hypo_ids", batch).DetachFromDisposeScope();
         var ids = t.data<long>().ToArray();
         for (int i = 0; i < ids.Length; i++)
             if (ids[i] < 0 || ids[i] >= batch)

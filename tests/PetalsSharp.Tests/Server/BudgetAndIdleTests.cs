@@ -12,7 +12,6 @@ public sealed class BudgetTests(SmallCacheFixture f) : IClassFixture<SmallCacheF
     [Fact]
     public async Task A_session_that_does_not_fit_is_refused_while_others_continue_and_room_returns()
     {
-        using var scope = NewDisposeScope();
         Assert.Equal(64, (await f.Client.Raw.InfoAsync(new InfoRequest())).CacheTokensLeft);
         using var first = await f.Client.OpenAsync(ServerClient.Open(1, 48, id: "big"));
         Assert.Equal(16, first.Opened.CacheTokensLeft);
@@ -75,7 +74,7 @@ public sealed class IdleTimeoutTests
         using var client = new ServerClient(server.Address);
         using var session = await client.OpenAsync(ServerClient.Open(1, 40, id: "sleepy"));
         Assert.Equal(60, session.Opened.CacheTokensLeft);
-        using (NewDisposeScope()) await session.StepAsync(randn(1, 2, 64));   // a step resets the idle clock
+        await session.StepAsync(randn(1, 2, 64));   // a step resets the idle clock
         var e = await Assert.ThrowsAsync<RpcException>(async () =>
         {
             while (await session.Call.ResponseStream.MoveNext(CancellationToken.None)) { }

@@ -10,6 +10,15 @@ namespace PetalsSharp.Tests.Server;
 /// <summary>What a server computes equals what the same blocks compute locally.</summary>
 public sealed class ServerComputeTests(ServerFixture f) : IClassFixture<ServerFixture>
 {
+    // Async tests keep no dispose scope or grad mode across an await: both are thread-local in TorchSharp, and the
+    // continuation may run on a thread another test is using. Local compute goes through this synchronous helper.
+    static Tensor NoGrad(Func<Tensor> compute)
+    {
+        using var scope = NewDisposeScope();
+        using var noGrad = no_grad();
+        return compute().MoveToOuterDisposeScope();
+    }
+
     static Tensor Random(long seed, params long[] shape)
     {
         using var g = new Generator((ulong)seed);
@@ -58,35 +67,29 @@ public sealed class ServerComputeTests(ServerFixture f) : IClassFixture<ServerFi
     [InlineData(0, 1)]
     public async Task Forward_equals_local_blocks(int start, int end)
     {
-        using var scope = NewDisposeScope();
         var x = Random(start * 10 + end, 2, 7, 64);
         var actual = await f.Client.ForwardAsync(x, ServerClient.Header(start, end));
         using var slice = f.Local.Slice(start, end);
-        using var _ = no_grad();
-        TensorAssert.Close(slice.Forward(x), actual, 1e-5, 1e-5, $"forward [{start}, {end})");
+        TensorAssert.Close(NoGrad(() => slice.Forward(x)), actual, 1e-5, 1e-5, $"forward [{start}, {end})");
     }
 
     [Fact]
     public async Task Forward_with_left_padding_equals_local()
     {
-        using var scope = NewDisposeScope();
         var x = Random(5, 2, 6, 64);
         var actual = await f.Client.ForwardAsync(x, ServerClient.Header(0, 3, Compression.None, 2, 0));
-        using var _ = no_grad();
-        TensorAssert.Close(f.Local.Forward(x, new ForwardOptions([2, 0])), actual, 1e-5, 1e-5, "padded forward");
+        TensorAssert.Close(NoGrad(() => f.Local.Forward(x, new ForwardOptions([2, 0]))), actual, 1e-5, 1e-5, "padded forward");
     }
 
     [Fact]
     public async Task A_large_forward_travels_in_several_chunks_both_ways()
     {
-        using var scope = NewDisposeScope();
         var x = Random(6, 48, 200, 64);                                 // 2.4 MiB of float32
         var wire = TensorCodec.Encode(x);
         Assert.True(TensorChunks.Split("hidden", wire).Count() >= 3);
         var (reply, chunks) = await f.Client.CallAsync(false, ServerClient.Messages(ServerClient.Header(0, 3), ("hidden", wire)), "hidden");
         Assert.True(chunks >= 3, $"reply came in {chunks} chunk(s)");
-        using var _ = no_grad();
-        TensorAssert.Close(f.Local.Forward(x), TensorCodec.Decode(reply, "reply"), 1e-5, 1e-5, "large forward");
+        TensorAssert.Close(NoGrad(() => f.Local.Forward(x)), TensorCodec.Decode(reply, "reply"), 1e-5, 1e-5, "large forward");
     }
 
     [Theory]
@@ -94,27 +97,31 @@ public sealed class ServerComputeTests(ServerFixture f) : IClassFixture<ServerFi
     [InlineData(1, 2)]
     public async Task Backward_equals_local_autograd(int start, int end)
     {
-        using var scope = NewDisposeScope();
         var x = Random(7, 2, 5, 64);
         var g = Random(8, 2, 5, 64);
         var actual = await f.Client.BackwardAsync(x, g, ServerClient.Header(start, end));
         using var slice = f.Local.Slice(start, end);
-        var input = x.detach().requires_grad_(true);
-        var expected = autograd.grad([slice.Forward(input)], [input], [g])[0];
+        var expected = LocalGrad(slice, x, g);
         TensorAssert.Close(expected, actual, 1e-5, 1e-5, "grad_input");
+    }
+
+    static Tensor LocalGrad(LocalBlockStack slice, Tensor x, Tensor g)
+    {
+        using var scope = NewDisposeScope();
+        using var grad = enable_grad();
+        var input = x.detach().requires_grad_(true);
+        return autograd.grad([slice.Forward(input)], [input], [g])[0].MoveToOuterDisposeScope();
     }
 
     [Fact]
     public async Task Each_compression_round_trips_within_its_bound()
     {
-        using var scope = NewDisposeScope();
         var x = Random(9, 2, 9, 64);
-        using var _ = no_grad();
-        var expected = f.Local.Forward(x);
+        var expected = NoGrad(() => f.Local.Forward(x));
         TensorAssert.Close(expected, await f.Client.ForwardAsync(x, ServerClient.Header(0, 3, Compression.None)), 1e-5, 1e-5, "none");
         // The input travels compressed too, so the bound covers both directions' rounding.
         var xf16 = TensorCodec.Decode(TensorCodec.Encode(x, Compression.Float16), "x");
-        TensorAssert.Close(f.Local.Forward(xf16), await f.Client.ForwardAsync(x, ServerClient.Header(0, 3, Compression.Float16), Compression.Float16), 1e-6, 1e-3, "float16");
+        TensorAssert.Close(NoGrad(() => f.Local.Forward(xf16)), await f.Client.ForwardAsync(x, ServerClient.Header(0, 3, Compression.Float16), Compression.Float16), 1e-6, 1e-3, "float16");
         TensorAssert.Close(expected, await f.Client.ForwardAsync(x, ServerClient.Header(0, 3, Compression.Bfloat16)), 1e-6, 1e-2, "bfloat16");
         var int8 = await f.Client.ForwardAsync(x, ServerClient.Header(0, 3, Compression.Int8Blockwise));
         var flat = expected.flatten();
@@ -126,13 +133,11 @@ public sealed class ServerComputeTests(ServerFixture f) : IClassFixture<ServerFi
     [Fact]
     public async Task Inference_steps_equal_a_local_session_including_rollback_and_hypo_ids()
     {
-        using var scope = NewDisposeScope();
-        using var _ = no_grad();
         using var local = new LocalBlockSession(f.Local, new SessionOptions(2, 32));
         using var remote = await f.Client.OpenAsync(ServerClient.Open(2, 32, id: "parity"));
         async Task Check(string what, Tensor h, Tensor? hypo = null, int? startFrom = null)
         {
-            var expected = local.Step(h, new StepOptions(hypo, startFrom));
+            var expected = NoGrad(() => local.Step(h, new StepOptions(hypo, startFrom)));
             var (actual, position) = await remote.StepAsync(h, hypo, startFrom);
             TensorAssert.Close(expected, actual, 1e-5, 1e-5, what);
             Assert.Equal(local.Position, position);
@@ -148,7 +153,6 @@ public sealed class ServerComputeTests(ServerFixture f) : IClassFixture<ServerFi
     [Fact]
     public async Task A_repeated_step_id_is_answered_again_but_not_reapplied()
     {
-        using var scope = NewDisposeScope();
         using var remote = await f.Client.OpenAsync(ServerClient.Open(1, 16, id: "dup"));
         var step = InferenceStream.Step("same", Random(30, 1, 3, 64));
         var first = await remote.SendAsync(step);
