@@ -97,13 +97,22 @@ internal sealed class GenerationRun
         for (int step = 0; step < _o.MaxNewTokens; step++)
         {
             ct.ThrowIfCancellationRequested();
-            int[] next;
+            // Dispose scopes are per thread and a remote step resumes on another one, so no scope spans the await:
+            // tensors crossing it are owned explicitly and disposed here.
+            Tensor embedded;
             using (var scope = NewDisposeScope())
             {
-                var ids = tensor(rowsIn, [Batch, width], device: _model.Ends.EmbeddingWeight.device); // [B, T]
-                var scores = await NextScoresAsync(session, ids, ct);                            // [B, V]
-                next = _sampler.Sample(scores);
+                var ids = tensor(rowsIn, [Batch, width], device: _model.Ends.EmbeddingWeight.device);     // [B, T]
+                embedded = _model.Ends.Embed(ids);                                                     // [B, T, H]
+                Capture(0, embedded);
+                embedded.DetachFromDisposeScope();
             }
+            Tensor output;
+            using (embedded) output = await session.StepAsync(embedded, new StepOptions(OnBlockOutput: Sink()), ct);  // [B, T, H]
+            int[] next;
+            using (output)
+            using (var scope = NewDisposeScope())
+                next = _sampler.Sample(NextScores(output));                                            // from [B, V]
             var tokens = new int?[Batch];
             var deltas = new string[Batch];
             for (int b = 0; b < Batch; b++)
@@ -120,17 +129,16 @@ internal sealed class GenerationRun
         }
     }
 
-    async Task<Tensor> NextScoresAsync(IBlockSession session, Tensor ids, CancellationToken ct)
+    Action<int, Tensor>? Sink() => _hidden.Count == 0 ? null : (i, t) =>
+    {
+        if (i + 1 < _model.Config.NumLayers && _hidden.TryGetValue(i + 1, out var list)) list.Add(t);
+        else t.Dispose();
+    };
+
+    /// <summary>Scores of the next token <c>[B, V]</c> from the last block's output <c>[B, T, H]</c>.</summary>
+    Tensor NextScores(Tensor output)
     {
         var ends = _model.Ends;
-        var embedded = ends.Embed(ids);                                                          // [B, T, H]
-        Capture(0, embedded);
-        Action<int, Tensor>? sink = _hidden.Count == 0 ? null : (i, t) =>
-        {
-            if (i + 1 < _model.Config.NumLayers && _hidden.TryGetValue(i + 1, out var list)) list.Add(t);
-            else t.Dispose();
-        };
-        var output = await session.StepAsync(embedded, new StepOptions(OnBlockOutput: sink), ct);  // [B, T, H]
         var L = _model.Config.NumLayers;
         Tensor lastNormed;
         if (_hidden.ContainsKey(L))

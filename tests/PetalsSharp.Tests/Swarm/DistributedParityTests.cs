@@ -8,7 +8,10 @@ using Tensor = TorchSharp.torch.Tensor;
 
 namespace PetalsSharp.Tests.Swarm;
 
-/// <summary>Servers in their own processes give what the local model gives (acceptance 1–3 of the serving issue).</summary>
+/// <summary>
+/// Servers in their own processes give what the local model gives (acceptance 1–3 of the serving issue). No dispose
+/// scope here: scopes are per thread and these tests resume on other threads after awaits.
+/// </summary>
 [Collection(LlamaSwarmCollection.Name)]
 public sealed class DistributedParityTests(LlamaSwarm swarm)
 {
@@ -22,7 +25,6 @@ public sealed class DistributedParityTests(LlamaSwarm swarm)
     [MemberData(nameof(Chains))]
     public async Task Logits_match_local_within_1e5_and_the_route_uses_every_server(int servers)
     {
-        using var scope = NewDisposeScope();
         var routes = new List<string>();
         using var lm = await swarm.ConnectAsync(Peers(servers), new RemoteOptions { OnRoute = routes.Add });
         using var local = CausalLM.Load(LlamaSwarm.ModelDir);
@@ -45,7 +47,6 @@ public sealed class DistributedParityTests(LlamaSwarm swarm)
     [Fact]
     public async Task Hidden_states_between_spans_are_visible()
     {
-        using var scope = NewDisposeScope();
         using var lm = await swarm.ConnectAsync(swarm.ThreePeers);
         using var result = lm.Inspect(Ref.Longs("input_ids"));
         var expected = Ref.Floats("hidden_states");
@@ -56,7 +57,6 @@ public sealed class DistributedParityTests(LlamaSwarm swarm)
     [Fact]
     public async Task Backward_through_the_servers_matches_local_autograd()
     {
-        using var scope = NewDisposeScope();
         using var lm = await swarm.ConnectAsync(swarm.ThreePeers);
         using var local = CausalLM.Load(LlamaSwarm.ModelDir);
         manual_seed(11);
@@ -78,7 +78,6 @@ public sealed class DistributedParityTests(LlamaSwarm swarm)
     [Fact]
     public async Task A_failed_remote_backward_is_reported_not_swallowed()
     {
-        using var scope = NewDisposeScope();
         using var lm = await swarm.ConnectAsync(swarm.TwoPeers);
         var remote = (RemoteSequential)lm.Blocks;
         var input = randn(1, 3, 64).requires_grad_(true);
@@ -91,7 +90,6 @@ public sealed class DistributedParityTests(LlamaSwarm swarm)
     [Fact]
     public async Task A_slice_runs_only_its_blocks()
     {
-        using var scope = NewDisposeScope();
         using var lm = await swarm.ConnectAsync(swarm.ThreePeers);
         using var local = CausalLM.Load(LlamaSwarm.ModelDir);
         var slice = ((RemoteSequential)lm.Blocks)[1..3];
@@ -104,7 +102,6 @@ public sealed class DistributedParityTests(LlamaSwarm swarm)
     [Fact]
     public async Task Rollback_and_beam_reorder_match_local()
     {
-        using var scope = NewDisposeScope();
         using var lm = await swarm.ConnectAsync(swarm.TwoPeers);
         using var local = CausalLM.Load(LlamaSwarm.ModelDir);
         manual_seed(5);
@@ -129,7 +126,6 @@ public sealed class DistributedParityTests(LlamaSwarm swarm)
     [InlineData(Compression.Int8Blockwise, 1e-1)]
     public async Task Compressed_activations_stay_within_their_bound(Compression compression, double bound)
     {
-        using var scope = NewDisposeScope();
         using var lm = await swarm.ConnectAsync(swarm.ThreePeers, new RemoteOptions { Compression = compression });
         var ids = Ref.Longs("input_ids");
         var logits = lm.Forward(ids);
