@@ -1,0 +1,97 @@
+namespace PetalsSharp.Dht;
+
+// Background upkeep: republishing owned records, re-replicating held replicas, refreshing buckets.
+public sealed partial class DhtNode
+{
+    const int MaxRefreshesPerRound = 4;
+    const long MaxStoreBatchBytes = 4 * 1024 * 1024;
+
+    async Task LoopAsync(TimeSpan period, Func<CancellationToken, Task> work, CancellationToken ct)
+    {
+        using var timer = new PeriodicTimer(period);
+        try
+        {
+            while (await timer.WaitForNextTickAsync(ct).ConfigureAwait(false))
+            {
+                // One failed round (a lookup that found nobody, say) must not end upkeep for good.
+                try { await work(ct).ConfigureAwait(false); }
+                catch (Exception) when (!ct.IsCancellationRequested) { }
+            }
+        }
+        catch (OperationCanceledException) { }
+    }
+
+    /// <summary>Re-stores every unexpired record this node owns on the current k closest nodes.</summary>
+    async Task RepublishAsync(CancellationToken ct)
+    {
+        long nowMs = DateTimeOffset.UtcNow.ToUnixTimeMilliseconds();
+        foreach (var (key, entry) in _owned.ToArray())
+        {
+            if (entry.ExpirationUnixMs <= nowMs)
+            {
+                _owned.TryRemove(new KeyValuePair<string, SignedEntry>(key, entry));
+                continue;
+            }
+            await PublishAsync(entry, ct).ConfigureAwait(false);
+        }
+    }
+
+    /// <summary>
+    /// Pushes every replica this node holds to the k nodes closest to its key that the routing table knows, batched
+    /// per peer. No lookups: the table is most accurate around our own id, where our replicas live, so this is
+    /// cheap enough to run often; peers that already hold an entry accept it again without re-verifying it.
+    /// </summary>
+    async Task ReplicateAsync(CancellationToken ct)
+    {
+        var batches = new Dictionary<NodeId, (Contact Peer, List<SignedEntry> Entries)>();
+        foreach (var (key, entries) in _store.Snapshot(DateTimeOffset.UtcNow))
+        {
+            foreach (var peer in _table.FindClosest(NodeId.ForKey(key), _options.K))
+            {
+                if (!batches.TryGetValue(peer.Id, out var batch)) batches[peer.Id] = batch = (peer, []);
+                batch.Entries.AddRange(entries);
+            }
+        }
+        await Parallel.ForEachAsync(batches.Values, new ParallelOptions { MaxDegreeOfParallelism = 4, CancellationToken = ct }, async (batch, token) =>
+        {
+            foreach (var chunk in Chunks(batch.Entries))
+            {
+                try { await _rpc.StoreAsync(batch.Peer, chunk, token).ConfigureAwait(false); }
+                catch (Exception e) when (IsPeerFailure(e) && !token.IsCancellationRequested)
+                {
+                    _table.Remove(batch.Peer.Id);
+                    return;
+                }
+            }
+        }).ConfigureAwait(false);
+    }
+
+    static IEnumerable<List<SignedEntry>> Chunks(List<SignedEntry> entries)
+    {
+        var chunk = new List<SignedEntry>();
+        long bytes = 0;
+        foreach (var e in entries)
+        {
+            if (chunk.Count == DhtLimits.MaxRecordsPerStore || (chunk.Count > 0 && bytes + e.Size > MaxStoreBatchBytes))
+            {
+                yield return chunk;
+                chunk = [];
+                bytes = 0;
+            }
+            chunk.Add(e);
+            bytes += e.Size;
+        }
+        if (chunk.Count > 0) yield return chunk;
+    }
+
+    /// <summary>Looks up a random id in a few buckets nobody has touched for RefreshPeriod, to keep the far table current.</summary>
+    async Task RefreshAsync(CancellationToken ct)
+    {
+        var now = DateTimeOffset.UtcNow;
+        foreach (var bucket in _table.StaleBuckets(now, _options.RefreshPeriod).Take(MaxRefreshesPerRound))
+        {
+            _table.Touch(bucket, now);
+            await LookupAsync(NodeId.RandomInBucket(Id, bucket), null, ct).ConfigureAwait(false);
+        }
+    }
+}

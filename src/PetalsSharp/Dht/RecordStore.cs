@@ -1,0 +1,95 @@
+namespace PetalsSharp.Dht;
+
+/// <summary>
+/// The records one node holds for the swarm, under limits on subkeys per key and total bytes. Every entry is checked
+/// before it is kept (see <see cref="DhtRecords.Check"/>); per subkey the latest expiration wins. Thread-safe.
+/// </summary>
+public sealed class RecordStore(int maxSubkeysPerKey, long maxBytes, TimeSpan maxTtl)
+{
+    readonly Dictionary<string, Dictionary<string, SignedEntry>> _records = new(StringComparer.Ordinal);
+    readonly Lock _lock = new();
+    long _bytes;
+
+    /// <summary>Bytes held, as counted by <see cref="SignedEntry.Size"/>.</summary>
+    public long Bytes { get { lock (_lock) return _bytes; } }
+
+    /// <summary>Keys with at least one entry.</summary>
+    public int KeyCount { get { lock (_lock) return _records.Count; } }
+
+    /// <summary>Stores <paramref name="entry"/> if it checks out; returns null when accepted or the reason it was refused.</summary>
+    public string? Put(SignedEntry entry, DateTimeOffset now) => Put(entry, now, verify: true);
+
+    /// <summary>Test hook: stores without any check, to play a malicious node that serves forged entries.</summary>
+    internal void PutUnverified(SignedEntry entry) => Put(entry, DateTimeOffset.UnixEpoch, verify: false);
+
+    string? Put(SignedEntry entry, DateTimeOffset now, bool verify)
+    {
+        SignedEntry? existing;
+        lock (_lock)
+        {
+            existing = _records.TryGetValue(entry.Key, out var subs) && subs.TryGetValue(entry.Subkey, out var e) ? e : null;
+            // A replica seen again is the common case of replication: identical bytes need no signature check.
+            if (existing is not null && existing.SameAs(entry)) return null;
+            if (existing is not null && existing.ExpirationUnixMs >= entry.ExpirationUnixMs && verify)
+                return "a later entry for this subkey is already stored";
+        }
+        // Verify outside the lock: it is the expensive part and needs no shared state.
+        if (verify && DhtRecords.Check(entry, now, maxTtl) is { } error) return error;
+        lock (_lock)
+        {
+            if (!_records.TryGetValue(entry.Key, out var subs)) subs = new(StringComparer.Ordinal);
+            subs.TryGetValue(entry.Subkey, out existing);
+            if (verify && existing is not null && existing.ExpirationUnixMs >= entry.ExpirationUnixMs)
+                return "a later entry for this subkey is already stored";
+            if (existing is null && subs.Count >= maxSubkeysPerKey) return $"key already has {maxSubkeysPerKey} subkeys";
+            long delta = entry.Size - (existing?.Size ?? 0);
+            if (_bytes + delta > maxBytes) return "node storage is full";
+            subs[entry.Subkey] = entry;
+            _records[entry.Key] = subs;
+            _bytes += delta;
+            return null;
+        }
+    }
+
+    /// <summary>The unexpired entries of a key, latest expiration first.</summary>
+    public List<SignedEntry> Get(string key, DateTimeOffset now)
+    {
+        long nowMs = now.ToUnixTimeMilliseconds();
+        lock (_lock)
+        {
+            if (!_records.TryGetValue(key, out var subs)) return [];
+            return subs.Values.Where(e => e.ExpirationUnixMs > nowMs).OrderByDescending(e => e.ExpirationUnixMs).ToList();
+        }
+    }
+
+    /// <summary>Every unexpired entry, grouped by key (for replication).</summary>
+    public List<(string Key, List<SignedEntry> Entries)> Snapshot(DateTimeOffset now)
+    {
+        long nowMs = now.ToUnixTimeMilliseconds();
+        lock (_lock)
+            return _records.Select(kv => (kv.Key, kv.Value.Values.Where(e => e.ExpirationUnixMs > nowMs).ToList()))
+                .Where(kv => kv.Item2.Count > 0).ToList();
+    }
+
+    /// <summary>Drops expired entries and empty keys; returns how many entries went.</summary>
+    public int Purge(DateTimeOffset now)
+    {
+        long nowMs = now.ToUnixTimeMilliseconds();
+        int removed = 0;
+        lock (_lock)
+        {
+            foreach (var (key, subs) in _records.ToList())
+            {
+                foreach (var (subkey, e) in subs.ToList())
+                {
+                    if (e.ExpirationUnixMs > nowMs) continue;
+                    subs.Remove(subkey);
+                    _bytes -= e.Size;
+                    removed++;
+                }
+                if (subs.Count == 0) _records.Remove(key);
+            }
+        }
+        return removed;
+    }
+}
