@@ -88,6 +88,10 @@ public sealed partial class DhtNode
             _table.Remove(peer.Id);
             return new(peer, false, [], []);
         }
+        catch (RpcException) when (ct.IsCancellationRequested)
+        {
+            throw new OperationCanceledException(ct);
+        }
     }
 
     /// <summary>

@@ -13,9 +13,11 @@ public sealed partial class DhtNode
         {
             while (await timer.WaitForNextTickAsync(ct).ConfigureAwait(false))
             {
-                // One failed round (a lookup that found nobody, say) must not end upkeep for good.
+                // One failed round (a lookup that found nobody, say) must not end upkeep for good. Calls cut short by
+                // shutdown surface as RpcException(Cancelled), not as OperationCanceledException.
                 try { await work(ct).ConfigureAwait(false); }
                 catch (Exception) when (!ct.IsCancellationRequested) { }
+                catch (Exception) { return; }
             }
         }
         catch (OperationCanceledException) { }
@@ -37,14 +39,17 @@ public sealed partial class DhtNode
     }
 
     /// <summary>
-    /// Pushes every replica this node holds to the k nodes closest to its key that the routing table knows, batched
-    /// per peer. No lookups: the table is most accurate around our own id, where our replicas live, so this is
-    /// cheap enough to run often; peers that already hold an entry accept it again without re-verifying it.
+    /// Pushes the replicas this node holds to the k nodes closest to their keys that the routing table knows, batched
+    /// per peer. No lookups: the table is most accurate around our own id, where our replicas live. Keys that another
+    /// holder pushed here during the last period are skipped (Kademlia's optimization), and peers that already hold
+    /// an entry accept it again without re-verifying it, so a quiet swarm costs little.
     /// </summary>
     async Task ReplicateAsync(CancellationToken ct)
     {
         var batches = new Dictionary<NodeId, (Contact Peer, List<SignedEntry> Entries)>();
-        foreach (var (key, entries) in _store.Snapshot(DateTimeOffset.UtcNow))
+        var now = DateTimeOffset.UtcNow;
+        // Slightly less than a period, so a key pushed by a peer in the previous round is not pushed again at once.
+        foreach (var (key, entries) in _store.TakeForReplication(now, now - _options.ReplicatePeriod * 0.9))
         {
             foreach (var peer in _table.FindClosest(NodeId.ForKey(key), _options.K))
             {

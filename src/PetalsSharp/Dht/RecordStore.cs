@@ -7,6 +7,9 @@ namespace PetalsSharp.Dht;
 public sealed class RecordStore(int maxSubkeysPerKey, long maxBytes, TimeSpan maxTtl)
 {
     readonly Dictionary<string, Dictionary<string, SignedEntry>> _records = new(StringComparer.Ordinal);
+    // When each key was last stored here or replicated from here (unix ms): replication skips keys that another
+    // holder pushed recently, so one holder per key does the work each period instead of all k.
+    readonly Dictionary<string, long> _lastPushed = new(StringComparer.Ordinal);
     readonly Lock _lock = new();
     long _bytes;
 
@@ -29,7 +32,11 @@ public sealed class RecordStore(int maxSubkeysPerKey, long maxBytes, TimeSpan ma
         {
             existing = _records.TryGetValue(entry.Key, out var subs) && subs.TryGetValue(entry.Subkey, out var e) ? e : null;
             // A replica seen again is the common case of replication: identical bytes need no signature check.
-            if (existing is not null && existing.SameAs(entry)) return null;
+            if (existing is not null && existing.SameAs(entry))
+            {
+                _lastPushed[entry.Key] = now.ToUnixTimeMilliseconds();
+                return null;
+            }
             if (existing is not null && existing.ExpirationUnixMs >= entry.ExpirationUnixMs && verify)
                 return "a later entry for this subkey is already stored";
         }
@@ -46,6 +53,7 @@ public sealed class RecordStore(int maxSubkeysPerKey, long maxBytes, TimeSpan ma
             if (_bytes + delta > maxBytes) return "node storage is full";
             subs[entry.Subkey] = entry;
             _records[entry.Key] = subs;
+            _lastPushed[entry.Key] = now.ToUnixTimeMilliseconds();
             _bytes += delta;
             return null;
         }
@@ -62,13 +70,26 @@ public sealed class RecordStore(int maxSubkeysPerKey, long maxBytes, TimeSpan ma
         }
     }
 
-    /// <summary>Every unexpired entry, grouped by key (for replication).</summary>
-    public List<(string Key, List<SignedEntry> Entries)> Snapshot(DateTimeOffset now)
+    /// <summary>
+    /// Unexpired entries grouped by key, of the keys nobody stored here or replicated from here since
+    /// <paramref name="quietSince"/>; marks them as replicated now (the caller is about to push them).
+    /// </summary>
+    public List<(string Key, List<SignedEntry> Entries)> TakeForReplication(DateTimeOffset now, DateTimeOffset quietSince)
     {
-        long nowMs = now.ToUnixTimeMilliseconds();
+        long nowMs = now.ToUnixTimeMilliseconds(), quietMs = quietSince.ToUnixTimeMilliseconds();
         lock (_lock)
-            return _records.Select(kv => (kv.Key, kv.Value.Values.Where(e => e.ExpirationUnixMs > nowMs).ToList()))
-                .Where(kv => kv.Item2.Count > 0).ToList();
+        {
+            var result = new List<(string, List<SignedEntry>)>();
+            foreach (var (key, subs) in _records)
+            {
+                if (_lastPushed.TryGetValue(key, out long last) && last > quietMs) continue;
+                var live = subs.Values.Where(e => e.ExpirationUnixMs > nowMs).ToList();
+                if (live.Count == 0) continue;
+                _lastPushed[key] = nowMs;
+                result.Add((key, live));
+            }
+            return result;
+        }
     }
 
     /// <summary>Drops expired entries and empty keys; returns how many entries went.</summary>
@@ -87,7 +108,9 @@ public sealed class RecordStore(int maxSubkeysPerKey, long maxBytes, TimeSpan ma
                     _bytes -= e.Size;
                     removed++;
                 }
-                if (subs.Count == 0) _records.Remove(key);
+                if (subs.Count > 0) continue;
+                _records.Remove(key);
+                _lastPushed.Remove(key);
             }
         }
         return removed;
