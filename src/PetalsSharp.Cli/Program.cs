@@ -8,5 +8,6 @@ var root = new RootCommand("petals: run large language models collaboratively, B
     GenerateCommand.Create(),
     InspectCommand.Create(),
     CreateModelCommand.Create(),
+    DhtCommand.Create(),
 };
 return await Cli.InvokeAsync(root, args);

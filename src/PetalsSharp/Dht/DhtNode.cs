@@ -166,15 +166,20 @@ public sealed partial class DhtNode : IAsyncDisposable
     {
         var peers = initialPeers.Select(DhtAddress.Parse).ToList();
         var errors = new ConcurrentBag<string>();
+        int answered = 0;
         await Task.WhenAll(peers.Select(async p =>
         {
-            try { Seen(await _rpc.PingAsync(p.Address, p.Id, cancellationToken).ConfigureAwait(false)); }
+            try
+            {
+                Seen(await _rpc.PingAsync(p.Address, p.Id, cancellationToken).ConfigureAwait(false));
+                Interlocked.Increment(ref answered);
+            }
             catch (Exception e) when (e is Grpc.Core.RpcException or DhtException)
             {
                 errors.Add($"{p.Address}: {(e is Grpc.Core.RpcException r ? $"{r.StatusCode} {r.Status.Detail}" : e.Message)}");
             }
         })).ConfigureAwait(false);
-        if (peers.Count > 0 && _table.Count == 0)
+        if (peers.Count > 0 && answered == 0)
             throw new DhtException($"could not join the DHT: no initial peer answered ({string.Join("; ", errors)})");
         await LookupAsync(Id, null, cancellationToken).ConfigureAwait(false);
     }
