@@ -1,4 +1,5 @@
 using System.CommandLine;
+using System.Runtime.InteropServices;
 using PetalsSharp.Dht;
 
 namespace PetalsSharp.Cli.Commands;
@@ -45,11 +46,15 @@ public static class DhtCommand
                 Identity = identityPath is null ? null : NodeIdentity.LoadOrCreate(identityPath),
                 SwarmKey = keyPath is null ? null : SwarmKey.Load(keyPath),
             };
-            await using var node = await DhtNode.StartAsync(options, ct);
-            if (initial.Length > 0) await node.BootstrapAsync(initial, ct);
+            // SIGINT and SIGTERM are the normal way to stop a bootstrap node: take them over so the node shuts down
+            // cleanly and the exit code is 0 rather than the runtime's 130/143.
+            using var stop = CancellationTokenSource.CreateLinkedTokenSource(ct);
+            using var sigint = PosixSignalRegistration.Create(PosixSignal.SIGINT, c => { c.Cancel = true; stop.Cancel(); });
+            using var sigterm = PosixSignalRegistration.Create(PosixSignal.SIGTERM, c => { c.Cancel = true; stop.Cancel(); });
+            await using var node = await DhtNode.StartAsync(options, stop.Token);
+            if (initial.Length > 0) await node.BootstrapAsync(initial, stop.Token);
             Console.WriteLine($"initial peers: {node.PeerAddress}");
-            // Ctrl+C and SIGTERM cancel the token: a normal way to stop, so exit 0.
-            try { await Task.Delay(Timeout.Infinite, ct); }
+            try { await Task.Delay(Timeout.Infinite, stop.Token); }
             catch (OperationCanceledException) { }
             return 0;
         });

@@ -80,6 +80,9 @@ public sealed partial class DhtNode : IAsyncDisposable
         {
             var builder = WebApplication.CreateSlimBuilder(new WebApplicationOptions { Args = [], ContentRootPath = AppContext.BaseDirectory });
             builder.Logging.ClearProviders();
+            // The default console lifetime would take SIGINT/SIGTERM for itself; a library node leaves process signals
+            // to the application (the CLI stops on them through its own cancellation token).
+            builder.Services.AddSingleton<Microsoft.Extensions.Hosting.IHostLifetime, PassiveLifetime>();
             var ip = ResolveHost(options.Host);
             // Plain-text gRPC: an endpoint that also offers HTTP/1.1 cannot negotiate HTTP/2 without TLS.
             builder.WebHost.ConfigureKestrel(k => k.Listen(ip, options.Port, l => l.Protocols = HttpProtocols.Http2));
@@ -243,4 +246,11 @@ public sealed partial class DhtNode : IAsyncDisposable
         }
         if (_ownsIdentity) Identity.Dispose();
     }
+}
+
+/// <summary>A host lifetime that neither waits for nor reacts to process signals.</summary>
+sealed class PassiveLifetime : Microsoft.Extensions.Hosting.IHostLifetime
+{
+    public Task WaitForStartAsync(CancellationToken cancellationToken) => Task.CompletedTask;
+    public Task StopAsync(CancellationToken cancellationToken) => Task.CompletedTask;
 }
