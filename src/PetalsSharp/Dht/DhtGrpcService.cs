@@ -54,7 +54,7 @@ public sealed class DhtGrpcService(DhtNode node) : DhtService.DhtServiceBase
         var (responder, signature) = Sign("FindValue", request.Nonce, request.Sender);
         var reply = new FindValueReply { Responder = responder, Signature = signature };
         long budget = DhtLimits.MaxReplyValueBytes;
-        foreach (var entry in node.LocalEntries(request.Key))
+        foreach (var entry in node.LocalEntries(request.Key).Take(DhtLimits.MaxEntriesPerReply))
         {
             if ((budget -= entry.Size) < 0) break;
             reply.Entries.Add(entry.ToWire());

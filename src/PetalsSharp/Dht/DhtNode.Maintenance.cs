@@ -27,15 +27,10 @@ public sealed partial class DhtNode
     async Task RepublishAsync(CancellationToken ct)
     {
         long nowMs = DateTimeOffset.UtcNow.ToUnixTimeMilliseconds();
-        foreach (var (key, entry) in _owned.ToArray())
-        {
-            if (entry.ExpirationUnixMs <= nowMs)
-            {
-                _owned.TryRemove(new KeyValuePair<string, SignedEntry>(key, entry));
-                continue;
-            }
-            await PublishAsync(entry, ct).ConfigureAwait(false);
-        }
+        foreach (var owned in _owned.Where(kv => kv.Value.ExpirationUnixMs <= nowMs).ToList()) _owned.TryRemove(owned);
+        // A server announces every block it serves (a hundred keys): a few lookups at a time, not one by one.
+        await Parallel.ForEachAsync(_owned.Values.ToList(), new ParallelOptions { MaxDegreeOfParallelism = 4, CancellationToken = ct },
+            async (entry, token) => await PublishAsync(entry, token).ConfigureAwait(false)).ConfigureAwait(false);
     }
 
     /// <summary>

@@ -20,7 +20,7 @@ namespace PetalsSharp.Dht;
 /// <item><see cref="StartAsync"/>: the node hosts its own Kestrel gRPC server (HTTP/2 only) on Host:Port.</item>
 /// <item>Inside an existing ASP.NET Core app (one port for the block service and the DHT):
 /// <c>var dht = DhtNode.Create(options); dht.ConfigureServices(builder.Services); var app = builder.Build();
-/// dht.MapService(app); await app.StartAsync(); dht.Start("host:port");</c> then <see cref="BootstrapAsync"/>.
+/// dht.MapService(app); await app.StartAsync(); dht.Start(app);</c> (or <c>dht.Start("host:port")</c>) then <see cref="BootstrapAsync"/>.
 /// The app's endpoint must speak HTTP/2; the node's options (message size, swarm-key check) apply to the DHT
 /// service only.</item>
 /// </list>
@@ -57,7 +57,7 @@ public sealed partial class DhtNode : IAsyncDisposable
     /// <summary>This node's id (hash of its public key).</summary>
     public NodeId Id => Identity.Id;
 
-    /// <summary>"host:port" announced to peers (<see cref="DhtNodeOptions.PublicAddress"/> if set); empty before <see cref="Start"/>.</summary>
+    /// <summary>"host:port" announced to peers (<see cref="DhtNodeOptions.PublicAddress"/> if set); empty before <see cref="Start(string)"/>.</summary>
     public string Address { get; private set; } = "";
 
     /// <summary>What peers pass as an initial peer: "host:port/ID_HEX".</summary>
@@ -69,7 +69,7 @@ public sealed partial class DhtNode : IAsyncDisposable
     internal RoutingTable Table => _table;
     internal RecordStore Records => _store;
 
-    /// <summary>A node that is not reachable yet: register it in an app with <see cref="ConfigureServices"/> and <see cref="MapService"/>, then call <see cref="Start"/>.</summary>
+    /// <summary>A node that is not reachable yet: register it in an app with <see cref="ConfigureServices"/> and <see cref="MapService"/>, then call <see cref="Start(string)"/>.</summary>
     public static DhtNode Create(DhtNodeOptions options) => new(options);
 
     /// <summary>Starts a node that hosts its own gRPC server on <see cref="DhtNodeOptions.Host"/>:<see cref="DhtNodeOptions.Port"/>.</summary>
@@ -91,8 +91,7 @@ public sealed partial class DhtNode : IAsyncDisposable
             node.MapService(app);
             node._app = app;
             await app.StartAsync(cancellationToken).ConfigureAwait(false);
-            var bound = app.Services.GetRequiredService<IServer>().Features.Get<IServerAddressesFeature>()!.Addresses.First();
-            node.Start($"{AnnouncedHost(ip)}:{new Uri(bound).Port}");
+            node.Start(app);
             return node;
         }
         catch
@@ -134,6 +133,20 @@ public sealed partial class DhtNode : IAsyncDisposable
         _loops.Add(LoopAsync(_options.RepublishPeriod, RepublishAsync, ct));
         _loops.Add(LoopAsync(_options.ReplicatePeriod, ReplicateAsync, ct));
         _loops.Add(LoopAsync(_options.RefreshPeriod / 4, RefreshAsync, ct));
+    }
+
+    /// <summary>
+    /// <see cref="Start(string)"/> for a node mapped into <paramref name="app"/>, after <c>app.StartAsync()</c>: the
+    /// address is the app's first bound one, with a wildcard host (0.0.0.0, [::]) replaced by this machine's first
+    /// non-loopback IPv4 (set <see cref="DhtNodeOptions.PublicAddress"/> when that guess is wrong).
+    /// </summary>
+    public void Start(WebApplication app)
+    {
+        var bound = app.Services.GetRequiredService<IServer>().Features.Get<IServerAddressesFeature>()?.Addresses.FirstOrDefault()
+                    ?? throw new InvalidOperationException("the app has no bound address yet: call Start after app.StartAsync()");
+        var uri = new Uri(bound.Replace("://+:", "://0.0.0.0:").Replace("://*:", "://0.0.0.0:"));
+        var host = uri.Host.Trim('[', ']');
+        Start($"{(IPAddress.TryParse(host, out var ip) ? AnnouncedHost(ip) : uri.Host)}:{uri.Port}");
     }
 
     static IPAddress ResolveHost(string host) => host switch

@@ -54,6 +54,9 @@ public sealed record DhtNodeOptions
         if (Port is < 0 or > 65535) throw new ArgumentException($"port {Port} is not in 0..65535");
         if (K is < 1 or > DhtLimits.MaxContactsPerReply) throw new ArgumentException($"K must be in 1..{DhtLimits.MaxContactsPerReply}");
         if (Alpha < 1) throw new ArgumentException("Alpha must be at least 1");
+        if (MaxSubkeysPerKey is < 1 or > DhtLimits.MaxEntriesPerReply)
+            throw new ArgumentException($"MaxSubkeysPerKey must be in 1..{DhtLimits.MaxEntriesPerReply}");
+        if (MaxStoredBytes < 0) throw new ArgumentException("MaxStoredBytes must not be negative");
         if (PublicAddress is not null && !DhtAddress.TryParse(PublicAddress, out _, out _))
             throw new ArgumentException($"public address '{PublicAddress}' is not HOST:PORT");
         foreach (var (name, value) in new[] { (nameof(RpcTimeout), RpcTimeout), (nameof(MaxTtl), MaxTtl), (nameof(RepublishPeriod), RepublishPeriod),

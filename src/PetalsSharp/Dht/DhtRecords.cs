@@ -31,6 +31,12 @@ public static class DhtLimits
     /// <summary>Largest gRPC message either side accepts.</summary>
     public const int MaxMessageBytes = 16 * 1024 * 1024;
 
+    /// <summary>Entries accepted in one FindValue reply (a node holds at most MaxSubkeysPerKey per key).</summary>
+    public const int MaxEntriesPerReply = 1000;
+
+    /// <summary>Clock difference tolerated between an owner and a storing node when checking MaxTtl.</summary>
+    public static readonly TimeSpan ClockSkew = TimeSpan.FromMinutes(1);
+
     /// <summary>Nonce sizes a request may carry.</summary>
     public const int MinNonceBytes = 16, MaxNonceBytes = 64;
 }
@@ -131,7 +137,8 @@ public static class DhtRecords
         if (e.Signature.Length != 64) return "bad signature size";
         long nowMs = now.ToUnixTimeMilliseconds();
         if (e.ExpirationUnixMs <= nowMs) return "expired";
-        if (maxTtl is { } ttl && e.ExpirationUnixMs > nowMs + (long)ttl.TotalMilliseconds) return $"expiration more than {ttl} ahead";
+        if (maxTtl is { } ttl && e.ExpirationUnixMs > nowMs + (long)(ttl + DhtLimits.ClockSkew).TotalMilliseconds)
+            return $"expiration more than {ttl} ahead";
         if (!NodeId.TryParse(e.Subkey, out var subkeyId) || e.Subkey != subkeyId.ToString()) return "subkey is not a lowercase hex node id";
         if (NodeId.FromPublicKey(e.PublicKey) != subkeyId) return "subkey is not the hash of the owner's public key";
         if (!NodeIdentity.Verify(e.PublicKey, CanonicalBytes(e.Key, e.Subkey, e.Value, e.ExpirationUnixMs), e.Signature)) return "bad signature";

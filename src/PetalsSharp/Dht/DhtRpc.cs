@@ -59,7 +59,12 @@ sealed class DhtRpc(NodeIdentity identity, Func<V1.Contact> self, SwarmKey? swar
         var reply = await Client(peer.Address).FindValueAsync(new FindValueRequest { Sender = self(), Nonce = nonce, Key = key }, Options(ct))
             .ConfigureAwait(false);
         var responder = Verify("FindValue", peer.Address, nonce, reply.Responder, reply.Signature, peer.Id);
-        // Entries are only candidates: the reader verifies each one (DhtRecords.MergeVerified), never this peer.
+        // Entries are only candidates: the reader verifies each one (DhtRecords.MergeVerified), never this peer. A
+        // reply with more entries than any honest node holds, or two for one subkey, is a peer wasting our CPU.
+        if (reply.Entries.Count > DhtLimits.MaxEntriesPerReply)
+            throw new DhtException($"{peer.Address} returned {reply.Entries.Count} entries (limit {DhtLimits.MaxEntriesPerReply})");
+        if (reply.Entries.Select(e => e.Subkey).Distinct(StringComparer.Ordinal).Count() != reply.Entries.Count)
+            throw new DhtException($"{peer.Address} returned two entries for one subkey");
         var entries = reply.Entries.Select(e => SignedEntry.FromWire(key, e)).ToList();
         return (responder, Contacts(reply.Nodes, reply.Nodes.Count), entries);
     }
