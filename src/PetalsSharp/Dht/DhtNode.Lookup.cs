@@ -143,7 +143,8 @@ public sealed partial class DhtNode
         var keyId = NodeId.ForKey(entry.Key);
         var lookup = await LookupAsync(keyId, null, ct).ConfigureAwait(false);
         var closest = lookup.Closest;
-        bool selfAmong = closest.Count < _options.K || keyId.CompareDistance(Id, closest[^1].Id) < 0;
+        // A node that is not served (client mode: created, never started) keeps nothing: nobody could ask it.
+        bool selfAmong = Address.Length > 0 && (closest.Count < _options.K || keyId.CompareDistance(Id, closest[^1].Id) < 0);
         int accepted = 0;
         if (selfAmong && _store.Put(entry, DateTimeOffset.UtcNow) is null) accepted++;
         var targets = closest.Take(selfAmong ? _options.K - 1 : _options.K);

@@ -23,6 +23,9 @@ namespace PetalsSharp.Dht;
 /// dht.MapService(app); await app.StartAsync(); dht.Start(app);</c> (or <c>dht.Start("host:port")</c>) then <see cref="BootstrapAsync"/>.
 /// The app's endpoint must speak HTTP/2; the node's options (message size, swarm-key check) apply to the DHT
 /// service only.</item>
+/// <item>Client mode: <see cref="Create"/> and <see cref="BootstrapAsync"/> without <see cref="Start(string)"/>. The
+/// node looks up, reads and stores, but announces no address, so peers never add it to their tables or ask it
+/// for records.</item>
 /// </list>
 /// </summary>
 public sealed partial class DhtNode : IAsyncDisposable

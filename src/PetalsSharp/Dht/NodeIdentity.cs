@@ -80,8 +80,12 @@ public sealed class NodeIdentity : IDisposable
         }
     }
 
-    /// <summary>Signs <paramref name="data"/> (ECDSA over SHA-256, 64-byte IEEE P1363 signature).</summary>
-    public byte[] Sign(ReadOnlySpan<byte> data) => _key.SignData(data, HashAlgorithmName.SHA256, DSASignatureFormat.IeeeP1363FixedFieldConcatenation);
+    /// <summary>Signs <paramref name="data"/> (ECDSA over SHA-256, 64-byte IEEE P1363 signature). Thread-safe.</summary>
+    public byte[] Sign(ReadOnlySpan<byte> data)
+    {
+        // Every gRPC reply is signed, from many threads; ECDsa instances are not documented as thread-safe.
+        lock (_key) return _key.SignData(data, HashAlgorithmName.SHA256, DSASignatureFormat.IeeeP1363FixedFieldConcatenation);
+    }
 
     /// <summary>
     /// Checks a signature made by the holder of <paramref name="publicKey"/>; false for anything malformed (a key that

@@ -41,6 +41,20 @@ public sealed class DhtBasicTests
     }
 
     [Fact]
+    public async Task ClientModeNodeReadsAndWritesWithoutJoiningTables()
+    {
+        await using var swarm = new DhtTestSwarm();
+        for (int i = 0; i < 3; i++) await swarm.AddAsync();
+        await using var client = DhtNode.Create(DhtTestSwarm.Options());
+        await client.BootstrapAsync([swarm.Nodes[1].Address]);
+        Assert.Equal(3, await client.StoreAsync("client.0", "c"u8.ToArray(), DateTimeOffset.UtcNow.AddMinutes(1)));
+        Assert.Single(await client.GetAsync("client.0"));
+        Assert.Equal(0, client.Records.KeyCount);
+        await Task.Delay(200);
+        Assert.All(swarm.Nodes, n => Assert.Null(n.Table.Find(client.Id)));
+    }
+
+    [Fact]
     public async Task ExpiredRecordsDisappearAndArePurged()
     {
         await using var swarm = new DhtTestSwarm();
