@@ -57,4 +57,37 @@ public sealed class DhtChurnTests(ITestOutputHelper output)
         output.WriteLine($"{found}/100 keys readable after churn; total {clock.Elapsed.TotalSeconds:F1} s");
         Assert.True(found >= 99, $"only {found}/100 keys survived");
     }
+
+    /// <summary>
+    /// With k = 6 and three waves of 30% churn, some keys lose every original replica (without replication 51 of
+    /// 60 were readable when this test was written): only re-replication to the nodes that joined in between
+    /// keeps them all.
+    /// </summary>
+    [Fact]
+    public async Task RepeatedChurnIsSurvivedThroughReplication()
+    {
+        var clock = Stopwatch.StartNew();
+        var random = new Random(99);
+        var options = DhtTestSwarm.Options() with { K = 6 };
+        await using var swarm = new DhtTestSwarm();
+        await swarm.AddAsync(options);
+        for (int i = 1; i < 40; i++) await swarm.AddAsync(options, [swarm.Nodes[random.Next(swarm.Nodes.Count)].PeerAddress]);
+        var expiration = DateTimeOffset.UtcNow.AddSeconds(90);
+        var keys = Enumerable.Range(0, 60).Select(i => $"small-{i}").ToList();
+        await Task.WhenAll(keys.Select((key, i) => swarm.Nodes[random.Next(swarm.Nodes.Count)].StoreAsync(key, BitConverter.GetBytes(i), expiration)));
+        var original = swarm.Nodes.ToHashSet();
+        for (int wave = 0; wave < 3; wave++)
+        {
+            await Task.WhenAll(swarm.Nodes.OrderBy(_ => random.Next()).Take(12).ToList().Select(swarm.StopAsync));
+            var survivors = swarm.Nodes.ToList();
+            for (int i = 0; i < 12; i++) await swarm.AddAsync(options, [survivors[random.Next(survivors.Count)].PeerAddress]);
+            await Task.Delay(TimeSpan.FromSeconds(4));
+            output.WriteLine($"wave {wave + 1} done at {clock.Elapsed.TotalSeconds:F1} s; {swarm.Nodes.Count(original.Contains)} original nodes left");
+        }
+        int found = 0;
+        foreach (var (key, i) in keys.Select((k, i) => (k, i)))
+            if ((await swarm.Nodes[random.Next(swarm.Nodes.Count)].GetAsync(key)).Any(e => BitConverter.ToInt32(e.Value) == i)) found++;
+        output.WriteLine($"{found}/60 keys readable after 3 waves; total {clock.Elapsed.TotalSeconds:F1} s");
+        Assert.True(found >= 59, $"only {found}/60 keys survived");
+    }
 }
