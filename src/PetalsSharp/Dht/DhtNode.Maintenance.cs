@@ -1,3 +1,5 @@
+using Microsoft.Extensions.Logging;
+
 namespace PetalsSharp.Dht;
 
 // Background upkeep: republishing owned records, re-replicating held replicas, refreshing buckets.
@@ -6,7 +8,7 @@ public sealed partial class DhtNode
     const int MaxRefreshesPerRound = 4;
     const long MaxStoreBatchBytes = 4 * 1024 * 1024;
 
-    async Task LoopAsync(TimeSpan period, Func<CancellationToken, Task> work, CancellationToken ct)
+    async Task LoopAsync(string name, TimeSpan period, Func<CancellationToken, Task> work, CancellationToken ct)
     {
         using var timer = new PeriodicTimer(period);
         try
@@ -16,7 +18,7 @@ public sealed partial class DhtNode
                 // One failed round (a lookup that found nobody, say) must not end upkeep for good. Calls cut short by
                 // shutdown surface as RpcException(Cancelled), not as OperationCanceledException.
                 try { await work(ct).ConfigureAwait(false); }
-                catch (Exception) when (!ct.IsCancellationRequested) { }
+                catch (Exception e) when (!ct.IsCancellationRequested) { _log.LogWarning(e, "DHT {Task} round failed", name); }
                 catch (Exception) { return; }
             }
         }

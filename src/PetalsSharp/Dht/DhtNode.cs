@@ -35,6 +35,7 @@ public sealed partial class DhtNode : IAsyncDisposable
     readonly RoutingTable _table;
     readonly RecordStore _store;
     readonly DhtRpc _rpc;
+    readonly ILogger _log;
     readonly ConcurrentDictionary<string, SignedEntry> _owned = new(StringComparer.Ordinal);
     readonly CancellationTokenSource _stopping = new();
     readonly List<Task> _loops = [];
@@ -46,6 +47,7 @@ public sealed partial class DhtNode : IAsyncDisposable
     {
         options.Validate();
         _options = options;
+        _log = options.Logger ?? Microsoft.Extensions.Logging.Abstractions.NullLogger.Instance;
         _ownsIdentity = options.Identity is null;
         Identity = options.Identity ?? NodeIdentity.CreateEphemeral();
         _table = new RoutingTable(Identity.Id, options.K, DateTimeOffset.UtcNow);
@@ -131,11 +133,12 @@ public sealed partial class DhtNode : IAsyncDisposable
         DhtAddress.Parse(address);
         Address = address;
         _selfContact = DhtWire.ToWire(new Contact(Id, Identity.PublicKey, Address));
+        _log.LogInformation("DHT node {Id} serving at {Address}{Private}", Id, Address, _options.SwarmKey is null ? "" : " (private swarm)");
         var ct = _stopping.Token;
-        _loops.Add(LoopAsync(_options.PurgePeriod, _ => { _store.Purge(DateTimeOffset.UtcNow); return Task.CompletedTask; }, ct));
-        _loops.Add(LoopAsync(_options.RepublishPeriod, RepublishAsync, ct));
-        _loops.Add(LoopAsync(_options.ReplicatePeriod, ReplicateAsync, ct));
-        _loops.Add(LoopAsync(_options.RefreshPeriod / 4, RefreshAsync, ct));
+        _loops.Add(LoopAsync("purge", _options.PurgePeriod, _ => { _store.Purge(DateTimeOffset.UtcNow); return Task.CompletedTask; }, ct));
+        _loops.Add(LoopAsync("republish", _options.RepublishPeriod, RepublishAsync, ct));
+        _loops.Add(LoopAsync("replicate", _options.ReplicatePeriod, ReplicateAsync, ct));
+        _loops.Add(LoopAsync("refresh", _options.RefreshPeriod / 4, RefreshAsync, ct));
     }
 
     /// <summary>
@@ -195,12 +198,15 @@ public sealed partial class DhtNode : IAsyncDisposable
             }
             catch (Exception e) when (e is Grpc.Core.RpcException or DhtException)
             {
-                errors.Add($"{p.Address}: {(e is Grpc.Core.RpcException r ? $"{r.StatusCode} {r.Status.Detail}" : e.Message)}");
+                var why = $"{p.Address}: {(e is Grpc.Core.RpcException r ? $"{r.StatusCode} {r.Status.Detail}" : e.Message)}";
+                _log.LogWarning("initial peer did not answer: {Reason}", why);
+                errors.Add(why);
             }
         })).ConfigureAwait(false);
         if (peers.Count > 0 && answered == 0)
             throw new DhtException($"could not join the DHT: no initial peer answered ({string.Join("; ", errors)})");
         await LookupAsync(Id, null, cancellationToken).ConfigureAwait(false);
+        _log.LogInformation("DHT node {Id} joined through {Answered}/{Peers} initial peers; {Contacts} contacts known", Id, answered, peers.Count, _table.Count);
     }
 
     /// <summary>

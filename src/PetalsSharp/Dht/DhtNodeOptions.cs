@@ -48,6 +48,9 @@ public sealed record DhtNodeOptions
     /// <summary>Most bytes of records this node holds for others.</summary>
     public long MaxStoredBytes { get; init; } = 256L * 1024 * 1024;
 
+    /// <summary>Where the node reports joins, failed upkeep rounds and refused records; silent when null.</summary>
+    public Microsoft.Extensions.Logging.ILogger? Logger { get; init; }
+
     /// <summary>Throws when an option is out of range.</summary>
     public void Validate()
     {
