@@ -37,17 +37,20 @@ public sealed class NodeIdentity : IDisposable
         var pem = identity._key.ExportPkcs8PrivateKeyPem();
         var dir = Path.GetDirectoryName(Path.GetFullPath(path));
         if (!string.IsNullOrEmpty(dir)) Directory.CreateDirectory(dir);
+        // Written to a private temporary file and moved into place, so a crash never leaves a half-written key and
+        // the key is never readable by others, not even for a moment.
+        var tmp = $"{path}.tmp-{Environment.ProcessId}-{Guid.NewGuid():N}";
         var options = new FileStreamOptions { Mode = FileMode.CreateNew, Access = FileAccess.Write };
         if (!OperatingSystem.IsWindows()) options.UnixCreateMode = UnixFileMode.UserRead | UnixFileMode.UserWrite;
         try
         {
-            using var stream = new FileStream(path, options);
-            using var writer = new StreamWriter(stream);
-            writer.Write(pem);
+            using (var writer = new StreamWriter(new FileStream(tmp, options))) writer.Write(pem);
+            File.Move(tmp, path, overwrite: false);
         }
         catch (IOException) when (File.Exists(path))
         {
             // Another process created it first: use theirs so both agree on the id.
+            File.Delete(tmp);
             identity.Dispose();
             return Load(path);
         }
