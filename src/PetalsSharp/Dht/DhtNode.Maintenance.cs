@@ -86,9 +86,19 @@ public sealed partial class DhtNode
         if (chunk.Count > 0) yield return chunk;
     }
 
-    /// <summary>Looks up a random id in a few buckets nobody has touched for RefreshPeriod, to keep the far table current.</summary>
+    /// <summary>
+    /// Looks up a random id in a few buckets nobody has touched for RefreshPeriod, to keep the far table current;
+    /// rejoins through the initial peers when the table is empty.
+    /// </summary>
     async Task RefreshAsync(CancellationToken ct)
     {
+        // A node that lost every contact (a network outage, all its peers restarted) would otherwise stay alone
+        // until someone happens to call it: join again through the initial peers.
+        if (_table.Count == 0 && _initialPeers.Length > 0)
+        {
+            await BootstrapAsync(_initialPeers, ct).ConfigureAwait(false);
+            return;
+        }
         var now = DateTimeOffset.UtcNow;
         foreach (var bucket in _table.StaleBuckets(now, _options.RefreshPeriod).Take(MaxRefreshesPerRound))
         {

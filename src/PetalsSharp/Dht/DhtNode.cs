@@ -40,6 +40,7 @@ public sealed partial class DhtNode : IAsyncDisposable
     readonly CancellationTokenSource _stopping = new();
     readonly List<Task> _loops = [];
     WebApplication? _app;
+    volatile string[] _initialPeers = [];
     V1.Contact _selfContact;
     int _started;
 
@@ -186,7 +187,9 @@ public sealed partial class DhtNode : IAsyncDisposable
     /// </summary>
     public async Task BootstrapAsync(IEnumerable<string> initialPeers, CancellationToken cancellationToken = default)
     {
-        var peers = initialPeers.Select(DhtAddress.Parse).ToList();
+        var given = initialPeers.ToArray();
+        var peers = given.Select(DhtAddress.Parse).ToList();
+        if (given.Length > 0) _initialPeers = given;
         var errors = new ConcurrentBag<string>();
         int answered = 0;
         await Task.WhenAll(peers.Select(async p =>

@@ -55,6 +55,19 @@ public sealed class DhtBasicTests
     }
 
     [Fact]
+    public async Task ANodeThatLostEveryContactRejoinsThroughItsInitialPeers()
+    {
+        await using var swarm = new DhtTestSwarm();
+        var options = DhtTestSwarm.Options() with { RefreshPeriod = TimeSpan.FromSeconds(1) };
+        var first = await swarm.AddAsync(options);
+        var second = await swarm.AddAsync(options);
+        foreach (var c in second.Table.All()) second.Table.Remove(c.Id);
+        foreach (var c in first.Table.All()) first.Table.Remove(c.Id);
+        await Task.Delay(TimeSpan.FromSeconds(1.5));
+        Assert.NotNull(second.Table.Find(first.Id));
+    }
+
+    [Fact]
     public async Task ExpiredRecordsDisappearAndArePurged()
     {
         await using var swarm = new DhtTestSwarm();
