@@ -11,5 +11,6 @@ var root = new RootCommand("petals: run large language models collaboratively, B
     InspectCommand.Create(),
     CreateModelCommand.Create(),
     ServerCommand.Create(),
+    DhtCommand.Create(),
 };
 return await Cli.InvokeAsync(root, args);

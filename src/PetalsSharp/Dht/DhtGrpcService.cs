@@ -1,0 +1,65 @@
+using Google.Protobuf;
+using Grpc.Core;
+using PetalsSharp.Dht.V1;
+
+namespace PetalsSharp.Dht;
+
+/// <summary>
+/// The answering side of the protocol, mapped into an ASP.NET Core app by <see cref="DhtNode.MapService"/>. Every
+/// request is checked (nonce size, target size, key, record count) before the node sees it; a malformed request
+/// is INVALID_ARGUMENT. Replies are signed over the request's nonce.
+/// </summary>
+public sealed class DhtGrpcService(DhtNode node) : DhtService.DhtServiceBase
+{
+    static RpcException Invalid(string detail) => new(new Status(StatusCode.InvalidArgument, detail));
+
+    (V1.Contact Responder, ByteString Signature) Sign(string method, ByteString nonce, V1.Contact? sender)
+    {
+        if (!DhtWire.NonceOk(nonce)) throw Invalid($"nonce must be {DhtLimits.MinNonceBytes}..{DhtLimits.MaxNonceBytes} bytes");
+        node.OnRequestFrom(sender);
+        return (node.SelfContact(), ByteString.CopyFrom(node.Identity.Sign(DhtWire.ReplyBytes(method, nonce.Span, node.Id))));
+    }
+
+    public override Task<PingReply> Ping(PingRequest request, ServerCallContext context)
+    {
+        var (responder, signature) = Sign("Ping", request.Nonce, request.Sender);
+        return Task.FromResult(new PingReply { Responder = responder, Signature = signature });
+    }
+
+    public override Task<StoreReply> Store(StoreRequest request, ServerCallContext context)
+    {
+        if (request.Records.Count > DhtLimits.MaxRecordsPerStore) throw Invalid($"at most {DhtLimits.MaxRecordsPerStore} records per Store");
+        var (responder, signature) = Sign("Store", request.Nonce, request.Sender);
+        var reply = new StoreReply { Responder = responder, Signature = signature };
+        foreach (var record in request.Records)
+        {
+            var error = record.Entry is null ? "record has no entry" : node.StoreReplica(SignedEntry.FromWire(record.Key, record.Entry));
+            reply.Statuses.Add(new StoreStatus { Accepted = error is null, Reason = error ?? "" });
+        }
+        return Task.FromResult(reply);
+    }
+
+    public override Task<FindNodeReply> FindNode(FindNodeRequest request, ServerCallContext context)
+    {
+        if (request.Target.Length != NodeId.Length) throw Invalid($"target must be {NodeId.Length} bytes");
+        var (responder, signature) = Sign("FindNode", request.Nonce, request.Sender);
+        var reply = new FindNodeReply { Responder = responder, Signature = signature };
+        reply.Nodes.AddRange(node.ClosestContacts(NodeId.FromBytes(request.Target.Span)).Select(DhtWire.ToWire));
+        return Task.FromResult(reply);
+    }
+
+    public override Task<FindValueReply> FindValue(FindValueRequest request, ServerCallContext context)
+    {
+        if (DhtRecords.CheckKey(request.Key) is { } error) throw Invalid(error);
+        var (responder, signature) = Sign("FindValue", request.Nonce, request.Sender);
+        var reply = new FindValueReply { Responder = responder, Signature = signature };
+        long budget = DhtLimits.MaxReplyValueBytes;
+        foreach (var entry in node.LocalEntries(request.Key).Take(DhtLimits.MaxEntriesPerReply))
+        {
+            if ((budget -= entry.Size) < 0) break;
+            reply.Entries.Add(entry.ToWire());
+        }
+        reply.Nodes.AddRange(node.ClosestContacts(NodeId.ForKey(request.Key)).Select(DhtWire.ToWire));
+        return Task.FromResult(reply);
+    }
+}

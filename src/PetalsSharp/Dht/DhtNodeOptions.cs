@@ -1,0 +1,101 @@
+namespace PetalsSharp.Dht;
+
+/// <summary>How a <see cref="DhtNode"/> listens, whom it trusts and how often it maintains its records.</summary>
+public sealed record DhtNodeOptions
+{
+    /// <summary>Interface to listen on when the node hosts its own server (<see cref="DhtNode.StartAsync"/>).</summary>
+    public string Host { get; init; } = "0.0.0.0";
+
+    /// <summary>Port to listen on; 0 picks a free one (see <see cref="DhtNode.Address"/> for the result).</summary>
+    public int Port { get; init; }
+
+    /// <summary>"host:port" announced to peers instead of the bound address (NAT, containers, DNS names).</summary>
+    public string? PublicAddress { get; init; }
+
+    /// <summary>The node's key pair; an ephemeral one (a new id each run) when null.</summary>
+    public NodeIdentity? Identity { get; init; }
+
+    /// <summary>Private swarm secret; null = public swarm (no authentication headers at all).</summary>
+    public SwarmKey? SwarmKey { get; init; }
+
+    /// <summary>Bucket size and replication factor (Kademlia's k).</summary>
+    public int K { get; init; } = 20;
+
+    /// <summary>Parallel requests of an iterative lookup (Kademlia's α).</summary>
+    public int Alpha { get; init; } = 3;
+
+    /// <summary>Deadline of one RPC; a peer slower than this counts as dead for that lookup.</summary>
+    public TimeSpan RpcTimeout { get; init; } = TimeSpan.FromSeconds(2);
+
+    /// <summary>Latest expiration a stored record may have, measured from now.</summary>
+    public TimeSpan MaxTtl { get; init; } = TimeSpan.FromHours(1);
+
+    /// <summary>How often this node re-stores the records it owns on the current k closest nodes.</summary>
+    public TimeSpan RepublishPeriod { get; init; } = TimeSpan.FromMinutes(5);
+
+    /// <summary>How often this node pushes the replicas it holds to the k closest nodes it knows (survives churn).</summary>
+    public TimeSpan ReplicatePeriod { get; init; } = TimeSpan.FromMinutes(2);
+
+    /// <summary>A bucket untouched for this long is refreshed by a lookup of a random id in it.</summary>
+    public TimeSpan RefreshPeriod { get; init; } = TimeSpan.FromMinutes(15);
+
+    /// <summary>How often expired records are dropped.</summary>
+    public TimeSpan PurgePeriod { get; init; } = TimeSpan.FromSeconds(30);
+
+    /// <summary>Most subkeys (owners) one key may have on this node.</summary>
+    public int MaxSubkeysPerKey { get; init; } = 1000;
+
+    /// <summary>Most bytes of records this node holds for others.</summary>
+    public long MaxStoredBytes { get; init; } = 256L * 1024 * 1024;
+
+    /// <summary>Where the node reports joins, failed upkeep rounds and refused records; silent when null.</summary>
+    public Microsoft.Extensions.Logging.ILogger? Logger { get; init; }
+
+    /// <summary>Throws when an option is out of range.</summary>
+    public void Validate()
+    {
+        if (Port is < 0 or > 65535) throw new ArgumentException($"port {Port} is not in 0..65535");
+        if (K is < 1 or > DhtLimits.MaxContactsPerReply) throw new ArgumentException($"K must be in 1..{DhtLimits.MaxContactsPerReply}");
+        if (Alpha < 1) throw new ArgumentException("Alpha must be at least 1");
+        if (MaxSubkeysPerKey is < 1 or > DhtLimits.MaxEntriesPerReply)
+            throw new ArgumentException($"MaxSubkeysPerKey must be in 1..{DhtLimits.MaxEntriesPerReply}");
+        if (MaxStoredBytes < 0) throw new ArgumentException("MaxStoredBytes must not be negative");
+        if (PublicAddress is not null && !DhtAddress.TryParse(PublicAddress, out _, out _))
+            throw new ArgumentException($"public address '{PublicAddress}' is not HOST:PORT");
+        foreach (var (name, value) in new[] { (nameof(RpcTimeout), RpcTimeout), (nameof(MaxTtl), MaxTtl), (nameof(RepublishPeriod), RepublishPeriod),
+                     (nameof(ReplicatePeriod), ReplicatePeriod), (nameof(RefreshPeriod), RefreshPeriod), (nameof(PurgePeriod), PurgePeriod) })
+            if (value <= TimeSpan.Zero) throw new ArgumentException($"{name} must be positive");
+    }
+}
+
+/// <summary>Parsing of "host:port" and "host:port/ID_HEX" peer addresses.</summary>
+public static class DhtAddress
+{
+    /// <summary>Splits "HOST:PORT" or "HOST:PORT/ID" (IPv6 hosts in brackets); the id is null when absent.</summary>
+    public static bool TryParse(string text, out string address, out NodeId? id)
+    {
+        address = "";
+        id = null;
+        if (string.IsNullOrWhiteSpace(text) || text.Length > DhtLimits.MaxAddressLength) return false;
+        text = text.Trim();
+        int slash = text.LastIndexOf('/');
+        if (slash >= 0)
+        {
+            if (!NodeId.TryParse(text[(slash + 1)..], out var parsed)) return false;
+            id = parsed;
+            text = text[..slash];
+        }
+        int colon = text.LastIndexOf(':');
+        if (colon <= 0 || !int.TryParse(text[(colon + 1)..], System.Globalization.NumberStyles.None, null, out int port) || port is < 1 or > 65535)
+            return false;
+        var host = text[..colon];
+        if (host.Contains('/') || host.Contains(' ') || (host.Contains(':') && !(host.StartsWith('[') && host.EndsWith(']')))) return false;
+        address = text;
+        return true;
+    }
+
+    /// <summary>Like <see cref="TryParse"/> but throws a message naming the expected forms.</summary>
+    public static (string Address, NodeId? Id) Parse(string text) => TryParse(text, out var a, out var id)
+        ? (a, id)
+        : throw new ArgumentException($"'{text}' is not a peer address (HOST:PORT or HOST:PORT/ID_HEX)");
+}

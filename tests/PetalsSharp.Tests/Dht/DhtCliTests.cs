@@ -1,0 +1,66 @@
+using System.Diagnostics;
+using PetalsSharp.Dht;
+using PetalsSharp.Tests.Cli;
+using Xunit;
+
+namespace PetalsSharp.Tests.Dht;
+
+/// <summary><c>petals dht</c> through the real executable.</summary>
+[Collection(DhtSocketsCollection.Name)]
+public sealed class DhtCliTests
+{
+    [Fact]
+    public async Task PrintsTheInitialPeersLineServesAndStopsOnSigterm()
+    {
+        var psi = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
+        foreach (var a in new[] { Path.Combine(AppContext.BaseDirectory, "petals.dll"), "dht", "--host", "127.0.0.1", "--port", "0" })
+            psi.ArgumentList.Add(a);
+        using var process = Process.Start(psi)!;
+        try
+        {
+            var stderr = process.StandardError.ReadToEndAsync();
+            var line = await process.StandardOutput.ReadLineAsync().WaitAsync(TimeSpan.FromSeconds(30));
+            Assert.NotNull(line);
+            Assert.StartsWith("initial peers: 127.0.0.1:", line);
+            var peer = line["initial peers: ".Length..];
+            var (address, id) = DhtAddress.Parse(peer);
+            Assert.NotNull(id);
+
+            // The printed address works as given, and as plain HOST:PORT.
+            await using var node = await DhtNode.StartAsync(DhtTestSwarm.Options());
+            await node.BootstrapAsync([peer]);
+            await node.BootstrapAsync([address]);
+            Assert.NotNull(node.Table.Find(id!.Value));
+
+            using (var term = Process.Start("kill", ["-TERM", process.Id.ToString()])) await term.WaitForExitAsync();
+            await process.WaitForExitAsync().WaitAsync(TimeSpan.FromSeconds(15));
+            Assert.True(process.ExitCode == 0, $"exit {process.ExitCode}: {await stderr}");
+        }
+        finally
+        {
+            if (!process.HasExited) process.Kill(entireProcessTree: true);
+        }
+    }
+
+    [Fact]
+    public async Task BadArgumentsAreOneLineErrors()
+    {
+        var corrupt = Path.Combine(Path.GetTempPath(), $"petals-bad-{Guid.NewGuid():N}.id");
+        await File.WriteAllTextAsync(corrupt, "garbage");
+        try
+        {
+            var r = await CliRunner.RunAsync("dht", "--port", "0", "--identity", corrupt);
+            Assert.NotEqual(0, r.ExitCode);
+            Assert.StartsWith($"error: identity file {corrupt} is not a PEM", r.Stderr);
+            Assert.Single(r.Stderr.Trim().Split('\n'));
+        }
+        finally { File.Delete(corrupt); }
+
+        var badPeer = await CliRunner.RunAsync("dht", "--port", "0", "--initial-peers", "nonsense");
+        Assert.NotEqual(0, badPeer.ExitCode);
+        Assert.Contains("is not a peer address", badPeer.Stderr);
+
+        var help = await CliRunner.RunAsync("dht", "--help");
+        Assert.Contains("initial peers: HOST:PORT/ID", help.Stdout);
+    }
+}

@@ -1,0 +1,49 @@
+using Xunit;
+using PetalsSharp.Dht;
+
+namespace PetalsSharp.Tests.Dht;
+
+/// <summary>DHT tests that open sockets run one class at a time: dozens of nodes on 2 cores need the whole machine.</summary>
+[CollectionDefinition(Name, DisableParallelization = true)]
+public sealed class DhtSocketsCollection
+{
+    public const string Name = "Dht sockets";
+}
+
+/// <summary>Nodes on 127.0.0.1 with ephemeral ports and fast upkeep, all stopped on dispose.</summary>
+public sealed class DhtTestSwarm : IAsyncDisposable
+{
+    public List<DhtNode> Nodes { get; } = [];
+
+    public static DhtNodeOptions Options(SwarmKey? key = null) => new()
+    {
+        Host = "127.0.0.1",
+        Port = 0,
+        SwarmKey = key,
+        RpcTimeout = TimeSpan.FromSeconds(2),
+        RepublishPeriod = TimeSpan.FromSeconds(30),
+        ReplicatePeriod = TimeSpan.FromSeconds(2),
+        RefreshPeriod = TimeSpan.FromSeconds(30),
+        PurgePeriod = TimeSpan.FromMilliseconds(250),
+    };
+
+    public async Task<DhtNode> AddAsync(DhtNodeOptions? options = null, IEnumerable<string>? peers = null)
+    {
+        var node = await DhtNode.StartAsync(options ?? Options());
+        Nodes.Add(node);
+        await node.BootstrapAsync(peers ?? (Nodes.Count > 1 ? [Nodes[0].PeerAddress] : []));
+        return node;
+    }
+
+    public async Task StopAsync(DhtNode node)
+    {
+        lock (Nodes) Nodes.Remove(node);
+        await node.DisposeAsync();
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        await Task.WhenAll(Nodes.Select(n => n.DisposeAsync().AsTask()));
+        Nodes.Clear();
+    }
+}
