@@ -60,6 +60,13 @@ public static class Cli
         _ => throw new CliException($"--dtype must be f32, bf16 or f16 (got '{value}')"),
     };
 
+    /// <summary>Splits a comma-separated option value; null or blank gives an empty list.</summary>
+    public static IReadOnlyList<string> SplitList(string? value) =>
+        string.IsNullOrWhiteSpace(value) ? [] : value.Split(',', StringSplitOptions.TrimEntries | StringSplitOptions.RemoveEmptyEntries);
+
+    /// <summary>Loads <c>--swarm-key FILE</c>, or null for a public swarm.</summary>
+    public static Dht.SwarmKey? LoadSwarmKey(string? path) => path is null ? null : Dht.SwarmKey.Load(path);
+
     /// <summary>Parses <c>"1,2,3;4,5,6"</c>: rows split by ';', ids by ','.</summary>
     public static List<IReadOnlyList<int>> ParseInputIds(string text)
     {

@@ -12,5 +12,6 @@ var root = new RootCommand("petals: run large language models collaboratively, B
     CreateModelCommand.Create(),
     ServerCommand.Create(),
     DhtCommand.Create(),
+    SwarmCommand.Create(),
 };
 return await Cli.InvokeAsync(root, args);

@@ -21,9 +21,17 @@ public static class ServerCommand
         var cacheBytes = new Option<long?>("--cache-bytes") { Description = "KV-cache room in bytes (instead of --cache-tokens)" };
         var maxSession = new Option<int?>("--max-session-length") { Description = "Largest max_length a session may ask for (default min(max_position_embeddings, 8192))" };
         var idle = new Option<double>("--session-idle-timeout") { Description = "Seconds without a message before a session is closed", DefaultValueFactory = _ => 300 };
-        var cmd = new Command("server", "Serve a span of a model's transformer blocks over gRPC.\n\nExample:\n  petals server -m ./my-model --blocks 0:12 --port 31330")
+        var initialPeers = new Option<string?>("--initial-peers") { Description = "Join the swarm through these DHT nodes: ADDR[,ADDR], ADDR = HOST:PORT or HOST:PORT/ID" };
+        var newSwarm = new Option<bool>("--new-swarm") { Description = "Start a new swarm (this server is its first DHT node)" };
+        var identity = new Option<string?>("--identity") { Description = "Key pair file (created on first use): a restarted server keeps its node id" };
+        var swarmKey = new Option<string?>("--swarm-key") { Description = "Private swarm secret file: only nodes with the same key can join, store or be served" };
+        var updatePeriod = new Option<double>("--update-period") { Description = "Seconds between announcements (records expire after twice this)", DefaultValueFactory = _ => 60 };
+        var publicName = new Option<string?>("--public-name") { Description = "Name shown in swarm tables" };
+        var dhtPrefix = new Option<string?>("--dht-prefix") { Description = "DHT key prefix (default: the model folder's name, '.' and ' ' as '-')" };
+        var cmd = new Command("server", "Serve a span of a model's transformer blocks over gRPC.\n\nExamples:\n  petals server -m ./my-model --blocks 0:12 --port 31330 --new-swarm\n  petals server -m ./my-model --blocks 12:24 --port 31331 --initial-peers 10.0.0.5:31330")
         {
             model, blocks, host, port, publicAddress, dtype, cacheTokens, cacheBytes, maxSession, idle,
+            initialPeers, newSwarm, identity, swarmKey, updatePeriod, publicName, dhtPrefix,
         };
         cmd.SetAction(async (pr, ct) =>
         {
@@ -42,6 +50,10 @@ public static class ServerCommand
                 WeightDtype = Cli.ParseDtype(pr.GetValue(dtype)!),
                 CacheTokens = pr.GetValue(cacheTokens), CacheBytes = pr.GetValue(cacheBytes),
                 MaxSessionLength = pr.GetValue(maxSession), SessionIdleTimeout = TimeSpan.FromSeconds(idleSeconds),
+                InitialPeers = Cli.SplitList(pr.GetValue(initialPeers)), NewSwarm = pr.GetValue(newSwarm),
+                IdentityPath = pr.GetValue(identity), SwarmKey = Cli.LoadSwarmKey(pr.GetValue(swarmKey)),
+                UpdatePeriod = TimeSpan.FromSeconds(pr.GetValue(updatePeriod)), PublicName = pr.GetValue(publicName),
+                DhtPrefix = pr.GetValue(dhtPrefix),
             };
             return await RunAsync(options, ct);
         });

@@ -11,14 +11,26 @@ namespace PetalsSharp.Client;
 public static class DistributedModel
 {
     /// <summary>Opens <paramref name="modelDir"/>'s client-side parts and connects to <paramref name="peers"/>.</summary>
-    public static async Task<CausalLM> ConnectAsync(string modelDir, IEnumerable<string> peers, RemoteOptions? options = null,
-        ModelLoadOptions? load = null, CancellationToken cancellationToken = default)
+    public static Task<CausalLM> ConnectAsync(string modelDir, IEnumerable<string> peers, RemoteOptions? options = null,
+        ModelLoadOptions? load = null, CancellationToken cancellationToken = default) =>
+        OpenAsync(modelDir, load, c => RemoteSequential.ConnectAsync(c.Config, peers, options, c, cancellationToken));
+
+    /// <summary>
+    /// Opens <paramref name="modelDir"/>'s client-side parts and finds its servers through the DHT reached at
+    /// <paramref name="initialPeers"/>. The DHT prefix is the folder's name (as servers derive it) unless given.
+    /// </summary>
+    public static Task<CausalLM> ConnectViaDhtAsync(string modelDir, IEnumerable<string> initialPeers, RemoteOptions? options = null,
+        ModelLoadOptions? load = null, string? dhtPrefix = null, CancellationToken cancellationToken = default) =>
+        OpenAsync(modelDir, load, c => RemoteSequential.ConnectViaDhtAsync(c.Config,
+            dhtPrefix ?? Swarm.ModelNames.DhtPrefix(Swarm.ModelNames.FromFolder(modelDir)), initialPeers, options, c, cancellationToken));
+
+    static async Task<CausalLM> OpenAsync(string modelDir, ModelLoadOptions? load, Func<Checkpoint, Task<RemoteSequential>> connect)
     {
         load ??= new ModelLoadOptions();
         var checkpoint = Checkpoint.Open(modelDir);
         try
         {
-            var remote = await RemoteSequential.ConnectAsync(checkpoint.Config, peers, options, checkpoint, cancellationToken).ConfigureAwait(false);
+            var remote = await connect(checkpoint).ConfigureAwait(false);
             var ends = checkpoint.LoadEnds(load.WeightDtype, load.Device);
             return new CausalLM(checkpoint.Config, ends, remote, TokenizerLoader.TryLoad(modelDir));
         }

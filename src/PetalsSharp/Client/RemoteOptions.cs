@@ -18,6 +18,9 @@ public sealed record RemoteOptions
     /// <summary>Refuse servers whose block fingerprints differ from the local checkpoint's (when it has those blocks).</summary>
     public bool VerifyWeights { get; init; } = true;
 
+    /// <summary>Private swarm secret sent with every call; null in a public swarm.</summary>
+    public PetalsSharp.Dht.SwarmKey? SwarmKey { get; init; }
+
     /// <summary>Called with the <c>route: ...</c> line whenever a chain is chosen.</summary>
     public Action<string>? OnRoute { get; init; }
 }

@@ -7,6 +7,8 @@ internal sealed class RemotePool : IDisposable
 {
     readonly Dictionary<string, ServerConnection> _byAddress;
 
+    IAsyncDisposable? _owned;
+
     RemotePool(ModelConfig config, RemoteOptions options, IReadOnlyList<ServerConnection> servers)
     {
         Config = config;
@@ -48,8 +50,12 @@ internal sealed class RemotePool : IDisposable
         }
     }
 
+    /// <summary>Something whose life ends with the pool (the client's DHT node).</summary>
+    public void Own(IAsyncDisposable resource) => _owned = resource;
+
     public void Dispose()
     {
         foreach (var s in Servers) s.Dispose();
+        _owned?.DisposeAsync().AsTask().GetAwaiter().GetResult();
     }
 }

@@ -43,6 +43,35 @@ public sealed class RemoteSequential : IBlockStack
         return stack;
     }
 
+    /// <summary>
+    /// Finds the model's servers through the DHT (<paramref name="initialPeers"/> are DHT nodes: "HOST:PORT" or
+    /// "HOST:PORT/ID") and connects to the ONLINE ones. The client's DHT node lives as long as the stack.
+    /// </summary>
+    public static async Task<RemoteSequential> ConnectViaDhtAsync(ModelConfig config, string dhtPrefix, IEnumerable<string> initialPeers,
+        RemoteOptions? options = null, Checkpoint? localCheckpoint = null, CancellationToken cancellationToken = default)
+    {
+        options ??= new RemoteOptions();
+        var dht = await SwarmReader.JoinAsClientAsync(initialPeers, options.SwarmKey, cancellationToken).ConfigureAwait(false);
+        try
+        {
+            var snapshot = await SwarmReader.ReadAsync(dht, dhtPrefix, config.NumLayers, cancellationToken).ConfigureAwait(false);
+            var online = snapshot.Online;
+            if (online.Count == 0)
+                throw new SwarmException($"no ONLINE server of '{dhtPrefix}' found in the DHT ({snapshot.Servers.Count} known)");
+            var uncovered = snapshot.Uncovered();
+            if (uncovered.Count > 0)
+                throw new SwarmException($"no ONLINE server holds block(s) {string.Join(", ", uncovered)} of '{dhtPrefix}'");
+            var stack = await ConnectAsync(config, online.Select(s => s.Address), options, localCheckpoint, cancellationToken).ConfigureAwait(false);
+            stack._pool.Own(dht);
+            return stack;
+        }
+        catch
+        {
+            await dht.DisposeAsync().ConfigureAwait(false);
+            throw;
+        }
+    }
+
     /// <summary>A stack over blocks <paramref name="range"/> that shares these servers.</summary>
     public RemoteSequential this[Range range]
     {

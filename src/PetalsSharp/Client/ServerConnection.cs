@@ -12,11 +12,11 @@ public sealed class ServerConnection : IDisposable
 {
     readonly GrpcChannel _channel;
 
-    ServerConnection(string address, GrpcChannel channel, InfoReply info)
+    ServerConnection(string address, GrpcChannel channel, InfoReply info, RemoteOptions options)
     {
         Address = address;
         _channel = channel;
-        Client = new BlockService.BlockServiceClient(channel);
+        Client = new BlockService.BlockServiceClient(PetalsSharp.Dht.SwarmAuth.Apply(channel, options.SwarmKey));
         Info = info;
         Span = new ServerSpan(address, info.StartBlock, info.EndBlock);
     }
@@ -49,7 +49,7 @@ public sealed class ServerConnection : IDisposable
         var channel = CreateChannel(address, options.MaxMessageBytes);
         try
         {
-            var client = new BlockService.BlockServiceClient(channel);
+            var client = new BlockService.BlockServiceClient(PetalsSharp.Dht.SwarmAuth.Apply(channel, options.SwarmKey));
             var info = await client.InfoAsync(new InfoRequest(), deadline: DateTime.UtcNow.AddSeconds(10),
                 cancellationToken: cancellationToken).ConfigureAwait(false);
             if (info.ProtocolVersion != Protocol.Version)
@@ -60,7 +60,7 @@ public sealed class ServerConnection : IDisposable
                 throw new SwarmException($"{address} announces an invalid span [{info.StartBlock}, {info.EndBlock})");
             if (info.BlockFingerprints.Count != info.EndBlock - info.StartBlock)
                 throw new SwarmException($"{address} sent {info.BlockFingerprints.Count} block fingerprints for a span of {info.EndBlock - info.StartBlock}");
-            return new ServerConnection(address, channel, info);
+            return new ServerConnection(address, channel, info, options);
         }
         catch
         {

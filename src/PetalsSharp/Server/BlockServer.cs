@@ -23,6 +23,8 @@ public sealed class BlockServer : IAsyncDisposable
     readonly ILogger _logger;
     readonly CancellationTokenSource _stopping = new();
     WebApplication? _app;
+    Dht.DhtNode? _dht;
+    Announcer? _announcer;
     int _activeSessions;
     int _disposed;
 
@@ -105,7 +107,22 @@ public sealed class BlockServer : IAsyncDisposable
     public string Address { get; private set; } = "";
 
     /// <summary>The address announced to clients.</summary>
-    public string PublicAddress => Options.PublicAddress ?? Address;
+    public string PublicAddress => Options.PublicAddress ?? _dht?.Address ?? Address;
+
+    /// <summary>"float32", "bfloat16" or "float16": how the weights are held.</summary>
+    public string WeightsDtypeName => Options.WeightDtype switch
+    {
+        ScalarType.BFloat16 => "bfloat16", ScalarType.Float16 => "float16", _ => "float32",
+    };
+
+    /// <summary>The DHT node this server hosts on its own port, when it joined a swarm.</summary>
+    public Dht.DhtNode? Dht => _dht;
+
+    /// <summary>What the server measured about itself at start (announced in the DHT).</summary>
+    public ThroughputInfo? Throughput { get; private set; }
+
+    /// <summary>The state last announced to the swarm (JOINING, ONLINE, OFFLINE), or null without a DHT.</summary>
+    public Wire.V1.ServerState? AnnouncedState => _announcer?.State;
 
     internal LocalBlockStack Stack { get; }
     internal CacheBudget CacheBudget { get; }
@@ -138,18 +155,42 @@ public sealed class BlockServer : IAsyncDisposable
         {
             o.MaxReceiveMessageSize = Options.MaxMessageBytes;
             o.MaxSendMessageSize = Options.MaxMessageBytes;
-        });
+        }).AddServiceOptions<BlockServiceImpl>(o => PetalsSharp.Dht.SwarmAuth.Protect(o, Options.SwarmKey));
         builder.Services.AddSingleton(new BlockServiceImpl(this, _loggerFactory.CreateLogger<BlockServiceImpl>()));
+        if (Options.UsesDht)
+        {
+            // The DHT node shares the block service's port, so a server is one address for everything.
+            _dht = PetalsSharp.Dht.DhtNode.Create(new PetalsSharp.Dht.DhtNodeOptions
+            {
+                Host = Options.Host, Port = Options.Port, PublicAddress = Options.PublicAddress, SwarmKey = Options.SwarmKey,
+                Identity = Options.IdentityPath is null ? null : PetalsSharp.Dht.NodeIdentity.LoadOrCreate(Options.IdentityPath),
+                Logger = _loggerFactory.CreateLogger("petals.dht"),
+            });
+            _dht.ConfigureServices(builder.Services);
+        }
         var app = builder.Build();
         app.MapGrpcService<BlockServiceImpl>();
+        _dht?.MapService(app);
         await app.StartAsync(cancellationToken);
         _app = app;
+        if (_dht is not null) await JoinSwarmAsync(app, _dht, cancellationToken);
         var bound = new Uri(app.Urls.First());
         string host = IPAddress.Any.Equals(address) || IPAddress.IPv6Any.Equals(address) ? "127.0.0.1"
             : address.AddressFamily == System.Net.Sockets.AddressFamily.InterNetworkV6 ? $"[{address}]" : address.ToString();
         Address = $"{host}:{bound.Port}";
         _logger.LogDebug("serving {Model} blocks [{Start}, {End}) on {Address} (public {Public}), {WeightMb:F1} MB of {Dtype} weights, cache {Tokens} tokens",
             Options.ResolvedModelName, Start, End, Address, PublicAddress, WeightBytes / 1048576.0, Options.WeightDtype, CacheTokensLeft);
+    }
+
+    async Task JoinSwarmAsync(WebApplication app, PetalsSharp.Dht.DhtNode dht, CancellationToken ct)
+    {
+        dht.Start(app);
+        if (Options.InitialPeers.Count > 0) await dht.BootstrapAsync(Options.InitialPeers, ct);
+        Throughput = await Scheduler.RunAsync(ComputeScheduler.ForwardBackwardPriority, () => ThroughputInfo.Measure(Stack), ct);
+        _announcer = new Announcer(this, dht, Throughput, _logger);
+        await _announcer.StartAsync(ct);
+        _logger.LogInformation("announced ONLINE in the swarm as {Peer} (prefix {Prefix}, throughput {Throughput:F0} tok/s)",
+            dht.PeerAddress, Options.ResolvedDhtPrefix, Throughput.Throughput);
     }
 
     static async Task<IPAddress> ResolveHostAsync(string host, CancellationToken ct)
@@ -164,7 +205,11 @@ public sealed class BlockServer : IAsyncDisposable
     /// <summary>Ends every session (their streams get UNAVAILABLE), stops listening and frees the caches.</summary>
     public async Task StopAsync()
     {
+        var announcer = Interlocked.Exchange(ref _announcer, null);
+        if (announcer is not null) await announcer.DisposeAsync();   // OFFLINE first, while the DHT still runs
         if (!_stopping.IsCancellationRequested) _stopping.Cancel();
+        var dht = Interlocked.Exchange(ref _dht, null);
+        if (dht is not null) await dht.DisposeAsync();
         var app = Interlocked.Exchange(ref _app, null);
         if (app is not null)
         {

@@ -40,10 +40,7 @@ public sealed partial class BlockServiceImpl : BlockService.BlockServiceBase
             EndBlock = _server.End,
             NumBlocks = _server.Config.NumLayers,
             HiddenSize = HiddenSize,
-            WeightsDtype = o.WeightDtype switch
-            {
-                ScalarType.BFloat16 => "bfloat16", ScalarType.Float16 => "float16", _ => "float32",
-            },
+            WeightsDtype = _server.WeightsDtypeName,
             CacheTokensLeft = _server.CacheTokensLeft,
             WeightsFingerprint = _server.WeightsFingerprint,
             MaxMessageBytes = o.MaxMessageBytes,

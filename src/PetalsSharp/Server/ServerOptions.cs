@@ -65,11 +65,31 @@ public sealed record ServerOptions
     public string? DhtPrefix { get; init; }
 
     /// <summary>The model name announced in Info.</summary>
-    public string ResolvedModelName =>
-        ModelName ?? Path.GetFileName(Path.TrimEndingDirectorySeparator(Path.GetFullPath(ModelDir)));
+    public string ResolvedModelName => ModelName ?? Swarm.ModelNames.FromFolder(ModelDir);
 
     /// <summary>The DHT prefix announced in Info.</summary>
-    public string ResolvedDhtPrefix => DhtPrefix ?? ResolvedModelName.Replace('.', '-').Replace(' ', '-');
+    public string ResolvedDhtPrefix => DhtPrefix ?? Swarm.ModelNames.DhtPrefix(ResolvedModelName);
+
+    /// <summary>DHT peers to join ("HOST:PORT" or "HOST:PORT/ID"); empty with <see cref="NewSwarm"/> false = no DHT.</summary>
+    public IReadOnlyList<string> InitialPeers { get; init; } = [];
+
+    /// <summary>Start a new swarm: host a DHT node without joining anyone.</summary>
+    public bool NewSwarm { get; init; }
+
+    /// <summary>Key pair file: a restarted server keeps its node id. Null = a fresh identity each start.</summary>
+    public string? IdentityPath { get; init; }
+
+    /// <summary>Private swarm secret: only nodes with the same key can join, store or be served.</summary>
+    public Dht.SwarmKey? SwarmKey { get; init; }
+
+    /// <summary>How often the server re-announces itself; records expire after twice this.</summary>
+    public TimeSpan UpdatePeriod { get; init; } = TimeSpan.FromSeconds(60);
+
+    /// <summary>Name shown in the swarm's tables.</summary>
+    public string? PublicName { get; init; }
+
+    /// <summary>Whether the server hosts a DHT node and announces itself.</summary>
+    public bool UsesDht => NewSwarm || InitialPeers.Count > 0;
 
     /// <summary>max_length limit for this model.</summary>
     public int ResolveMaxSessionLength(ModelConfig config) =>
@@ -91,5 +111,9 @@ public sealed record ServerOptions
         if (SessionIdleTimeout <= TimeSpan.Zero) throw new ArgumentException("session idle timeout must be positive");
         if (MaxMessageBytes < 1024) throw new ArgumentException($"max message bytes {MaxMessageBytes} is too small");
         if (MaxBatchSize < 1 || MaxRequestTokens < 1) throw new ArgumentException("batch and token limits must be positive");
+        if (UpdatePeriod < TimeSpan.FromMilliseconds(100)) throw new ArgumentException("update period must be at least 0.1 s");
+        if (NewSwarm && InitialPeers.Count > 0) throw new ArgumentException("--new-swarm starts a swarm alone: give it or --initial-peers, not both");
+        if (ResolvedDhtPrefix.Length == 0 || ResolvedDhtPrefix.Contains('.') || ResolvedDhtPrefix.Contains(' '))
+            throw new ArgumentException($"DHT prefix '{ResolvedDhtPrefix}' must be non-empty without '.' or ' '");
     }
 }

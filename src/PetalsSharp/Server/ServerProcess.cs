@@ -68,6 +68,19 @@ public sealed class ServerProcess : IDisposable
         return result;
     }
 
+    [System.Runtime.InteropServices.DllImport("libc", SetLastError = true)]
+    static extern int kill(int pid, int signal);
+
+    /// <summary>Asks the server to stop (SIGTERM: it announces OFFLINE and closes sessions), killing it after the timeout.</summary>
+    public async Task StopAsync(TimeSpan timeout)
+    {
+        if (_process.HasExited) return;
+        if (OperatingSystem.IsWindows() || kill(_process.Id, 15) != 0) { Kill(); return; }
+        using var cts = new CancellationTokenSource(timeout);
+        try { await _process.WaitForExitAsync(cts.Token); }
+        catch (OperationCanceledException) { Kill(); }
+    }
+
     /// <summary>Kills the process at once, as a crash would (SIGKILL).</summary>
     public void Kill()
     {
