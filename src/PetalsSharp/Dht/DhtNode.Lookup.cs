@@ -49,7 +49,9 @@ public sealed partial class DhtNode
     /// <summary>A verified contact answered: refresh or add it; for a full bucket, ping the oldest and evict it only if dead.</summary>
     void Seen(Contact contact)
     {
-        if (_table.Update(contact, DateTimeOffset.UtcNow, out var oldest) != UpdateOutcome.BucketFull || oldest is null) return;
+        var outcome = _table.Update(contact, DateTimeOffset.UtcNow, out var oldest);
+        if (outcome == UpdateOutcome.Added) HandOff(contact);
+        if (outcome != UpdateOutcome.BucketFull || oldest is null) return;
         if (_stopping.IsCancellationRequested || !_evicting.TryAdd(oldest.Id, 0)) return;
         _ = Task.Run(async () =>
         {
@@ -58,7 +60,10 @@ public sealed partial class DhtNode
                 await _rpc.PingAsync(oldest.Address, oldest.Id, _stopping.Token).ConfigureAwait(false);
                 _table.Update(oldest, DateTimeOffset.UtcNow, out _);
             }
-            catch (Exception e) when (IsPeerFailure(e)) { _table.Replace(oldest, contact, DateTimeOffset.UtcNow); }
+            catch (Exception e) when (IsPeerFailure(e))
+            {
+                if (_table.Replace(oldest, contact, DateTimeOffset.UtcNow)) HandOff(contact);
+            }
             finally { _evicting.TryRemove(oldest.Id, out _); }
         });
     }
