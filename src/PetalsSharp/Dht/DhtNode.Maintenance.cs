@@ -63,7 +63,7 @@ public sealed partial class DhtNode
                 try { await _rpc.StoreAsync(batch.Peer, chunk, token).ConfigureAwait(false); }
                 catch (Exception e) when (IsPeerFailure(e) && !token.IsCancellationRequested)
                 {
-                    _table.Remove(batch.Peer.Id);
+                    Failed(batch.Peer.Id, e);
                     return;
                 }
             }

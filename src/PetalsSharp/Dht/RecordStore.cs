@@ -101,6 +101,17 @@ public sealed class RecordStore(int maxSubkeysPerKey, long maxBytes, TimeSpan ma
         }
     }
 
+    /// <summary>Test hook: forgets everything, as a node restarted without its records would.</summary>
+    internal void Clear()
+    {
+        lock (_lock)
+        {
+            _records.Clear();
+            _lastPushed.Clear();
+            _bytes = 0;
+        }
+    }
+
     /// <summary>Drops expired entries and empty keys; returns how many entries went.</summary>
     public int Purge(DateTimeOffset now)
     {
