@@ -49,7 +49,10 @@ public sealed partial class DhtNode
     /// <summary>A verified contact answered: refresh or add it; for a full bucket, ping the oldest and evict it only if dead.</summary>
     void Seen(Contact contact)
     {
-        if (_table.Update(contact, DateTimeOffset.UtcNow, out var oldest) != UpdateOutcome.BucketFull || oldest is null) return;
+        _timeouts.TryRemove(contact.Id, out _);
+        var outcome = _table.Update(contact, DateTimeOffset.UtcNow, out var oldest);
+        if (outcome == UpdateOutcome.Added) HandOff(contact);
+        if (outcome != UpdateOutcome.BucketFull || oldest is null) return;
         if (_stopping.IsCancellationRequested || !_evicting.TryAdd(oldest.Id, 0)) return;
         _ = Task.Run(async () =>
         {
@@ -58,9 +61,29 @@ public sealed partial class DhtNode
                 await _rpc.PingAsync(oldest.Address, oldest.Id, _stopping.Token).ConfigureAwait(false);
                 _table.Update(oldest, DateTimeOffset.UtcNow, out _);
             }
-            catch (Exception e) when (IsPeerFailure(e)) { _table.Replace(oldest, contact, DateTimeOffset.UtcNow); }
+            catch (Exception e) when (IsPeerFailure(e))
+            {
+                if (_table.Replace(oldest, contact, DateTimeOffset.UtcNow)) HandOff(contact);
+            }
             finally { _evicting.TryRemove(oldest.Id, out _); }
         });
+    }
+
+    // Consecutive timeouts per contact: a busy peer that misses one deadline is not dropped at once.
+    readonly ConcurrentDictionary<NodeId, int> _timeouts = new();
+    const int TimeoutsBeforeEviction = 3;
+
+    /// <summary>
+    /// A contact failed a call. Refused connections and misbehaviour evict it at once; timeouts only after a few in
+    /// a row, so an overloaded swarm does not empty its own routing tables.
+    /// </summary>
+    void Failed(NodeId id, Exception e)
+    {
+        if (_timeouts.Count > 4096) _timeouts.Clear();   // ids tried once and never again must not pile up
+        bool timeout = e is RpcException { StatusCode: StatusCode.DeadlineExceeded } || e is OperationCanceledException;
+        if (timeout && _timeouts.AddOrUpdate(id, 1, (_, n) => n + 1) < TimeoutsBeforeEviction) return;
+        _timeouts.TryRemove(id, out _);
+        _table.Remove(id);
     }
 
     /// <summary>Errors that mean "this peer is dead or misbehaving" rather than "we are shutting down".</summary>
@@ -85,7 +108,7 @@ public sealed partial class DhtNode
         }
         catch (Exception e) when (IsPeerFailure(e) && !ct.IsCancellationRequested)
         {
-            _table.Remove(peer.Id);
+            Failed(peer.Id, e);
             return new(peer, false, [], []);
         }
         catch (RpcException) when (ct.IsCancellationRequested)
@@ -153,7 +176,7 @@ public sealed partial class DhtNode
             try { return await _rpc.StoreAsync(peer, [entry], ct).ConfigureAwait(false); }
             catch (Exception e) when (IsPeerFailure(e) && !ct.IsCancellationRequested)
             {
-                _table.Remove(peer.Id);
+                Failed(peer.Id, e);
                 return 0;
             }
         })).ConfigureAwait(false);

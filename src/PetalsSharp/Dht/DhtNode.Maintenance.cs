@@ -7,6 +7,8 @@ public sealed partial class DhtNode
 {
     const int MaxRefreshesPerRound = 4;
     const long MaxStoreBatchBytes = 4 * 1024 * 1024;
+    // Hand-offs run in the background; a burst of joins must not become a burst of uploads.
+    readonly SemaphoreSlim _handOffGate = new(2);
 
     async Task LoopAsync(string name, TimeSpan period, Func<CancellationToken, Task> work, CancellationToken ct)
     {
@@ -61,7 +63,7 @@ public sealed partial class DhtNode
                 try { await _rpc.StoreAsync(batch.Peer, chunk, token).ConfigureAwait(false); }
                 catch (Exception e) when (IsPeerFailure(e) && !token.IsCancellationRequested)
                 {
-                    _table.Remove(batch.Peer.Id);
+                    Failed(batch.Peer.Id, e);
                     return;
                 }
             }
@@ -84,6 +86,33 @@ public sealed partial class DhtNode
             bytes += e.Size;
         }
         if (chunk.Count > 0) yield return chunk;
+    }
+
+    /// <summary>
+    /// Kademlia's hand-off: a node just added to the table gets the replicas of every key it is now among the k
+    /// closest to (as far as this table knows). Without it, a holder that skips replication because a peer pushed
+    /// recently could leave a newcomer near a key empty-handed until that peer happens to learn of it.
+    /// </summary>
+    void HandOff(Contact newcomer)
+    {
+        if (_stopping.IsCancellationRequested || _store.KeyCount == 0) return;
+        _ = Task.Run(async () =>
+        {
+            var ct = _stopping.Token;
+            try
+            {
+                await _handOffGate.WaitAsync(ct).ConfigureAwait(false);
+                try
+                {
+                    var entries = _store.Snapshot(DateTimeOffset.UtcNow)
+                        .Where(kv => _table.FindClosest(NodeId.ForKey(kv.Key), _options.K).Any(c => c.Id == newcomer.Id))
+                        .SelectMany(kv => kv.Entries).ToList();
+                    foreach (var chunk in Chunks(entries)) await _rpc.StoreAsync(newcomer, chunk, ct).ConfigureAwait(false);
+                }
+                finally { _handOffGate.Release(); }
+            }
+            catch (Exception e) when (IsPeerFailure(e) || e is OperationCanceledException) { }
+        });
     }
 
     /// <summary>

@@ -70,6 +70,15 @@ public sealed class RecordStore(int maxSubkeysPerKey, long maxBytes, TimeSpan ma
         }
     }
 
+    /// <summary>Every unexpired entry, grouped by key.</summary>
+    public List<(string Key, List<SignedEntry> Entries)> Snapshot(DateTimeOffset now)
+    {
+        long nowMs = now.ToUnixTimeMilliseconds();
+        lock (_lock)
+            return _records.Select(kv => (kv.Key, kv.Value.Values.Where(e => e.ExpirationUnixMs > nowMs).ToList()))
+                .Where(kv => kv.Item2.Count > 0).ToList();
+    }
+
     /// <summary>
     /// Unexpired entries grouped by key, of the keys nobody stored here or replicated from here since
     /// <paramref name="quietSince"/>; marks them as replicated now (the caller is about to push them).
@@ -89,6 +98,17 @@ public sealed class RecordStore(int maxSubkeysPerKey, long maxBytes, TimeSpan ma
                 result.Add((key, live));
             }
             return result;
+        }
+    }
+
+    /// <summary>Test hook: forgets everything, as a node restarted without its records would.</summary>
+    internal void Clear()
+    {
+        lock (_lock)
+        {
+            _records.Clear();
+            _lastPushed.Clear();
+            _bytes = 0;
         }
     }
 
