@@ -48,19 +48,87 @@ internal sealed class RemoteSession : IBlockSession
         var ct = linked.Token;
         if (!_opened)
         {
-            await Task.WhenAll(_hops.Select(h => h.OpenAsync(ct))).ConfigureAwait(false);
+            await Task.WhenAll(_hops.Select(OpenHopAsync)).ConfigureAwait(false);
             _opened = true;
         }
         var h = hidden;
-        foreach (var hop in _hops)
+        for (int i = 0; i < _hops.Count; i++)
         {
-            var output = await hop.StepAsync(h, start, options?.HypoIds, ct).ConfigureAwait(false);
+            var hop = _hops[i];
+            int end = hop.Hop.End;
+            Tensor output;
+            try
+            {
+                output = await RemoteRange.Attempt(_pool, hop.Hop, () => hop.StepAsync(h, start, options?.HypoIds, ct)).ConfigureAwait(false);
+            }
+            catch (HopFailure failure)
+            {
+                int replacements;
+                (output, replacements) = await FailoverAsync(i, h, start, options?.HypoIds, failure, ct).ConfigureAwait(false);
+                i += replacements - 1;   // the replacement hops already ran this step
+            }
             if (!ReferenceEquals(h, hidden)) h.Dispose();
             h = output;
-            options?.OnBlockOutput?.Invoke(hop.Hop.End - 1, h.detach().clone().DetachFromDisposeScope());
+            options?.OnBlockOutput?.Invoke(end - 1, h.detach().clone().DetachFromDisposeScope());
         }
         Position = start + (int)hidden.shape[1];
         return h;
+    }
+
+    async Task OpenHopAsync(HopSession hop)
+    {
+        try { await RemoteRange.Attempt(_pool, hop.Hop, async () => { await hop.OpenAsync(_cts.Token).ConfigureAwait(false); return 0; }).ConfigureAwait(false); }
+        catch (HopFailure) when (_pool.Options.MaxRetries > 0)
+        {
+            // Opening is replayable like any step: the first step will fail over this hop (its history is empty).
+            hop.MarkBroken();
+        }
+    }
+
+    /// <summary>
+    /// Replaces hop <paramref name="index"/> after it failed: bans its server (already done by Attempt), plans a
+    /// chain for exactly its blocks (possibly several servers), replays the inputs it had seen plus this step's
+    /// from position 0 so the new servers rebuild their caches, and returns this step's outputs. Retries with
+    /// growing backoff; after MaxRetries the session fails with the last cause.
+    /// </summary>
+    async Task<(Tensor Output, int Hops)> FailoverAsync(int index, Tensor hidden, int start, Tensor? hypoIds, HopFailure first, CancellationToken ct)
+    {
+        var failed = _hops[index];
+        using var replay = failed.ReplayInput(start, hypoIds, hidden);                         // [B, start+T, H]
+        var last = first;
+        for (int retry = 1; retry <= _pool.Options.MaxRetries; retry++)
+        {
+            await Task.Delay(RemoteRange.Backoff(_pool.Options, retry), ct).ConfigureAwait(false);
+            var fresh = new List<HopSession>();
+            try
+            {
+                var chain = await _pool.PlanAsync(failed.Hop.Start, failed.Hop.End, ct).ConfigureAwait(false);
+                var x = replay;
+                foreach (var hop in chain)
+                {
+                    var session = new HopSession(_pool.Get(hop.Server.Address), hop, Options, _pool.Options);
+                    fresh.Add(session);
+                    var input = x;
+                    x = await RemoteRange.Attempt(_pool, hop, async () =>
+                    {
+                        await session.OpenAsync(ct).ConfigureAwait(false);
+                        return await session.StepAsync(input, 0, null, ct).ConfigureAwait(false);
+                    }).ConfigureAwait(false);
+                    if (!ReferenceEquals(input, replay)) input.Dispose();
+                }
+                failed.Dispose();
+                _hops.RemoveAt(index);
+                _hops.InsertRange(index, fresh);
+                _pool.Options.OnRoute?.Invoke(ChainPlanner.Describe(_hops.Select(h => h.Hop)));
+                using (x) return (x.narrow(1, start, hidden.shape[1]).clone(), fresh.Count);
+            }
+            catch (HopFailure f)
+            {
+                foreach (var s in fresh) s.Dispose();
+                last = f;
+            }
+        }
+        throw new SwarmException($"blocks [{failed.Hop.Start}, {failed.Hop.End}) could not be served after {_pool.Options.MaxRetries} retries; last failure: {last.Message}", last.InnerException);
     }
 
     public void Dispose()
@@ -83,6 +151,32 @@ internal sealed class HopSession(ServerConnection server, ChainHop hop, SessionO
     /// <summary>Inputs sent so far, in order (rolled back together with the position).</summary>
     public IReadOnlyList<Tensor> History => _history;
 
+    bool _broken;
+
+    /// <summary>The stream could not be opened; the next step fails over at once.</summary>
+    public void MarkBroken() => _broken = true;
+
+    /// <summary>
+    /// What a replacement must be sent: the inputs behind the first <paramref name="start"/> cache positions (rows
+    /// reordered by <paramref name="hypoIds"/> as the cache would be), then this step's input. <c>[B, start+T, H]</c>.
+    /// </summary>
+    public Tensor ReplayInput(int start, Tensor? hypoIds, Tensor current)
+    {
+        var parts = new List<Tensor>();
+        int kept = 0;
+        foreach (var h in _history)
+        {
+            if (kept >= start) break;
+            var take = (int)Math.Min(h.shape[1], start - kept);
+            parts.Add(h.narrow(1, 0, take));
+            kept += take;
+        }
+        if (kept != start) throw new InvalidOperationException($"session history holds {kept} positions, {start} are needed to replay");
+        var past = parts.Count == 0 ? null : cat(parts, 1);
+        if (past is not null && hypoIds is not null) past = past.index_select(0, hypoIds.to(ScalarType.Int64));
+        return past is null ? current.clone() : cat([past, current], 1);
+    }
+
     public async Task OpenAsync(CancellationToken ct)
     {
         _call = server.Client.Inference(cancellationToken: ct);
@@ -101,6 +195,7 @@ internal sealed class HopSession(ServerConnection server, ChainHop hop, SessionO
     /// <summary>Sends one step (split along T when it would not fit in a message) and returns the outputs.</summary>
     public async Task<Tensor> StepAsync(Tensor hidden, int start, Tensor? hypoIds, CancellationToken ct)
     {
+        if (_broken || _call is null) throw new SwarmException($"{server.Address}: the session stream is not open");
         long rows = hidden.shape[0], tokens = hidden.shape[1], width = hidden.shape[2];
         long bytesPerToken = rows * width * 4;
         int maxTokens = (int)Math.Max(1, remote.MaxMessageBytes / 2 / Math.Max(1, bytesPerToken));
@@ -123,12 +218,23 @@ internal sealed class HopSession(ServerConnection server, ChainHop hop, SessionO
             outputs.Add(RemoteCalls.Expect(TensorCodec.Decode(reply.Result.Hidden, "hidden"), part.shape, server, "hidden"));
             offset += take;
         } while (offset < tokens);
-        Remember(hidden, start);
+        Remember(hidden, start, hypoIds);
         return outputs.Count == 1 ? outputs[0] : cat(outputs, 1);
     }
 
-    void Remember(Tensor hidden, int start)
+    void Remember(Tensor hidden, int start, Tensor? hypoIds)
     {
+        if (hypoIds is not null)
+        {
+            // The server reordered its cache rows; the inputs that built them move the same way.
+            var order = hypoIds.to(ScalarType.Int64);
+            for (int k = 0; k < _history.Count; k++)
+            {
+                var moved = _history[k].index_select(0, order).DetachFromDisposeScope();
+                _history[k].Dispose();
+                _history[k] = moved;
+            }
+        }
         // Keep exactly the inputs that produced the cache's first `start` positions, then this step's.
         int kept = 0, i = 0;
         for (; i < _history.Count && kept + _history[i].shape[1] <= start; i++) kept += (int)_history[i].shape[1];
