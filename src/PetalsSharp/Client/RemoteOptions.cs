@@ -30,6 +30,12 @@ public sealed record RemoteOptions
     /// <summary>Delay before retry n (n ≥ 1) is min(MinBackoff · 2^(n-2), 10 s); the first retry is immediate.</summary>
     public TimeSpan MinBackoff { get; init; } = TimeSpan.FromMilliseconds(200);
 
+    /// <summary>
+    /// Server-to-server push for inference steps: the client sends a step to the first server only, each server
+    /// relays its output to the next. Off = the client drives every hop itself (one round trip per server).
+    /// </summary>
+    public bool UseServerToServer { get; init; } = true;
+
     /// <summary>Private swarm secret sent with every call; null in a public swarm.</summary>
     public PetalsSharp.Dht.SwarmKey? SwarmKey { get; init; }
 

@@ -52,20 +52,29 @@ internal sealed class RemoteSession : IBlockSession
             _opened = true;
         }
         var h = hidden;
+        var hypoIds = options?.HypoIds;
+        // Every hop gets its own step id up front, so a step that was pushed and is later resent is deduplicated.
+        var ids = _hops.ToDictionary(hop => hop, _ => HopSession.NewStepId());
+        bool pushed = _pool.Options.UseServerToServer && _hops.Count > 1 && _hops[0].FitsOneMessage(hidden)
+                      && await TrySendWithPushAsync(hidden, start, hypoIds, ids, ct).ConfigureAwait(false);
         for (int i = 0; i < _hops.Count; i++)
         {
             var hop = _hops[i];
             int end = hop.Hop.End;
+            var input = h;
             Tensor output;
             try
             {
-                output = await RemoteRange.Attempt(_pool, hop.Hop, () => hop.StepAsync(h, start, options?.HypoIds, ct)).ConfigureAwait(false);
+                output = await RemoteRange.Attempt(_pool, hop.Hop, () => pushed
+                    ? hop.ReceiveAsync(ids[hop], input, start, hypoIds, ct)
+                    : hop.StepAsync(input, start, hypoIds, ct, ids.GetValueOrDefault(hop))).ConfigureAwait(false);
             }
             catch (HopFailure failure)
             {
                 int replacements;
-                (output, replacements) = await FailoverAsync(i, h, start, options?.HypoIds, failure, ct).ConfigureAwait(false);
+                (output, replacements) = await FailoverAsync(i, h, start, hypoIds, failure, ct).ConfigureAwait(false);
                 i += replacements - 1;   // the replacement hops already ran this step
+                pushed = false;          // later hops may have missed the push: drive them from here (same step ids)
             }
             if (!ReferenceEquals(h, hidden)) h.Dispose();
             h = output;
@@ -73,6 +82,30 @@ internal sealed class RemoteSession : IBlockSession
         }
         Position = start + (int)hidden.shape[1];
         return h;
+    }
+
+    /// <summary>
+    /// Sends the step to the first server with the rest of the chain: each server pushes its output to the next,
+    /// so a step costs about the sum of one-way hops instead of a round trip per server. The client still reads
+    /// every hop's reply, which is what it would replay to a replacement.
+    /// </summary>
+    async Task<bool> TrySendWithPushAsync(Tensor hidden, int start, Tensor? hypoIds, Dictionary<HopSession, string> ids, CancellationToken ct)
+    {
+        var first = _hops[0];
+        var next = _hops.Skip(1).Select(h => new NextServer { Address = h.Address, SessionId = h.SessionId, StepId = ids[h] });
+        try
+        {
+            await RemoteRange.Attempt(_pool, first.Hop, async () =>
+            {
+                await first.SendAsync(hidden, start, hypoIds, ids[first], next, ct).ConfigureAwait(false);
+                return 0;
+            }).ConfigureAwait(false);
+            return true;
+        }
+        catch (HopFailure)
+        {
+            return false;   // the first hop is down: the step loop fails it over and drives the chain itself
+        }
     }
 
     async Task OpenHopAsync(HopSession hop)
@@ -193,34 +226,89 @@ internal sealed class HopSession(ServerConnection server, ChainHop hop, SessionO
     }
 
     /// <summary>Sends one step (split along T when it would not fit in a message) and returns the outputs.</summary>
-    public async Task<Tensor> StepAsync(Tensor hidden, int start, Tensor? hypoIds, CancellationToken ct)
+    /// <summary>Most tokens of <paramref name="hidden"/>'s shape that fit in half a message.</summary>
+    int MaxTokens(Tensor hidden) =>
+        (int)Math.Max(1, remote.MaxMessageBytes / 2 / Math.Max(1, hidden.shape[0] * hidden.shape[2] * 4));
+
+    /// <summary>Whether this step travels as one message (push relays whole steps only).</summary>
+    public bool FitsOneMessage(Tensor hidden) => hidden.shape[1] <= MaxTokens(hidden);
+
+    public string Address => server.Address;
+
+    /// <summary>Sends one step (split along T when it would not fit in a message) and returns the outputs.</summary>
+    public async Task<Tensor> StepAsync(Tensor hidden, int start, Tensor? hypoIds, CancellationToken ct, string? stepId = null)
     {
-        if (_broken || _call is null) throw new SwarmException($"{server.Address}: the session stream is not open");
-        long rows = hidden.shape[0], tokens = hidden.shape[1], width = hidden.shape[2];
-        long bytesPerToken = rows * width * 4;
-        int maxTokens = (int)Math.Max(1, remote.MaxMessageBytes / 2 / Math.Max(1, bytesPerToken));
+        EnsureOpen();
+        long tokens = hidden.shape[1];
+        int maxTokens = MaxTokens(hidden);
         var outputs = new List<Tensor>();
         int offset = 0;
         do
         {
             int take = (int)Math.Min(maxTokens, tokens - offset);
             var part = hidden.narrow(1, offset, take);
-            var step = new InferenceStep { StepId = Guid.NewGuid().ToString("N"), Hidden = TensorCodec.Encode(part, remote.Compression) };
-            if (offset == 0)
-            {
-                step.StartFromPosition = start;
-                if (hypoIds is not null) step.HypoIds = TensorCodec.Encode(hypoIds.to(ScalarType.Int64));
-            }
-            await _call!.RequestStream.WriteAsync(new InferenceRequest { Step = step }, ct).ConfigureAwait(false);
-            var reply = await ReadAsync(ct).ConfigureAwait(false);
-            if (reply.KindCase != InferenceReply.KindOneofCase.Result || reply.Result.StepId != step.StepId)
-                throw new SwarmException($"{server.Address} answered a different step");
-            outputs.Add(RemoteCalls.Expect(TensorCodec.Decode(reply.Result.Hidden, "hidden"), part.shape, server, "hidden"));
+            var id = offset == 0 && stepId is not null ? stepId : NewStepId();
+            await WriteStepAsync(part, offset == 0 ? start : null, offset == 0 ? hypoIds : null, id, [], ct).ConfigureAwait(false);
+            outputs.Add(await ReadResultAsync(id, part.shape, ct).ConfigureAwait(false));
             offset += take;
         } while (offset < tokens);
         Remember(hidden, start, hypoIds);
         return outputs.Count == 1 ? outputs[0] : cat(outputs, 1);
     }
+
+    /// <summary>Push mode, first hop: sends the step with the rest of the chain; the reply is read by <see cref="ReceiveAsync"/>.</summary>
+    public Task SendAsync(Tensor hidden, int start, Tensor? hypoIds, string stepId, IEnumerable<NextServer> next, CancellationToken ct)
+    {
+        EnsureOpen();
+        return WriteStepAsync(hidden, start, hypoIds, stepId, next, ct);
+    }
+
+    /// <summary>
+    /// Push mode: reads the reply to a step this hop received (from us or pushed by the previous server) and
+    /// records <paramref name="input"/>, the previous hop's output, as what this hop was sent.
+    /// </summary>
+    public async Task<Tensor> ReceiveAsync(string stepId, Tensor input, int start, Tensor? hypoIds, CancellationToken ct)
+    {
+        EnsureOpen();
+        var output = await ReadResultAsync(stepId, input.shape, ct).ConfigureAwait(false);
+        Remember(input, start, hypoIds);
+        return output;
+    }
+
+    public static string NewStepId() => Guid.NewGuid().ToString("N");
+
+    void EnsureOpen()
+    {
+        if (_broken || _call is null) throw new SwarmException($"{server.Address}: the session stream is not open");
+    }
+
+    async Task WriteStepAsync(Tensor part, int? start, Tensor? hypoIds, string stepId, IEnumerable<NextServer> next, CancellationToken ct)
+    {
+        var step = new InferenceStep { StepId = stepId, Hidden = TensorCodec.Encode(part, remote.Compression) };
+        if (start is { } s) step.StartFromPosition = s;
+        if (hypoIds is not null) step.HypoIds = TensorCodec.Encode(hypoIds.to(ScalarType.Int64));
+        step.NextServers.AddRange(next);
+        await _call!.RequestStream.WriteAsync(new InferenceRequest { Step = step }, ct).ConfigureAwait(false);
+    }
+
+    async Task<Tensor> ReadResultAsync(string stepId, long[] shape, CancellationToken ct)
+    {
+        while (true)
+        {
+            var reply = await ReadAsync(ct).ConfigureAwait(false);
+            if (reply.KindCase != InferenceReply.KindOneofCase.Result)
+                throw new SwarmException($"{server.Address} sent something other than a step result");
+            // A step both pushed and resent after a failure is answered twice; the second copy is stale.
+            if (reply.Result.StepId != stepId && _answered.Contains(reply.Result.StepId)) continue;
+            if (reply.Result.StepId != stepId)
+                throw new SwarmException($"{server.Address} answered step {reply.Result.StepId}, expected {stepId}");
+            _answered.Add(stepId);
+            if (_answered.Count > 1024) _answered.Clear();
+            return RemoteCalls.Expect(TensorCodec.Decode(reply.Result.Hidden, "hidden"), shape, server, "hidden");
+        }
+    }
+
+    readonly HashSet<string> _answered = [];
 
     void Remember(Tensor hidden, int start, Tensor? hypoIds)
     {

@@ -43,6 +43,7 @@ public sealed class BlockServer : IAsyncDisposable
         // Sessions always keep float32 caches (LocalBlockSession), whatever dtype holds the weights.
         CacheBudget = new CacheBudget(options.ResolveCacheTokens(stack.CacheBytesPerToken(ScalarType.Float32)), SpanLength);
         Scheduler = new ComputeScheduler();
+        Inboxes = new SessionInboxes(options, _logger);
     }
 
     /// <summary>Loads the span's blocks (reporting each loaded block to <paramref name="progress"/>); does not listen yet.</summary>
@@ -127,6 +128,7 @@ public sealed class BlockServer : IAsyncDisposable
     internal LocalBlockStack Stack { get; }
     internal CacheBudget CacheBudget { get; }
     internal ComputeScheduler Scheduler { get; }
+    internal SessionInboxes Inboxes { get; }
     internal CancellationToken Stopping => _stopping.Token;
     internal void SessionOpened() => Interlocked.Increment(ref _activeSessions);
     internal void SessionClosed() => Interlocked.Decrement(ref _activeSessions);
@@ -224,6 +226,7 @@ public sealed class BlockServer : IAsyncDisposable
         if (Interlocked.Exchange(ref _disposed, 1) != 0) return;
         await StopAsync();
         Scheduler.Dispose();
+        Inboxes.Dispose();
         Stack.Dispose();
         _checkpoint.Dispose();
         _stopping.Dispose();

@@ -19,8 +19,10 @@ public sealed class ChaosTests(ITestOutputHelper output)
 {
     static readonly string Model = LlamaSwarm.ModelDir;
 
-    [Fact]
-    public async Task Killing_a_server_mid_generation_changes_no_token_twenty_times()
+    [Theory]
+    [InlineData(true)]
+    [InlineData(false)]
+    public async Task Killing_a_server_mid_generation_changes_no_token_twenty_times(bool push)
     {
         using var r = Reference.Load("llama-gqa");
         var prompts = r.IdRows("generation.prompt_ids");
@@ -40,7 +42,7 @@ public sealed class ChaosTests(ITestOutputHelper output)
             {
                 var routes = new List<string>();
                 using var lm = await DistributedModel.ConnectViaDhtAsync(Model, [bootstrap.PeerAddress],
-                    new RemoteOptions { OnRoute = routes.Add, MinBackoff = TimeSpan.FromMilliseconds(50) });
+                    new RemoteOptions { OnRoute = routes.Add, MinBackoff = TimeSpan.FromMilliseconds(50), UseServerToServer = push });
                 int killAfter = 1 + round % 11;     // moments: after 1..11 generated tokens
                 var tokens = new List<int>[] { [], [] };
                 string? killed = null;
@@ -53,7 +55,7 @@ public sealed class ChaosTests(ITestOutputHelper output)
                     killed = victim[..victim.IndexOf('[')];
                     servers[killed].Process.Kill();
                 }
-                output.WriteLine($"round {round}: killed {killed} after {killAfter} tokens; routes: {string.Join(" | ", routes)}");
+                output.WriteLine($"push {push}, round {round}: killed {killed} after {killAfter} tokens; routes: {string.Join(" | ", routes)}");
                 Assert.Equal(expected[0], tokens[0]);
                 Assert.Equal(expected[1], tokens[1]);
                 Assert.True(routes.Count >= 2, "the route must change after the kill");
