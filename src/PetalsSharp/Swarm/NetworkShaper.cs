@@ -170,8 +170,7 @@ public sealed class LinkShaper : IAsyncDisposable
         {
             await foreach (var chunk in queue.ReadAllAsync(c.Token).ConfigureAwait(false))
             {
-                long wait = chunk.Due - Stopwatch.GetTimestamp();
-                if (wait > 0) await Task.Delay(TimeSpan.FromSeconds(wait / (double)Stopwatch.Frequency), c.Token).ConfigureAwait(false);
+                await WaitUntilAsync(chunk.Due, c.Token).ConfigureAwait(false);
                 if (chunk.Buffer is null)
                 {
                     to.Shutdown(SocketShutdown.Send);
@@ -191,6 +190,21 @@ public sealed class LinkShaper : IAsyncDisposable
             c.Close(abort: true);
             while (queue.TryRead(out var rest))
                 if (rest.Buffer is not null) ArrayPool<byte>.Shared.Return(rest.Buffer);
+        }
+    }
+
+    /// <summary>
+    /// Waits until the Stopwatch timestamp <paramref name="due"/>, never less: timers tick in whole milliseconds and
+    /// may fire a fraction early, and a link that is sometimes faster than configured breaks "≥ 2 × delay" checks.
+    /// </summary>
+    static async Task WaitUntilAsync(long due, CancellationToken ct)
+    {
+        long wait;
+        while ((wait = due - Stopwatch.GetTimestamp()) > 0)
+        {
+            double ms = wait * 1000.0 / Stopwatch.Frequency;
+            if (ms >= 1) await Task.Delay(TimeSpan.FromMilliseconds(Math.Ceiling(ms)), ct).ConfigureAwait(false);
+            else await Task.Yield();
         }
     }
 
