@@ -99,22 +99,28 @@ public sealed class LinkShaperTests(ITestOutputHelper output)
         Assert.InRange(Median(times), 2 * delay.TotalMilliseconds, 2 * delay.TotalMilliseconds + 60);
 
         // 20 small writes 5 ms apart: through a delay line the last echo comes back 2·delay after the last write;
-        // a sleep per chunk would make the echoes queue up to about 20 · 2·delay.
-        var burst = Stopwatch.StartNew();
-        var reader = ReadExactlyAsync(stream, 20 * 8);
-        for (int i = 0; i < 20; i++)
+        // a sleep per chunk would make the echoes queue up to about 20 · 2·delay. Best of 3, as this box stalls
+        // the thread pool for up to a second now and then (seen without the shaper too).
+        var tails = new List<double>();
+        for (int attempt = 0; attempt < 3; attempt++)
         {
-            await stream.WriteAsync(new byte[8]);
-            if (i < 19) await Task.Delay(5);
+            var burst = Stopwatch.StartNew();
+            var reader = ReadExactlyAsync(stream, 20 * 8);
+            for (int i = 0; i < 20; i++)
+            {
+                await stream.WriteAsync(new byte[8]);
+                if (i < 19) await Task.Delay(5);
+            }
+            var lastWrite = burst.Elapsed.TotalMilliseconds;
+            await reader;
+            tails.Add(burst.Elapsed.TotalMilliseconds - lastWrite);
         }
-        var lastWrite = burst.Elapsed.TotalMilliseconds;
-        await reader;
-        var tail = burst.Elapsed.TotalMilliseconds - lastWrite;
-        output.WriteLine($"20 pipelined writes over {lastWrite:F1} ms: last echo {tail:F1} ms after the last write");
-        Assert.InRange(tail, 2 * delay.TotalMilliseconds - 1, 2 * delay.TotalMilliseconds + 60);
+        output.WriteLine($"20 pipelined writes, last echo after the last write (ms): {string.Join(" ", tails.Select(t => t.ToString("F1")))}");
+        Assert.True(tails.Min() >= 2 * delay.TotalMilliseconds - 1, $"min {tails.Min():F1} ms");
+        Assert.InRange(tails.Min(), 2 * delay.TotalMilliseconds, 2 * delay.TotalMilliseconds + 60);
 
-        Assert.Equal(7 * 16 + 20 * 8, shaper.BytesToTarget);
-        Assert.Equal(7 * 16 + 20 * 8, shaper.BytesFromTarget);
+        Assert.Equal(7 * 16 + 3 * 20 * 8, shaper.BytesToTarget);
+        Assert.Equal(7 * 16 + 3 * 20 * 8, shaper.BytesFromTarget);
         Assert.Equal(1, shaper.ConnectionsAccepted);
     }
 
@@ -166,10 +172,15 @@ public sealed class LinkShaperTests(ITestOutputHelper output)
                 times.Add(sw.Elapsed.TotalMilliseconds);
                 Assert.Equal(0, reply.StartBlock);
             }
-            // Calls multiplexed on one HTTP/2 connection each pay one round trip, not one after another.
-            var burst = Stopwatch.StartNew();
-            await Task.WhenAll(Enumerable.Range(0, 10).Select(_ => client.InfoAsync(new InfoRequest()).ResponseAsync));
-            times.Add(burst.Elapsed.TotalMilliseconds);
+            // Calls multiplexed on one HTTP/2 connection each pay one round trip, not one after another (best of 3).
+            var bursts = new List<double>();
+            for (int attempt = 0; attempt < 3; attempt++)
+            {
+                var burst = Stopwatch.StartNew();
+                await Task.WhenAll(Enumerable.Range(0, 10).Select(_ => client.InfoAsync(new InfoRequest()).ResponseAsync));
+                bursts.Add(burst.Elapsed.TotalMilliseconds);
+            }
+            times.Add(bursts.Min());
             return times;
         }
 
@@ -179,7 +190,7 @@ public sealed class LinkShaperTests(ITestOutputHelper output)
         output.WriteLine($"shaped (ms): {string.Join(" ", shaped.Select(t => t.ToString("F1")))}");
         var rtt = 2 * delay.TotalMilliseconds;
         Assert.InRange(Median(shaped[..^1]), rtt, rtt + Median(direct[..^1]) + 60);
-        Assert.InRange(shaped[^1], rtt, rtt + 150);
+        Assert.InRange(shaped[^1], rtt, rtt + 100);                   // 10 concurrent calls
         Assert.True(shaper.BytesToTarget > 0 && shaper.BytesFromTarget > 0);
     }
 
