@@ -3,6 +3,7 @@ using PetalsSharp.Benchmarks;
 // Benchmarks measure; they never assert. Usage:
 //   dotnet run --project benchmarks/PetalsSharp.Benchmarks -c Release -- engine [--model DIR] [--prompt 64] [--new 128]
 //   dotnet run --project benchmarks/PetalsSharp.Benchmarks -c Release -- swarm [--model DIR] [--servers 3]
+PetalsSharp.Runtime.Configure();
 var command = args.FirstOrDefault() ?? "engine";
 var options = BenchArgs.Parse(args.Skip(1).ToArray());
 switch (command)

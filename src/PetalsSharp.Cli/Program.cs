@@ -2,6 +2,7 @@ using System.CommandLine;
 using PetalsSharp.Cli;
 using PetalsSharp.Cli.Commands;
 
+PetalsSharp.Runtime.Configure();
 PetalsSharp.Server.ParentWatchdog.StartFromEnvironment();
 
 var root = new RootCommand("petals: run large language models collaboratively, BitTorrent-style (PetalsSharp).")
