@@ -11,7 +11,9 @@ namespace PetalsSharp.Client;
 internal sealed class RemotePool : IDisposable
 {
     readonly ConcurrentDictionary<string, ServerConnection> _servers = new();
-    readonly ConcurrentDictionary<string, (DateTimeOffset Until, int Streak)> _bans = new();
+    readonly Lock _memory = new();
+    BanList _bans = BanList.Empty;
+    RttEstimator _rtts = RttEstimator.Empty;
     readonly Func<CancellationToken, Task<IReadOnlyList<string>>>? _discover;
     readonly LocalFingerprints _fingerprints;
     IAsyncDisposable? _owned;
@@ -70,6 +72,7 @@ internal sealed class RemotePool : IDisposable
                     throw;
                 }
                 if (!_servers.TryAdd(server.Address, server)) server.Dispose();
+                else ObserveRtt(server.Address, server.ConnectRtt.TotalSeconds);
             }
             catch (Exception e) when (e is not OperationCanceledException || !ct.IsCancellationRequested)
             {
@@ -82,47 +85,75 @@ internal sealed class RemotePool : IDisposable
     /// <summary>Bans a failed server for 15 s, doubling with every consecutive failure (capped at 5 min).</summary>
     public void Ban(string address)
     {
-        var now = DateTimeOffset.UtcNow;
-        _bans.AddOrUpdate(address, _ => (now + Options.BanTime, 1), (_, b) =>
+        lock (_memory)
         {
-            var streak = b.Streak + 1;
-            var seconds = Math.Min(Options.BanTime.TotalSeconds * Math.Pow(2, streak - 1), 300);
-            return (now + TimeSpan.FromSeconds(seconds), streak);
-        });
+            _bans = (_bans with { BaseDuration = Options.BanTime }).Ban(address, DateTimeOffset.UtcNow);
+            _rtts = _rtts.ObserveFailure(address, DateTimeOffset.UtcNow);
+        }
     }
 
     /// <summary>A server that answered ends its failure streak.</summary>
-    public void Success(string address) => _bans.TryRemove(address, out _);
+    public void Success(string address)
+    {
+        lock (_memory) _bans = _bans.Success(address);
+    }
 
-    public bool IsBanned(string address) => _bans.TryGetValue(address, out var b) && b.Until > DateTimeOffset.UtcNow;
+    public bool IsBanned(string address)
+    {
+        lock (_memory) return _bans.IsBanned(address, DateTimeOffset.UtcNow);
+    }
+
+    /// <summary>Feeds a measured round trip into the moving average routing uses.</summary>
+    public void ObserveRtt(string address, double seconds)
+    {
+        lock (_memory) _rtts = _rtts.Observe(address, seconds, DateTimeOffset.UtcNow);
+    }
+
+    /// <summary>Pings every known server once (an Info call) to refresh the round-trip estimates.</summary>
+    public Task PingAllAsync(CancellationToken ct) => Task.WhenAll(_servers.Values.Select(async s =>
+    {
+        try { ObserveRtt(s.Address, (await s.PingAsync(ct).ConfigureAwait(false)).TotalSeconds); }
+        catch (Exception e) when (RemoteRange.IsServerFailure(e)) { Ban(s.Address); }
+    }));
+
+    RoutingInputs Inputs(int start, int end, long? cacheTokensNeeded)
+    {
+        var now = DateTimeOffset.UtcNow;
+        lock (_memory)
+            return new RoutingInputs(_servers.Values.Select(s => s.ToServerInfo()).ToList(), start, end)
+            {
+                ClientRtts = _rtts.Snapshot(now),
+                BannedPeers = _bans.BannedPeers(now),
+                CacheTokensNeeded = cacheTokensNeeded,
+            };
+    }
 
     /// <summary>
-    /// A chain over <c>[start, end)</c> avoiding banned servers; asks the DHT for more servers when the known ones
-    /// cannot cover the range. Bans are ignored only where every holder of a block is banned (as Petals does).
+    /// A chain over <c>[start, end)</c>: the minimum-latency path (Dijkstra over client RTTs, per-block compute
+    /// and cache room) for inference, a throughput-spreading random one for forward/backward. Banned servers are
+    /// avoided except where every holder of a block is banned; the DHT is asked for more servers when the known
+    /// ones cannot cover the range.
     /// </summary>
-    public async Task<IReadOnlyList<ChainHop>> PlanAsync(int start, int end, CancellationToken ct)
+    public async Task<IReadOnlyList<ChainHop>> PlanAsync(int start, int end, CancellationToken ct, long? cacheTokensNeeded = null,
+        bool forInference = true)
     {
-        if (TryPlan(start, end, ignoreBans: false) is { } chain) return chain;
-        if (_discover is not null)
+        try
         {
-            await AddAsync(await _discover(ct).ConfigureAwait(false), ct).ConfigureAwait(false);
-            if (TryPlan(start, end, ignoreBans: false) is { } found) return found;
+            var chain = Plan(start, end, cacheTokensNeeded, forInference);
+            // A banned server in the chain means every known holder of some block failed: look for newcomers first.
+            if (_discover is null || !chain.Any(h => IsBanned(h.Server.Address))) return chain;
         }
-        return TryPlan(start, end, ignoreBans: true)
-               ?? throw new SwarmException($"no server holds all of blocks [{start}, {end}) any more (known: {string.Join(" ", _servers.Values.Select(s => s.Span))})");
+        catch (SwarmException) when (_discover is not null) { }
+        await AddAsync(await _discover!(ct).ConfigureAwait(false), ct).ConfigureAwait(false);
+        return Plan(start, end, cacheTokensNeeded, forInference);
     }
 
     /// <summary>The chain that would be planned now, without discovery (synchronous, for opening sessions).</summary>
-    public IReadOnlyList<ChainHop> Plan(int start, int end) =>
-        TryPlan(start, end, ignoreBans: false) ?? TryPlan(start, end, ignoreBans: true)
-        ?? throw new SwarmException($"no server holds all of blocks [{start}, {end}) (known: {string.Join(" ", _servers.Values.Select(s => s.Span))})");
-
-    IReadOnlyList<ChainHop>? TryPlan(int start, int end, bool ignoreBans)
+    public IReadOnlyList<ChainHop> Plan(int start, int end, long? cacheTokensNeeded = null, bool forInference = true)
     {
-        var spans = _servers.Values.Where(s => ignoreBans || !IsBanned(s.Address)).Select(s => s.Span)
-            .OrderBy(s => s.Address, StringComparer.Ordinal).ToList();
-        try { return ChainPlanner.FewestHops(spans, start, end); }
-        catch (SwarmException) { return null; }
+        var inputs = Inputs(start, end, cacheTokensNeeded);
+        var route = forInference ? RoutePlanner.MinLatency(inputs) : RoutePlanner.MaxThroughput(inputs, Random.Shared);
+        return route.Chain;
     }
 
     /// <summary>Something whose life ends with the pool (the client's DHT node).</summary>

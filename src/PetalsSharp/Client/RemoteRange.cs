@@ -64,7 +64,7 @@ internal static class RemoteRange
     {
         for (int attempt = 0; ; attempt++)
         {
-            var chain = await pool.PlanAsync(start, end, ct).ConfigureAwait(false);
+            var chain = await pool.PlanAsync(start, end, ct, forInference: false).ConfigureAwait(false);
             if (attempt > 0) pool.Options.OnRoute?.Invoke(ChainPlanner.Describe(chain));
             try { return await run(chain).ConfigureAwait(false); }
             catch (HopFailure f) when (attempt < pool.Options.MaxRetries)

@@ -87,19 +87,24 @@ public sealed class RemoteSequential : IBlockStack
         }
     }
 
-    /// <summary>The chain of servers this stack would use now.</summary>
-    public IReadOnlyList<ChainHop> Chain()
+    /// <summary>The chain of servers this stack would use now for inference (minimum latency).</summary>
+    public IReadOnlyList<ChainHop> Chain(long? cacheTokensNeeded = null)
     {
-        var chain = _pool.Plan(Start, End);
+        var chain = _pool.Plan(Start, End, cacheTokensNeeded);
         _pool.Options.OnRoute?.Invoke(ChainPlanner.Describe(chain));
         return chain;
     }
+
+    /// <summary>Re-measures the round trip to every server (routing uses a moving average of these).</summary>
+    public Task PingAsync(CancellationToken cancellationToken = default) => _pool.PingAllAsync(cancellationToken);
 
     public Tensor Forward(Tensor hidden, ForwardOptions? options = null)
     {
         LocalBlockStack.CheckHidden(hidden, Config);
         var h = hidden;
-        foreach (var hop in Chain())
+        var chain = _pool.Plan(Start, End, forInference: false);
+        _pool.Options.OnRoute?.Invoke(ChainPlanner.Describe(chain));
+        foreach (var hop in chain)
         {
             h = h.requires_grad
                 ? RemoteHopFunction.apply(h, new RemoteHop(_pool, hop.Start, hop.End, options?.LeftPadding))
@@ -109,7 +114,8 @@ public sealed class RemoteSequential : IBlockStack
         return h;
     }
 
-    public IBlockSession OpenSession(SessionOptions options) => new RemoteSession(_pool, Chain(), options);
+    public IBlockSession OpenSession(SessionOptions options) =>
+        new RemoteSession(_pool, Chain((long)options.Batch * options.MaxLength), options);
 
     /// <summary>
     /// <c>loss.backward()</c>, then throws if a remote hop's Backward failed. Prefer this to a bare

@@ -135,7 +135,7 @@ internal sealed class RemoteSession : IBlockSession
             var fresh = new List<HopSession>();
             try
             {
-                var chain = await _pool.PlanAsync(failed.Hop.Start, failed.Hop.End, ct).ConfigureAwait(false);
+                var chain = await _pool.PlanAsync(failed.Hop.Start, failed.Hop.End, ct, (long)Options.Batch * Options.MaxLength).ConfigureAwait(false);
                 var x = replay;
                 foreach (var hop in chain)
                 {

@@ -12,8 +12,9 @@ public sealed class ServerConnection : IDisposable
 {
     readonly GrpcChannel _channel;
 
-    ServerConnection(string address, GrpcChannel channel, InfoReply info, RemoteOptions options)
+    ServerConnection(string address, GrpcChannel channel, InfoReply info, RemoteOptions options, TimeSpan rtt)
     {
+        ConnectRtt = rtt;
         Address = address;
         _channel = channel;
         Client = new BlockService.BlockServiceClient(PetalsSharp.Dht.SwarmAuth.Apply(channel, options.SwarmKey));
@@ -25,6 +26,22 @@ public sealed class ServerConnection : IDisposable
     public BlockService.BlockServiceClient Client { get; }
     public InfoReply Info { get; }
     public ServerSpan Span { get; }
+
+    /// <summary>Round trip of the Info call made when connecting.</summary>
+    public TimeSpan ConnectRtt { get; }
+
+    /// <summary>Times one Info round trip.</summary>
+    public async Task<TimeSpan> PingAsync(CancellationToken ct)
+    {
+        var sw = System.Diagnostics.Stopwatch.StartNew();
+        await Client.InfoAsync(new InfoRequest(), deadline: DateTime.UtcNow.AddSeconds(2), cancellationToken: ct).ConfigureAwait(false);
+        return sw.Elapsed;
+    }
+
+    /// <summary>This server as the route planner sees it (peer id = address for servers known by address).</summary>
+    public ServerInfo ToServerInfo() => new(Address, Address, Info.StartBlock, Info.EndBlock, ServerState.Online,
+        Throughput: 0, InferenceRps: 0, Info.CacheTokensLeft, "", Info.WeightsDtype, Info.SoftwareVersion, Info.WeightsFingerprint,
+        Info.Adapters.ToList(), DateTimeOffset.MaxValue);
 
     /// <summary>HTTP/2 without TLS, large messages both ways, and fast first reconnects.</summary>
     public static GrpcChannel CreateChannel(string address, int maxMessageBytes) =>
@@ -50,6 +67,7 @@ public sealed class ServerConnection : IDisposable
         try
         {
             var client = new BlockService.BlockServiceClient(PetalsSharp.Dht.SwarmAuth.Apply(channel, options.SwarmKey));
+            var sw = System.Diagnostics.Stopwatch.StartNew();
             var info = await client.InfoAsync(new InfoRequest(), deadline: DateTime.UtcNow.AddSeconds(10),
                 cancellationToken: cancellationToken).ConfigureAwait(false);
             if (info.ProtocolVersion != Protocol.Version)
@@ -60,7 +78,7 @@ public sealed class ServerConnection : IDisposable
                 throw new SwarmException($"{address} announces an invalid span [{info.StartBlock}, {info.EndBlock})");
             if (info.BlockFingerprints.Count != info.EndBlock - info.StartBlock)
                 throw new SwarmException($"{address} sent {info.BlockFingerprints.Count} block fingerprints for a span of {info.EndBlock - info.StartBlock}");
-            return new ServerConnection(address, channel, info, options);
+            return new ServerConnection(address, channel, info, options, sw.Elapsed);
         }
         catch
         {

@@ -75,12 +75,16 @@ public sealed class ChaosTests(ITestOutputHelper output)
     public async Task A_lost_span_is_replaced_by_several_servers_and_forward_backward_retry()
     {
         using var r = Reference.Load("llama-gqa");
-        using var a = await ServerProcess.StartAsync(Model, 0, 2);
-        using var b = await ServerProcess.StartAsync(Model, 2, 3);
-        using var c = await ServerProcess.StartAsync(Model, 0, 1);
-        using var d = await ServerProcess.StartAsync(Model, 1, 3);
+        await using var bootstrap = await DhtNode.StartAsync(new DhtNodeOptions { Host = "127.0.0.1", Port = 0 });
+        string[] join = ["--initial-peers", bootstrap.PeerAddress, "--update-period", "1"];
+        using var a = await ServerProcess.StartAsync(Model, 0, 2, join);
+        using var b = await ServerProcess.StartAsync(Model, 2, 3, join);
+        using var c = await ServerProcess.StartAsync(Model, 0, 1, join);
+        using var d = await ServerProcess.StartAsync(Model, 1, 2, join);   // a's blocks can only be replaced by c + d
+        for (int i = 0; i < 100 && (await SwarmReader.ReadAsync(bootstrap, ModelNames.DhtPrefix(ModelNames.FromFolder(Model)), 3)).Online.Count < 4; i++)
+            await Task.Delay(100);
         var routes = new List<string>();
-        using var lm = await DistributedModel.ConnectAsync(Model, [a.Address, b.Address, c.Address, d.Address], new RemoteOptions { OnRoute = routes.Add });
+        using var lm = await DistributedModel.ConnectViaDhtAsync(Model, [bootstrap.PeerAddress], new RemoteOptions { OnRoute = routes.Add });
         Assert.StartsWith($"route: {a.Address}[0:2]", routes[^1]);
         var tokens = new List<int>[] { [], [] };
         await foreach (var step in lm.StreamAsync(r.IdRows("generation.prompt_ids"), new GenerationOptions { MaxNewTokens = 12, IgnoreEos = true }))
@@ -91,7 +95,10 @@ public sealed class ChaosTests(ITestOutputHelper output)
         Assert.Equal(r.IdRows("generation.new_tokens"), tokens.Select(t => (IReadOnlyList<int>)t).ToList());
         Assert.Contains(routes, x => x.StartsWith($"route: {c.Address}[0:1] {d.Address}[1:2]"));
 
-        // Forward and backward retry the same way: b dies, [2:3] moves to d.
+        // Forward and backward retry the same way: b dies and a newcomer found through the DHT takes [2:3].
+        using var b2 = await ServerProcess.StartAsync(Model, 2, 3, join);
+        for (int i = 0; i < 100 && (await SwarmReader.ReadAsync(bootstrap, ModelNames.DhtPrefix(ModelNames.FromFolder(Model)), 3)).Online.Count < 4; i++)
+            await Task.Delay(100);
         b.Kill();
         var x = TorchSharp.torch.randn(1, 4, 64);
         using var local = PetalsSharp.Models.CausalLM.Load(Model);
