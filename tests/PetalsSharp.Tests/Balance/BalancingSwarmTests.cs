@@ -29,7 +29,7 @@ public sealed class EightBlockModel : IDisposable
 /// Real server processes: an auto-placed server fills the weakest blocks and moves when a span is uncovered.
 /// Throughputs are given (--throughput) so placements do not depend on how fast the test machine is.
 /// </summary>
-public sealed class BalancingSwarmTests(EightBlockModel model) : IClassFixture<EightBlockModel>
+public sealed class BalancingSwarmTests(EightBlockModel model, Xunit.Abstractions.ITestOutputHelper output) : IClassFixture<EightBlockModel>
 {
     static Task<DhtNode> BootstrapAsync() => DhtNode.StartAsync(new DhtNodeOptions { Host = "127.0.0.1", Port = 0 });
 
@@ -82,6 +82,7 @@ public sealed class BalancingSwarmTests(EightBlockModel model) : IClassFixture<E
         await back.StopAsync(TimeSpan.FromSeconds(10));
         // Checks come every 1.5–4.5 s; the move itself (JOINING, load, ONLINE, OFFLINE) takes well under a second here.
         var snapshot = await WaitAsync(bootstrap, s => Serves(s, auto, 4, 8), seconds: 15);
+        output.WriteLine(auto.Log);
         Assert.Empty(snapshot.Uncovered());
         Assert.Contains("moving from blocks 0:4 to 4:8", auto.Log);
         Assert.Contains("ONLINE for blocks 4:8", auto.Log);
