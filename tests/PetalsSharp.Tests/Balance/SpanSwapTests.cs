@@ -50,5 +50,6 @@ public sealed class SpanSwapTests(EightBlockModel model) : IClassFixture<EightBl
         var snapshot = await SwarmReader.ReadAsync(bootstrap, model.Prefix, 8);
         var self = Assert.Single(snapshot.Servers);
         Assert.Equal((4, 6, ServerState.Online), (self.Start, self.End, self.State));
+        Assert.Equal(server.Dht!.Id.ToString(), self.PeerId);   // what the rebalancer uses to leave itself out
     }
 }
