@@ -75,7 +75,11 @@ public static class ServerCommand
                 FixedThroughput = fixedThroughput, RemeasureThroughput = remeasure,
             };
             if (blocksText is null)
-                options = options with { NumBlocks = pr.GetValue(numBlocks) ?? BlocksForMemory(options, pr.GetValue(memoryBudget)) };
+            {
+                options = options with { NumBlocks = pr.GetValue(numBlocks) ?? 1 };
+                options.Validate();   // before the memory line below: a bad command is one error line
+                if (pr.GetValue(numBlocks) is null) options = options with { NumBlocks = BlocksForMemory(options, pr.GetValue(memoryBudget)) };
+            }
             return await RunAsync(options, ct);
         });
         return cmd;
