@@ -23,16 +23,13 @@ public static class GenerateCommand
         var greedy = new Option<bool>("--greedy") { Description = "Pick the most likely token at every step" };
         var stop = new Option<string[]>("--stop") { Description = "Stop when the text contains this string (repeatable)" };
         var ignoreEos = new Option<bool>("--ignore-eos") { Description = "Do not stop at the end-of-sequence token" };
-        var peers = ModelOpener.PeersOption();
-        var compression = ModelOpener.CompressionOption();
-        var initialPeers = ModelOpener.InitialPeersOption();
-        var swarmKey = ModelOpener.SwarmKeyOption();
-        var showRoute = ModelOpener.ShowRouteOption();
+        var remote = new ModelOpener.RemoteOptionSet();
         var json = new Option<bool>("--json") { Description = "Print {\"sequences\": [[...]], \"new_tokens\": [[...]]} instead of text" };
         var cmd = new Command("generate", "Generate text (or token ids) from a model.\n\nExamples:\n  petals generate -m ./my-model -p \"Once upon a time\" -n 40\n  petals generate -m ./my-model --input-ids \"1,2,3;4,5,6\" -n 12 --greedy --json\n  petals generate -m ./my-model --peers 127.0.0.1:31330,127.0.0.1:31331 -p \"Hello\"")
         {
-            model, dtype, prompt, inputIds, maxNew, temperature, topK, topP, repetition, seed, greedy, stop, ignoreEos, json, peers, compression, initialPeers, swarmKey, showRoute,
+            model, dtype, prompt, inputIds, maxNew, temperature, topK, topP, repetition, seed, greedy, stop, ignoreEos, json,
         };
+        remote.AddTo(cmd);
         cmd.SetAction(async (pr, ct) =>
         {
             var prompts = pr.GetValue(prompt) ?? [];
@@ -51,7 +48,7 @@ public static class GenerateCommand
                 IgnoreEos = pr.GetValue(ignoreEos),
             };
             using var lm = await ModelOpener.OpenAsync(pr.GetValue(model)!, Cli.ParseDtype(pr.GetValue(dtype)!),
-                ModelOpener.ReadRemote(pr, peers, initialPeers, swarmKey, compression, showRoute), ct);
+                remote.Read(pr), ct);
             IReadOnlyList<IReadOnlyList<int>> rows = ids is not null
                 ? Cli.ParseInputIds(ids)
                 : prompts.Select(p => (IReadOnlyList<int>)(lm.Tokenizer ?? throw new CliException("the model folder has no tokenizer; use --input-ids")).Encode(p).ToArray()).ToList();

@@ -15,20 +15,17 @@ public static class InspectCommand
         var dtype = Cli.DtypeOption();
         var inputIds = new Option<string>("--input-ids") { Description = "Token ids, rows split by ';': \"1,2,3;4,5,6\"", Required = true };
         var json = new Option<bool>("--json") { Description = "Print {\"logits\": [B][T][V], \"hidden_states\": [L+1][B][T][H]}" };
-        var peers = ModelOpener.PeersOption();
-        var compression = ModelOpener.CompressionOption();
-        var initialPeers = ModelOpener.InitialPeersOption();
-        var swarmKey = ModelOpener.SwarmKeyOption();
-        var showRoute = ModelOpener.ShowRouteOption();
+        var remote = new ModelOpener.RemoteOptionSet();
         var cmd = new Command("inspect", "Run one forward pass and show logits and hidden states (HF output_hidden_states layout).\n\nExample:\n  petals inspect -m ./my-model --input-ids \"1,2,3;4,5,6\" --json")
         {
-            model, dtype, inputIds, json, peers, compression, initialPeers, swarmKey, showRoute, initialPeers, swarmKey, showRoute,
+            model, dtype, inputIds, json,
         };
+        remote.AddTo(cmd);
         cmd.SetAction(async (pr, ct) =>
         {
             var rows = Cli.ParseInputIds(pr.GetValue(inputIds)!);
             using var lm = await ModelOpener.OpenAsync(pr.GetValue(model)!, Cli.ParseDtype(pr.GetValue(dtype)!),
-                ModelOpener.ReadRemote(pr, peers, initialPeers, swarmKey, compression, showRoute), ct);
+                remote.Read(pr), ct);
             var (ids, pad) = Cli.ToTensor(rows, lm.Config.PadTokenId ?? 0);
             using var result = lm.Inspect(ids, pad.Any(p => p > 0) ? pad : null);
             if (pr.GetValue(json)) WriteJson(result);

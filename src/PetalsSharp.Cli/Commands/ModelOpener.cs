@@ -32,6 +32,11 @@ public static class ModelOpener
         Description = "Write 'route: ADDR[start:end] ...' to stderr whenever a route is chosen",
     };
 
+    public static Option<bool> NoPushOption() => new("--no-server-to-server")
+    {
+        Description = "Drive every hop from the client instead of letting servers push activations to the next server",
+    };
+
     public static Option<string> CompressionOption() => new("--compression")
     {
         Description = "Activation compression on the wire: none (default), f16, bf16, int8",
@@ -49,12 +54,26 @@ public static class ModelOpener
 
     /// <summary>Where the blocks run: locally (no peers), on listed servers, or on servers found in the DHT.</summary>
     public sealed record Remote(string? Peers = null, string? InitialPeers = null, string? SwarmKeyPath = null,
-        string Compression = "none", bool ShowRoute = false);
+        string Compression = "none", bool ShowRoute = false, bool NoPush = false);
 
-    public static Remote ReadRemote(System.CommandLine.ParseResult pr, Option<string> peers, Option<string> initialPeers,
-        Option<string> swarmKey, Option<string> compression, Option<bool>? showRoute = null) =>
-        new(pr.GetValue(peers), pr.GetValue(initialPeers), pr.GetValue(swarmKey), pr.GetValue(compression)!,
-            showRoute is not null && pr.GetValue(showRoute));
+    /// <summary>The options every model-running command shares, added to <paramref name="command"/>.</summary>
+    public sealed class RemoteOptionSet
+    {
+        public Option<string> Peers { get; } = PeersOption();
+        public Option<string> InitialPeers { get; } = InitialPeersOption();
+        public Option<string> SwarmKey { get; } = SwarmKeyOption();
+        public Option<string> Compression { get; } = CompressionOption();
+        public Option<bool> ShowRoute { get; } = ShowRouteOption();
+        public Option<bool> NoPush { get; } = NoPushOption();
+
+        public void AddTo(Command command)
+        {
+            foreach (var o in new Option[] { Peers, InitialPeers, SwarmKey, Compression, ShowRoute, NoPush }) command.Options.Add(o);
+        }
+
+        public Remote Read(System.CommandLine.ParseResult pr) => new(pr.GetValue(Peers), pr.GetValue(InitialPeers), pr.GetValue(SwarmKey),
+            pr.GetValue(Compression)!, pr.GetValue(ShowRoute), pr.GetValue(NoPush));
+    }
 
     public static async Task<CausalLM> OpenAsync(string modelDir, ScalarType dtype, Remote? remote = null, CancellationToken ct = default)
     {
@@ -68,6 +87,7 @@ public static class ModelOpener
             Compression = ParseCompression(remote.Compression),
             SwarmKey = Cli.LoadSwarmKey(remote.SwarmKeyPath),
             OnRoute = remote.ShowRoute ? line => Console.Error.WriteLine(line) : null,
+            UseServerToServer = !remote.NoPush,
         };
         return viaPeers
             ? await DistributedModel.ConnectAsync(modelDir, Cli.SplitList(remote.Peers), options, new ModelLoadOptions(dtype), ct)

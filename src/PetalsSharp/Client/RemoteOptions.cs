@@ -18,6 +18,24 @@ public sealed record RemoteOptions
     /// <summary>Refuse servers whose block fingerprints differ from the local checkpoint's (when it has those blocks).</summary>
     public bool VerifyWeights { get; init; } = true;
 
+    /// <summary>
+    /// How many times a failed hop (lost connection, timeout, error status) is replaced before the call fails for
+    /// good. Each retry bans the failed server, plans a replacement for exactly its blocks and replays the history.
+    /// </summary>
+    public int MaxRetries { get; init; } = 5;
+
+    /// <summary>First ban of a failed server; it doubles with every consecutive failure (capped at 5 min).</summary>
+    public TimeSpan BanTime { get; init; } = TimeSpan.FromSeconds(15);
+
+    /// <summary>Delay before retry n (n ≥ 1) is min(MinBackoff · 2^(n-2), 10 s); the first retry is immediate.</summary>
+    public TimeSpan MinBackoff { get; init; } = TimeSpan.FromMilliseconds(200);
+
+    /// <summary>
+    /// Server-to-server push for inference steps: the client sends a step to the first server only, each server
+    /// relays its output to the next. Off = the client drives every hop itself (one round trip per server).
+    /// </summary>
+    public bool UseServerToServer { get; init; } = true;
+
     /// <summary>Private swarm secret sent with every call; null in a public swarm.</summary>
     public PetalsSharp.Dht.SwarmKey? SwarmKey { get; init; }
 

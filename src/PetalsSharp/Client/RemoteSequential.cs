@@ -54,6 +54,8 @@ public sealed class RemoteSequential : IBlockStack
         var dht = await SwarmReader.JoinAsClientAsync(initialPeers, options.SwarmKey, cancellationToken).ConfigureAwait(false);
         try
         {
+            async Task<IReadOnlyList<string>> Discover(CancellationToken ct) =>
+                (await SwarmReader.ReadAsync(dht, dhtPrefix, config.NumLayers, ct).ConfigureAwait(false)).Online.Select(s => s.Address).ToList();
             var snapshot = await SwarmReader.ReadAsync(dht, dhtPrefix, config.NumLayers, cancellationToken).ConfigureAwait(false);
             var online = snapshot.Online;
             if (online.Count == 0)
@@ -61,8 +63,10 @@ public sealed class RemoteSequential : IBlockStack
             var uncovered = snapshot.Uncovered();
             if (uncovered.Count > 0)
                 throw new SwarmException($"no ONLINE server holds block(s) {string.Join(", ", uncovered)} of '{dhtPrefix}'");
-            var stack = await ConnectAsync(config, online.Select(s => s.Address), options, localCheckpoint, cancellationToken).ConfigureAwait(false);
-            stack._pool.Own(dht);
+            var pool = await RemotePool.ConnectAsync(config, online.Select(s => s.Address), options, localCheckpoint, cancellationToken, Discover).ConfigureAwait(false);
+            pool.Own(dht);
+            var stack = new RemoteSequential(pool, 0, config.NumLayers, ownsPool: true);
+            stack.Chain();
             return stack;
         }
         catch
@@ -86,7 +90,7 @@ public sealed class RemoteSequential : IBlockStack
     /// <summary>The chain of servers this stack would use now.</summary>
     public IReadOnlyList<ChainHop> Chain()
     {
-        var chain = ChainPlanner.FewestHops(_pool.Servers.Select(s => s.Span).ToList(), Start, End);
+        var chain = _pool.Plan(Start, End);
         _pool.Options.OnRoute?.Invoke(ChainPlanner.Describe(chain));
         return chain;
     }
@@ -97,10 +101,9 @@ public sealed class RemoteSequential : IBlockStack
         var h = hidden;
         foreach (var hop in Chain())
         {
-            var server = _pool.Get(hop.Server.Address);
             h = h.requires_grad
-                ? RemoteHopFunction.apply(h, new RemoteHop(server, hop, options?.LeftPadding, _pool.Options, _pool.BackwardErrors))
-                : Run(() => RemoteCalls.ForwardAsync(server, hop, h, options?.LeftPadding, _pool.Options, CancellationToken.None));
+                ? RemoteHopFunction.apply(h, new RemoteHop(_pool, hop.Start, hop.End, options?.LeftPadding))
+                : Run(() => RemoteRange.ForwardAsync(_pool, hop.Start, hop.End, h, options?.LeftPadding, CancellationToken.None));
             options?.OnBlockOutput?.Invoke(hop.End - 1, h.detach().clone().DetachFromDisposeScope());
         }
         return h;
@@ -138,8 +141,7 @@ public sealed class RemoteSequential : IBlockStack
 }
 
 /// <summary>What the autograd function needs to call a hop again in backward.</summary>
-internal sealed record RemoteHop(ServerConnection Server, ChainHop Hop, IReadOnlyList<int>? LeftPadding, RemoteOptions Options,
-    System.Collections.Concurrent.ConcurrentQueue<Exception> Errors);
+internal sealed record RemoteHop(RemotePool Pool, int Start, int End, IReadOnlyList<int>? LeftPadding);
 
 /// <summary>One hop as an autograd node: forward calls the server's Forward, backward its Backward.</summary>
 internal sealed class RemoteHopFunction : TorchSharp.torch.autograd.SingleTensorFunction<RemoteHopFunction>
@@ -152,7 +154,7 @@ internal sealed class RemoteHopFunction : TorchSharp.torch.autograd.SingleTensor
         var hop = (RemoteHop)vars[1];
         ctx.save_for_backward([input.detach()]);
         ctx.save_data("hop", hop);
-        return RemoteSequential.Run(() => RemoteCalls.ForwardAsync(hop.Server, hop.Hop, input.detach(), hop.LeftPadding, hop.Options, CancellationToken.None));
+        return RemoteSequential.Run(() => RemoteRange.ForwardAsync(hop.Pool, hop.Start, hop.End, input.detach(), hop.LeftPadding, CancellationToken.None));
     }
 
     public override List<Tensor> backward(TorchSharp.torch.autograd.AutogradContext ctx, Tensor gradOutput)
@@ -161,7 +163,7 @@ internal sealed class RemoteHopFunction : TorchSharp.torch.autograd.SingleTensor
         var hop = (RemoteHop)ctx.get_data("hop");
         try
         {
-            var grad = RemoteSequential.Run(() => RemoteCalls.BackwardAsync(hop.Server, hop.Hop, input, gradOutput.contiguous(), hop.LeftPadding, hop.Options, CancellationToken.None));
+            var grad = RemoteSequential.Run(() => RemoteRange.BackwardAsync(hop.Pool, hop.Start, hop.End, input, gradOutput.contiguous(), hop.LeftPadding, CancellationToken.None));
             return [grad, null!];
         }
         catch (Exception e)
@@ -169,7 +171,7 @@ internal sealed class RemoteHopFunction : TorchSharp.torch.autograd.SingleTensor
             // An exception thrown here would cross libtorch's native callback and kill the process, so the
             // failure is recorded and surfaced by RemoteSequential.Backward / ThrowIfBackwardFailed, and the
             // gradient is NaN so that nothing can silently train on it.
-            hop.Errors.Enqueue(new SwarmException($"backward through {hop.Hop} failed: {e.Message}", e));
+            hop.Pool.BackwardErrors.Enqueue(new SwarmException($"backward through blocks [{hop.Start}, {hop.End}) failed: {e.Message}", e));
             return [full_like(input, float.NaN), null!];
         }
     }

@@ -48,19 +48,120 @@ internal sealed class RemoteSession : IBlockSession
         var ct = linked.Token;
         if (!_opened)
         {
-            await Task.WhenAll(_hops.Select(h => h.OpenAsync(ct))).ConfigureAwait(false);
+            await Task.WhenAll(_hops.Select(OpenHopAsync)).ConfigureAwait(false);
             _opened = true;
         }
         var h = hidden;
-        foreach (var hop in _hops)
+        var hypoIds = options?.HypoIds;
+        // Every hop gets its own step id up front, so a step that was pushed and is later resent is deduplicated.
+        var ids = _hops.ToDictionary(hop => hop, _ => HopSession.NewStepId());
+        bool pushed = _pool.Options.UseServerToServer && _hops.Count > 1 && _hops[0].FitsOneMessage(hidden)
+                      && await TrySendWithPushAsync(hidden, start, hypoIds, ids, ct).ConfigureAwait(false);
+        for (int i = 0; i < _hops.Count; i++)
         {
-            var output = await hop.StepAsync(h, start, options?.HypoIds, ct).ConfigureAwait(false);
+            var hop = _hops[i];
+            int end = hop.Hop.End;
+            var input = h;
+            Tensor output;
+            try
+            {
+                output = await RemoteRange.Attempt(_pool, hop.Hop, () => pushed
+                    ? hop.ReceiveAsync(ids[hop], input, start, hypoIds, ct)
+                    : hop.StepAsync(input, start, hypoIds, ct, ids.GetValueOrDefault(hop))).ConfigureAwait(false);
+            }
+            catch (HopFailure failure)
+            {
+                int replacements;
+                (output, replacements) = await FailoverAsync(i, h, start, hypoIds, failure, ct).ConfigureAwait(false);
+                i += replacements - 1;   // the replacement hops already ran this step
+                pushed = false;          // later hops may have missed the push: drive them from here (same step ids)
+            }
             if (!ReferenceEquals(h, hidden)) h.Dispose();
             h = output;
-            options?.OnBlockOutput?.Invoke(hop.Hop.End - 1, h.detach().clone().DetachFromDisposeScope());
+            options?.OnBlockOutput?.Invoke(end - 1, h.detach().clone().DetachFromDisposeScope());
         }
         Position = start + (int)hidden.shape[1];
         return h;
+    }
+
+    /// <summary>
+    /// Sends the step to the first server with the rest of the chain: each server pushes its output to the next,
+    /// so a step costs about the sum of one-way hops instead of a round trip per server. The client still reads
+    /// every hop's reply, which is what it would replay to a replacement.
+    /// </summary>
+    async Task<bool> TrySendWithPushAsync(Tensor hidden, int start, Tensor? hypoIds, Dictionary<HopSession, string> ids, CancellationToken ct)
+    {
+        var first = _hops[0];
+        var next = _hops.Skip(1).Select(h => new NextServer { Address = h.Address, SessionId = h.SessionId, StepId = ids[h] });
+        try
+        {
+            await RemoteRange.Attempt(_pool, first.Hop, async () =>
+            {
+                await first.SendAsync(hidden, start, hypoIds, ids[first], next, ct).ConfigureAwait(false);
+                return 0;
+            }).ConfigureAwait(false);
+            return true;
+        }
+        catch (HopFailure)
+        {
+            return false;   // the first hop is down: the step loop fails it over and drives the chain itself
+        }
+    }
+
+    async Task OpenHopAsync(HopSession hop)
+    {
+        try { await RemoteRange.Attempt(_pool, hop.Hop, async () => { await hop.OpenAsync(_cts.Token).ConfigureAwait(false); return 0; }).ConfigureAwait(false); }
+        catch (HopFailure) when (_pool.Options.MaxRetries > 0)
+        {
+            // Opening is replayable like any step: the first step will fail over this hop (its history is empty).
+            hop.MarkBroken();
+        }
+    }
+
+    /// <summary>
+    /// Replaces hop <paramref name="index"/> after it failed: bans its server (already done by Attempt), plans a
+    /// chain for exactly its blocks (possibly several servers), replays the inputs it had seen plus this step's
+    /// from position 0 so the new servers rebuild their caches, and returns this step's outputs. Retries with
+    /// growing backoff; after MaxRetries the session fails with the last cause.
+    /// </summary>
+    async Task<(Tensor Output, int Hops)> FailoverAsync(int index, Tensor hidden, int start, Tensor? hypoIds, HopFailure first, CancellationToken ct)
+    {
+        var failed = _hops[index];
+        using var replay = failed.ReplayInput(start, hypoIds, hidden);                         // [B, start+T, H]
+        var last = first;
+        for (int retry = 1; retry <= _pool.Options.MaxRetries; retry++)
+        {
+            await Task.Delay(RemoteRange.Backoff(_pool.Options, retry), ct).ConfigureAwait(false);
+            var fresh = new List<HopSession>();
+            try
+            {
+                var chain = await _pool.PlanAsync(failed.Hop.Start, failed.Hop.End, ct).ConfigureAwait(false);
+                var x = replay;
+                foreach (var hop in chain)
+                {
+                    var session = new HopSession(_pool.Get(hop.Server.Address), hop, Options, _pool.Options);
+                    fresh.Add(session);
+                    var input = x;
+                    x = await RemoteRange.Attempt(_pool, hop, async () =>
+                    {
+                        await session.OpenAsync(ct).ConfigureAwait(false);
+                        return await session.StepAsync(input, 0, null, ct).ConfigureAwait(false);
+                    }).ConfigureAwait(false);
+                    if (!ReferenceEquals(input, replay)) input.Dispose();
+                }
+                failed.Dispose();
+                _hops.RemoveAt(index);
+                _hops.InsertRange(index, fresh);
+                _pool.Options.OnRoute?.Invoke(ChainPlanner.Describe(_hops.Select(h => h.Hop)));
+                using (x) return (x.narrow(1, start, hidden.shape[1]).clone(), fresh.Count);
+            }
+            catch (HopFailure f)
+            {
+                foreach (var s in fresh) s.Dispose();
+                last = f;
+            }
+        }
+        throw new SwarmException($"blocks [{failed.Hop.Start}, {failed.Hop.End}) could not be served after {_pool.Options.MaxRetries} retries; last failure: {last.Message}", last.InnerException);
     }
 
     public void Dispose()
@@ -83,6 +184,32 @@ internal sealed class HopSession(ServerConnection server, ChainHop hop, SessionO
     /// <summary>Inputs sent so far, in order (rolled back together with the position).</summary>
     public IReadOnlyList<Tensor> History => _history;
 
+    bool _broken;
+
+    /// <summary>The stream could not be opened; the next step fails over at once.</summary>
+    public void MarkBroken() => _broken = true;
+
+    /// <summary>
+    /// What a replacement must be sent: the inputs behind the first <paramref name="start"/> cache positions (rows
+    /// reordered by <paramref name="hypoIds"/> as the cache would be), then this step's input. <c>[B, start+T, H]</c>.
+    /// </summary>
+    public Tensor ReplayInput(int start, Tensor? hypoIds, Tensor current)
+    {
+        var parts = new List<Tensor>();
+        int kept = 0;
+        foreach (var h in _history)
+        {
+            if (kept >= start) break;
+            var take = (int)Math.Min(h.shape[1], start - kept);
+            parts.Add(h.narrow(1, 0, take));
+            kept += take;
+        }
+        if (kept != start) throw new InvalidOperationException($"session history holds {kept} positions, {start} are needed to replay");
+        var past = parts.Count == 0 ? null : cat(parts, 1);
+        if (past is not null && hypoIds is not null) past = past.index_select(0, hypoIds.to(ScalarType.Int64));
+        return past is null ? current.clone() : cat([past, current], 1);
+    }
+
     public async Task OpenAsync(CancellationToken ct)
     {
         _call = server.Client.Inference(cancellationToken: ct);
@@ -99,36 +226,103 @@ internal sealed class HopSession(ServerConnection server, ChainHop hop, SessionO
     }
 
     /// <summary>Sends one step (split along T when it would not fit in a message) and returns the outputs.</summary>
-    public async Task<Tensor> StepAsync(Tensor hidden, int start, Tensor? hypoIds, CancellationToken ct)
+    /// <summary>Most tokens of <paramref name="hidden"/>'s shape that fit in half a message.</summary>
+    int MaxTokens(Tensor hidden) =>
+        (int)Math.Max(1, remote.MaxMessageBytes / 2 / Math.Max(1, hidden.shape[0] * hidden.shape[2] * 4));
+
+    /// <summary>Whether this step travels as one message (push relays whole steps only).</summary>
+    public bool FitsOneMessage(Tensor hidden) => hidden.shape[1] <= MaxTokens(hidden);
+
+    public string Address => server.Address;
+
+    /// <summary>Sends one step (split along T when it would not fit in a message) and returns the outputs.</summary>
+    public async Task<Tensor> StepAsync(Tensor hidden, int start, Tensor? hypoIds, CancellationToken ct, string? stepId = null)
     {
-        long rows = hidden.shape[0], tokens = hidden.shape[1], width = hidden.shape[2];
-        long bytesPerToken = rows * width * 4;
-        int maxTokens = (int)Math.Max(1, remote.MaxMessageBytes / 2 / Math.Max(1, bytesPerToken));
+        EnsureOpen();
+        long tokens = hidden.shape[1];
+        int maxTokens = MaxTokens(hidden);
         var outputs = new List<Tensor>();
         int offset = 0;
         do
         {
             int take = (int)Math.Min(maxTokens, tokens - offset);
             var part = hidden.narrow(1, offset, take);
-            var step = new InferenceStep { StepId = Guid.NewGuid().ToString("N"), Hidden = TensorCodec.Encode(part, remote.Compression) };
-            if (offset == 0)
-            {
-                step.StartFromPosition = start;
-                if (hypoIds is not null) step.HypoIds = TensorCodec.Encode(hypoIds.to(ScalarType.Int64));
-            }
-            await _call!.RequestStream.WriteAsync(new InferenceRequest { Step = step }, ct).ConfigureAwait(false);
-            var reply = await ReadAsync(ct).ConfigureAwait(false);
-            if (reply.KindCase != InferenceReply.KindOneofCase.Result || reply.Result.StepId != step.StepId)
-                throw new SwarmException($"{server.Address} answered a different step");
-            outputs.Add(RemoteCalls.Expect(TensorCodec.Decode(reply.Result.Hidden, "hidden"), part.shape, server, "hidden"));
+            var id = offset == 0 && stepId is not null ? stepId : NewStepId();
+            await WriteStepAsync(part, offset == 0 ? start : null, offset == 0 ? hypoIds : null, id, [], ct).ConfigureAwait(false);
+            outputs.Add(await ReadResultAsync(id, part.shape, ct).ConfigureAwait(false));
             offset += take;
         } while (offset < tokens);
-        Remember(hidden, start);
+        Remember(hidden, start, hypoIds);
         return outputs.Count == 1 ? outputs[0] : cat(outputs, 1);
     }
 
-    void Remember(Tensor hidden, int start)
+    /// <summary>Push mode, first hop: sends the step with the rest of the chain; the reply is read by <see cref="ReceiveAsync"/>.</summary>
+    public Task SendAsync(Tensor hidden, int start, Tensor? hypoIds, string stepId, IEnumerable<NextServer> next, CancellationToken ct)
     {
+        EnsureOpen();
+        return WriteStepAsync(hidden, start, hypoIds, stepId, next, ct);
+    }
+
+    /// <summary>
+    /// Push mode: reads the reply to a step this hop received (from us or pushed by the previous server) and
+    /// records <paramref name="input"/>, the previous hop's output, as what this hop was sent.
+    /// </summary>
+    public async Task<Tensor> ReceiveAsync(string stepId, Tensor input, int start, Tensor? hypoIds, CancellationToken ct)
+    {
+        EnsureOpen();
+        var output = await ReadResultAsync(stepId, input.shape, ct).ConfigureAwait(false);
+        Remember(input, start, hypoIds);
+        return output;
+    }
+
+    public static string NewStepId() => Guid.NewGuid().ToString("N");
+
+    void EnsureOpen()
+    {
+        if (_broken || _call is null) throw new SwarmException($"{server.Address}: the session stream is not open");
+    }
+
+    async Task WriteStepAsync(Tensor part, int? start, Tensor? hypoIds, string stepId, IEnumerable<NextServer> next, CancellationToken ct)
+    {
+        var step = new InferenceStep { StepId = stepId, Hidden = TensorCodec.Encode(part, remote.Compression) };
+        if (start is { } s) step.StartFromPosition = s;
+        if (hypoIds is not null) step.HypoIds = TensorCodec.Encode(hypoIds.to(ScalarType.Int64));
+        step.NextServers.AddRange(next);
+        await _call!.RequestStream.WriteAsync(new InferenceRequest { Step = step }, ct).ConfigureAwait(false);
+    }
+
+    async Task<Tensor> ReadResultAsync(string stepId, long[] shape, CancellationToken ct)
+    {
+        while (true)
+        {
+            var reply = await ReadAsync(ct).ConfigureAwait(false);
+            if (reply.KindCase != InferenceReply.KindOneofCase.Result)
+                throw new SwarmException($"{server.Address} sent something other than a step result");
+            // A step both pushed and resent after a failure is answered twice; the second copy is stale.
+            if (reply.Result.StepId != stepId && _answered.Contains(reply.Result.StepId)) continue;
+            if (reply.Result.StepId != stepId)
+                throw new SwarmException($"{server.Address} answered step {reply.Result.StepId}, expected {stepId}");
+            _answered.Add(stepId);
+            if (_answered.Count > 1024) _answered.Clear();
+            return RemoteCalls.Expect(TensorCodec.Decode(reply.Result.Hidden, "hidden"), shape, server, "hidden");
+        }
+    }
+
+    readonly HashSet<string> _answered = [];
+
+    void Remember(Tensor hidden, int start, Tensor? hypoIds)
+    {
+        if (hypoIds is not null)
+        {
+            // The server reordered its cache rows; the inputs that built them move the same way.
+            var order = hypoIds.to(ScalarType.Int64);
+            for (int k = 0; k < _history.Count; k++)
+            {
+                var moved = _history[k].index_select(0, order).DetachFromDisposeScope();
+                _history[k].Dispose();
+                _history[k] = moved;
+            }
+        }
         // Keep exactly the inputs that produced the cache's first `start` positions, then this step's.
         int kept = 0, i = 0;
         for (; i < _history.Count && kept + _history[i].shape[1] <= start; i++) kept += (int)_history[i].shape[1];

@@ -42,6 +42,7 @@ public sealed partial class BlockServer : IAsyncDisposable
         _logger = loggerFactory.CreateLogger<BlockServer>();
         MaxSessionLength = options.ResolveMaxSessionLength(Config);
         Scheduler = new ComputeScheduler();
+        Inboxes = new SessionInboxes(options, _logger);
     }
 
     /// <summary>
@@ -131,6 +132,7 @@ public sealed partial class BlockServer : IAsyncDisposable
 
     internal ServedSpan? Current => Volatile.Read(ref _span);
     internal ComputeScheduler Scheduler { get; }
+    internal SessionInboxes Inboxes { get; }
     internal CancellationToken Stopping => _stopping.Token;
     internal void SessionOpened() => Interlocked.Increment(ref _activeSessions);
     internal void SessionClosed() => Interlocked.Decrement(ref _activeSessions);
@@ -219,6 +221,7 @@ public sealed partial class BlockServer : IAsyncDisposable
         if (Interlocked.Exchange(ref _disposed, 1) != 0) return;
         await StopAsync();
         Scheduler.Dispose();
+        Inboxes.Dispose();
         Current?.Stack.Dispose();
         _checkpoint.Dispose();
         _stopping.Dispose();

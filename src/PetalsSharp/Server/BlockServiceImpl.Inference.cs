@@ -47,8 +47,13 @@ public sealed partial class BlockServiceImpl
         using var slice = span.Stack.Slice(open.StartBlock, open.EndBlock);
         var options = new SessionOptions(open.BatchSize, open.MaxLength,
             RequestValidator.CheckLeftPadding(open.LeftPadding, open.BatchSize, open.MaxLength));
+        if (!_server.Inboxes.TryOpen(open.SessionId, out var inbox))
+            throw RequestValidator.Error(StatusCode.AlreadyExists, $"session '{Clip(open.SessionId)}' is already open on this server");
         var session = await _server.Scheduler.RunAsync(ComputeScheduler.InferencePriority, () => new LocalBlockSession(slice, options), ct);
         _server.SessionOpened();
+        // Client messages and pushed steps arrive in one inbox, so a session serves both in order.
+        using var pumpStop = CancellationTokenSource.CreateLinkedTokenSource(ct);
+        _ = PumpAsync(requestStream, inbox.Writer, pumpStop.Token);   // catches everything; stopped below
         try
         {
             _logger.LogInformation("session {Session} opened: blocks [{Start}, {End}), batch {Batch}, max_length {MaxLength}",
@@ -57,10 +62,12 @@ public sealed partial class BlockServiceImpl
             {
                 Opened = new SessionOpened { SessionId = open.SessionId, CacheTokensLeft = span.CacheBudget.CacheTokensLeft },
             }, ct);
-            await RunStepsAsync(open, session, requestStream, responseStream, ct);
+            await RunStepsAsync(open, session, inbox.Reader, responseStream, ct);
         }
         finally
         {
+            _server.Inboxes.Close(open.SessionId);
+            pumpStop.Cancel();
             // The step (if any) has finished by now: RunAsync never completes while its work is running.
             session.Dispose();
             _server.SessionClosed();
@@ -81,7 +88,21 @@ public sealed partial class BlockServiceImpl
         RequestValidator.CheckLeftPadding(open.LeftPadding, open.BatchSize, open.MaxLength);
     }
 
-    async Task RunStepsAsync(OpenSession open, LocalBlockSession session, IAsyncStreamReader<InferenceRequest> requests,
+    static async Task PumpAsync(IAsyncStreamReader<InferenceRequest> requests, System.Threading.Channels.ChannelWriter<InferenceRequest> inbox,
+        CancellationToken ct)
+    {
+        try
+        {
+            while (await requests.MoveNext(ct)) await inbox.WriteAsync(requests.Current, ct);
+            inbox.TryComplete();
+        }
+        catch (Exception e)
+        {
+            inbox.TryComplete(e);
+        }
+    }
+
+    async Task RunStepsAsync(OpenSession open, LocalBlockSession session, System.Threading.Channels.ChannelReader<InferenceRequest> requests,
         IServerStreamWriter<InferenceReply> replies, CancellationToken ct)
     {
         string? lastId = null;
@@ -89,7 +110,7 @@ public sealed partial class BlockServiceImpl
         var seen = new HashSet<string>();
         var seenOrder = new Queue<string>();
         int batch = open.BatchSize;
-        while (await ReadWithIdleTimeoutAsync(requests, ct) is { } message)
+        while (await ReadInboxAsync(requests, ct) is { } message)
         {
             if (message.KindCase == InferenceRequest.KindOneofCase.Open)
                 throw RequestValidator.Error(StatusCode.FailedPrecondition, $"session '{Clip(open.SessionId)}' is already open in this stream; open another stream for a new session");
@@ -140,12 +161,55 @@ public sealed partial class BlockServiceImpl
                 }, ct);
 
             var reply = new InferenceReply { Result = new StepResult { StepId = step.StepId, Hidden = output, Position = session.Position } };
+            if (step.NextServers.Count > 0) Push(step, output);
             await replies.WriteAsync(reply, ct);
             lastId = step.StepId;
             lastReply = reply;
             seen.Add(step.StepId);
             seenOrder.Enqueue(step.StepId);
             if (seenOrder.Count > RememberedStepIds) seen.Remove(seenOrder.Dequeue());
+        }
+    }
+
+    /// <summary>Hands the output to the next server of the chain with the rest of the chain.</summary>
+    void Push(InferenceStep step, WireTensor output)
+    {
+        if (step.NextServers.Count > 16) throw new WireException($"next_servers has {step.NextServers.Count} entries (at most 16)");
+        var next = step.NextServers[0];
+        RequestValidator.CheckId(next.SessionId, "next_servers.session_id");
+        RequestValidator.CheckId(next.StepId, "next_servers.step_id");
+        if (next.Address.Length is 0 or > 256) throw new WireException("next_servers.address must be HOST:PORT");
+        var pushed = new InferenceStep { StepId = next.StepId, Hidden = output, HypoIds = step.HypoIds };
+        if (step.HasStartFromPosition) pushed.StartFromPosition = step.StartFromPosition;
+        pushed.NextServers.AddRange(step.NextServers.Skip(1));
+        _server.Inboxes.PushLater(next, pushed);
+    }
+
+    /// <inheritdoc />
+    public override Task<PushReply> Push(PushRequest request, ServerCallContext context) => GuardUnaryAsync("Push", context, async ct =>
+    {
+        RequestValidator.CheckId(request.SessionId, "session_id");
+        await _server.Inboxes.DeliverAsync(request, ct);
+        return new PushReply();
+    });
+
+    /// <summary>
+    /// The next message, or null when the client closed its side. Waiting longer than the idle timeout ends the
+    /// session with DEADLINE_EXCEEDED (the caller's using/finally blocks then free the cache).
+    /// </summary>
+    async Task<InferenceRequest?> ReadInboxAsync(System.Threading.Channels.ChannelReader<InferenceRequest> inbox, CancellationToken ct)
+    {
+        using var timer = CancellationTokenSource.CreateLinkedTokenSource(ct);
+        timer.CancelAfter(_server.Options.SessionIdleTimeout);
+        try
+        {
+            if (!await inbox.WaitToReadAsync(timer.Token)) return null;
+            return inbox.TryRead(out var message) ? message : null;
+        }
+        catch (OperationCanceledException) when (!ct.IsCancellationRequested)
+        {
+            throw RequestValidator.Error(StatusCode.DeadlineExceeded,
+                $"session idle for {_server.Options.SessionIdleTimeout.TotalSeconds:0.###} s (session_idle_timeout); its cache was freed");
         }
     }
 

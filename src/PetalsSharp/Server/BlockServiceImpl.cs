@@ -167,6 +167,14 @@ public sealed partial class BlockServiceImpl : BlockService.BlockServiceBase
         }
     }
 
+    /// <summary><see cref="GuardAsync"/> for a unary call with a reply.</summary>
+    async Task<T> GuardUnaryAsync<T>(string rpc, ServerCallContext context, Func<CancellationToken, Task<T>> handler)
+    {
+        T result = default!;
+        await GuardAsync(rpc, context, async ct => result = await handler(ct));
+        return result;
+    }
+
     RpcException Translate(Exception e, ServerCallContext context) => e switch
     {
         RpcException r => r,

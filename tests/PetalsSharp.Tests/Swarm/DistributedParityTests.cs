@@ -36,10 +36,12 @@ public sealed class DistributedParityTests(LlamaSwarm swarm)
     }
 
     [Theory]
-    [MemberData(nameof(Chains))]
-    public async Task Greedy_tokens_equal_the_fixture(int servers)
+    [InlineData(2, true)]
+    [InlineData(3, true)]
+    [InlineData(3, false)]
+    public async Task Greedy_tokens_equal_the_fixture(int servers, bool push)
     {
-        using var lm = await swarm.ConnectAsync(Peers(servers));
+        using var lm = await swarm.ConnectAsync(Peers(servers), new RemoteOptions { UseServerToServer = push });
         var result = await lm.GenerateAsync(Ref.IdRows("generation.prompt_ids"), new GenerationOptions { MaxNewTokens = 12, IgnoreEos = true });
         Assert.Equal(Ref.IdRows("generation.new_tokens"), result.NewTokens);
     }
@@ -99,10 +101,12 @@ public sealed class DistributedParityTests(LlamaSwarm swarm)
         Assert.True(TensorAssert.MaxAbsDiff(expected, slice.Forward(x)) <= 1e-5);
     }
 
-    [Fact]
-    public async Task Rollback_and_beam_reorder_match_local()
+    [Theory]
+    [InlineData(true)]
+    [InlineData(false)]
+    public async Task Rollback_and_beam_reorder_match_local(bool push)
     {
-        using var lm = await swarm.ConnectAsync(swarm.TwoPeers);
+        using var lm = await swarm.ConnectAsync(swarm.ThreePeers, new RemoteOptions { UseServerToServer = push });
         using var local = CausalLM.Load(LlamaSwarm.ModelDir);
         manual_seed(5);
         var prefix = randn(2, 4, 64);

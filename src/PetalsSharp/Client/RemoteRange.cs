@@ -1,0 +1,102 @@
+using Grpc.Core;
+using PetalsSharp.Swarm;
+using static TorchSharp.torch;
+using Tensor = TorchSharp.torch.Tensor;
+
+namespace PetalsSharp.Client;
+
+/// <summary>
+/// Forward and backward over a block range with failover: a failing server is banned and the range is re-planned
+/// (possibly over several servers) and run again, up to <see cref="RemoteOptions.MaxRetries"/> times. Backward is
+/// stateless on servers, so a replacement needs nothing but the range's input.
+/// </summary>
+internal static class RemoteRange
+{
+    public static Task<Tensor> ForwardAsync(RemotePool pool, int start, int end, Tensor input, IReadOnlyList<int>? leftPadding,
+        CancellationToken ct) =>
+        WithRetriesAsync(pool, start, end, ct, async chain =>
+        {
+            var h = input;
+            foreach (var hop in chain)
+            {
+                var next = await Attempt(pool, hop, () => RemoteCalls.ForwardAsync(pool.Get(hop.Server.Address), hop, h, leftPadding, pool.Options, ct));
+                if (!ReferenceEquals(h, input)) h.Dispose();
+                h = next;
+            }
+            return h;
+        });
+
+    public static Task<Tensor> BackwardAsync(RemotePool pool, int start, int end, Tensor input, Tensor gradOutput,
+        IReadOnlyList<int>? leftPadding, CancellationToken ct) =>
+        WithRetriesAsync(pool, start, end, ct, async chain =>
+        {
+            // Several servers for one range: recompute their inputs first, then go back through them in reverse.
+            var inputs = new List<Tensor> { input };
+            for (int i = 0; i + 1 < chain.Count; i++)
+                inputs.Add(await Attempt(pool, chain[i], () => RemoteCalls.ForwardAsync(pool.Get(chain[i].Server.Address), chain[i], inputs[i], leftPadding, pool.Options, ct)));
+            var grad = gradOutput;
+            for (int i = chain.Count - 1; i >= 0; i--)
+            {
+                var hop = chain[i];
+                grad = await Attempt(pool, hop, () => RemoteCalls.BackwardAsync(pool.Get(hop.Server.Address), hop, inputs[i], grad, leftPadding, pool.Options, ct));
+            }
+            return grad;
+        });
+
+    /// <summary>Runs one call; a failure bans its server and is rethrown as a <see cref="HopFailure"/>.</summary>
+    internal static async Task<T> Attempt<T>(RemotePool pool, ChainHop hop, Func<Task<T>> call)
+    {
+        try
+        {
+            var result = await call().ConfigureAwait(false);
+            pool.Success(hop.Server.Address);
+            return result;
+        }
+        catch (Exception e) when (IsServerFailure(e))
+        {
+            pool.Ban(hop.Server.Address);
+            throw new HopFailure(hop, e);
+        }
+    }
+
+    static async Task<Tensor> WithRetriesAsync(RemotePool pool, int start, int end, CancellationToken ct,
+        Func<IReadOnlyList<ChainHop>, Task<Tensor>> run)
+    {
+        for (int attempt = 0; ; attempt++)
+        {
+            var chain = await pool.PlanAsync(start, end, ct).ConfigureAwait(false);
+            if (attempt > 0) pool.Options.OnRoute?.Invoke(ChainPlanner.Describe(chain));
+            try { return await run(chain).ConfigureAwait(false); }
+            catch (HopFailure f) when (attempt < pool.Options.MaxRetries)
+            {
+                await Task.Delay(Backoff(pool.Options, attempt + 1), ct).ConfigureAwait(false);
+                _ = f;
+            }
+            catch (HopFailure f)
+            {
+                throw new SwarmException($"blocks [{start}, {end}) failed after {pool.Options.MaxRetries} retries; last: {f.Hop}: {f.InnerException!.Message}", f.InnerException);
+            }
+        }
+    }
+
+    /// <summary>Immediate first retry, then exponential backoff capped at 10 s.</summary>
+    internal static TimeSpan Backoff(RemoteOptions options, int retry) => retry <= 1
+        ? TimeSpan.Zero
+        : TimeSpan.FromMilliseconds(Math.Min(options.MinBackoff.TotalMilliseconds * Math.Pow(2, retry - 2), 10_000));
+
+    /// <summary>Anything a dead, slow or misbehaving server causes; not our own argument errors or user cancellation.</summary>
+    internal static bool IsServerFailure(Exception e) => e switch
+    {
+        RpcException rpc => rpc.StatusCode != StatusCode.Cancelled || rpc.InnerException is not OperationCanceledException,
+        SwarmException or HttpRequestException or IOException or TimeoutException => true,
+        PetalsSharp.Wire.WireException => true,
+        OperationCanceledException => false,
+        _ => false,
+    };
+}
+
+/// <summary>A call to one server failed; carries which hop, so the caller can replace exactly it.</summary>
+internal sealed class HopFailure(ChainHop hop, Exception inner) : Exception($"{hop}: {inner.Message}", inner)
+{
+    public ChainHop Hop { get; } = hop;
+}
