@@ -12,7 +12,13 @@ public static class ServerCommand
     public static Command Create()
     {
         var model = Cli.ModelOption();
-        var blocks = new Option<string>("--blocks") { Description = "Span to serve, START:END (END exclusive), e.g. 0:12", Required = true };
+        var blocks = new Option<string?>("--blocks") { Description = "Fixed span to serve, START:END (END exclusive), e.g. 0:12; never moves" };
+        var numBlocks = new Option<int?>("--num-blocks") { Description = "Serve N blocks where the swarm is weakest (chosen after joining) and move when rebalancing pays off" };
+        var memoryBudget = new Option<long?>("--memory-budget") { Description = "Without --blocks/--num-blocks: bytes for weights + KV cache that set N (default half the available RAM)" };
+        var placementDelay = new Option<double>("--placement-delay") { Description = "Wait a random 0..SECONDS before choosing blocks, so servers started together spread out", DefaultValueFactory = _ => 2 };
+        var rebalancePeriod = new Option<double>("--rebalance-period") { Description = "Seconds between balance checks of an auto-placed server (±50% jitter; 0 = never move)", DefaultValueFactory = _ => 120 };
+        var balanceThreshold = new Option<double>("--balance-threshold") { Description = "Move only if the swarm's bottleneck would rise by more than this fraction (0.25 = 25%; Petals' balance_quality = 1/(1+T))", DefaultValueFactory = _ => 0.25 };
+        var throughput = new Option<string>("--throughput") { Description = "auto (measure once, cached in $PETALS_CACHE or ~/.cache/petals-sharp/throughput.json), eval (measure again) or a number (tokens/s) to announce", DefaultValueFactory = _ => "auto" };
         var host = new Option<string>("--host") { Description = "Interface to bind", DefaultValueFactory = _ => "0.0.0.0" };
         var port = new Option<int>("--port") { Description = "Port to bind (0 = any free port)", DefaultValueFactory = _ => ServerOptions.DefaultPort };
         var publicAddress = new Option<string?>("--public-address") { Description = "Address announced to clients (default: the bound host:port)" };
@@ -28,14 +34,24 @@ public static class ServerCommand
         var updatePeriod = new Option<double>("--update-period") { Description = "Seconds between announcements (records expire after twice this)", DefaultValueFactory = _ => 60 };
         var publicName = new Option<string?>("--public-name") { Description = "Name shown in swarm tables" };
         var dhtPrefix = new Option<string?>("--dht-prefix") { Description = "DHT key prefix (default: the model folder's name, '.' and ' ' as '-')" };
-        var cmd = new Command("server", "Serve a span of a model's transformer blocks over gRPC.\n\nExamples:\n  petals server -m ./my-model --blocks 0:12 --port 31330 --new-swarm\n  petals server -m ./my-model --blocks 12:24 --port 31331 --initial-peers 10.0.0.5:31330")
+        var cmd = new Command("server", "Serve a span of a model's transformer blocks over gRPC.\n\nExamples:\n  petals server -m ./my-model --blocks 0:12 --port 31330 --new-swarm\n  petals server -m ./my-model --blocks 12:24 --port 31331 --initial-peers 10.0.0.5:31330\n  petals server -m ./my-model --num-blocks 8 --initial-peers 10.0.0.5:31330")
         {
-            model, blocks, host, port, publicAddress, dtype, cacheTokens, cacheBytes, maxSession, idle,
+            model, blocks, numBlocks, memoryBudget, placementDelay, rebalancePeriod, balanceThreshold, throughput, host, port, publicAddress, dtype, cacheTokens, cacheBytes, maxSession, idle,
             initialPeers, newSwarm, identity, swarmKey, updatePeriod, publicName, dhtPrefix,
         };
         cmd.SetAction(async (pr, ct) =>
         {
-            var (start, end) = ParseBlocks(pr.GetValue(blocks)!);
+            var blocksText = pr.GetValue(blocks);
+            if (blocksText is not null && (pr.GetValue(numBlocks) is not null || pr.GetValue(memoryBudget) is not null))
+                throw new CliException("give --blocks (a fixed span) or --num-blocks/--memory-budget (chosen by the swarm), not both");
+            var (start, end) = blocksText is null ? (0, 0) : ParseBlocks(blocksText);
+            if (pr.GetValue(numBlocks) is < 1) throw new CliException($"--num-blocks must be at least 1 (got {pr.GetValue(numBlocks)})");
+            if (pr.GetValue(memoryBudget) is < 1) throw new CliException("--memory-budget must be a positive number of bytes");
+            double delay = pr.GetValue(placementDelay), period = pr.GetValue(rebalancePeriod), threshold = pr.GetValue(balanceThreshold);
+            if (!(delay >= 0 && delay < 3600)) throw new CliException($"--placement-delay must be in [0, 3600) seconds (got {delay})");
+            if (!(period >= 0 && period < 1e6)) throw new CliException($"--rebalance-period must be ≥ 0 seconds (got {period})");
+            if (!(threshold >= 0 && double.IsFinite(threshold))) throw new CliException($"--balance-threshold must be ≥ 0 (got {threshold})");
+            var (fixedThroughput, remeasure) = ParseThroughput(pr.GetValue(throughput)!);
             if (pr.GetValue(cacheTokens) is not null && pr.GetValue(cacheBytes) is not null)
                 throw new CliException("give --cache-tokens or --cache-bytes, not both");
             double idleSeconds = pr.GetValue(idle);
@@ -54,7 +70,16 @@ public static class ServerCommand
                 IdentityPath = pr.GetValue(identity), SwarmKey = Cli.LoadSwarmKey(pr.GetValue(swarmKey)),
                 UpdatePeriod = TimeSpan.FromSeconds(pr.GetValue(updatePeriod)), PublicName = pr.GetValue(publicName),
                 DhtPrefix = pr.GetValue(dhtPrefix),
+                PlacementDelay = TimeSpan.FromSeconds(delay), RebalancePeriod = TimeSpan.FromSeconds(period),
+                BalanceQuality = PetalsSharp.Swarm.BlockSelection.QualityFromThreshold(threshold),
+                FixedThroughput = fixedThroughput, RemeasureThroughput = remeasure,
             };
+            if (blocksText is null)
+            {
+                options = options with { NumBlocks = pr.GetValue(numBlocks) ?? 1 };
+                options.Validate();   // before the memory line below: a bad command is one error line
+                if (pr.GetValue(numBlocks) is null) options = options with { NumBlocks = BlocksForMemory(options, pr.GetValue(memoryBudget)) };
+            }
             return await RunAsync(options, ct);
         });
         return cmd;
@@ -69,6 +94,26 @@ public static class ServerCommand
         if (start < 0 || end <= start)
             throw new CliException($"--blocks {text}: need 0 ≤ START < END");
         return (start, end);
+    }
+
+    /// <summary>"auto", "eval" or a positive number.</summary>
+    public static (double? Fixed, bool Remeasure) ParseThroughput(string text) => text switch
+    {
+        "auto" => (null, false),
+        "eval" => (null, true),
+        _ when double.TryParse(text, System.Globalization.NumberStyles.Float, System.Globalization.CultureInfo.InvariantCulture, out var v)
+            && v > 0 && double.IsFinite(v) => (v, false),
+        _ => throw new CliException($"--throughput must be auto, eval or a positive number (got '{text}')"),
+    };
+
+    /// <summary>N from a memory budget; by default half the memory this process may use, leaving room for the rest.</summary>
+    static int BlocksForMemory(ServerOptions options, long? budget)
+    {
+        var config = PetalsSharp.Models.ModelConfigLoader.Load(options.ModelDir);
+        long bytes = budget ?? GC.GetGCMemoryInfo().TotalAvailableMemoryBytes / 2;
+        int n = options.BlocksForMemory(config, bytes);
+        Console.Error.WriteLine($"serving {n} of {config.NumLayers} blocks: they fit in {bytes / 1048576.0:F0} MB (weights + KV cache per block)");
+        return n;
     }
 
     static async Task<int> RunAsync(ServerOptions options, CancellationToken ct)
@@ -108,7 +153,7 @@ public static class ServerCommand
     static BlockServer Load(ServerOptions options, ILoggerFactory loggerFactory)
     {
         int span = options.EndBlock - options.StartBlock;
-        if (!Console.IsErrorRedirected)
+        if (!Console.IsErrorRedirected && !options.AutoPlaced)
         {
             BlockServer? result = null;
             AnsiConsole.Create(new AnsiConsoleSettings { Out = new AnsiConsoleOutput(Console.Error) }).Progress().Start(ctx =>

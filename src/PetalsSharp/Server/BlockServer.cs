@@ -12,11 +12,13 @@ using static TorchSharp.torch;
 namespace PetalsSharp.Server;
 
 /// <summary>
-/// Serves blocks <c>[StartBlock, EndBlock)</c> of one model over gRPC (<c>petals.v1.BlockService</c>). Only the
-/// span's tensors are read from the checkpoint. Model compute runs on one <see cref="ComputeScheduler"/> thread;
-/// KV caches are rationed by a <see cref="CacheBudget"/>.
+/// Serves a span of one model's blocks over gRPC (<c>petals.v1.BlockService</c>). Only the span's tensors are read
+/// from the checkpoint. Model compute runs on one <see cref="ComputeScheduler"/> thread; KV caches are rationed by
+/// the span's <see cref="CacheBudget"/>. The span is a replaceable <see cref="ServedSpan"/>: an auto-placed server
+/// (<see cref="ServerOptions.NumBlocks"/>) chooses it after joining the swarm and may move it later, while the
+/// gRPC host, the DHT node and the compute thread stay.
 /// </summary>
-public sealed class BlockServer : IAsyncDisposable
+public sealed partial class BlockServer : IAsyncDisposable
 {
     readonly Checkpoint _checkpoint;
     readonly ILoggerFactory _loggerFactory;
@@ -25,28 +27,28 @@ public sealed class BlockServer : IAsyncDisposable
     WebApplication? _app;
     Dht.DhtNode? _dht;
     Announcer? _announcer;
+    Rebalancer? _rebalancer;
+    ServedSpan? _span;
     int _activeSessions;
+    int _moves;
     int _disposed;
 
-    BlockServer(ServerOptions options, Checkpoint checkpoint, LocalBlockStack stack, ILoggerFactory loggerFactory)
+    BlockServer(ServerOptions options, Checkpoint checkpoint, ServedSpan? span, ILoggerFactory loggerFactory)
     {
         Options = options;
         _checkpoint = checkpoint;
-        Stack = stack;
+        _span = span;
         _loggerFactory = loggerFactory;
         _logger = loggerFactory.CreateLogger<BlockServer>();
-        BlockFingerprints = Enumerable.Range(options.StartBlock, options.EndBlock - options.StartBlock)
-            .Select(checkpoint.BlockFingerprint).ToArray();
-        WeightsFingerprint = Checkpoint.SpanFingerprint(BlockFingerprints);
-        WeightBytes = stack.Blocks.Sum(b => b.parameters().Sum(p => p.NumberOfElements * p.ElementSize));
         MaxSessionLength = options.ResolveMaxSessionLength(Config);
-        // Sessions always keep float32 caches (LocalBlockSession), whatever dtype holds the weights.
-        CacheBudget = new CacheBudget(options.ResolveCacheTokens(stack.CacheBytesPerToken(ScalarType.Float32)), SpanLength);
         Scheduler = new ComputeScheduler();
         Inboxes = new SessionInboxes(options, _logger);
     }
 
-    /// <summary>Loads the span's blocks (reporting each loaded block to <paramref name="progress"/>); does not listen yet.</summary>
+    /// <summary>
+    /// Loads a fixed span's blocks (reporting each loaded block to <paramref name="progress"/>); an auto-placed
+    /// server only opens the checkpoint here and loads in <see cref="StartAsync"/>. Does not listen yet.
+    /// </summary>
     /// <exception cref="ArgumentException">The options or the span do not fit the model.</exception>
     public static BlockServer Load(ServerOptions options, ILoggerFactory? loggerFactory = null, IProgress<int>? progress = null)
     {
@@ -56,10 +58,10 @@ public sealed class BlockServer : IAsyncDisposable
         try
         {
             int layers = checkpoint.Config.NumLayers;
-            if (options.EndBlock > layers)
-                throw new ArgumentException($"blocks {options.StartBlock}:{options.EndBlock} are outside the model, which has {layers} blocks (0:{layers})");
-            var stack = checkpoint.LoadBlocks(options.StartBlock, options.EndBlock, options.WeightDtype, progress: progress);
-            return new BlockServer(options, checkpoint, stack, loggerFactory ?? NullLoggerFactory.Instance);
+            if (options.NumBlocks > layers)
+                throw new ArgumentException($"--num-blocks {options.NumBlocks} is more than the model's {layers} blocks");
+            var span = options.AutoPlaced ? null : ServedSpan.Load(checkpoint, options, options.StartBlock, options.EndBlock, progress);
+            return new BlockServer(options, checkpoint, span, loggerFactory ?? NullLoggerFactory.Instance);
         }
         catch
         {
@@ -74,23 +76,26 @@ public sealed class BlockServer : IAsyncDisposable
     /// <summary>The model's configuration.</summary>
     public ModelConfig Config => _checkpoint.Config;
 
-    /// <summary>First served block.</summary>
-    public int Start => Options.StartBlock;
+    /// <summary>First served block (0 with an empty span while an auto-placed server has not chosen yet).</summary>
+    public int Start => Current?.Start ?? 0;
 
     /// <summary>End of the served span (exclusive).</summary>
-    public int End => Options.EndBlock;
+    public int End => Current?.End ?? 0;
 
     /// <summary>Blocks served.</summary>
     public int SpanLength => End - Start;
 
     /// <summary>One fingerprint per served block, in order.</summary>
-    public IReadOnlyList<string> BlockFingerprints { get; }
+    public IReadOnlyList<string> BlockFingerprints => Current?.BlockFingerprints ?? [];
 
     /// <summary>Hash over <see cref="BlockFingerprints"/>.</summary>
-    public string WeightsFingerprint { get; }
+    public string WeightsFingerprint => Current?.WeightsFingerprint ?? "";
 
     /// <summary>Bytes of the loaded weights.</summary>
-    public long WeightBytes { get; }
+    public long WeightBytes => Current?.WeightBytes ?? 0;
+
+    /// <summary>How many times the server moved to other blocks.</summary>
+    public int Moves => Volatile.Read(ref _moves);
 
     /// <summary>Largest max_length a session may ask for.</summary>
     public int MaxSessionLength { get; }
@@ -102,7 +107,7 @@ public sealed class BlockServer : IAsyncDisposable
     public int ActiveSessions => Volatile.Read(ref _activeSessions);
 
     /// <summary>Free KV-cache room, in tokens of one row across the span.</summary>
-    public long CacheTokensLeft => CacheBudget.CacheTokensLeft;
+    public long CacheTokensLeft => Current?.CacheBudget.CacheTokensLeft ?? 0;
 
     /// <summary>The bound address, "host:port" with the real port (127.0.0.1 when bound to every interface).</summary>
     public string Address { get; private set; } = "";
@@ -125,8 +130,7 @@ public sealed class BlockServer : IAsyncDisposable
     /// <summary>The state last announced to the swarm (JOINING, ONLINE, OFFLINE), or null without a DHT.</summary>
     public Wire.V1.ServerState? AnnouncedState => _announcer?.State;
 
-    internal LocalBlockStack Stack { get; }
-    internal CacheBudget CacheBudget { get; }
+    internal ServedSpan? Current => Volatile.Read(ref _span);
     internal ComputeScheduler Scheduler { get; }
     internal SessionInboxes Inboxes { get; }
     internal CancellationToken Stopping => _stopping.Token;
@@ -184,17 +188,6 @@ public sealed class BlockServer : IAsyncDisposable
             Options.ResolvedModelName, Start, End, Address, PublicAddress, WeightBytes / 1048576.0, Options.WeightDtype, CacheTokensLeft);
     }
 
-    async Task JoinSwarmAsync(WebApplication app, PetalsSharp.Dht.DhtNode dht, CancellationToken ct)
-    {
-        dht.Start(app);
-        if (Options.InitialPeers.Count > 0) await dht.BootstrapAsync(Options.InitialPeers, ct);
-        Throughput = await Scheduler.RunAsync(ComputeScheduler.ForwardBackwardPriority, () => ThroughputInfo.Measure(Stack), ct);
-        _announcer = new Announcer(this, dht, Throughput, _logger);
-        await _announcer.StartAsync(ct);
-        _logger.LogInformation("announced ONLINE in the swarm as {Peer} (prefix {Prefix}, throughput {Throughput:F0} tok/s)",
-            dht.PeerAddress, Options.ResolvedDhtPrefix, Throughput.Throughput);
-    }
-
     static async Task<IPAddress> ResolveHostAsync(string host, CancellationToken ct)
     {
         if (IPAddress.TryParse(host, out var ip)) return ip;
@@ -207,6 +200,8 @@ public sealed class BlockServer : IAsyncDisposable
     /// <summary>Ends every session (their streams get UNAVAILABLE), stops listening and frees the caches.</summary>
     public async Task StopAsync()
     {
+        var rebalancer = Interlocked.Exchange(ref _rebalancer, null);
+        if (rebalancer is not null) await rebalancer.DisposeAsync();   // no move may start while stopping
         var announcer = Interlocked.Exchange(ref _announcer, null);
         if (announcer is not null) await announcer.DisposeAsync();   // OFFLINE first, while the DHT still runs
         if (!_stopping.IsCancellationRequested) _stopping.Cancel();
@@ -227,7 +222,7 @@ public sealed class BlockServer : IAsyncDisposable
         await StopAsync();
         Scheduler.Dispose();
         Inboxes.Dispose();
-        Stack.Dispose();
+        Current?.Stack.Dispose();
         _checkpoint.Dispose();
         _stopping.Dispose();
     }

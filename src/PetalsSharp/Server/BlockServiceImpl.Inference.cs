@@ -22,9 +22,29 @@ public sealed partial class BlockServiceImpl
         if (first.KindCase != InferenceRequest.KindOneofCase.Open)
             throw RequestValidator.Error(StatusCode.FailedPrecondition, "no session: send OpenSession first");
         var open = first.Open;
-        CheckOpen(open);
-        using var lease = _server.CacheBudget.Allocate(open.BatchSize, open.MaxLength, open.EndBlock - open.StartBlock);
-        using var slice = _server.Stack.Slice(open.StartBlock, open.EndBlock);
+        var span = _server.EnterSpan();
+        try
+        {
+            CheckOpen(span, open);
+            // A move retires the span: the session ends with UNAVAILABLE and the client fails over.
+            using var linked = CancellationTokenSource.CreateLinkedTokenSource(ct, span.Retiring);
+            try
+            {
+                await RunSessionAsync(span, open, requestStream, responseStream, linked.Token);
+            }
+            catch (OperationCanceledException) when (span.Retiring.IsCancellationRequested && !ct.IsCancellationRequested)
+            {
+                throw span.MovedError(_server);
+            }
+        }
+        finally { span.Exit(); }
+    });
+
+    async Task RunSessionAsync(ServedSpan span, OpenSession open, IAsyncStreamReader<InferenceRequest> requestStream,
+        IServerStreamWriter<InferenceReply> responseStream, CancellationToken ct)
+    {
+        using var lease = span.CacheBudget.Allocate(open.BatchSize, open.MaxLength, open.EndBlock - open.StartBlock);
+        using var slice = span.Stack.Slice(open.StartBlock, open.EndBlock);
         var options = new SessionOptions(open.BatchSize, open.MaxLength,
             RequestValidator.CheckLeftPadding(open.LeftPadding, open.BatchSize, open.MaxLength));
         if (!_server.Inboxes.TryOpen(open.SessionId, out var inbox))
@@ -40,7 +60,7 @@ public sealed partial class BlockServiceImpl
                 open.SessionId, open.StartBlock, open.EndBlock, open.BatchSize, open.MaxLength);
             await responseStream.WriteAsync(new InferenceReply
             {
-                Opened = new SessionOpened { SessionId = open.SessionId, CacheTokensLeft = _server.CacheTokensLeft },
+                Opened = new SessionOpened { SessionId = open.SessionId, CacheTokensLeft = span.CacheBudget.CacheTokensLeft },
             }, ct);
             await RunStepsAsync(open, session, inbox.Reader, responseStream, ct);
         }
@@ -53,12 +73,12 @@ public sealed partial class BlockServiceImpl
             _server.SessionClosed();
             _logger.LogInformation("session {Session} closed", open.SessionId);
         }
-    });
+    }
 
-    void CheckOpen(OpenSession open)
+    void CheckOpen(ServedSpan span, OpenSession open)
     {
         RequestValidator.CheckId(open.SessionId, "session_id");
-        RequestValidator.CheckRange(open.StartBlock, open.EndBlock, _server.Start, _server.End);
+        RequestValidator.CheckRange(open.StartBlock, open.EndBlock, span.Start, span.End);
         if (open.BatchSize < 1 || open.BatchSize > _server.Options.MaxBatchSize)
             throw new WireException($"batch_size {open.BatchSize} is outside [1, {_server.Options.MaxBatchSize}]");
         if (open.MaxLength < 1 || open.MaxLength > _server.MaxSessionLength)

@@ -30,24 +30,25 @@ public sealed partial class BlockServiceImpl : BlockService.BlockServiceBase
     public override Task<InfoReply> Info(InfoRequest request, ServerCallContext context)
     {
         var o = _server.Options;
+        var span = _server.Current;
         var reply = new InfoReply
         {
             ProtocolVersion = Protocol.Version,
             SoftwareVersion = Protocol.SoftwareVersion,
             ModelName = o.ResolvedModelName,
             DhtPrefix = o.ResolvedDhtPrefix,
-            StartBlock = _server.Start,
-            EndBlock = _server.End,
+            StartBlock = span?.Start ?? 0,
+            EndBlock = span?.End ?? 0,
             NumBlocks = _server.Config.NumLayers,
             HiddenSize = HiddenSize,
             WeightsDtype = _server.WeightsDtypeName,
-            CacheTokensLeft = _server.CacheTokensLeft,
-            WeightsFingerprint = _server.WeightsFingerprint,
+            CacheTokensLeft = span?.CacheBudget.CacheTokensLeft ?? 0,
+            WeightsFingerprint = span?.WeightsFingerprint ?? "",
             MaxMessageBytes = o.MaxMessageBytes,
             MaxSessionLength = _server.MaxSessionLength,
         };
         reply.Compressions.AddRange(TensorCodec.Supported);
-        reply.BlockFingerprints.AddRange(_server.BlockFingerprints);
+        reply.BlockFingerprints.AddRange(span?.BlockFingerprints ?? []);
         return Task.FromResult(reply);
     }
 
@@ -57,15 +58,21 @@ public sealed partial class BlockServiceImpl : BlockService.BlockServiceBase
     {
         var (header, tensors) = await ReadCallAsync(requestStream, ["hidden"], ct);
         using var hidden = RequestValidator.DecodeHidden(tensors["hidden"], "hidden", HiddenSize, MaxElements, allowEmptySequence: false);
-        var padding = CheckCall(header, hidden);
-        var reply = await _server.Scheduler.RunAsync(ComputeScheduler.ForwardBackwardPriority, () =>
+        var span = _server.EnterSpan();
+        WireTensor reply;
+        try
         {
-            using var scope = NewDisposeScope();
-            using var noGrad = no_grad();
-            using var slice = _server.Stack.Slice(header.StartBlock, header.EndBlock);
-            var output = slice.Forward(hidden, new ForwardOptions(padding));
-            return TensorCodec.Encode(output, header.OutputCompression);
-        }, ct);
+            var padding = CheckCall(span, header, hidden);
+            reply = await _server.Scheduler.RunAsync(ComputeScheduler.ForwardBackwardPriority, () =>
+            {
+                using var scope = NewDisposeScope();
+                using var noGrad = no_grad();
+                using var slice = span.Stack.Slice(header.StartBlock, header.EndBlock);
+                var output = slice.Forward(hidden, new ForwardOptions(padding));
+                return TensorCodec.Encode(output, header.OutputCompression);
+            }, ct);
+        }
+        finally { span.Exit(); }
         await WriteChunksAsync(responseStream, "hidden", reply, ct);
     });
 
@@ -78,27 +85,33 @@ public sealed partial class BlockServiceImpl : BlockService.BlockServiceBase
         using var gradOutput = RequestValidator.DecodeHidden(tensors["grad_output"], "grad_output", HiddenSize, MaxElements, allowEmptySequence: false);
         if (!hidden.shape.SequenceEqual(gradOutput.shape))
             throw new WireException($"grad_output: shape [{string.Join(", ", gradOutput.shape)}] differs from hidden [{string.Join(", ", hidden.shape)}]");
-        var padding = CheckCall(header, hidden);
-        var reply = await _server.Scheduler.RunAsync(ComputeScheduler.ForwardBackwardPriority, () =>
+        var span = _server.EnterSpan();
+        WireTensor reply;
+        try
         {
-            // Servers keep no activations between calls (as in Petals): backward recomputes the forward pass.
-            using var scope = NewDisposeScope();
-            using var grad = enable_grad();
-            using var slice = _server.Stack.Slice(header.StartBlock, header.EndBlock);
-            var input = hidden.detach().requires_grad_(true);
-            var output = slice.Forward(input, new ForwardOptions(padding));
-            var gradInput = autograd.grad([output], [input], [gradOutput])[0];
-            return TensorCodec.Encode(gradInput, header.OutputCompression);
-        }, ct);
+            var padding = CheckCall(span, header, hidden);
+            reply = await _server.Scheduler.RunAsync(ComputeScheduler.ForwardBackwardPriority, () =>
+            {
+                // Servers keep no activations between calls (as in Petals): backward recomputes the forward pass.
+                using var scope = NewDisposeScope();
+                using var grad = enable_grad();
+                using var slice = span.Stack.Slice(header.StartBlock, header.EndBlock);
+                var input = hidden.detach().requires_grad_(true);
+                var output = slice.Forward(input, new ForwardOptions(padding));
+                var gradInput = autograd.grad([output], [input], [gradOutput])[0];
+                return TensorCodec.Encode(gradInput, header.OutputCompression);
+            }, ct);
+        }
+        finally { span.Exit(); }
         await WriteChunksAsync(responseStream, "grad_input", reply, ct);
     });
 
     /// <summary>Elements a Forward/Backward tensor may have once decoded to float32.</summary>
     long MaxElements => _server.Options.MaxTensorBytes / sizeof(float);
 
-    int[]? CheckCall(CallHeader header, TorchSharp.torch.Tensor hidden)
+    int[]? CheckCall(ServedSpan span, CallHeader header, TorchSharp.torch.Tensor hidden)
     {
-        RequestValidator.CheckRange(header.StartBlock, header.EndBlock, _server.Start, _server.End);
+        RequestValidator.CheckRange(header.StartBlock, header.EndBlock, span.Start, span.End);
         RequestValidator.CheckCompression(header.OutputCompression, "output_compression");
         if (header.ActiveAdapter.Length != 0) throw new WireException($"active_adapter '{Clip(header.ActiveAdapter)}': this server has no adapters");
         int batch = (int)hidden.shape[0], tokens = (int)hidden.shape[1];

@@ -16,11 +16,38 @@ public sealed record ServerOptions
     /// <summary>Hugging Face model folder.</summary>
     public required string ModelDir { get; init; }
 
-    /// <summary>First served block (inclusive).</summary>
-    public required int StartBlock { get; init; }
+    /// <summary>First served block (inclusive) of a fixed span; ignored with <see cref="NumBlocks"/>.</summary>
+    public int StartBlock { get; init; }
 
-    /// <summary>End of the served span (exclusive).</summary>
-    public required int EndBlock { get; init; }
+    /// <summary>End of a fixed span (exclusive); ignored with <see cref="NumBlocks"/>.</summary>
+    public int EndBlock { get; init; }
+
+    /// <summary>
+    /// Serve this many blocks wherever the swarm needs them most (chosen after joining the DHT, before loading)
+    /// and move when rebalancing pays off. Null = the fixed span <see cref="StartBlock"/>:<see cref="EndBlock"/>.
+    /// </summary>
+    public int? NumBlocks { get; init; }
+
+    /// <summary>Whether the server picks (and may change) its blocks itself.</summary>
+    public bool AutoPlaced => NumBlocks is not null;
+
+    /// <summary>Upper bound of the random wait before choosing blocks, so servers started together do not all pick the same gap.</summary>
+    public TimeSpan PlacementDelay { get; init; } = TimeSpan.FromSeconds(2);
+
+    /// <summary>How often an auto-placed server asks whether to move (±50% jitter); zero disables rebalancing.</summary>
+    public TimeSpan RebalancePeriod { get; init; } = TimeSpan.FromSeconds(120);
+
+    /// <summary>Petals' balance_quality: move when bottleneck before/after is below it (see <see cref="Swarm.BlockSelection.QualityFromThreshold"/>).</summary>
+    public double BalanceQuality { get; init; } = Swarm.BlockSelection.QualityFromThreshold(0.25);
+
+    /// <summary>Announce this throughput instead of measuring (<c>--throughput N</c>).</summary>
+    public double? FixedThroughput { get; init; }
+
+    /// <summary>Measure again even when the throughput cache has an entry (<c>--throughput eval</c>).</summary>
+    public bool RemeasureThroughput { get; init; }
+
+    /// <summary>The throughput cache file; null = <see cref="ThroughputCache.DefaultPath"/>.</summary>
+    public string? ThroughputCachePath { get; init; }
 
     /// <summary>Interface to bind; "0.0.0.0" (default) listens everywhere.</summary>
     public string Host { get; init; } = "0.0.0.0";
@@ -99,11 +126,35 @@ public sealed record ServerOptions
     public long ResolveCacheTokens(long cacheBytesPerToken) =>
         CacheBytes is { } bytes ? bytes / Math.Max(1, cacheBytesPerToken) : CacheTokens ?? DefaultCacheTokens;
 
+    /// <summary>
+    /// Blocks that fit in <paramref name="budgetBytes"/>: each costs its weights in the served dtype (+1%, as
+    /// Petals) plus its share of the KV cache (<see cref="CacheTokens"/> float32 tokens per block; a
+    /// <see cref="CacheBytes"/> budget is for the whole span and comes off the top). At least 1, at most the model.
+    /// </summary>
+    public int BlocksForMemory(ModelConfig config, long budgetBytes)
+    {
+        long parameters = config.Family.BlockTensors(config, 0).Sum(t => t.Shape.Aggregate(1L, (a, d) => a * d));
+        int elementSize = WeightDtype is ScalarType.BFloat16 or ScalarType.Float16 ? 2 : 4;
+        long blockBytes = (long)(parameters * elementSize * 1.01);
+        long kvBytesPerToken = 2L * config.NumKvHeads * config.HeadDim * sizeof(float);
+        long perBlock = CacheBytes is { } total ? blockBytes : blockBytes + (CacheTokens ?? DefaultCacheTokens) * kvBytesPerToken;
+        long room = budgetBytes - (CacheBytes ?? 0);
+        return (int)Math.Clamp(room / Math.Max(1, perBlock), 1, config.NumLayers);
+    }
+
     /// <summary>Throws <see cref="ArgumentException"/> on a setting no server could run with.</summary>
     public void Validate()
     {
-        if (StartBlock < 0 || EndBlock <= StartBlock)
+        if (NumBlocks is { } n)
+        {
+            if (n < 1) throw new ArgumentException($"--num-blocks {n} must be at least 1");
+            if (!UsesDht) throw new ArgumentException("choosing blocks needs a swarm: give --initial-peers (or --new-swarm)");
+        }
+        else if (StartBlock < 0 || EndBlock <= StartBlock)
             throw new ArgumentException($"block span {StartBlock}:{EndBlock} is empty or negative (START < END, both ≥ 0)");
+        if (PlacementDelay < TimeSpan.Zero || RebalancePeriod < TimeSpan.Zero) throw new ArgumentException("placement delay and rebalance period must be ≥ 0");
+        if (!(BalanceQuality >= 0)) throw new ArgumentException($"balance quality {BalanceQuality} must be ≥ 0");
+        if (FixedThroughput is { } t && !(t > 0 && double.IsFinite(t))) throw new ArgumentException($"throughput {t} must be a positive number");
         if (Port is < 0 or > 65535) throw new ArgumentException($"port {Port} is outside [0, 65535]");
         if (CacheTokens is < 0) throw new ArgumentException($"cache tokens {CacheTokens} is negative");
         if (CacheBytes is < 0) throw new ArgumentException($"cache bytes {CacheBytes} is negative");

@@ -9,17 +9,19 @@ namespace PetalsSharp.Server;
 public sealed class ServerProcess : IDisposable
 {
     readonly Process _process;
-    readonly System.Text.StringBuilder _log = new();
+    readonly System.Text.StringBuilder _log;
 
-    ServerProcess(Process process, string address)
+    ServerProcess(Process process, string address, System.Text.StringBuilder log)
     {
         _process = process;
         Address = address;
+        _log = log;
     }
 
     /// <summary><c>127.0.0.1:PORT</c> as the server printed it.</summary>
     public string Address { get; }
 
+    /// <summary>Everything the server printed so far (it keeps growing while the server runs).</summary>
     public string Log
     {
         get { lock (_log) return _log.ToString(); }
@@ -28,7 +30,13 @@ public sealed class ServerProcess : IDisposable
     /// <summary>Where petals.dll is: next to the running program unless told otherwise.</summary>
     public static string DefaultPetalsDll => Path.Combine(AppContext.BaseDirectory, "petals.dll");
 
-    public static async Task<ServerProcess> StartAsync(string modelDir, int start, int end, params string[] extra)
+    public static Task<ServerProcess> StartAsync(string modelDir, int start, int end, params string[] extra) =>
+        StartCoreAsync(modelDir, $"{start}:{end}", ["--blocks", $"{start}:{end}", .. extra]);
+
+    /// <summary>A server that chooses its blocks itself: give <c>--num-blocks</c> (or a memory budget) in <paramref name="extra"/>.</summary>
+    public static Task<ServerProcess> StartAutoAsync(string modelDir, params string[] extra) => StartCoreAsync(modelDir, "auto", extra);
+
+    static async Task<ServerProcess> StartCoreAsync(string modelDir, string label, string[] extra)
     {
         var psi = new ProcessStartInfo("dotnet")
         {
@@ -38,7 +46,7 @@ public sealed class ServerProcess : IDisposable
         };
         psi.ArgumentList.Add(DefaultPetalsDll);
         psi.Environment[ParentWatchdog.Variable] = Environment.ProcessId.ToString();
-        foreach (var a in new[] { "server", "--model", modelDir, "--blocks", $"{start}:{end}", "--host", "127.0.0.1", "--port", "0" }.Concat(extra))
+        foreach (var a in new[] { "server", "--model", modelDir, "--host", "127.0.0.1", "--port", "0" }.Concat(extra))
             psi.ArgumentList.Add(a);
         var process = Process.Start(psi)!;
         var listening = new TaskCompletionSource<string>(TaskCreationOptions.RunContinuationsAsynchronously);
@@ -56,16 +64,14 @@ public sealed class ServerProcess : IDisposable
         process.BeginOutputReadLine();
         process.BeginErrorReadLine();
         process.EnableRaisingEvents = true;
-        process.Exited += (_, _) => listening.TrySetException(new InvalidOperationException($"server {start}:{end} exited early:\n{log}"));
+        process.Exited += (_, _) => listening.TrySetException(new InvalidOperationException($"server {label} exited early:\n{log}"));
         var done = await Task.WhenAny(listening.Task, Task.Delay(TimeSpan.FromSeconds(60)));
         if (done != listening.Task)
         {
             process.Kill(entireProcessTree: true);
-            throw new TimeoutException($"server {start}:{end} did not start in 60 s:\n{log}");
+            throw new TimeoutException($"server {label} did not start in 60 s:\n{log}");
         }
-        var result = new ServerProcess(process, await listening.Task);
-        lock (log) result._log.Append(log);
-        return result;
+        return new ServerProcess(process, await listening.Task, log);
     }
 
     [System.Runtime.InteropServices.DllImport("libc", SetLastError = true)]

@@ -29,8 +29,16 @@ public sealed record ThroughputInfo(double InferenceRps, double ForwardRps, doub
         const int steps = 8;
         for (int i = 0; i < steps; i++) session.Step(one);
         double inferenceRps = steps * blocks / Math.Max(sw.Elapsed.TotalSeconds, 1e-6);
-        double networkRps = 100e6 / (hidden * 16.0);
-        double throughput = Math.Min(forwardRps / ((blocks + 1) / 2.0), networkRps);
-        return new ThroughputInfo(inferenceRps, forwardRps, networkRps, throughput);
+        return ForSpan(inferenceRps, forwardRps, 100e6 / (hidden * 16.0), blocks);
     }
+
+    /// <summary>The per-block rates are what a machine can do; the offered throughput depends on the span length.</summary>
+    public static ThroughputInfo ForSpan(double inferenceRps, double forwardRps, double networkRps, int blocks) =>
+        new(inferenceRps, forwardRps, networkRps, Math.Min(forwardRps / ((blocks + 1) / 2.0), networkRps));
+
+    /// <summary>The same machine serving <paramref name="blocks"/> blocks.</summary>
+    public ThroughputInfo WithSpanLength(int blocks) => ForSpan(InferenceRps, ForwardRps, NetworkRps, blocks);
+
+    /// <summary>An operator's number (<c>--throughput N</c>): announced as is, whatever the span.</summary>
+    public static ThroughputInfo Fixed(double throughput) => new(throughput, throughput, throughput, throughput);
 }
