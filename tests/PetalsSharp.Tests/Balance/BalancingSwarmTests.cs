@@ -81,7 +81,9 @@ public sealed class BalancingSwarmTests(EightBlockModel model, Xunit.Abstraction
 
         await back.StopAsync(TimeSpan.FromSeconds(10));
         // Checks come every 1.5–4.5 s; the move itself (JOINING, load, ONLINE, OFFLINE) takes well under a second here.
-        var snapshot = await WaitAsync(bootstrap, s => Serves(s, auto, 4, 8), seconds: 15);
+        var snapshot = await WaitAsync(bootstrap, s => Serves(s, auto, 4, 8), seconds: 30);
+        // The log line follows the announcement; on a loaded machine give it a moment.
+        for (int i = 0; i < 50 && !auto.Log.Contains("ONLINE for blocks 4:8"); i++) await Task.Delay(100);
         output.WriteLine(auto.Log);
         Assert.Empty(snapshot.Uncovered());
         Assert.Contains("moving from blocks 0:4 to 4:8", auto.Log);
