@@ -2,7 +2,8 @@ using PetalsSharp.Benchmarks;
 
 // Benchmarks measure; they never assert. Usage:
 //   dotnet run --project benchmarks/PetalsSharp.Benchmarks -c Release -- engine [--model DIR] [--prompt 64] [--new 128]
-//   dotnet run --project benchmarks/PetalsSharp.Benchmarks -c Release -- swarm [--model DIR] [--servers 3]
+//   dotnet run --project benchmarks/PetalsSharp.Benchmarks -c Release -- swarm [--model DIR] [--servers 3] [--no-push]
+//   dotnet run --project benchmarks/PetalsSharp.Benchmarks -c Release -- wan [--model DIR] [--delay-ms 50]
 PetalsSharp.Runtime.Configure();
 var command = args.FirstOrDefault() ?? "engine";
 var options = BenchArgs.Parse(args.Skip(1).ToArray());
@@ -14,10 +15,13 @@ switch (command)
     case "hop":
         await HopBenchmark.RunAsync(options);
         return 0;
+    case "wan":
+        await WanBenchmark.RunAsync(options);
+        return 0;
     case "swarm":
         await SwarmBenchmark.RunAsync(options);
         return 0;
     default:
-        Console.Error.WriteLine($"unknown benchmark '{command}' (available: engine, swarm)");
+        Console.Error.WriteLine($"unknown benchmark '{command}' (available: engine, swarm, hop, wan)");
         return 2;
 }

@@ -28,10 +28,11 @@ public static class SwarmBenchmark
         var procs = await Task.WhenAll(spans.Select(s => ServerProcess.StartAsync(dir, s.Item1, s.Item2)));
         try
         {
-            using var remote = await DistributedModel.ConnectAsync(dir, procs.Select(p => p.Address));
+            bool push = args.Get("no-push") is null;
+            using var remote = await DistributedModel.ConnectAsync(dir, procs.Select(p => p.Address), new RemoteOptions { UseServerToServer = push });
             var (swarmSeconds, swarmPrefill) = Measure(remote, prompt, options);
             double localStep = (localSeconds - localPrefill) / (newTokens - 1), swarmStep = (swarmSeconds - swarmPrefill) / (newTokens - 1);
-            Console.WriteLine($"model {dir}; prompt {promptLen}, new {newTokens}, f32, {servers} server processes on loopback");
+            Console.WriteLine($"model {dir}; prompt {promptLen}, new {newTokens}, f32, {servers} server processes on loopback, push {(push ? "on" : "off")}");
             Console.WriteLine("| run | total s | tok/s (new tokens ÷ total) | decode ms/step |");
             Console.WriteLine("|---|---|---|---|");
             Console.WriteLine($"| local, one process | {localSeconds:F2} | {newTokens / localSeconds:F1} | {localStep * 1000:F2} |");
