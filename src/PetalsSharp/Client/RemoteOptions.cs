@@ -36,6 +36,12 @@ public sealed record RemoteOptions
     /// </summary>
     public bool UseServerToServer { get; init; } = true;
 
+    /// <summary>Use only these servers (addresses as the client knows them, or peer ids); null = any.</summary>
+    public IReadOnlySet<string>? AllowedServers { get; init; }
+
+    /// <summary>Never use these servers (addresses or peer ids).</summary>
+    public IReadOnlySet<string>? BlockedServers { get; init; }
+
     /// <summary>Private swarm secret sent with every call; null in a public swarm.</summary>
     public PetalsSharp.Dht.SwarmKey? SwarmKey { get; init; }
 

@@ -125,6 +125,8 @@ internal sealed class RemotePool : IDisposable
                 ClientRtts = _rtts.Snapshot(now),
                 BannedPeers = _bans.BannedPeers(now),
                 CacheTokensNeeded = cacheTokensNeeded,
+                AllowedPeers = Options.AllowedServers,
+                BlockedPeers = Options.BlockedServers,
             };
     }
 

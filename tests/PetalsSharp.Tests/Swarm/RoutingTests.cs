@@ -1,0 +1,51 @@
+using PetalsSharp.Client;
+using PetalsSharp.Generation;
+using PetalsSharp.Server;
+using PetalsSharp.Swarm;
+using Xunit;
+
+namespace PetalsSharp.Tests.Swarm;
+
+/// <summary>Routing through real servers behind a WAN shaper: the client takes the lower-latency chain.</summary>
+[Collection(LlamaSwarmCollection.Name)]
+public sealed class RoutingTests
+{
+    static readonly string Model = LlamaSwarm.ModelDir;
+
+    [Fact]
+    public async Task The_client_takes_the_lower_latency_chain_and_honours_allow_and_block_lists()
+    {
+        using var far = await ServerProcess.StartAsync(Model, 0, 3);
+        using var near = await ServerProcess.StartAsync(Model, 0, 3);
+        await using var shaper = await LinkShaper.StartAsync(far.Address, TimeSpan.FromMilliseconds(60));
+        var routes = new List<string>();
+        using (var lm = await DistributedModel.ConnectAsync(Model, [shaper.Address, near.Address], new RemoteOptions { OnRoute = routes.Add }))
+        {
+            await ((RemoteSequential)lm.Blocks).PingAsync();
+            await lm.GenerateAsync([[1, 2, 3]], new GenerationOptions { MaxNewTokens = 2 });
+            Assert.Equal($"route: {near.Address}[0:3]", routes[^1]);
+        }
+        // The shaped server is the only allowed one: the client must take it, slow or not.
+        using (var lm = await DistributedModel.ConnectAsync(Model, [shaper.Address, near.Address],
+                   new RemoteOptions { OnRoute = routes.Add, BlockedServers = new HashSet<string> { near.Address } }))
+        {
+            await lm.GenerateAsync([[1, 2, 3]], new GenerationOptions { MaxNewTokens = 2 });
+            Assert.Equal($"route: {shaper.Address}[0:3]", routes[^1]);
+        }
+        using (var lm = await DistributedModel.ConnectAsync(Model, [shaper.Address, near.Address],
+                   new RemoteOptions { OnRoute = routes.Add, AllowedServers = new HashSet<string> { shaper.Address } }))
+        {
+            await lm.GenerateAsync([[1, 2, 3]], new GenerationOptions { MaxNewTokens = 2 });
+            Assert.Equal($"route: {shaper.Address}[0:3]", routes[^1]);
+        }
+        // Delay moves to the other side: once the client re-measures, it switches.
+        shaper.OneWayDelay = TimeSpan.Zero;
+        await using var slowNear = await LinkShaper.StartAsync(near.Address, TimeSpan.FromMilliseconds(60));
+        using (var lm = await DistributedModel.ConnectAsync(Model, [shaper.Address, slowNear.Address], new RemoteOptions { OnRoute = routes.Add }))
+        {
+            await ((RemoteSequential)lm.Blocks).PingAsync();
+            await lm.GenerateAsync([[1, 2, 3]], new GenerationOptions { MaxNewTokens = 2 });
+            Assert.Equal($"route: {shaper.Address}[0:3]", routes[^1]);
+        }
+    }
+}
