@@ -39,6 +39,9 @@ public sealed class Reference : IDisposable
     public List<IReadOnlyList<int>> IdRows(string path) =>
         this[path].EnumerateArray().Select(r => (IReadOnlyList<int>)r.EnumerateArray().Select(x => x.GetInt32()).ToList()).ToList();
 
+    /// <summary>Token id rows as the CLI's <c>--input-ids</c> takes them: <c>"1,2,3;4,5,6"</c>.</summary>
+    public string IdsArg(string path) => string.Join(";", IdRows(path).Select(row => string.Join(",", row)));
+
     public static Tensor ToTensor(JsonElement e, ScalarType dtype)
     {
         var shape = new List<long>();

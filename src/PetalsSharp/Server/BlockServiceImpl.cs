@@ -58,21 +58,11 @@ public sealed partial class BlockServiceImpl : BlockService.BlockServiceBase
     {
         var (header, tensors) = await ReadCallAsync(requestStream, ["hidden"], ct);
         using var hidden = RequestValidator.DecodeHidden(tensors["hidden"], "hidden", HiddenSize, MaxElements, allowEmptySequence: false);
-        var span = _server.EnterSpan();
-        WireTensor reply;
-        try
+        var reply = await RunOnSpanAsync(header, hidden, (slice, padding) =>
         {
-            var padding = CheckCall(span, header, hidden);
-            reply = await _server.Scheduler.RunAsync(ComputeScheduler.ForwardBackwardPriority, () =>
-            {
-                using var scope = NewDisposeScope();
-                using var noGrad = no_grad();
-                using var slice = span.Stack.Slice(header.StartBlock, header.EndBlock);
-                var output = slice.Forward(hidden, new ForwardOptions(padding));
-                return TensorCodec.Encode(output, header.OutputCompression);
-            }, ct);
-        }
-        finally { span.Exit(); }
+            using var noGrad = no_grad();
+            return slice.Forward(hidden, new ForwardOptions(padding));
+        }, ct);
         await WriteChunksAsync(responseStream, "hidden", reply, ct);
     });
 
@@ -85,26 +75,37 @@ public sealed partial class BlockServiceImpl : BlockService.BlockServiceBase
         using var gradOutput = RequestValidator.DecodeHidden(tensors["grad_output"], "grad_output", HiddenSize, MaxElements, allowEmptySequence: false);
         if (!hidden.shape.SequenceEqual(gradOutput.shape))
             throw new WireException($"grad_output: shape [{string.Join(", ", gradOutput.shape)}] differs from hidden [{string.Join(", ", hidden.shape)}]");
+        var reply = await RunOnSpanAsync(header, hidden, (slice, padding) =>
+        {
+            // Servers keep no activations between calls (as in Petals): backward recomputes the forward pass.
+            using var grad = enable_grad();
+            var input = hidden.detach().requires_grad_(true);
+            var output = slice.Forward(input, new ForwardOptions(padding));
+            return autograd.grad([output], [input], [gradOutput])[0];
+        }, ct);
+        await WriteChunksAsync(responseStream, "grad_input", reply, ct);
+    });
+
+    /// <summary>
+    /// Checks a Forward/Backward call against the span served now and runs <paramref name="compute"/> on the blocks
+    /// it names, on the compute thread after queued inference steps; the span cannot be freed meanwhile.
+    /// </summary>
+    async Task<WireTensor> RunOnSpanAsync(CallHeader header, TorchSharp.torch.Tensor hidden,
+        Func<LocalBlockStack, int[]?, TorchSharp.torch.Tensor> compute, CancellationToken ct)
+    {
         var span = _server.EnterSpan();
-        WireTensor reply;
         try
         {
             var padding = CheckCall(span, header, hidden);
-            reply = await _server.Scheduler.RunAsync(ComputeScheduler.ForwardBackwardPriority, () =>
+            return await _server.Scheduler.RunAsync(ComputeScheduler.ForwardBackwardPriority, () =>
             {
-                // Servers keep no activations between calls (as in Petals): backward recomputes the forward pass.
                 using var scope = NewDisposeScope();
-                using var grad = enable_grad();
                 using var slice = span.Stack.Slice(header.StartBlock, header.EndBlock);
-                var input = hidden.detach().requires_grad_(true);
-                var output = slice.Forward(input, new ForwardOptions(padding));
-                var gradInput = autograd.grad([output], [input], [gradOutput])[0];
-                return TensorCodec.Encode(gradInput, header.OutputCompression);
+                return TensorCodec.Encode(compute(slice, padding), header.OutputCompression);
             }, ct);
         }
         finally { span.Exit(); }
-        await WriteChunksAsync(responseStream, "grad_input", reply, ct);
-    });
+    }
 
     /// <summary>Elements a Forward/Backward tensor may have once decoded to float32.</summary>
     long MaxElements => _server.Options.MaxTensorBytes / sizeof(float);

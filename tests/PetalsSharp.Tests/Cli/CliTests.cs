@@ -8,14 +8,11 @@ public sealed class CliTests
 {
     static readonly string Fixture = TestData.Path("llama-gqa");
 
-    static string IdsArg(Reference r, string path) =>
-        string.Join(";", r.IdRows(path).Select(row => string.Join(",", row)));
-
     [Fact]
     public async Task Generate_json_gives_the_fixture_greedy_tokens()
     {
         using var r = Reference.Load("llama-gqa");
-        var res = await CliRunner.RunAsync("generate", "--model", Fixture, "--input-ids", IdsArg(r, "generation.prompt_ids"),
+        var res = await CliRunner.RunAsync("generate", "--model", Fixture, "--input-ids", r.IdsArg("generation.prompt_ids"),
             "--max-new-tokens", "12", "--greedy", "--json");
         Assert.True(res.ExitCode == 0, res.Stderr);
         using var doc = JsonDocument.Parse(res.Stdout);
@@ -27,7 +24,7 @@ public sealed class CliTests
     public async Task Inspect_json_gives_logits_and_every_hidden_state()
     {
         using var r = Reference.Load("llama-gqa");
-        var res = await CliRunner.RunAsync("inspect", "--model", Fixture, "--input-ids", IdsArg(r, "input_ids"), "--json");
+        var res = await CliRunner.RunAsync("inspect", "--model", Fixture, "--input-ids", r.IdsArg("input_ids"), "--json");
         Assert.True(res.ExitCode == 0, res.Stderr);
         using var doc = JsonDocument.Parse(res.Stdout);
         var logits = Reference.ToTensor(doc.RootElement.GetProperty("logits"), TorchSharp.torch.ScalarType.Float32);

@@ -45,7 +45,7 @@ public sealed class DhtSwarmTests
         Assert.All(snapshot.Online, s => Assert.True(s.Throughput > 0));
 
         using var r = Reference.Load("llama-gqa");
-        var ids = string.Join(";", r.IdRows("generation.prompt_ids").Select(row => string.Join(",", row)));
+        var ids = r.IdsArg("generation.prompt_ids");
         var res = await CliRunner.RunAsync("generate", "--model", Model, "--initial-peers", bootstrap.Address,
             "--input-ids", ids, "--max-new-tokens", "12", "--greedy", "--json", "--show-route");
         Assert.True(res.ExitCode == 0, res.Stderr);

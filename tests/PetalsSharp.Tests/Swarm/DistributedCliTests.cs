@@ -8,14 +8,12 @@ namespace PetalsSharp.Tests.Swarm;
 [Collection(LlamaSwarmCollection.Name)]
 public sealed class DistributedCliTests(LlamaSwarm swarm)
 {
-    static string Ids(Reference r, string path) => string.Join(";", r.IdRows(path).Select(row => string.Join(",", row)));
-
     [Fact]
     public async Task Generate_json_through_three_servers_equals_the_fixture()
     {
         using var r = Reference.Load("llama-gqa");
         var res = await CliRunner.RunAsync("generate", "--model", LlamaSwarm.ModelDir, "--peers", string.Join(",", swarm.ThreePeers),
-            "--input-ids", Ids(r, "generation.prompt_ids"), "--max-new-tokens", "12", "--greedy", "--json");
+            "--input-ids", r.IdsArg("generation.prompt_ids"), "--max-new-tokens", "12", "--greedy", "--json");
         Assert.True(res.ExitCode == 0, res.Stderr);
         using var doc = JsonDocument.Parse(res.Stdout);
         Assert.Equal(r["generation.new_tokens"].GetRawText().Replace(" ", ""), doc.RootElement.GetProperty("new_tokens").GetRawText());
@@ -27,7 +25,7 @@ public sealed class DistributedCliTests(LlamaSwarm swarm)
     {
         using var r = Reference.Load("llama-gqa");
         var remote = await CliRunner.RunAsync("inspect", "--model", LlamaSwarm.ModelDir, "--peers", string.Join(",", swarm.TwoPeers),
-            "--input-ids", Ids(r, "input_ids"), "--json");
+            "--input-ids", r.IdsArg("input_ids"), "--json");
         Assert.True(remote.ExitCode == 0, remote.Stderr);
         using var doc = JsonDocument.Parse(remote.Stdout);
         var logits = Reference.ToTensor(doc.RootElement.GetProperty("logits"), TorchSharp.torch.ScalarType.Float32);
