@@ -36,6 +36,9 @@ public sealed record RemoteOptions
     /// </summary>
     public bool UseServerToServer { get; init; } = true;
 
+    /// <summary>How often the client re-measures RTTs and looks for new servers in the background (0 = never).</summary>
+    public TimeSpan RefreshPeriod { get; init; } = TimeSpan.FromSeconds(60);
+
     /// <summary>Use only these servers (addresses as the client knows them, or peer ids); null = any.</summary>
     public IReadOnlySet<string>? AllowedServers { get; init; }
 

@@ -17,6 +17,8 @@ internal sealed class RemotePool : IDisposable
     readonly Func<CancellationToken, Task<IReadOnlyList<string>>>? _discover;
     readonly LocalFingerprints _fingerprints;
     IAsyncDisposable? _owned;
+    readonly CancellationTokenSource _stop = new();
+    Task? _refresh;
 
     RemotePool(ModelConfig config, RemoteOptions options, LocalFingerprints fingerprints,
         Func<CancellationToken, Task<IReadOnlyList<string>>>? discover)
@@ -52,6 +54,7 @@ internal sealed class RemotePool : IDisposable
             pool.Dispose();
             throw errors.Count == 1 ? errors[0] : new AggregateException("no server could be reached", errors);
         }
+        if (options.RefreshPeriod > TimeSpan.Zero) pool._refresh = pool.RefreshLoopAsync(options.RefreshPeriod);
         return pool;
     }
 
@@ -116,6 +119,28 @@ internal sealed class RemotePool : IDisposable
         catch (Exception e) when (RemoteRange.IsServerFailure(e)) { Ban(s.Address); }
     }));
 
+    /// <summary>
+    /// The route table refreshes in the background: every period the client re-measures its RTTs and, in a DHT
+    /// swarm, connects to servers that joined. (After a failure, planning refreshes at once.)
+    /// </summary>
+    async Task RefreshLoopAsync(TimeSpan period)
+    {
+        using var timer = new PeriodicTimer(period);
+        try
+        {
+            while (await timer.WaitForNextTickAsync(_stop.Token).ConfigureAwait(false))
+            {
+                try
+                {
+                    if (_discover is not null) await AddAsync(await _discover(_stop.Token).ConfigureAwait(false), _stop.Token).ConfigureAwait(false);
+                    await PingAllAsync(_stop.Token).ConfigureAwait(false);
+                }
+                catch (Exception e) when (e is not OperationCanceledException) { /* the next period tries again */ }
+            }
+        }
+        catch (OperationCanceledException) { }
+    }
+
     RoutingInputs Inputs(int start, int end, long? cacheTokensNeeded)
     {
         var now = DateTimeOffset.UtcNow;
@@ -163,6 +188,10 @@ internal sealed class RemotePool : IDisposable
 
     public void Dispose()
     {
+        _stop.Cancel();
+        try { _refresh?.Wait(TimeSpan.FromSeconds(5)); }
+        catch (AggregateException) { /* a refresh that failed while stopping changes nothing */ }
+        _stop.Dispose();
         foreach (var s in _servers.Values) s.Dispose();
         _servers.Clear();
         _owned?.DisposeAsync().AsTask().GetAwaiter().GetResult();

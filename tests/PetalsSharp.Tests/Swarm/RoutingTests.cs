@@ -48,4 +48,27 @@ public sealed class RoutingTests
             Assert.Equal($"route: {shaper.Address}[0:3]", routes[^1]);
         }
     }
+
+    [Fact]
+    public async Task Background_refresh_moves_new_sessions_to_the_route_that_became_faster()
+    {
+        using var one = await ServerProcess.StartAsync(Model, 0, 3);
+        using var two = await ServerProcess.StartAsync(Model, 0, 3);
+        await using var a = await LinkShaper.StartAsync(one.Address, TimeSpan.FromMilliseconds(60));
+        await using var b = await LinkShaper.StartAsync(two.Address, TimeSpan.Zero);
+        var routes = new List<string>();
+        using var lm = await DistributedModel.ConnectAsync(Model, [a.Address, b.Address],
+            new RemoteOptions { OnRoute = routes.Add, RefreshPeriod = TimeSpan.FromMilliseconds(200) });
+        await lm.GenerateAsync([[1, 2, 3]], new GenerationOptions { MaxNewTokens = 1 });
+        Assert.Equal($"route: {b.Address}[0:3]", routes[^1]);
+        a.OneWayDelay = TimeSpan.Zero;
+        b.OneWayDelay = TimeSpan.FromMilliseconds(60);
+        // Nobody calls PingAsync: the pool's own refresh re-measures, and the moving average crosses over.
+        for (int i = 0; i < 100 && routes[^1] != $"route: {a.Address}[0:3]"; i++)
+        {
+            await Task.Delay(200);
+            await lm.GenerateAsync([[1, 2, 3]], new GenerationOptions { MaxNewTokens = 1 });
+        }
+        Assert.Equal($"route: {a.Address}[0:3]", routes[^1]);
+    }
 }
