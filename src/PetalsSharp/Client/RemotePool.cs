@@ -14,14 +14,15 @@ internal sealed class RemotePool : IDisposable
     readonly Lock _memory = new();
     BanList _bans = BanList.Empty;
     RttEstimator _rtts = RttEstimator.Empty;
-    readonly Func<CancellationToken, Task<IReadOnlyList<string>>>? _discover;
+    readonly Func<CancellationToken, Task<IReadOnlyList<ServerInfo>>>? _discover;
     readonly LocalFingerprints _fingerprints;
+    readonly ConcurrentDictionary<string, IReadOnlyDictionary<string, double>> _nextPings = new();
     IAsyncDisposable? _owned;
     readonly CancellationTokenSource _stop = new();
     Task? _refresh;
 
     RemotePool(ModelConfig config, RemoteOptions options, LocalFingerprints fingerprints,
-        Func<CancellationToken, Task<IReadOnlyList<string>>>? discover)
+        Func<CancellationToken, Task<IReadOnlyList<ServerInfo>>>? discover)
     {
         Config = config;
         Options = options;
@@ -43,7 +44,7 @@ internal sealed class RemotePool : IDisposable
     /// unless none answers. <paramref name="discover"/> lists current server addresses when a chain can't be found.
     /// </summary>
     public static async Task<RemotePool> ConnectAsync(ModelConfig config, IEnumerable<string> peers, RemoteOptions options,
-        Checkpoint? local, CancellationToken ct, Func<CancellationToken, Task<IReadOnlyList<string>>>? discover = null)
+        Checkpoint? local, CancellationToken ct, Func<CancellationToken, Task<IReadOnlyList<ServerInfo>>>? discover = null)
     {
         var addresses = peers.Select(p => p.Trim()).Where(p => p.Length > 0).Distinct().ToList();
         if (addresses.Count == 0) throw new ArgumentException("no peers given");
@@ -119,6 +120,21 @@ internal sealed class RemotePool : IDisposable
         catch (Exception e) when (RemoteRange.IsServerFailure(e)) { Ban(s.Address); }
     }));
 
+    /// <summary>Reads the swarm again: connects to new servers and keeps what each measured to its successors.</summary>
+    public async Task DiscoverAsync(CancellationToken ct)
+    {
+        if (_discover is null) return;
+        var servers = await _discover(ct).ConfigureAwait(false);
+        Learn(servers);
+        await AddAsync(servers.Select(s => s.Address), ct).ConfigureAwait(false);
+    }
+
+    /// <summary>Remembers the next-server pings servers announced (used for server-to-server hop costs).</summary>
+    public void Learn(IEnumerable<ServerInfo> servers)
+    {
+        foreach (var s in servers) _nextPings[s.Address] = s.NextPings;
+    }
+
     /// <summary>
     /// The route table refreshes in the background: every period the client re-measures its RTTs and, in a DHT
     /// swarm, connects to servers that joined. (After a failure, planning refreshes at once.)
@@ -132,7 +148,7 @@ internal sealed class RemotePool : IDisposable
             {
                 try
                 {
-                    if (_discover is not null) await AddAsync(await _discover(_stop.Token).ConfigureAwait(false), _stop.Token).ConfigureAwait(false);
+                    if (_discover is not null) await DiscoverAsync(_stop.Token).ConfigureAwait(false);
                     await PingAllAsync(_stop.Token).ConfigureAwait(false);
                 }
                 catch (Exception e) when (e is not OperationCanceledException) { /* the next period tries again */ }
@@ -148,6 +164,7 @@ internal sealed class RemotePool : IDisposable
             return new RoutingInputs(_servers.Values.Select(s => s.ToServerInfo()).ToList(), start, end)
             {
                 ClientRtts = _rtts.Snapshot(now),
+                NextPings = _nextPings,
                 BannedPeers = _bans.BannedPeers(now),
                 CacheTokensNeeded = cacheTokensNeeded,
                 AllowedPeers = Options.AllowedServers,
@@ -171,7 +188,7 @@ internal sealed class RemotePool : IDisposable
             if (_discover is null || !chain.Any(h => IsBanned(h.Server.Address))) return chain;
         }
         catch (SwarmException) when (_discover is not null) { }
-        await AddAsync(await _discover!(ct).ConfigureAwait(false), ct).ConfigureAwait(false);
+        await DiscoverAsync(ct).ConfigureAwait(false);
         return Plan(start, end, cacheTokensNeeded, forInference);
     }
 

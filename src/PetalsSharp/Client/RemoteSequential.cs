@@ -54,8 +54,8 @@ public sealed class RemoteSequential : IBlockStack
         var dht = await SwarmReader.JoinAsClientAsync(initialPeers, options.SwarmKey, cancellationToken).ConfigureAwait(false);
         try
         {
-            async Task<IReadOnlyList<string>> Discover(CancellationToken ct) =>
-                (await SwarmReader.ReadAsync(dht, dhtPrefix, config.NumLayers, ct).ConfigureAwait(false)).Online.Select(s => s.Address).ToList();
+            async Task<IReadOnlyList<ServerInfo>> Discover(CancellationToken ct) =>
+                (await SwarmReader.ReadAsync(dht, dhtPrefix, config.NumLayers, ct).ConfigureAwait(false)).Online;
             var snapshot = await SwarmReader.ReadAsync(dht, dhtPrefix, config.NumLayers, cancellationToken).ConfigureAwait(false);
             var online = snapshot.Online;
             if (online.Count == 0)
@@ -65,6 +65,7 @@ public sealed class RemoteSequential : IBlockStack
                 throw new SwarmException($"no ONLINE server holds block(s) {string.Join(", ", uncovered)} of '{dhtPrefix}'");
             var pool = await RemotePool.ConnectAsync(config, online.Select(s => s.Address), options, localCheckpoint, cancellationToken, Discover).ConfigureAwait(false);
             pool.Own(dht);
+            pool.Learn(online);
             var stack = new RemoteSequential(pool, 0, config.NumLayers, ownsPool: true);
             stack.Chain();
             return stack;

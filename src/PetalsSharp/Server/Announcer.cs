@@ -21,6 +21,8 @@ internal sealed class Announcer(BlockServer server, DhtNode dht, ILogger logger)
     (int Start, int End, ServerState State) _current = (0, 0, ServerState.Joining);
     DateTimeOffset _currentExpiration;
     Task? _loop;
+    readonly NextPinger _pinger = new(server.Options);
+    IReadOnlyDictionary<string, double> _nextPings = new Dictionary<string, double>();
 
     public ServerState State => _current.State;
 
@@ -73,6 +75,11 @@ internal sealed class Announcer(BlockServer server, DhtNode dht, ILogger logger)
             {
                 try
                 {
+                    try { _nextPings = await _pinger.MeasureAsync(dht, server.Config.NumLayers, _current.End, server.PublicAddress, _stop.Token); }
+                    catch (Exception e) when (e is not OperationCanceledException)
+                    {
+                        logger.LogDebug("measuring next pings failed: {Message}", e.Message);
+                    }
                     await _gate.WaitAsync(_stop.Token);
                     try
                     {
@@ -104,6 +111,7 @@ internal sealed class Announcer(BlockServer server, DhtNode dht, ILogger logger)
             ModelName = server.Options.ResolvedModelName, AnnouncedAtMs = DateTimeOffset.UtcNow.ToUnixTimeMilliseconds(),
         };
         a.Compressions.AddRange(TensorCodec.Supported);
+        foreach (var (address, seconds) in _nextPings) a.NextPings[address] = Math.Min(seconds, RoutePlanner.MaxDelay);
         return a;
     }
 
@@ -130,6 +138,7 @@ internal sealed class Announcer(BlockServer server, DhtNode dht, ILogger logger)
     public async ValueTask DisposeAsync()
     {
         _stop.Cancel();
+        _pinger.Dispose();
         if (_loop is not null) await _loop;
         var (start, end, _) = _current;
         _current = (start, end, ServerState.Offline);

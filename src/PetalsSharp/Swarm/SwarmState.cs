@@ -21,6 +21,9 @@ public sealed record ServerInfo(
 {
     public ServerSpan Span => new(Address, Start, End);
 
+    /// <summary>Round trips (seconds) this server measured to servers that could follow it, by their address.</summary>
+    public IReadOnlyDictionary<string, double> NextPings { get; init; } = new Dictionary<string, double>();
+
     /// <summary>Reads a DHT entry's value; null when it is not a valid announcement for this model.</summary>
     public static ServerInfo? FromAnnouncement(string peerId, ServerAnnouncement a, int numBlocks, DateTimeOffset expiration)
     {
@@ -29,7 +32,11 @@ public sealed record ServerInfo(
         if (!double.IsFinite(a.Throughput) || a.Throughput < 0) return null;
         return new ServerInfo(peerId, a.Address, a.StartBlock, a.EndBlock, a.State, a.Throughput,
             double.IsFinite(a.InferenceRps) ? a.InferenceRps : 0, a.CacheTokensLeft, a.PublicName, a.WeightsDtype,
-            a.SoftwareVersion, a.WeightsFingerprint, a.Adapters.ToList(), expiration);
+            a.SoftwareVersion, a.WeightsFingerprint, a.Adapters.ToList(), expiration)
+        {
+            NextPings = a.NextPings.Where(p => p.Key.Length <= 256 && double.IsFinite(p.Value) && p.Value >= 0).Take(64)
+                .ToDictionary(p => p.Key, p => p.Value),
+        };
     }
 }
 

@@ -60,6 +60,11 @@ public sealed class DhtSwarmTests
         Assert.Equal(3, model.GetProperty("num_blocks").GetInt32());
         Assert.Equal(2, model.GetProperty("servers").GetArrayLength());
         Assert.All(model.GetProperty("coverage").EnumerateArray(), c => Assert.Equal(1, c.GetProperty("servers").GetInt32()));
+
+        // Servers measure and announce their round trips to the servers that can follow them (the last has none).
+        var pinged = await WaitAsync(bootstrap, x => x.Online.Any(v => v.Address == a.Address && v.NextPings.ContainsKey(b.Address)));
+        Assert.InRange(pinged.Online.Single(v => v.Address == a.Address).NextPings[b.Address], 0, 2);
+        Assert.Empty(pinged.Online.Single(v => v.Address == b.Address).NextPings);
     }
 
     [Fact]
