@@ -17,7 +17,22 @@ public sealed partial class BlockServiceImpl
     public override Task Inference(IAsyncStreamReader<InferenceRequest> requestStream, IServerStreamWriter<InferenceReply> responseStream,
         ServerCallContext context) => GuardAsync("Inference", context, async ct =>
     {
-        var first = await ReadWithIdleTimeoutAsync(requestStream, ct);
+        // Client messages and (once the session is registered) pushed steps arrive in one inbox, so a session
+        // serves both in order and one idle timeout covers every wait.
+        var inbox = SessionInboxes.CreateInbox();
+        using var pumpStop = CancellationTokenSource.CreateLinkedTokenSource(ct);
+        _ = PumpAsync(requestStream, inbox.Writer, pumpStop.Token);   // catches everything; stopped below
+        try
+        {
+            await ServeAsync(inbox, responseStream, ct);
+        }
+        finally { pumpStop.Cancel(); }
+    });
+
+    async Task ServeAsync(System.Threading.Channels.Channel<InferenceRequest> inbox, IServerStreamWriter<InferenceReply> responseStream,
+        CancellationToken ct)
+    {
+        var first = await ReadInboxAsync(inbox.Reader, ct);
         if (first is null) return;
         if (first.KindCase != InferenceRequest.KindOneofCase.Open)
             throw RequestValidator.Error(StatusCode.FailedPrecondition, "no session: send OpenSession first");
@@ -30,7 +45,7 @@ public sealed partial class BlockServiceImpl
             using var linked = CancellationTokenSource.CreateLinkedTokenSource(ct, span.Retiring);
             try
             {
-                await RunSessionAsync(span, open, requestStream, responseStream, linked.Token);
+                await RunSessionAsync(span, open, inbox, responseStream, linked.Token);
             }
             catch (OperationCanceledException) when (span.Retiring.IsCancellationRequested && !ct.IsCancellationRequested)
             {
@@ -38,22 +53,19 @@ public sealed partial class BlockServiceImpl
             }
         }
         finally { span.Exit(); }
-    });
+    }
 
-    async Task RunSessionAsync(ServedSpan span, OpenSession open, IAsyncStreamReader<InferenceRequest> requestStream,
+    async Task RunSessionAsync(ServedSpan span, OpenSession open, System.Threading.Channels.Channel<InferenceRequest> inbox,
         IServerStreamWriter<InferenceReply> responseStream, CancellationToken ct)
     {
         using var lease = span.CacheBudget.Allocate(open.BatchSize, open.MaxLength, open.EndBlock - open.StartBlock);
         using var slice = span.Stack.Slice(open.StartBlock, open.EndBlock);
         var options = new SessionOptions(open.BatchSize, open.MaxLength,
             RequestValidator.CheckLeftPadding(open.LeftPadding, open.BatchSize, open.MaxLength));
-        if (!_server.Inboxes.TryOpen(open.SessionId, out var inbox))
+        if (!_server.Inboxes.TryRegister(open.SessionId, inbox))
             throw RequestValidator.Error(StatusCode.AlreadyExists, $"session '{Clip(open.SessionId)}' is already open on this server");
         var session = await _server.Scheduler.RunAsync(ComputeScheduler.InferencePriority, () => new LocalBlockSession(slice, options), ct);
         _server.SessionOpened();
-        // Client messages and pushed steps arrive in one inbox, so a session serves both in order.
-        using var pumpStop = CancellationTokenSource.CreateLinkedTokenSource(ct);
-        _ = PumpAsync(requestStream, inbox.Writer, pumpStop.Token);   // catches everything; stopped below
         try
         {
             _logger.LogInformation("session {Session} opened: blocks [{Start}, {End}), batch {Batch}, max_length {MaxLength}",
@@ -67,7 +79,6 @@ public sealed partial class BlockServiceImpl
         finally
         {
             _server.Inboxes.Close(open.SessionId);
-            pumpStop.Cancel();
             // The step (if any) has finished by now: RunAsync never completes while its work is running.
             session.Dispose();
             _server.SessionClosed();
@@ -220,27 +231,4 @@ public sealed partial class BlockServiceImpl
         return t;
     }
 
-    /// <summary>
-    /// The next message, or null when the client closed its side. Waiting longer than the idle timeout ends the
-    /// session with DEADLINE_EXCEEDED (the caller's using/finally blocks then free the cache).
-    /// </summary>
-    async Task<InferenceRequest?> ReadWithIdleTimeoutAsync(IAsyncStreamReader<InferenceRequest> stream, CancellationToken ct)
-    {
-        var next = stream.MoveNext(ct);
-        if (!next.IsCompleted)
-        {
-            using var timer = CancellationTokenSource.CreateLinkedTokenSource(ct);
-            var idle = Task.Delay(_server.Options.SessionIdleTimeout, timer.Token);
-            if (await Task.WhenAny(next, idle) != next)
-            {
-                // The abandoned read fails once the call ends; observe it so it is not reported as unobserved.
-                _ = next.ContinueWith(t => _ = t.Exception, TaskContinuationOptions.OnlyOnFaulted);
-                ct.ThrowIfCancellationRequested();
-                throw RequestValidator.Error(StatusCode.DeadlineExceeded,
-                    $"session idle for {_server.Options.SessionIdleTimeout.TotalSeconds:0.###} s (session_idle_timeout); its cache was freed");
-            }
-            timer.Cancel();
-        }
-        return await next ? stream.Current : null;
-    }
 }

@@ -16,12 +16,12 @@ internal sealed class SessionInboxes(ServerOptions options, ILogger logger) : ID
     readonly ConcurrentDictionary<string, Channel<InferenceRequest>> _inboxes = new();
     readonly ConcurrentDictionary<string, (GrpcChannel Channel, BlockService.BlockServiceClient Client)> _peers = new();
 
-    /// <summary>Registers a session; false when the id is already open here.</summary>
-    public bool TryOpen(string sessionId, out Channel<InferenceRequest> inbox)
-    {
-        inbox = Channel.CreateBounded<InferenceRequest>(new BoundedChannelOptions(64) { FullMode = BoundedChannelFullMode.Wait });
-        return _inboxes.TryAdd(sessionId, inbox);
-    }
+    /// <summary>A session's inbox: bounded, so neither a client nor a pushing server can queue without limit.</summary>
+    public static Channel<InferenceRequest> CreateInbox() =>
+        Channel.CreateBounded<InferenceRequest>(new BoundedChannelOptions(64) { FullMode = BoundedChannelFullMode.Wait });
+
+    /// <summary>Makes a session reachable by pushes; false when the id is already open here.</summary>
+    public bool TryRegister(string sessionId, Channel<InferenceRequest> inbox) => _inboxes.TryAdd(sessionId, inbox);
 
     public void Close(string sessionId)
     {

@@ -14,32 +14,9 @@ public sealed record ChainHop(ServerSpan Server, int Start, int End)
     public override string ToString() => $"{Server.Address}[{Start}:{End}]";
 }
 
-/// <summary>Pure chain choices over a snapshot of server spans.</summary>
+/// <summary>How a chain is written; the choice itself is <see cref="RoutePlanner"/>'s.</summary>
 public static class ChainPlanner
 {
-    /// <summary>
-    /// A chain that covers <c>[start, end)</c> with as few hops as possible: from each block, the server that
-    /// reaches furthest (ties go to the earlier-listed server). Throws when some block has no server.
-    /// </summary>
-    public static IReadOnlyList<ChainHop> FewestHops(IReadOnlyList<ServerSpan> servers, int start, int end)
-    {
-        if (start >= end) throw new ArgumentOutOfRangeException(nameof(start), $"empty block range [{start}, {end})");
-        var chain = new List<ChainHop>();
-        int block = start;
-        while (block < end)
-        {
-            ServerSpan? best = null;
-            foreach (var s in servers)
-                if (s.Contains(block) && (best is null || s.End > best.End)) best = s;
-            if (best is null)
-                throw new SwarmException($"no server holds block {block} (known spans: {(servers.Count == 0 ? "none" : string.Join(" ", servers))})");
-            var hopEnd = Math.Min(best.End, end);
-            chain.Add(new ChainHop(best, block, hopEnd));
-            block = hopEnd;
-        }
-        return chain;
-    }
-
     /// <summary>The <c>route: ADDR[start:end] ...</c> line format.</summary>
     public static string Describe(IEnumerable<ChainHop> chain) => "route: " + string.Join(" ", chain);
 }
