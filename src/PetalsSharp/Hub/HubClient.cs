@@ -51,15 +51,14 @@ public sealed class HubClient : IDisposable
             }
             if (IsRedirect(response.StatusCode) && response.Headers.Location is { } location)
             {
-                var target = location.IsAbsoluteUri ? location : new Uri(uri, location);
-                // A redirect on the hub itself (renamed repo) is followed; one to another host is the CDN for the content.
-                if (target.Host == uri.Host && target.Port == uri.Port && target.AbsolutePath.Contains("/resolve/", StringComparison.Ordinal)
-                    && Header(response, "X-Linked-Etag") is null)
+                // As huggingface_hub does: a relative redirect stays on the hub (a renamed repo, a resolve cache) and is
+                // followed; an absolute one goes to the CDN that serves the content, and this reply carries its metadata.
+                if (!location.IsAbsoluteUri)
                 {
-                    uri = target;
+                    uri = new Uri(uri, location);
                     continue;
                 }
-                return Info(response, id, file, target);
+                return Info(response, id, file, location);
             }
             EnsureSuccess(response, id, file);
             return Info(response, id, file, uri);

@@ -34,6 +34,9 @@ public sealed class FakeHub : IAsyncDisposable
 
     public string Endpoint { get; private set; } = "";
 
+    /// <summary>Old repo name → new one, answered with a relative 307 as the hub does.</summary>
+    public ConcurrentDictionary<string, string> Renamed { get; } = new();
+
     /// <summary>The "CDN": the same server under another host name, as the hub's LFS redirects go to another host.</summary>
     string CdnBase => Endpoint.Replace("127.0.0.1", "localhost");
 
@@ -79,6 +82,12 @@ public sealed class FakeHub : IAsyncDisposable
     {
         Record(ctx);
         var r = ctx.Response;
+        if (Renamed.TryGetValue(org + "/" + name, out var now))
+        {
+            r.StatusCode = 307;   // a renamed repo: the hub answers with a relative redirect
+            r.Headers.Location = $"/{now}/resolve/{revision}/{file}";
+            return;
+        }
         if (!_repos.TryGetValue(org + "/" + name, out var repo)) { NotFound(r, "RepoNotFound"); return; }
         if (revision != "main" && revision != repo.Commit) { NotFound(r, "RevisionNotFound"); return; }
         if (!repo.Files.TryGetValue(file, out var bytes)) { NotFound(r, "EntryNotFound"); return; }

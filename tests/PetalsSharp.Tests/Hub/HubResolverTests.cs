@@ -181,6 +181,16 @@ public sealed class HubResolverTests : IAsyncLifetime
         Assert.Equal(resolved.Directory, offline.Directory);
     }
 
+    [Fact]
+    public async Task RelativeRedirectOfARenamedRepoIsFollowed()
+    {
+        _hub.Renamed["acme/old-name"] = Single.Repo;
+        var resolved = await Resolve(new HubModelId("acme/old-name"), WeightSelection.All);
+        Assert.Equal("old-name", resolved.Name);
+        Assert.True(File.Exists(Path.Combine(resolved.Directory, "model.safetensors")));
+        Assert.Contains(_hub.Requests, r => r.Path.StartsWith("/acme/old-name/resolve/"));
+    }
+
     [Theory]
     [InlineData("meta-llama/Llama-2-7b-chat-hf", "meta-llama/Llama-2-7b-chat-hf", "main")]
     [InlineData("org/name@v1.0", "org/name", "v1.0")]
