@@ -35,14 +35,14 @@ public static class Cli
         var message = e.Message.ReplaceLineEndings(" ");
         return e is ConfigException or Models.Weights.CheckpointException or ArgumentException or CliException
             or FileNotFoundException or DirectoryNotFoundException or InvalidOperationException or FormatException
-            or InvalidDataException or NotSupportedException or Swarm.SwarmException
+            or InvalidDataException or NotSupportedException or Swarm.SwarmException or Hub.HubException or Text.ChatTemplateException
             ? message
             : $"{e.GetType().Name}: {message}";
     }
 
     public static Option<string> ModelOption(bool required = true) => new("--model", "-m")
     {
-        Description = "Hugging Face model folder (config.json, *.safetensors, tokenizer)",
+        Description = "Hugging Face model folder (config.json, *.safetensors, tokenizer), or a hub model ORG/NAME[@REVISION] (downloaded to the HF cache)",
         Required = required,
     };
 

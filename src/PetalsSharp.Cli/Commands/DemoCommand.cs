@@ -35,7 +35,7 @@ public static class DemoCommand
                 dir = EnsureBuiltInModel();
                 AnsiConsole.MarkupLine("[yellow]The built-in demo model has RANDOM weights: expect gibberish. Pass --model DIR for a real checkpoint.[/]");
             }
-            if (!Directory.Exists(dir)) throw new CliException($"model folder not found: {dir}");
+            else dir = (await ModelSource.ResolveAsync(dir, PetalsSharp.Hub.WeightSelection.All, ct)).Directory;
             return await RunSwarmAsync(Path.GetFullPath(dir), pr.GetValue(prompt)!, pr.GetValue(maxNew), pr.GetValue(servers), ct);
         });
         return cmd;

@@ -75,12 +75,14 @@ public static class ModelOpener
             pr.GetValue(Compression)!, pr.GetValue(ShowRoute), pr.GetValue(NoPush));
     }
 
-    public static async Task<CausalLM> OpenAsync(string modelDir, ScalarType dtype, Remote? remote = null, CancellationToken ct = default)
+    public static async Task<CausalLM> OpenAsync(string model, ScalarType dtype, Remote? remote = null, CancellationToken ct = default)
     {
-        if (!Directory.Exists(modelDir)) throw new CliException($"model folder not found: {modelDir}");
         remote ??= new Remote();
         bool viaPeers = !string.IsNullOrWhiteSpace(remote.Peers), viaDht = !string.IsNullOrWhiteSpace(remote.InitialPeers);
         if (viaPeers && viaDht) throw new CliException("give --peers (fixed servers) or --initial-peers (find them in the DHT), not both");
+        // A hub model is fetched here: all of it to run locally, only the client's ends when servers run the blocks.
+        var source = await ModelSource.ResolveAsync(model, viaPeers || viaDht ? Hub.WeightSelection.ClientEnds : Hub.WeightSelection.All, ct);
+        string modelDir = source.Directory;
         if (!viaPeers && !viaDht) return CausalLM.Load(modelDir, new ModelLoadOptions(dtype));
         var options = new RemoteOptions
         {
@@ -91,6 +93,7 @@ public static class ModelOpener
         };
         return viaPeers
             ? await DistributedModel.ConnectAsync(modelDir, Cli.SplitList(remote.Peers), options, new ModelLoadOptions(dtype), ct)
-            : await DistributedModel.ConnectViaDhtAsync(modelDir, Cli.SplitList(remote.InitialPeers), options, new ModelLoadOptions(dtype), cancellationToken: ct);
+            : await DistributedModel.ConnectViaDhtAsync(modelDir, Cli.SplitList(remote.InitialPeers), options, new ModelLoadOptions(dtype),
+                source.SwarmName is null ? null : Swarm.ModelNames.DhtPrefix(source.SwarmName), ct);
     }
 }

@@ -57,11 +57,12 @@ public static class ServerCommand
             double idleSeconds = pr.GetValue(idle);
             if (!(idleSeconds > 0) || idleSeconds > TimeSpan.MaxValue.TotalSeconds / 2)
                 throw new CliException($"--session-idle-timeout must be a positive number of seconds (got {idleSeconds})");
-            var modelDir = pr.GetValue(model)!;
-            if (!Directory.Exists(modelDir)) throw new CliException($"model folder not found: {modelDir}");
+            // A fixed span downloads only its blocks' shards; a swarm-chosen span may land anywhere, so it needs them all.
+            var source = await ModelSource.ResolveAsync(pr.GetValue(model)!,
+                blocksText is null ? PetalsSharp.Hub.WeightSelection.All : PetalsSharp.Hub.WeightSelection.Blocks(start, end), ct);
             var options = new ServerOptions
             {
-                ModelDir = modelDir, StartBlock = start, EndBlock = end,
+                ModelDir = source.Directory, ModelName = source.SwarmName, StartBlock = start, EndBlock = end,
                 Host = pr.GetValue(host)!, Port = pr.GetValue(port), PublicAddress = pr.GetValue(publicAddress),
                 WeightDtype = Cli.ParseDtype(pr.GetValue(dtype)!),
                 CacheTokens = pr.GetValue(cacheTokens), CacheBytes = pr.GetValue(cacheBytes),

@@ -108,7 +108,7 @@ public sealed class LocalFingerprints(Checkpoint? checkpoint)
     readonly ConcurrentDictionary<int, string?> _cache = new();
 
     public string? Get(int block) => checkpoint is null ? null : _cache.GetOrAdd(block, i =>
-        checkpoint.Config.Family.BlockTensors(checkpoint.Config, i).All(s => checkpoint.Weights.Contains(s.Name))
+        checkpoint.Config.Family.BlockTensors(checkpoint.Config, i).All(s => checkpoint.Weights.HasFileFor(s.Name))
             ? checkpoint.BlockFingerprint(i)
             : null);
 }

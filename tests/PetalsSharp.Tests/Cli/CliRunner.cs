@@ -7,7 +7,10 @@ public static class CliRunner
 {
     public sealed record Result(int ExitCode, string Stdout, string Stderr);
 
-    public static async Task<Result> RunAsync(params string[] args)
+    public static Task<Result> RunAsync(params string[] args) => RunAsync(new Dictionary<string, string>(), args);
+
+    /// <summary>Runs with extra environment variables (e.g. HF_ENDPOINT pointing at a fake hub).</summary>
+    public static async Task<Result> RunAsync(IReadOnlyDictionary<string, string> environment, params string[] args)
     {
         var psi = new ProcessStartInfo("dotnet")
         {
@@ -18,6 +21,7 @@ public static class CliRunner
         psi.ArgumentList.Add(Path.Combine(AppContext.BaseDirectory, "petals.dll"));
         foreach (var a in args) psi.ArgumentList.Add(a);
         psi.Environment["PETALS_CACHE"] = Path.Combine(Path.GetTempPath(), "petals-sharp-tests-cache");
+        foreach (var (name, value) in environment) psi.Environment[name] = value;
         using var p = Process.Start(psi)!;
         var stdout = p.StandardOutput.ReadToEndAsync();
         var stderr = p.StandardError.ReadToEndAsync();

@@ -54,7 +54,10 @@ public sealed class WeightStore : IDisposable
     public IReadOnlyCollection<string> Names =>
         weightMap is not null ? weightMap.Keys : SingleFile().Entries.Keys.ToArray();
 
-    /// <summary>Opens a checkpoint directory. Only the index (if any) is read here; tensor files are opened on demand.</summary>
+    /// <summary>
+    /// Opens a checkpoint directory. Only the index (if any) is read here; tensor files are opened on demand, and a
+    /// shard the index names but the folder lacks is an error only when one of its tensors is asked for.
+    /// </summary>
     /// <param name="directory">A directory holding <c>model.safetensors</c> or <c>model.safetensors.index.json</c> and its shards.</param>
     /// <exception cref="CheckpointException">No checkpoint, a malformed index, or an index naming a missing shard.</exception>
     public static WeightStore Open(string directory)
@@ -83,6 +86,13 @@ public sealed class WeightStore : IDisposable
     /// <summary>Whether the checkpoint has a tensor of this name.</summary>
     public bool Contains(string name) =>
         weightMap is not null ? weightMap.ContainsKey(name) : SingleFile().Contains(name);
+
+    /// <summary>
+    /// Whether the file holding <paramref name="name"/> is present: false for a tensor of a shard that was not
+    /// downloaded (or a name the checkpoint lacks).
+    /// </summary>
+    public bool HasFileFor(string name) =>
+        weightMap is not null ? weightMap.TryGetValue(name, out var shard) && File.Exists(shard) : SingleFile().Contains(name);
 
     /// <summary>The stored shape of a tensor (opens the file holding it, which reads only its header).</summary>
     /// <exception cref="CheckpointException">No tensor of that name.</exception>
@@ -157,6 +167,12 @@ public sealed class WeightStore : IDisposable
         {
             throw new CheckpointException(IndexPath!, $"tensor '{name}' not found in {IndexPath} (not in its weight_map)", name);
         }
+        // A shard may be absent on purpose (a hub download fetches only the shards a process needs): fail on use.
+        if (!File.Exists(shardPath))
+        {
+            throw new CheckpointException(shardPath,
+                $"checkpoint index {IndexPath} maps tensor '{name}' to shard {shardPath}, which does not exist", name);
+        }
         var shard = OpenFile(shardPath);
         if (!shard.Entries.TryGetValue(name, out var entry))
         {
@@ -204,7 +220,6 @@ public sealed class WeightStore : IDisposable
             }
 
             var result = new Dictionary<string, string>(StringComparer.Ordinal);
-            var checkedShards = new HashSet<string>(StringComparer.Ordinal);
             foreach (var prop in map.EnumerateObject())
             {
                 if (prop.Value.ValueKind != JsonValueKind.String || string.IsNullOrEmpty(prop.Value.GetString()))
@@ -219,11 +234,6 @@ public sealed class WeightStore : IDisposable
                 {
                     throw new CheckpointException(index,
                         $"malformed checkpoint index JSON in {index}: shard '{shard}' for tensor '{prop.Name}' is outside {dir}", prop.Name);
-                }
-                if (checkedShards.Add(shardPath) && !File.Exists(shardPath))
-                {
-                    throw new CheckpointException(shardPath,
-                        $"checkpoint index {index} maps tensor '{prop.Name}' to shard {shardPath}, which does not exist", prop.Name);
                 }
                 result[prop.Name] = shardPath;
             }
