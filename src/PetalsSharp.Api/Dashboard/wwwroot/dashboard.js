@@ -17,12 +17,13 @@ function el(tag, attrs, ...children) {
 
 const fmt = {
   num: (v, digits = 0) => Number(v).toLocaleString("en-US", { maximumFractionDigits: digits, minimumFractionDigits: digits }),
-  ago(iso) {
-    const s = Math.round((Date.now() - Date.parse(iso)) / 1000);
-    return s < 1 ? "now" : s < 60 ? `${s} s ago` : `${Math.round(s / 60)} min ago`;
+  // Times are measured against the snapshot's own clock, so a browser whose clock is off still reads right.
+  ago(iso, now) {
+    const s = Math.round((Date.parse(now) - Date.parse(iso)) / 1000);
+    return s < 1 ? "just now" : s < 60 ? `${s} s ago` : `${Math.round(s / 60)} min ago`;
   },
-  until(iso) {
-    const s = Math.round((Date.parse(iso) - Date.now()) / 1000);
+  until(iso, now) {
+    const s = Math.round((Date.parse(iso) - Date.parse(now)) / 1000);
     return s <= 0 ? "expired" : s < 60 ? `in ${s} s` : `in ${Math.round(s / 60)} min`;
   },
 };
@@ -64,7 +65,7 @@ function spanBar(s, numBlocks) {
   return el("div", { class: "spanbar" }, el("div", { style: `left:${left}%;width:${width}%` }));
 }
 
-function serversTable(m) {
+function serversTable(m, now) {
   if (m.servers.length === 0) return el("p", { class: "empty", text: "no servers" });
   const head = el("tr", {}, ...["state", "name", "address", "blocks", "throughput", "inference", "cache left", "version", "dtype", "adapters", "records"]
     .map(h => el("th", { text: h })));
@@ -79,7 +80,7 @@ function serversTable(m) {
     el("td", { class: "mono", text: s.version }),
     el("td", { text: s.dtype }),
     el("td", { text: s.adapters.length ? s.adapters.join(", ") : "—" }),
-    el("td", { text: s.state === "GONE" ? `last seen ${fmt.ago(s.last_seen)}` : `expire ${fmt.until(s.expires)}` })));
+    el("td", { text: s.state === "GONE" ? `last seen ${fmt.ago(s.last_seen, now)}` : `expires ${fmt.until(s.expires, now)}` })));
   return el("table", { class: "servers", "data-model": m.dht_prefix }, el("thead", {}, head), el("tbody", {}, ...rows));
 }
 
@@ -95,20 +96,20 @@ function pingsTable(m) {
     el("tbody", {}, ...rows));
 }
 
-function model(m) {
+function model(m, now) {
   const online = m.servers.filter(s => s.state === "ONLINE").length;
   return el("section", { class: "model", "data-model": m.dht_prefix },
     el("h2", { text: m.dht_prefix }),
     el("div", { class: "meta", text: `${m.repository || m.dht_prefix} · ${m.model_type || "?"} · ${m.num_blocks} blocks · ${online} of ${m.servers.length} servers online` }),
     el("h3", { text: "coverage by block" }), ...coverageStrip(m),
-    el("h3", { text: "servers" }), serversTable(m),
+    el("h3", { text: "servers" }), serversTable(m, now),
     el("h3", { text: "pings to next servers" }), pingsTable(m));
 }
 
 function render(view) {
   document.getElementById("summary").replaceChildren(...summary(view));
   document.getElementById("warnings").replaceChildren(...view.warnings.map(warning));
-  document.getElementById("models").replaceChildren(...view.models.map(model));
+  document.getElementById("models").replaceChildren(...view.models.map(m => model(m, view.generated_at)));
   document.body.dataset.generatedAt = view.generated_at;
 }
 
