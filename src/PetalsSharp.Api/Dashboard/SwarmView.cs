@@ -58,7 +58,8 @@ public sealed record ServerView(
     DateTimeOffset LastSeen);
 
 /// <summary>A round trip a server measured to a server that could follow it (announced next_pings).</summary>
-public sealed record PingView(string FromPeerId, string From, string To, double Ms);
+/// <param name="Unreachable">The ping hit the announced cap (<see cref="PetalsSharp.Swarm.RoutePlanner.MaxDelay"/>): no answer.</param>
+public sealed record PingView(string FromPeerId, string From, string To, double Ms, bool Unreachable);
 
 /// <summary>Something an operator should look at.</summary>
 /// <param name="Kind"><c>uncovered</c>, <c>low_coverage</c>, <c>server_offline</c>, <c>server_gone</c>, <c>no_models</c> or <c>read_failed</c>.</param>

@@ -70,7 +70,7 @@ public static class SwarmViewBuilder
 
         var pings = m.Snapshot.Servers
             .Where(s => s.Expiration > now && s.State != ServerState.Offline)
-            .SelectMany(s => s.NextPings.Select(p => new PingView(s.PeerId, s.Address, p.Key, p.Value * 1000)))
+            .SelectMany(s => s.NextPings.Select(p => new PingView(s.PeerId, s.Address, p.Key, p.Value * 1000, p.Value >= RoutePlanner.MaxDelay)))
             .OrderBy(p => p.From, StringComparer.Ordinal).ThenBy(p => p.To, StringComparer.Ordinal)
             .ToList();
         return new ModelView(m.DhtPrefix, m.Repository, m.ModelType, m.NumBlocks, coverage, servers, pings);

@@ -102,12 +102,14 @@ public sealed class SwarmViewBuilderTests
     public void Pings_come_from_live_servers_in_milliseconds()
     {
         var view = Build(null, T0, 1, Model("m", 3,
-            Server("a", 0, 2, pings: new() { ["10.0.0.2:23"] = 0.012 }),
+            Server("a", 0, 2, pings: new() { ["10.0.0.2:23"] = 0.012, ["10.0.0.9:99"] = RoutePlanner.MaxDelay }),
             Server("bb", 2, 3),
             Server("ccc", 0, 2, ServerState.Offline, pings: new() { ["10.0.0.2:23"] = 0.5 })));
-        var p = Assert.Single(view.Models[0].Pings);
-        Assert.Equal(("a", "10.0.0.1:02", "10.0.0.2:23"), (p.FromPeerId, p.From, p.To));
+        Assert.Equal(2, view.Models[0].Pings.Count);
+        var p = view.Models[0].Pings[0];
+        Assert.Equal(("a", "10.0.0.1:02", "10.0.0.2:23", false), (p.FromPeerId, p.From, p.To, p.Unreachable));
         Assert.Equal(12, p.Ms, 6);
+        Assert.True(view.Models[0].Pings[1].Unreachable);   // a server that did not answer is announced at the cap
     }
 
     [Fact]

@@ -87,10 +87,10 @@ function serversTable(m, now) {
 function pingsTable(m) {
   if (m.pings.length === 0) return el("p", { class: "empty", text: "no pings announced yet" });
   const names = new Map(m.servers.map(s => [s.address, s.public_name || s.address]));
-  const rows = m.pings.map(p => el("tr", { "data-from": p.from, "data-to": p.to },
+  const rows = m.pings.map(p => el("tr", { "data-from": p.from, "data-to": p.to, "data-unreachable": String(p.unreachable) },
     el("td", { class: "mono", text: names.get(p.from) ?? p.from }),
     el("td", { class: "mono", text: names.get(p.to) ?? p.to }),
-    el("td", { class: "num", text: `${fmt.num(p.ms, 2)} ms` })));
+    el("td", { class: "num", text: p.unreachable ? "unreachable" : `${fmt.num(p.ms, 2)} ms` })));
   return el("table", { class: "pings", "data-model": m.dht_prefix },
     el("thead", {}, el("tr", {}, el("th", { text: "from" }), el("th", { text: "to (next server)" }), el("th", { text: "round trip" }))),
     el("tbody", {}, ...rows));
