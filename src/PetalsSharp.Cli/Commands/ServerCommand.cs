@@ -33,11 +33,12 @@ public static class ServerCommand
         var swarmKey = new Option<string?>("--swarm-key") { Description = "Private swarm secret file: only nodes with the same key can join, store or be served" };
         var updatePeriod = new Option<double>("--update-period") { Description = "Seconds between announcements (records expire after twice this)", DefaultValueFactory = _ => 60 };
         var publicName = new Option<string?>("--public-name") { Description = "Name shown in swarm tables" };
+        var metricsPort = new Option<int?>("--metrics-port") { Description = "Serve Prometheus metrics at http://HOST:PORT/metrics (HTTP/1.1; 0 = any free port, printed at start)" };
         var dhtPrefix = new Option<string?>("--dht-prefix") { Description = "DHT key prefix (default: the model folder's name, '.' and ' ' as '-')" };
         var cmd = new Command("server", "Serve a span of a model's transformer blocks over gRPC.\n\nExamples:\n  petals server -m ./my-model --blocks 0:12 --port 31330 --new-swarm\n  petals server -m ./my-model --blocks 12:24 --port 31331 --initial-peers 10.0.0.5:31330\n  petals server -m ./my-model --num-blocks 8 --initial-peers 10.0.0.5:31330")
         {
             model, blocks, numBlocks, memoryBudget, placementDelay, rebalancePeriod, balanceThreshold, throughput, host, port, publicAddress, dtype, cacheTokens, cacheBytes, maxSession, idle,
-            initialPeers, newSwarm, identity, swarmKey, updatePeriod, publicName, dhtPrefix,
+            initialPeers, newSwarm, identity, swarmKey, updatePeriod, publicName, dhtPrefix, metricsPort,
         };
         cmd.SetAction(async (pr, ct) =>
         {
@@ -70,7 +71,7 @@ public static class ServerCommand
                 InitialPeers = Cli.SplitList(pr.GetValue(initialPeers)), NewSwarm = pr.GetValue(newSwarm),
                 IdentityPath = pr.GetValue(identity), SwarmKey = Cli.LoadSwarmKey(pr.GetValue(swarmKey)),
                 UpdatePeriod = TimeSpan.FromSeconds(pr.GetValue(updatePeriod)), PublicName = pr.GetValue(publicName),
-                DhtPrefix = pr.GetValue(dhtPrefix),
+                DhtPrefix = pr.GetValue(dhtPrefix), MetricsPort = pr.GetValue(metricsPort),
                 PlacementDelay = TimeSpan.FromSeconds(delay), RebalancePeriod = TimeSpan.FromSeconds(period),
                 BalanceQuality = PetalsSharp.Swarm.BlockSelection.QualityFromThreshold(threshold),
                 FixedThroughput = fixedThroughput, RemeasureThroughput = remeasure,
@@ -141,6 +142,7 @@ public static class ServerCommand
         await using var server = Load(options, loggerFactory);
         await server.StartAsync(ct);
         Console.Out.WriteLine($"listening on {server.Address}");
+        if (server.MetricsUrl is { } metricsUrl) Console.Out.WriteLine($"metrics on {metricsUrl}");
         Console.Out.Flush();
         log.LogInformation("{Address} (public {Public}): blocks {Start}:{End} of {Blocks}, {Mb:F1} MB of weights, cache {Tokens} tokens",
             server.Address, server.PublicAddress, server.Start, server.End, server.Config.NumLayers, server.WeightBytes / 1048576.0, server.CacheTokensLeft);

@@ -28,6 +28,8 @@ public sealed partial class BlockServer : IAsyncDisposable
     Dht.DhtNode? _dht;
     Announcer? _announcer;
     Rebalancer? _rebalancer;
+    MetricsEndpoint? _metricsEndpoint;
+    PrometheusExporter? _exporter;
     ServedSpan? _span;
     int _activeSessions;
     int _moves;
@@ -43,6 +45,7 @@ public sealed partial class BlockServer : IAsyncDisposable
         MaxSessionLength = options.ResolveMaxSessionLength(Config);
         Scheduler = new ComputeScheduler();
         Inboxes = new SessionInboxes(options, _logger);
+        Metrics = new ServerMetrics(this);
     }
 
     /// <summary>
@@ -130,6 +133,10 @@ public sealed partial class BlockServer : IAsyncDisposable
     /// <summary>The state last announced to the swarm (JOINING, ONLINE, OFFLINE), or null without a DHT.</summary>
     public Wire.V1.ServerState? AnnouncedState => _announcer?.State;
 
+    /// <summary>Where Prometheus scrapes this server (<see cref="ServerOptions.MetricsPort"/>), or null without one.</summary>
+    public string? MetricsUrl => _metricsEndpoint?.Url;
+
+    internal ServerMetrics Metrics { get; }
     internal ServedSpan? Current => Volatile.Read(ref _span);
     internal ComputeScheduler Scheduler { get; }
     internal SessionInboxes Inboxes { get; }
@@ -184,6 +191,11 @@ public sealed partial class BlockServer : IAsyncDisposable
         string host = IPAddress.Any.Equals(address) || IPAddress.IPv6Any.Equals(address) ? "127.0.0.1"
             : address.AddressFamily == System.Net.Sockets.AddressFamily.InterNetworkV6 ? $"[{address}]" : address.ToString();
         Address = $"{host}:{bound.Port}";
+        if (Options.MetricsPort is { } metricsPort)
+        {
+            _exporter = PrometheusExporter.ForScope(this);
+            _metricsEndpoint = await MetricsEndpoint.StartAsync(address, metricsPort, _exporter, cancellationToken);
+        }
         _logger.LogDebug("serving {Model} blocks [{Start}, {End}) on {Address} (public {Public}), {WeightMb:F1} MB of {Dtype} weights, cache {Tokens} tokens",
             Options.ResolvedModelName, Start, End, Address, PublicAddress, WeightBytes / 1048576.0, Options.WeightDtype, CacheTokensLeft);
     }
@@ -213,6 +225,9 @@ public sealed partial class BlockServer : IAsyncDisposable
             await app.StopAsync();
             await app.DisposeAsync();
         }
+        var metrics = Interlocked.Exchange(ref _metricsEndpoint, null);
+        if (metrics is not null) await metrics.DisposeAsync();
+        Interlocked.Exchange(ref _exporter, null)?.Dispose();
     }
 
     /// <summary>Stops the server and frees the weights and the compute thread.</summary>
@@ -224,6 +239,7 @@ public sealed partial class BlockServer : IAsyncDisposable
         Inboxes.Dispose();
         Current?.Stack.Dispose();
         _checkpoint.Dispose();
+        Metrics.Dispose();
         _stopping.Dispose();
     }
 

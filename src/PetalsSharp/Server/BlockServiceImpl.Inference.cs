@@ -123,6 +123,7 @@ public sealed partial class BlockServiceImpl
         int batch = open.BatchSize;
         while (await ReadInboxAsync(requests, ct) is { } message)
         {
+            long started = ServerMetrics.Now();
             if (message.KindCase == InferenceRequest.KindOneofCase.Open)
                 throw RequestValidator.Error(StatusCode.FailedPrecondition, $"session '{Clip(open.SessionId)}' is already open in this stream; open another stream for a new session");
             if (message.KindCase != InferenceRequest.KindOneofCase.Step)
@@ -174,6 +175,7 @@ public sealed partial class BlockServiceImpl
             var reply = new InferenceReply { Result = new StepResult { StepId = step.StepId, Hidden = output, Position = session.Position } };
             if (step.NextServers.Count > 0) Push(step, output);
             await replies.WriteAsync(reply, ct);
+            _server.Metrics.Served("inference", System.Diagnostics.Stopwatch.GetElapsedTime(started));
             lastId = step.StepId;
             lastReply = reply;
             seen.Add(step.StepId);

@@ -155,12 +155,16 @@ public sealed partial class BlockServiceImpl : BlockService.BlockServiceBase
     async Task GuardAsync(string rpc, ServerCallContext context, Func<CancellationToken, Task> handler)
     {
         using var cts = CancellationTokenSource.CreateLinkedTokenSource(context.CancellationToken, _server.Stopping);
+        long started = ServerMetrics.Now();
         try
         {
             await handler(cts.Token);
+            // An Inference call is a whole session: its steps are counted one by one in RunStepsAsync.
+            if (rpc != "Inference") _server.Metrics.Served(rpc.ToLowerInvariant(), System.Diagnostics.Stopwatch.GetElapsedTime(started));
         }
         catch (Exception e) when (Translate(e, context) is { } rpc2)
         {
+            _server.Metrics.Failed(rpc.ToLowerInvariant(), rpc2.StatusCode);
             if (rpc2.StatusCode == StatusCode.Internal) _logger.LogError(e, "{Rpc} from {Peer} failed", rpc, context.Peer);
             else _logger.LogDebug("{Rpc} from {Peer}: {Code} {Message}", rpc, context.Peer, rpc2.StatusCode, rpc2.Status.Detail);
             if (ReferenceEquals(rpc2, e)) throw;

@@ -112,6 +112,9 @@ public sealed record ServerOptions
     /// <summary>How often the server re-announces itself; records expire after twice this.</summary>
     public TimeSpan UpdatePeriod { get; init; } = TimeSpan.FromSeconds(60);
 
+    /// <summary>Port of the HTTP/1.1 <c>GET /metrics</c> endpoint (Prometheus text; 0 = any free port); null = none.</summary>
+    public int? MetricsPort { get; init; }
+
     /// <summary>Name shown in the swarm's tables.</summary>
     public string? PublicName { get; init; }
 
@@ -156,6 +159,7 @@ public sealed record ServerOptions
         if (!(BalanceQuality >= 0)) throw new ArgumentException($"balance quality {BalanceQuality} must be ≥ 0");
         if (FixedThroughput is { } t && !(t > 0 && double.IsFinite(t))) throw new ArgumentException($"throughput {t} must be a positive number");
         if (Port is < 0 or > 65535) throw new ArgumentException($"port {Port} is outside [0, 65535]");
+        if (MetricsPort is < 0 or > 65535) throw new ArgumentException($"metrics port {MetricsPort} is outside [0, 65535]");
         if (CacheTokens is < 0) throw new ArgumentException($"cache tokens {CacheTokens} is negative");
         if (CacheBytes is < 0) throw new ArgumentException($"cache bytes {CacheBytes} is negative");
         if (MaxSessionLength is < 1) throw new ArgumentException($"max session length {MaxSessionLength} must be at least 1");
