@@ -201,6 +201,9 @@ public sealed class MixtralBlock : DecoderBlock
 
     public override (int KvHeads, int HeadDim) CacheShape => (_c.NumKvHeads, _c.HeadDim);
 
+    /// <summary>The block's mixture of experts (its router is what tests and tools inspect).</summary>
+    public SparseMoe Moe => block_sparse_moe;
+
     public override Tensor Forward(Tensor hidden, StepContext ctx, LayerCache? cache = null)
     {
         var x = Ops.RmsNorm(hidden, input_layernorm, _c.RmsNormEps);                 // [B, T, H]
