@@ -7,14 +7,15 @@ using F = TorchSharp.torch.nn.functional;
 namespace PetalsSharp.Benchmarks;
 
 /// <summary>
-/// Prefill and decode tok/s of the local engine on a ~100M-parameter Llama, in f32 and bf16 weights, and
-/// decode's weight-streaming rate divided by the memory bandwidth measured in the same run (the roofline).
+/// Prefill and decode tok/s of the local engine on a ~100M-parameter model (Llama unless <c>--family</c> names
+/// another registered family), in f32 and bf16 weights, and decode's weight-streaming rate divided by the memory
+/// bandwidth measured in the same run (the roofline).
 /// </summary>
 public static class EngineBenchmark
 {
     public static async Task RunAsync(BenchArgs args)
     {
-        var dir = args.Get("model") ?? EnsureModel();
+        var dir = args.Get("model") ?? EnsureModel(args.Get("family") ?? "llama");
         int promptLen = args.Int("prompt", 64), newTokens = args.Int("new", 128);
         Console.WriteLine($"model: {dir}; prompt {promptLen} tokens, {newTokens} new tokens; torch threads {get_num_threads()}");
         var bandwidth = MeasureBandwidth();
@@ -47,10 +48,15 @@ public static class EngineBenchmark
         lm.Ends.Logits(lm.Ends.FinalNorm(h.narrow(1, prompt.Length - 1, 1)));
     }
 
-    /// <summary>Bytes a decode step must read: every block weight and the LM head, in their stored dtype.</summary>
+    /// <summary>
+    /// Bytes a decode step must read: every block weight and the LM head, in their stored dtype; of a mixture of
+    /// experts only the k experts a token is routed to.
+    /// </summary>
     static long DecodeBytesPerToken(CausalLM lm)
     {
-        long blocks = ((LocalBlockStack)lm.Blocks).Blocks.Sum(b => b.parameters().Sum(p => p.NumberOfElements * p.ElementSize));
+        double expertShare = lm.Config is MixtralConfig m ? (double)m.NumExpertsPerTok / m.NumLocalExperts : 1.0;
+        long blocks = ((LocalBlockStack)lm.Blocks).Blocks.Sum(b => b.named_parameters().Sum(p =>
+            (long)(p.parameter.NumberOfElements * p.parameter.ElementSize * (p.name.Contains(".experts.") ? expertShare : 1.0))));
         var head = lm.Ends.EmbeddingWeight;   // untied heads are the same size
         return blocks + head.NumberOfElements * head.ElementSize;
     }
@@ -119,18 +125,20 @@ public static class EngineBenchmark
         Console.WriteLine($"|   breakdown ({dtype}) | blocks {blocks * 1000:F2} ms | their matmuls: C# GEMV {fast * 1000:F2} ms ({matBytes / fast / 1e9:F1} GB/s), F.linear {gemv * 1000:F2} ms ({matBytes / gemv / 1e9:F1} GB/s) | head+norm {head * 1000:F2} ms | | | |");
     }
 
-    /// <summary>The ~100M model of the issue: hidden 768, 12 layers, 12 heads, 4 KV heads, vocab 32000.</summary>
-    public static string EnsureModel()
+    /// <summary>
+    /// The family's ~100M benchmark model (<see cref="IModelFamily.BenchmarkShape"/>), created once in the temp
+    /// folder. For Llama: hidden 768, 12 layers, 12 heads, 4 KV heads, vocab 32000.
+    /// </summary>
+    public static string EnsureModel(string family = "llama")
     {
-        var dir = Path.Combine(Path.GetTempPath(), "petals-bench-llama-100m");
+        var f = ModelFamilies.Find(family)
+                ?? throw new ArgumentException($"unknown family '{family}' (available: {string.Join(", ", ModelFamilies.Names)})");
+        var dir = Path.Combine(Path.GetTempPath(), $"petals-bench-{family}-100m");
         if (File.Exists(Path.Combine(dir, "model.safetensors"))) return dir;
-        var config = new LlamaConfig
-        {
-            ModelType = "llama", VocabSize = 32000, HiddenSize = 768, NumLayers = 12, NumHeads = 12, NumKvHeads = 4,
-            HeadDim = 64, IntermediateSize = 2048, MaxPositionEmbeddings = 2048, RmsNormEps = 1e-5,
-            BosTokenId = 31999, EosTokenIds = [31999],
-        };
-        Console.WriteLine($"creating {dir} ...");
+        var config = f.CreateConfig(f.BenchmarkShape);
+        var parameters = f.EndTensors(config).Concat(Enumerable.Range(0, config.NumLayers).SelectMany(i => f.BlockTensors(config, i)))
+            .Sum(t => t.Shape.Aggregate(1L, (a, d) => a * d));
+        Console.WriteLine($"creating {dir} ({parameters / 1e6:F0}M parameters) ...");
         RandomCheckpoint.Write(config, dir, seed: 1);
         return dir;
     }

@@ -1,7 +1,7 @@
 using PetalsSharp.Benchmarks;
 
 // Benchmarks measure; they never assert. Usage:
-//   dotnet run --project benchmarks/PetalsSharp.Benchmarks -c Release -- engine [--model DIR] [--prompt 64] [--new 128]
+//   dotnet run --project benchmarks/PetalsSharp.Benchmarks -c Release -- engine [--model DIR | --family llama|mixtral|...] [--prompt 64] [--new 128]
 //   dotnet run --project benchmarks/PetalsSharp.Benchmarks -c Release -- swarm [--model DIR] [--servers 3] [--no-push]
 //   dotnet run --project benchmarks/PetalsSharp.Benchmarks -c Release -- wan [--model DIR] [--delay-ms 50]
 PetalsSharp.Runtime.Configure();

@@ -23,6 +23,27 @@ public interface IModelFamily
     DecoderBlock CreateBlock(ModelConfig config, int index, IReadOnlyDictionary<string, torch.Tensor> weights);
 
     ModelEnds CreateEnds(ModelConfig config, IReadOnlyDictionary<string, torch.Tensor> weights);
+
+    /// <summary>
+    /// A config of this family with <paramref name="shape"/>, for random checkpoints (<c>petals create-model</c>,
+    /// benchmarks). Sizes the shape leaves null take the family's usual ratios.
+    /// </summary>
+    ModelConfig CreateConfig(ModelShape shape) =>
+        throw new NotSupportedException($"family '{ModelTypes[0]}' cannot create random configs yet");
+
+    /// <summary>The shape of this family's ~100M-parameter benchmark model.</summary>
+    ModelShape BenchmarkShape => ModelShape.Benchmark100M;
+}
+
+/// <summary>The family-independent size of a model to create; family-specific keys are set with overrides.</summary>
+public sealed record ModelShape(int VocabSize, int HiddenSize, int NumLayers, int NumHeads, int NumKvHeads,
+    int? IntermediateSize = null, int MaxPositionEmbeddings = 2048, bool TieWordEmbeddings = false)
+{
+    /// <summary>The ~100M model of the engine benchmark: hidden 768, 12 layers, 12 heads (4 KV), vocab 32000.</summary>
+    public static ModelShape Benchmark100M { get; } = new(32000, 768, 12, 12, 4, 2048);
+
+    /// <summary>Token id used as BOS and EOS of random models: the last one, which GPT-2 files call &lt;|endoftext|&gt;.</summary>
+    public int SpecialTokenId => VocabSize - 1;
 }
 
 /// <summary>How a tensor is initialised when <c>petals create-model</c> draws random weights.</summary>
@@ -44,7 +65,7 @@ public sealed record TensorSpec(string Name, long[] Shape, TensorRole Role, doub
 /// <summary>The families this build knows, looked up by <c>model_type</c>.</summary>
 public static class ModelFamilies
 {
-    static readonly IModelFamily[] All = [new LlamaFamily()];
+    static readonly IModelFamily[] All = [new LlamaFamily(), new MixtralFamily()];
 
     public static IEnumerable<string> Names => All.SelectMany(f => f.ModelTypes);
 

@@ -45,15 +45,16 @@ public static class Ops
     /// <summary>
     /// Scaled dot-product attention for <c>q [B,H,T,D]</c> over <c>k, v [B,kvH,S,D]</c>. Grouped-query
     /// attention folds each group's query heads into the row axis (<c>[B,kvH,G·T,D]</c>) so the KV
-    /// heads are never copied. <paramref name="bias"/> is an optional additive <c>[B,H,T,S]</c> (ALiBi).
+    /// heads are never copied. <paramref name="bias"/> is an optional additive <c>[B,H,T,S]</c> (ALiBi);
+    /// <paramref name="slidingWindow"/> limits each query to its last that-many keys (Mistral/Mixtral).
     /// Returns <c>[B,T,H·D]</c>.
     /// </summary>
-    public static Tensor Attention(Tensor q, Tensor k, Tensor v, StepContext ctx, Tensor? bias = null)
+    public static Tensor Attention(Tensor q, Tensor k, Tensor v, StepContext ctx, Tensor? bias = null, int? slidingWindow = null)
     {
         long b = q.shape[0], h = q.shape[1], t = q.shape[2], d = q.shape[3];
         long kvH = k.shape[1], s = k.shape[2], g = h / kvH;
         var qg = q.reshape(b, kvH, g * t, d);                                 // [B, kvH, G*T, D]
-        Tensor? mask = ctx.Mask;                                               // [B, 1, T, S] bool or null
+        Tensor? mask = ctx.MaskFor(slidingWindow);                             // [B, 1, T, S] bool or null
         Tensor? attnMask = null;
         if (bias is not null)
         {
@@ -67,6 +68,39 @@ public static class Ops
         var o = F.scaled_dot_product_attention(qg, k, v, attnMask, 0.0, false); // [B, kvH, G*T, D]
         return o.reshape(b, h, t, d).transpose(1, 2).reshape(b, t, h * d);     // [B, T, H*D]
     }
+}
+
+/// <summary>The projections of a rotary grouped-query self-attention (Llama, Mixtral), weights <c>[out, in]</c>.</summary>
+public sealed record AttentionWeights(Tensor Q, Tensor K, Tensor V, Tensor O,
+    Tensor? QBias = null, Tensor? KBias = null, Tensor? VBias = null, Tensor? OBias = null);
+
+/// <summary>Attention and MLP shapes that several families share.</summary>
+public static class SharedLayers
+{
+    /// <summary>
+    /// Rotary grouped-query self-attention of <c>x [B,T,H]</c>: project, rotate q and k, append to the cache,
+    /// attend (optionally within a sliding window), project out. Returns <c>[B,T,H]</c>.
+    /// </summary>
+    public static Tensor RotarySelfAttention(Tensor x, StepContext ctx, LayerCache? cache, Rotary rotary,
+        AttentionWeights w, int heads, int kvHeads, int? slidingWindow = null)
+    {
+        long b = x.shape[0], t = x.shape[1];
+        int d = rotary.HeadDim;
+        var q = Ops.Linear(x, w.Q, w.QBias).view(b, t, heads, d).transpose(1, 2);      // [B, nh, T, D]
+        var k = Ops.Linear(x, w.K, w.KBias).view(b, t, kvHeads, d).transpose(1, 2);   // [B, kvH, T, D]
+        var v = Ops.Linear(x, w.V, w.VBias).view(b, t, kvHeads, d).transpose(1, 2);   // [B, kvH, T, D]
+        var (cos, sin) = rotary.Tables(ctx, x.dtype);                                  // [B, 1, T, D]
+        q = Ops.ApplyRotary(q, cos, sin);
+        k = Ops.ApplyRotary(k, cos, sin);
+        if (cache is not null) (k, v) = cache.Append(k, v, ctx.PastLength);           // [B, kvH, S, D]
+        var o = Ops.Attention(q, k, v, ctx, slidingWindow: slidingWindow);            // [B, T, nh*D]
+        return Ops.Linear(o, w.O, w.OBias);                                            // [B, T, H]
+    }
+
+    /// <summary>SwiGLU MLP <c>down(silu(gate·x) * up·x)</c> of <c>x [..., H]</c> (Llama MLP, Mixtral expert).</summary>
+    public static Tensor SwiGlu(Tensor x, Tensor gate, Tensor up, Tensor down,
+        Tensor? gateBias = null, Tensor? upBias = null, Tensor? downBias = null) =>
+        Ops.Linear(F.silu(Ops.Linear(x, gate, gateBias)) * Ops.Linear(x, up, upBias), down, downBias); // [..., H]
 }
 
 /// <summary>HF rope variants: none ("default"), linear, dynamic NTK, and Llama 3.1's frequency-band scaling.</summary>

@@ -139,6 +139,15 @@ public sealed class LlamaFamily : IModelFamily
         return specs;
     }
 
+    public ModelConfig CreateConfig(ModelShape s) => new LlamaConfig
+    {
+        ModelType = "llama", VocabSize = s.VocabSize, HiddenSize = s.HiddenSize, NumLayers = s.NumLayers,
+        NumHeads = s.NumHeads, NumKvHeads = s.NumKvHeads, HeadDim = s.HiddenSize / s.NumHeads,
+        IntermediateSize = s.IntermediateSize ?? (8 * s.HiddenSize / 3 + 63) / 64 * 64,
+        MaxPositionEmbeddings = s.MaxPositionEmbeddings, TieWordEmbeddings = s.TieWordEmbeddings, RmsNormEps = 1e-5,
+        BosTokenId = s.SpecialTokenId, EosTokenIds = [s.SpecialTokenId],
+    };
+
     public DecoderBlock CreateBlock(ModelConfig config, int index, IReadOnlyDictionary<string, Tensor> weights) =>
         new LlamaBlock((LlamaConfig)config, index, weights);
 
@@ -189,25 +198,11 @@ public sealed class LlamaBlock : DecoderBlock
     public override Tensor Forward(Tensor hidden, StepContext ctx, LayerCache? cache = null)
     {
         var x = Ops.RmsNorm(hidden, input_layernorm, _c.RmsNormEps);                 // [B, T, H]
-        var h = hidden + Attention(x, ctx, cache);                                    // [B, T, H]
+        var attention = SharedLayers.RotarySelfAttention(x, ctx, cache, _rotary,
+            new AttentionWeights(q_proj, k_proj, v_proj, o_proj, q_bias, k_bias, v_bias, o_bias), _c.NumHeads, _c.NumKvHeads);
+        var h = hidden + attention;                                                   // [B, T, H]
         var y = Ops.RmsNorm(h, post_attention_layernorm, _c.RmsNormEps);             // [B, T, H]
-        var mlp = Ops.Linear(F.silu(Ops.Linear(y, gate_proj, gate_bias)) * Ops.Linear(y, up_proj, up_bias),
-            down_proj, down_bias);                                                    // [B, T, H]
+        var mlp = SharedLayers.SwiGlu(y, gate_proj, up_proj, down_proj, gate_bias, up_bias, down_bias); // [B, T, H]
         return h + mlp;                                                               // [B, T, H]
-    }
-
-    Tensor Attention(Tensor x, StepContext ctx, LayerCache? cache)
-    {
-        long b = x.shape[0], t = x.shape[1];
-        int nh = _c.NumHeads, kvh = _c.NumKvHeads, d = _c.HeadDim;
-        var q = Ops.Linear(x, q_proj, q_bias).view(b, t, nh, d).transpose(1, 2);      // [B, nh, T, D]
-        var k = Ops.Linear(x, k_proj, k_bias).view(b, t, kvh, d).transpose(1, 2);     // [B, kvH, T, D]
-        var v = Ops.Linear(x, v_proj, v_bias).view(b, t, kvh, d).transpose(1, 2);     // [B, kvH, T, D]
-        var (cos, sin) = _rotary.Tables(ctx, x.dtype);                                 // [B, 1, T, D]
-        q = Ops.ApplyRotary(q, cos, sin);
-        k = Ops.ApplyRotary(k, cos, sin);
-        if (cache is not null) (k, v) = cache.Append(k, v, ctx.PastLength);           // [B, kvH, S, D]
-        var o = Ops.Attention(q, k, v, ctx);                                           // [B, T, nh*D]
-        return Ops.Linear(o, o_proj, o_bias);                                          // [B, T, H]
     }
 }

@@ -58,6 +58,24 @@ public sealed class StepContext
         return visible.unsqueeze(1);                                                                    // [B, 1, T, S]
     });
 
+    /// <summary>
+    /// <see cref="Mask"/> further limited to each query's last <paramref name="slidingWindow"/> keys, itself
+    /// included (HF Mistral/Mixtral: key j is hidden from query i when j ≤ i − window, on absolute cache
+    /// indices). Null window, or a sequence that fits in it, gives <see cref="Mask"/> unchanged.
+    /// </summary>
+    public Tensor? MaskFor(int? slidingWindow)
+    {
+        if (slidingWindow is not { } window || TotalLength <= window) return Mask;
+        return Memo(("mask", window), () =>
+        {
+            var q = arange(PastLength, TotalLength, dtype: ScalarType.Int64, device: Device).unsqueeze(1); // [T, 1]
+            var k = arange(0, TotalLength, dtype: ScalarType.Int64, device: Device).unsqueeze(0);          // [1, S]
+            var recent = k.gt(q - window).view(1, 1, NewTokens, TotalLength);                               // [1, 1, T, S]
+            var visible = Mask ?? ones([Batch, 1, NewTokens, TotalLength], ScalarType.Bool, Device);       // [B, 1, T, S]
+            return visible.logical_and(recent);                                                             // [B, 1, T, S]
+        });
+    }
+
     /// <summary>Per-step memo for tensors that several blocks derive the same way (rotary tables, ALiBi).</summary>
     public Tensor Memo(object key, Func<Tensor> make)
     {
