@@ -10,13 +10,13 @@ public static class CreateModelCommand
 {
     public static Command Create()
     {
-        var family = new Option<string>("--family") { Description = "Model family", DefaultValueFactory = _ => "llama" };
-        family.AcceptOnlyFromAmong("llama");
+        var family = new Option<string>("--family") { Description = "Model family: " + string.Join(", ", ModelFamilies.FamilyNames), DefaultValueFactory = _ => "llama" };
+        family.AcceptOnlyFromAmong([.. ModelFamilies.FamilyNames]);
         var hidden = new Option<int>("--hidden-size") { Description = "Hidden size", DefaultValueFactory = _ => 64 };
         var layers = new Option<int>("--layers") { Description = "Number of blocks", DefaultValueFactory = _ => 4 };
         var heads = new Option<int>("--heads") { Description = "Attention heads", DefaultValueFactory = _ => 4 };
         var kvHeads = new Option<int?>("--kv-heads") { Description = "KV heads (default: --heads)" };
-        var intermediate = new Option<int?>("--intermediate-size") { Description = "MLP size (default: about 8/3 × hidden)" };
+        var intermediate = new Option<int?>("--intermediate-size") { Description = "MLP size (default: the family's, e.g. about 8/3 × hidden for llama, 4 × hidden for falcon and bloom)" };
         var vocab = new Option<int>("--vocab-size") { Description = "Vocabulary size (GPT-2 tokenizer truncated to it; >= 257)", DefaultValueFactory = _ => 50257 };
         var maxPos = new Option<int>("--max-positions") { Description = "max_position_embeddings", DefaultValueFactory = _ => 2048 };
         var tie = new Option<bool>("--tie-embeddings") { Description = "Tie the LM head to the embeddings" };
@@ -47,17 +47,8 @@ public static class CreateModelCommand
         if (vocab < 257) throw new CliException($"--vocab-size must be at least 257 (got {vocab})");
         int kv = kvHeads ?? heads;
         if (kv <= 0 || heads % kv != 0) throw new CliException($"--heads {heads} must be a multiple of --kv-heads {kv}");
-        return family switch
-        {
-            "llama" => new LlamaConfig
-            {
-                ModelType = "llama", VocabSize = vocab, HiddenSize = hidden, NumLayers = layers, NumHeads = heads,
-                NumKvHeads = kv, HeadDim = hidden / heads, IntermediateSize = intermediate ?? (8 * hidden / 3 + 63) / 64 * 64,
-                MaxPositionEmbeddings = maxPositions, TieWordEmbeddings = tie, RmsNormEps = 1e-5,
-                BosTokenId = vocab - 1, EosTokenIds = [vocab - 1],
-            },
-            _ => throw new CliException($"unknown --family '{family}'"),
-        };
+        var f = ModelFamilies.Find(family) ?? throw new CliException($"unknown --family '{family}' (known: {string.Join(", ", ModelFamilies.FamilyNames)})");
+        return f.CreateConfig(new ModelShape(hidden, layers, heads, kv, intermediate, vocab, maxPositions, tie));
     }
 
     /// <summary>Writes checkpoint and tokenizer, with a progress bar unless <paramref name="quiet"/>.</summary>

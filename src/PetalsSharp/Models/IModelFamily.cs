@@ -23,7 +23,20 @@ public interface IModelFamily
     DecoderBlock CreateBlock(ModelConfig config, int index, IReadOnlyDictionary<string, torch.Tensor> weights);
 
     ModelEnds CreateEnds(ModelConfig config, IReadOnlyDictionary<string, torch.Tensor> weights);
+
+    /// <summary>A config of the given shape, this family's defaults for everything else (<c>petals create-model</c>).</summary>
+    ModelConfig CreateConfig(ModelShape shape);
+
+    /// <summary>The ~100M-parameter config the engine benchmark runs for this family.</summary>
+    ModelConfig BenchmarkConfig();
 }
+
+/// <summary>
+/// The family-independent knobs of a random model. Null sizes take the family's usual ratio to the hidden size;
+/// <paramref name="NumKvHeads"/> null means one KV head per query head.
+/// </summary>
+public sealed record ModelShape(int HiddenSize, int NumLayers, int NumHeads, int? NumKvHeads, int? IntermediateSize,
+    int VocabSize, int MaxPositions, bool TieEmbeddings);
 
 /// <summary>How a tensor is initialised when <c>petals create-model</c> draws random weights.</summary>
 public enum TensorRole
@@ -44,9 +57,12 @@ public sealed record TensorSpec(string Name, long[] Shape, TensorRole Role, doub
 /// <summary>The families this build knows, looked up by <c>model_type</c>.</summary>
 public static class ModelFamilies
 {
-    static readonly IModelFamily[] All = [new LlamaFamily()];
+    static readonly IModelFamily[] All = [LlamaFamily.Instance, FalconFamily.Instance, BloomFamily.Instance];
 
     public static IEnumerable<string> Names => All.SelectMany(f => f.ModelTypes);
+
+    /// <summary>One name per family (its first <c>model_type</c>), as <c>--family</c> options take them.</summary>
+    public static IEnumerable<string> FamilyNames => All.Select(f => f.ModelTypes[0]);
 
     public static IModelFamily? Find(string modelType) =>
         All.FirstOrDefault(f => f.ModelTypes.Contains(modelType, StringComparer.Ordinal));
