@@ -126,7 +126,7 @@ public static class EngineBenchmark
     }
 
     /// <summary>
-    /// The family's ~100M benchmark model (<see cref="IModelFamily.BenchmarkShape"/>), created once in the temp
+    /// The family's ~100M benchmark model (<see cref="IModelFamily.BenchmarkConfig"/>), created once in the temp
     /// folder. For Llama: hidden 768, 12 layers, 12 heads, 4 KV heads, vocab 32000.
     /// </summary>
     public static string EnsureModel(string family = "llama")
@@ -135,7 +135,7 @@ public static class EngineBenchmark
                 ?? throw new ArgumentException($"unknown family '{family}' (available: {string.Join(", ", ModelFamilies.Names)})");
         var dir = Path.Combine(Path.GetTempPath(), $"petals-bench-{family}-100m");
         if (File.Exists(Path.Combine(dir, "model.safetensors"))) return dir;
-        var config = f.CreateConfig(f.BenchmarkShape);
+        var config = f.BenchmarkConfig();
         var parameters = f.EndTensors(config).Concat(Enumerable.Range(0, config.NumLayers).SelectMany(i => f.BlockTensors(config, i)))
             .Sum(t => t.Shape.Aggregate(1L, (a, d) => a * d));
         Console.WriteLine($"creating {dir} ({parameters / 1e6:F0}M parameters) ...");

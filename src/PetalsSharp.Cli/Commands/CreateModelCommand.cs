@@ -10,13 +10,13 @@ public static class CreateModelCommand
 {
     public static Command Create()
     {
-        var family = new Option<string>("--family") { Description = "Model family (model_type)", DefaultValueFactory = _ => "llama" };
-        family.AcceptOnlyFromAmong(ModelFamilies.Names.ToArray());
+        var family = new Option<string>("--family") { Description = "Model family: " + string.Join(", ", ModelFamilies.FamilyNames), DefaultValueFactory = _ => "llama" };
+        family.AcceptOnlyFromAmong([.. ModelFamilies.FamilyNames]);
         var hidden = new Option<int>("--hidden-size") { Description = "Hidden size", DefaultValueFactory = _ => 64 };
         var layers = new Option<int>("--layers") { Description = "Number of blocks", DefaultValueFactory = _ => 4 };
         var heads = new Option<int>("--heads") { Description = "Attention heads", DefaultValueFactory = _ => 4 };
         var kvHeads = new Option<int?>("--kv-heads") { Description = "KV heads (default: --heads)" };
-        var intermediate = new Option<int?>("--intermediate-size") { Description = "MLP size (default: the family's usual ratio to hidden)" };
+        var intermediate = new Option<int?>("--intermediate-size") { Description = "MLP size (default: the family's, e.g. about 8/3 × hidden for llama, 4 × hidden for falcon and bloom)" };
         var vocab = new Option<int>("--vocab-size") { Description = "Vocabulary size (GPT-2 tokenizer truncated to it; >= 257)", DefaultValueFactory = _ => 50257 };
         var maxPos = new Option<int>("--max-positions") { Description = "max_position_embeddings", DefaultValueFactory = _ => 2048 };
         var tie = new Option<bool>("--tie-embeddings") { Description = "Tie the LM head to the embeddings" };
@@ -60,9 +60,9 @@ public static class CreateModelCommand
         if (kv <= 0 || heads % kv != 0) throw new CliException($"--heads {heads} must be a multiple of --kv-heads {kv}");
         if (intermediate is <= 0) throw new CliException($"--intermediate-size must be positive (got {intermediate})");
         var f = ModelFamilies.Find(family)
-                ?? throw new CliException($"unknown --family '{family}' (available: {string.Join(", ", ModelFamilies.Names)})");
+                ?? throw new CliException($"unknown --family '{family}' (known: {string.Join(", ", ModelFamilies.FamilyNames)})");
         ModelConfig config;
-        try { config = f.CreateConfig(new ModelShape(vocab, hidden, layers, heads, kv, intermediate, maxPositions, tie)); }
+        try { config = f.CreateConfig(new ModelShape(hidden, layers, heads, kv, intermediate, vocab, maxPositions, tie)); }
         catch (NotSupportedException e) { throw new CliException(e.Message); }
         if (overrides is not { Count: > 0 }) return config;
         var json = config.ToHfJson();

@@ -24,24 +24,20 @@ public interface IModelFamily
 
     ModelEnds CreateEnds(ModelConfig config, IReadOnlyDictionary<string, torch.Tensor> weights);
 
-    /// <summary>
-    /// A config of this family with <paramref name="shape"/>, for random checkpoints (<c>petals create-model</c>,
-    /// benchmarks). Sizes the shape leaves null take the family's usual ratios.
-    /// </summary>
-    ModelConfig CreateConfig(ModelShape shape) =>
-        throw new NotSupportedException($"family '{ModelTypes[0]}' cannot create random configs yet");
+    /// <summary>A config of the given shape, this family's defaults for everything else (<c>petals create-model</c>).</summary>
+    ModelConfig CreateConfig(ModelShape shape);
 
-    /// <summary>The shape of this family's ~100M-parameter benchmark model.</summary>
-    ModelShape BenchmarkShape => ModelShape.Benchmark100M;
+    /// <summary>The ~100M-parameter config the engine benchmark runs for this family.</summary>
+    ModelConfig BenchmarkConfig();
 }
 
-/// <summary>The family-independent size of a model to create; family-specific keys are set with overrides.</summary>
-public sealed record ModelShape(int VocabSize, int HiddenSize, int NumLayers, int NumHeads, int NumKvHeads,
-    int? IntermediateSize = null, int MaxPositionEmbeddings = 2048, bool TieWordEmbeddings = false)
+/// <summary>
+/// The family-independent knobs of a random model. Null sizes take the family's usual ratio to the hidden size;
+/// <paramref name="NumKvHeads"/> null means one KV head per query head.
+/// </summary>
+public sealed record ModelShape(int HiddenSize, int NumLayers, int NumHeads, int? NumKvHeads, int? IntermediateSize,
+    int VocabSize, int MaxPositions, bool TieEmbeddings)
 {
-    /// <summary>The ~100M model of the engine benchmark: hidden 768, 12 layers, 12 heads (4 KV), vocab 32000.</summary>
-    public static ModelShape Benchmark100M { get; } = new(32000, 768, 12, 12, 4, 2048);
-
     /// <summary>Token id used as BOS and EOS of random models: the last one, which GPT-2 files call &lt;|endoftext|&gt;.</summary>
     public int SpecialTokenId => VocabSize - 1;
 }
@@ -65,9 +61,12 @@ public sealed record TensorSpec(string Name, long[] Shape, TensorRole Role, doub
 /// <summary>The families this build knows, looked up by <c>model_type</c>.</summary>
 public static class ModelFamilies
 {
-    static readonly IModelFamily[] All = [new LlamaFamily(), new MixtralFamily()];
+    static readonly IModelFamily[] All = [LlamaFamily.Instance, MixtralFamily.Instance, FalconFamily.Instance, BloomFamily.Instance];
 
     public static IEnumerable<string> Names => All.SelectMany(f => f.ModelTypes);
+
+    /// <summary>One name per family (its first <c>model_type</c>), as <c>--family</c> options take them.</summary>
+    public static IEnumerable<string> FamilyNames => All.Select(f => f.ModelTypes[0]);
 
     public static IModelFamily? Find(string modelType) =>
         All.FirstOrDefault(f => f.ModelTypes.Contains(modelType, StringComparer.Ordinal));

@@ -139,15 +139,6 @@ public sealed class LlamaFamily : IModelFamily
         return specs;
     }
 
-    public ModelConfig CreateConfig(ModelShape s) => new LlamaConfig
-    {
-        ModelType = "llama", VocabSize = s.VocabSize, HiddenSize = s.HiddenSize, NumLayers = s.NumLayers,
-        NumHeads = s.NumHeads, NumKvHeads = s.NumKvHeads, HeadDim = s.HiddenSize / s.NumHeads,
-        IntermediateSize = s.IntermediateSize ?? (8 * s.HiddenSize / 3 + 63) / 64 * 64,
-        MaxPositionEmbeddings = s.MaxPositionEmbeddings, TieWordEmbeddings = s.TieWordEmbeddings, RmsNormEps = 1e-5,
-        BosTokenId = s.SpecialTokenId, EosTokenIds = [s.SpecialTokenId],
-    };
-
     public DecoderBlock CreateBlock(ModelConfig config, int index, IReadOnlyDictionary<string, Tensor> weights) =>
         new LlamaBlock((LlamaConfig)config, index, weights);
 
@@ -158,6 +149,18 @@ public sealed class LlamaFamily : IModelFamily
         return new ModelEnds(config, embed, null, new Norm(w["model.norm.weight"], null, c.RmsNormEps, rms: true),
             c.TieWordEmbeddings ? embed : w["lm_head.weight"]);
     }
+
+    public ModelConfig CreateConfig(ModelShape s) => new LlamaConfig
+    {
+        ModelType = "llama", VocabSize = s.VocabSize, HiddenSize = s.HiddenSize, NumLayers = s.NumLayers,
+        NumHeads = s.NumHeads, NumKvHeads = s.NumKvHeads ?? s.NumHeads, HeadDim = s.HiddenSize / s.NumHeads,
+        IntermediateSize = s.IntermediateSize ?? (8 * s.HiddenSize / 3 + 63) / 64 * 64,
+        MaxPositionEmbeddings = s.MaxPositions, TieWordEmbeddings = s.TieEmbeddings, RmsNormEps = 1e-5,
+        BosTokenId = s.VocabSize - 1, EosTokenIds = [s.VocabSize - 1],
+    };
+
+    /// <summary>The ~100M model of the issue: hidden 768, 12 layers, 12 heads, 4 KV heads, MLP 2048, vocab 32000.</summary>
+    public ModelConfig BenchmarkConfig() => CreateConfig(new ModelShape(768, 12, 12, 4, 2048, 32000, 2048, TieEmbeddings: false));
 }
 
 // ============================== block ==============================

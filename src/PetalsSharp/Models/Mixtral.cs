@@ -155,9 +155,9 @@ public sealed class MixtralFamily : IModelFamily
     public ModelConfig CreateConfig(ModelShape s) => new MixtralConfig
     {
         ModelType = "mixtral", VocabSize = s.VocabSize, HiddenSize = s.HiddenSize, NumLayers = s.NumLayers,
-        NumHeads = s.NumHeads, NumKvHeads = s.NumKvHeads, HeadDim = s.HiddenSize / s.NumHeads,
+        NumHeads = s.NumHeads, NumKvHeads = s.NumKvHeads ?? s.NumHeads, HeadDim = s.HiddenSize / s.NumHeads,
         IntermediateSize = s.IntermediateSize ?? (7 * s.HiddenSize / 2 + 63) / 64 * 64,   // Mixtral 8x7B's 3.5×
-        MaxPositionEmbeddings = s.MaxPositionEmbeddings, TieWordEmbeddings = s.TieWordEmbeddings,
+        MaxPositionEmbeddings = s.MaxPositions, TieWordEmbeddings = s.TieEmbeddings,
         BosTokenId = s.SpecialTokenId, EosTokenIds = [s.SpecialTokenId],
     };
 
@@ -165,7 +165,7 @@ public sealed class MixtralFamily : IModelFamily
     /// ~102M parameters: 8 experts of width 640 in 8 blocks of hidden 512 (8 query / 2 KV heads), vocab 32000
     /// (untied). Only 2 of 8 experts run per token, so a decode step reads ~45M of them.
     /// </summary>
-    public ModelShape BenchmarkShape => new(32000, 512, 8, 8, 2, 640);
+    public ModelConfig BenchmarkConfig() => CreateConfig(new ModelShape(512, 8, 8, 2, 640, 32000, 2048, TieEmbeddings: false));
 }
 
 // ============================== block ==============================

@@ -62,7 +62,7 @@ public sealed class MixtralConfigTests
         foreach (var type in ModelFamilies.Names)
         {
             var family = ModelFamilies.Find(type)!;
-            var c = family.CreateConfig(family.BenchmarkShape);
+            var c = family.BenchmarkConfig();
             c.Validate(type);
             long n = family.EndTensors(c).Concat(Enumerable.Range(0, c.NumLayers).SelectMany(i => family.BlockTensors(c, i)))
                 .Sum(s => s.Shape.Aggregate(1L, (a, d) => a * d));

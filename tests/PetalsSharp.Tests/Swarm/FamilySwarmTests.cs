@@ -1,0 +1,38 @@
+using PetalsSharp.Client;
+using PetalsSharp.Generation;
+using PetalsSharp.Models;
+using PetalsSharp.Server;
+using Xunit;
+
+namespace PetalsSharp.Tests.Swarm;
+
+/// <summary>
+/// Falcon and BLOOM through two `petals server` processes, each holding half the blocks: the client keeps the
+/// embeddings (and BLOOM's embedding norm), the servers run the blocks, and greedy decoding gives the fixture's tokens.
+/// </summary>
+public sealed class FamilySwarmTests
+{
+    [Theory]
+    [InlineData("falcon-new")]
+    [InlineData("bloom")]
+    public async Task Two_servers_give_the_fixture_greedy_tokens_and_logits(string fixture)
+    {
+        var dir = TestData.Path(fixture);
+        using var reference = Reference.Load(fixture);
+        int layers = ModelConfigLoader.Load(dir).NumLayers, half = (layers + 1) / 2;
+        var servers = await Task.WhenAll(ServerProcess.StartAsync(dir, 0, half), ServerProcess.StartAsync(dir, half, layers));
+        try
+        {
+            var routes = new List<string>();
+            using var lm = await DistributedModel.ConnectAsync(dir, servers.Select(s => s.Address), new RemoteOptions { OnRoute = routes.Add });
+            TensorAssert.Close(reference.Floats("logits"), lm.Forward(reference.Longs("input_ids")), 1e-3, 1e-4, $"{fixture} logits");
+            var result = await lm.GenerateAsync(reference.IdRows("generation.prompt_ids"), new GenerationOptions { MaxNewTokens = 12, IgnoreEos = true });
+            Assert.Equal(reference.IdRows("generation.new_tokens"), result.NewTokens);
+            Assert.Equal(2, routes[^1].Split(' ').Length - 1);
+        }
+        finally
+        {
+            foreach (var s in servers) s.Dispose();
+        }
+    }
+}
