@@ -91,9 +91,12 @@ public sealed record LlamaConfig : ModelConfig
 // ============================== family ==============================
 
 /// <summary>Llama: checkpoint names and shapes, and builders for the block and the client-side ends.</summary>
-public sealed class LlamaFamily : IModelFamily
+public sealed class LlamaFamily : IModelFamily, Lora.ILoraTargets
 {
     public static readonly LlamaFamily Instance = new();
+
+    public IReadOnlyList<string> LoraModules =>
+        ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"];
 
     public IReadOnlyList<string> ModelTypes => ["llama"];
 
@@ -191,8 +194,8 @@ public sealed class LlamaBlock : DecoderBlock
         var x = Ops.RmsNorm(hidden, input_layernorm, _c.RmsNormEps);                 // [B, T, H]
         var h = hidden + Attention(x, ctx, cache);                                    // [B, T, H]
         var y = Ops.RmsNorm(h, post_attention_layernorm, _c.RmsNormEps);             // [B, T, H]
-        var mlp = Ops.Linear(F.silu(Ops.Linear(y, gate_proj, gate_bias)) * Ops.Linear(y, up_proj, up_bias),
-            down_proj, down_bias);                                                    // [B, T, H]
+        var mlp = Linear(ctx, "mlp.down_proj", F.silu(Linear(ctx, "mlp.gate_proj", y, gate_proj, gate_bias))
+            * Linear(ctx, "mlp.up_proj", y, up_proj, up_bias), down_proj, down_bias);   // [B, T, H]
         return h + mlp;                                                               // [B, T, H]
     }
 
@@ -200,14 +203,14 @@ public sealed class LlamaBlock : DecoderBlock
     {
         long b = x.shape[0], t = x.shape[1];
         int nh = _c.NumHeads, kvh = _c.NumKvHeads, d = _c.HeadDim;
-        var q = Ops.Linear(x, q_proj, q_bias).view(b, t, nh, d).transpose(1, 2);      // [B, nh, T, D]
-        var k = Ops.Linear(x, k_proj, k_bias).view(b, t, kvh, d).transpose(1, 2);     // [B, kvH, T, D]
-        var v = Ops.Linear(x, v_proj, v_bias).view(b, t, kvh, d).transpose(1, 2);     // [B, kvH, T, D]
+        var q = Linear(ctx, "self_attn.q_proj", x, q_proj, q_bias).view(b, t, nh, d).transpose(1, 2);      // [B, nh, T, D]
+        var k = Linear(ctx, "self_attn.k_proj", x, k_proj, k_bias).view(b, t, kvh, d).transpose(1, 2);     // [B, kvH, T, D]
+        var v = Linear(ctx, "self_attn.v_proj", x, v_proj, v_bias).view(b, t, kvh, d).transpose(1, 2);     // [B, kvH, T, D]
         var (cos, sin) = _rotary.Tables(ctx, x.dtype);                                 // [B, 1, T, D]
         q = Ops.ApplyRotary(q, cos, sin);
         k = Ops.ApplyRotary(k, cos, sin);
         if (cache is not null) (k, v) = cache.Append(k, v, ctx.PastLength);           // [B, kvH, S, D]
         var o = Ops.Attention(q, k, v, ctx);                                           // [B, T, nh*D]
-        return Ops.Linear(o, o_proj, o_bias);                                          // [B, T, H]
+        return Linear(ctx, "self_attn.o_proj", o, o_proj, o_bias);                     // [B, T, H]
     }
 }

@@ -112,6 +112,9 @@ public sealed record ServerOptions
     /// <summary>How often the server re-announces itself; records expire after twice this.</summary>
     public TimeSpan UpdatePeriod { get; init; } = TimeSpan.FromSeconds(60);
 
+    /// <summary>PEFT LoRA adapters to hold, each <c>DIR</c> or <c>NAME=DIR</c> (name defaults to the folder's name).</summary>
+    public IReadOnlyList<string> Adapters { get; init; } = [];
+
     /// <summary>Name shown in the swarm's tables.</summary>
     public string? PublicName { get; init; }
 
