@@ -133,6 +133,28 @@ public sealed class AdapterSwarmTests(AdapterSwarm swarm)
     }
 
     [Fact]
+    public async Task Generate_CLI_with_adapter_equals_merged_weights_and_an_unknown_one_exits_nonzero()
+    {
+        using var r = Reference.Load("llama-gqa");
+        using var merged = CausalLM.Load(swarm.MergedDir);
+        var expected = (await merged.GenerateAsync(r.IdRows("generation.prompt_ids"), new GenerationOptions { MaxNewTokens = 6, IgnoreEos = true })).NewTokens;
+        var res = await PetalsSharp.Tests.Cli.CliRunner.RunAsync("generate", "--model", TestAdapter.ModelDir, "--peers", string.Join(",", swarm.Peers),
+            "--adapter", AdapterSwarm.Name, "--input-ids", r.IdsArg("generation.prompt_ids"), "--max-new-tokens", "6", "--greedy", "--ignore-eos", "--json");
+        Assert.True(res.ExitCode == 0, res.Stderr);
+        using var doc = System.Text.Json.JsonDocument.Parse(res.Stdout);
+        var actual = doc.RootElement.GetProperty("new_tokens").EnumerateArray().Select(row => row.EnumerateArray().Select(t => t.GetInt32()).ToList()).ToList();
+        Assert.Equal(expected.Select(row => row.ToList()).ToList(), actual);
+
+        var bad = await PetalsSharp.Tests.Cli.CliRunner.RunAsync("generate", "--model", TestAdapter.ModelDir, "--peers", string.Join(",", swarm.Peers),
+            "--adapter", "nope", "--input-ids", "1,2", "--max-new-tokens", "2");
+        Assert.NotEqual(0, bad.ExitCode);
+        Assert.Contains("with adapter 'nope'", bad.Stderr);
+        var local = await PetalsSharp.Tests.Cli.CliRunner.RunAsync("generate", "--model", TestAdapter.ModelDir, "--adapter", "tiny", "--input-ids", "1,2");
+        Assert.NotEqual(0, local.ExitCode);
+        Assert.Contains("--adapter names a server-side adapter", local.Stderr);
+    }
+
+    [Fact]
     public async Task Asking_for_an_adapter_no_server_holds_fails_naming_it_and_the_blocks()
     {
         var e = await Assert.ThrowsAsync<SwarmException>(() => swarm.ConnectAsync("nope"));
