@@ -36,6 +36,7 @@ public static class Cli
         return e is ConfigException or Models.Weights.CheckpointException or ArgumentException or CliException
             or FileNotFoundException or DirectoryNotFoundException or InvalidOperationException or FormatException
             or InvalidDataException or NotSupportedException or Swarm.SwarmException or Hub.HubException or Text.ChatTemplateException
+            or Models.Lora.LoraException
             ? message
             : $"{e.GetType().Name}: {message}";
     }

@@ -54,7 +54,7 @@ public static class ModelOpener
 
     /// <summary>Where the blocks run: locally (no peers), on listed servers, or on servers found in the DHT.</summary>
     public sealed record Remote(string? Peers = null, string? InitialPeers = null, string? SwarmKeyPath = null,
-        string Compression = "none", bool ShowRoute = false, bool NoPush = false);
+        string Compression = "none", bool ShowRoute = false, bool NoPush = false, string? Adapter = null);
 
     /// <summary>The options every model-running command shares, added to <paramref name="command"/>.</summary>
     public sealed class RemoteOptionSet
@@ -65,14 +65,18 @@ public static class ModelOpener
         public Option<string> Compression { get; } = CompressionOption();
         public Option<bool> ShowRoute { get; } = ShowRouteOption();
         public Option<bool> NoPush { get; } = NoPushOption();
+        public Option<string> Adapter { get; } = new("--adapter")
+        {
+            Description = "Run the blocks with this server-side LoRA adapter (only servers that announce it are used)",
+        };
 
         public void AddTo(Command command)
         {
-            foreach (var o in new Option[] { Peers, InitialPeers, SwarmKey, Compression, ShowRoute, NoPush }) command.Options.Add(o);
+            foreach (var o in new Option[] { Peers, InitialPeers, SwarmKey, Compression, ShowRoute, NoPush, Adapter }) command.Options.Add(o);
         }
 
         public Remote Read(System.CommandLine.ParseResult pr) => new(pr.GetValue(Peers), pr.GetValue(InitialPeers), pr.GetValue(SwarmKey),
-            pr.GetValue(Compression)!, pr.GetValue(ShowRoute), pr.GetValue(NoPush));
+            pr.GetValue(Compression)!, pr.GetValue(ShowRoute), pr.GetValue(NoPush), pr.GetValue(Adapter));
     }
 
     public static async Task<CausalLM> OpenAsync(string model, ScalarType dtype, Remote? remote = null, CancellationToken ct = default)
@@ -83,13 +87,20 @@ public static class ModelOpener
         // A hub model is fetched here: all of it to run locally, only the client's ends when servers run the blocks.
         var source = await ModelSource.ResolveAsync(model, viaPeers || viaDht ? Hub.WeightSelection.ClientEnds : Hub.WeightSelection.All, ct);
         string modelDir = source.Directory;
-        if (!viaPeers && !viaDht) return CausalLM.Load(modelDir, new ModelLoadOptions(dtype));
+        if (!viaPeers && !viaDht)
+        {
+            if (!string.IsNullOrEmpty(remote.Adapter))
+                throw new CliException("--adapter names a server-side adapter: give --peers or --initial-peers too");
+            return CausalLM.Load(modelDir, new ModelLoadOptions(dtype));
+        }
+        if (remote.Adapter is { } adapter) PetalsSharp.Models.Lora.LoraNames.Check(adapter);
         var options = new RemoteOptions
         {
             Compression = ParseCompression(remote.Compression),
             SwarmKey = Cli.LoadSwarmKey(remote.SwarmKeyPath),
             OnRoute = remote.ShowRoute ? line => Console.Error.WriteLine(line) : null,
             UseServerToServer = !remote.NoPush,
+            ActiveAdapter = remote.Adapter,
         };
         return viaPeers
             ? await DistributedModel.ConnectAsync(modelDir, Cli.SplitList(remote.Peers), options, new ModelLoadOptions(dtype), ct)

@@ -30,7 +30,10 @@ internal static class RemoteCalls
 
     static CallHeader Header(ChainHop hop, IReadOnlyList<int>? leftPadding, RemoteOptions options)
     {
-        var header = new CallHeader { StartBlock = hop.Start, EndBlock = hop.End, OutputCompression = options.Compression };
+        var header = new CallHeader
+        {
+            StartBlock = hop.Start, EndBlock = hop.End, OutputCompression = options.Compression, ActiveAdapter = options.ActiveAdapter ?? "",
+        };
         if (leftPadding is not null) header.LeftPadding.AddRange(leftPadding);
         return header;
     }

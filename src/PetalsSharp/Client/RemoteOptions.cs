@@ -48,6 +48,12 @@ public sealed record RemoteOptions
     /// <summary>Private swarm secret sent with every call; null in a public swarm.</summary>
     public PetalsSharp.Dht.SwarmKey? SwarmKey { get; init; }
 
+    /// <summary>
+    /// Server-side LoRA adapter to run every block with (sent as <c>active_adapter</c> in every Forward, Backward and
+    /// inference session); only servers that announce it are routed through. Null or empty = base weights.
+    /// </summary>
+    public string? ActiveAdapter { get; init; }
+
     /// <summary>Called with the <c>route: ...</c> line whenever a chain is chosen.</summary>
     public Action<string>? OnRoute { get; init; }
 }

@@ -169,6 +169,7 @@ internal sealed class RemotePool : IDisposable
                 CacheTokensNeeded = cacheTokensNeeded,
                 AllowedPeers = Options.AllowedServers,
                 BlockedPeers = Options.BlockedServers,
+                Adapter = string.IsNullOrEmpty(Options.ActiveAdapter) ? null : Options.ActiveAdapter,
             };
     }
 

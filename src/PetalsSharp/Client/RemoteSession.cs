@@ -216,7 +216,7 @@ internal sealed class HopSession(ServerConnection server, ChainHop hop, SessionO
         var open = new OpenSession
         {
             SessionId = SessionId, StartBlock = Hop.Start, EndBlock = Hop.End, BatchSize = options.Batch,
-            MaxLength = options.MaxLength, OutputCompression = remote.Compression,
+            MaxLength = options.MaxLength, OutputCompression = remote.Compression, ActiveAdapter = remote.ActiveAdapter ?? "",
         };
         if (options.LeftPadding is not null) open.LeftPadding.AddRange(options.LeftPadding);
         await _call.RequestStream.WriteAsync(new InferenceRequest { Open = open }, ct).ConfigureAwait(false);

@@ -41,7 +41,7 @@ public sealed class ServerConnection : IDisposable
     /// <summary>This server as the route planner sees it (peer id = address for servers known by address).</summary>
     public ServerInfo ToServerInfo() => new(Address, Address, Info.StartBlock, Info.EndBlock, ServerState.Online,
         Throughput: 0, InferenceRps: 0, Info.CacheTokensLeft, "", Info.WeightsDtype, Info.SoftwareVersion, Info.WeightsFingerprint,
-        Info.Adapters.ToList(), DateTimeOffset.MaxValue);
+        ServerInfo.ReadAdapters(Info.Adapters), DateTimeOffset.MaxValue);
 
     /// <summary>HTTP/2 without TLS, large messages both ways, and fast first reconnects.</summary>
     public static GrpcChannel CreateChannel(string address, int maxMessageBytes) =>

@@ -27,13 +27,21 @@ public interface IBlockStack : IDisposable
 /// Receives (absolute block index, its output <c>[B,T,H]</c>) for every block whose output the stack can see.
 /// The receiver owns the tensor (it is outside any dispose scope) and must dispose it.
 /// </param>
-public sealed record ForwardOptions(IReadOnlyList<int>? LeftPadding = null, Action<int, Tensor>? OnBlockOutput = null);
+public sealed record ForwardOptions(IReadOnlyList<int>? LeftPadding = null, Action<int, Tensor>? OnBlockOutput = null)
+{
+    /// <summary>Server-side adapter applied to every block of the pass (local stacks only); null = base weights.</summary>
+    public Lora.ILinearAdapter? Adapter { get; init; }
+}
 
 /// <summary>Options fixed when a session opens.</summary>
 /// <param name="Batch">Rows in every step.</param>
 /// <param name="MaxLength">Tokens the KV cache must hold (prompt plus everything generated).</param>
 /// <param name="LeftPadding">Per-row count of left-padding tokens at the start of the sequence.</param>
-public sealed record SessionOptions(int Batch, int MaxLength, IReadOnlyList<int>? LeftPadding = null);
+public sealed record SessionOptions(int Batch, int MaxLength, IReadOnlyList<int>? LeftPadding = null)
+{
+    /// <summary>Server-side adapter applied at every step (local stacks only); null = base weights.</summary>
+    public Lora.ILinearAdapter? Adapter { get; init; }
+}
 
 /// <summary>Options of one inference step.</summary>
 /// <param name="HypoIds">Beam search: row i continues old row HypoIds[i] (<c>[B]</c> int64); applied before the step.</param>

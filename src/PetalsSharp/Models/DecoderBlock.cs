@@ -17,6 +17,16 @@ public abstract class DecoderBlock : nn.Module
     /// <summary>Runs the block. With a cache, new keys/values are written at [past, past+T) and attention sees all of it.</summary>
     public abstract Tensor Forward(Tensor hidden, StepContext ctx, LayerCache? cache = null);
 
+    /// <summary>
+    /// <c>x Wᵀ + b</c> for the block's linear <paramref name="module"/> (its path inside the block, e.g.
+    /// <c>self_attn.q_proj</c>), plus the step's adapter update for that module when there is one.
+    /// </summary>
+    protected Tensor Linear(StepContext ctx, string module, Tensor x, Tensor w, Tensor? b = null)
+    {
+        var y = Ops.Linear(x, w, b);                                          // [..., out]
+        return ctx.Adapter?.Delta(Index, module, x) is { } delta ? y + delta : y;
+    }
+
     /// <summary>KV heads and head size of the cache this block needs.</summary>
     public abstract (int KvHeads, int HeadDim) CacheShape { get; }
 

@@ -82,25 +82,38 @@ public static class SharedLayers
     /// attend (optionally within a sliding window), project out. Returns <c>[B,T,H]</c>.
     /// </summary>
     public static Tensor RotarySelfAttention(Tensor x, StepContext ctx, LayerCache? cache, Rotary rotary,
-        AttentionWeights w, int heads, int kvHeads, int? slidingWindow = null)
+        AttentionWeights w, int heads, int kvHeads, int? slidingWindow = null, LinearOp? linear = null)
     {
+        linear ??= PlainLinear;
         long b = x.shape[0], t = x.shape[1];
         int d = rotary.HeadDim;
-        var q = Ops.Linear(x, w.Q, w.QBias).view(b, t, heads, d).transpose(1, 2);      // [B, nh, T, D]
-        var k = Ops.Linear(x, w.K, w.KBias).view(b, t, kvHeads, d).transpose(1, 2);   // [B, kvH, T, D]
-        var v = Ops.Linear(x, w.V, w.VBias).view(b, t, kvHeads, d).transpose(1, 2);   // [B, kvH, T, D]
+        var q = linear("self_attn.q_proj", x, w.Q, w.QBias).view(b, t, heads, d).transpose(1, 2);     // [B, nh, T, D]
+        var k = linear("self_attn.k_proj", x, w.K, w.KBias).view(b, t, kvHeads, d).transpose(1, 2);  // [B, kvH, T, D]
+        var v = linear("self_attn.v_proj", x, w.V, w.VBias).view(b, t, kvHeads, d).transpose(1, 2);  // [B, kvH, T, D]
         var (cos, sin) = rotary.Tables(ctx, x.dtype);                                  // [B, 1, T, D]
         q = Ops.ApplyRotary(q, cos, sin);
         k = Ops.ApplyRotary(k, cos, sin);
         if (cache is not null) (k, v) = cache.Append(k, v, ctx.PastLength);           // [B, kvH, S, D]
         var o = Ops.Attention(q, k, v, ctx, slidingWindow: slidingWindow);            // [B, T, nh*D]
-        return Ops.Linear(o, w.O, w.OBias);                                            // [B, T, H]
+        return linear("self_attn.o_proj", o, w.O, w.OBias);                           // [B, T, H]
     }
 
     /// <summary>SwiGLU MLP <c>down(silu(gate·x) * up·x)</c> of <c>x [..., H]</c> (Llama MLP, Mixtral expert).</summary>
     public static Tensor SwiGlu(Tensor x, Tensor gate, Tensor up, Tensor down,
-        Tensor? gateBias = null, Tensor? upBias = null, Tensor? downBias = null) =>
-        Ops.Linear(F.silu(Ops.Linear(x, gate, gateBias)) * Ops.Linear(x, up, upBias), down, downBias); // [..., H]
+        Tensor? gateBias = null, Tensor? upBias = null, Tensor? downBias = null, LinearOp? linear = null)
+    {
+        linear ??= PlainLinear;
+        return linear("mlp.down_proj", F.silu(linear("mlp.gate_proj", x, gate, gateBias))
+            * linear("mlp.up_proj", x, up, upBias), down, downBias);                   // [..., H]
+    }
+
+    /// <summary>
+    /// A linear layer by its module path within the block (<c>self_attn.q_proj</c>, <c>mlp.up_proj</c>), so a
+    /// block can route it through a request's LoRA adapter.
+    /// </summary>
+    public delegate Tensor LinearOp(string module, Tensor x, Tensor weight, Tensor? bias);
+
+    static readonly LinearOp PlainLinear = (_, x, w, b) => Ops.Linear(x, w, b);
 }
 
 /// <summary>HF rope variants: none ("default"), linear, dynamic NTK, and Llama 3.1's frequency-band scaling.</summary>

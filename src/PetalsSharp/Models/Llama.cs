@@ -91,9 +91,12 @@ public sealed record LlamaConfig : ModelConfig
 // ============================== family ==============================
 
 /// <summary>Llama: checkpoint names and shapes, and builders for the block and the client-side ends.</summary>
-public sealed class LlamaFamily : IModelFamily
+public sealed class LlamaFamily : IModelFamily, Lora.ILoraTargets
 {
     public static readonly LlamaFamily Instance = new();
+
+    public IReadOnlyList<string> LoraModules =>
+        ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"];
 
     public IReadOnlyList<string> ModelTypes => ["llama"];
 
@@ -202,10 +205,13 @@ public sealed class LlamaBlock : DecoderBlock
     {
         var x = Ops.RmsNorm(hidden, input_layernorm, _c.RmsNormEps);                 // [B, T, H]
         var attention = SharedLayers.RotarySelfAttention(x, ctx, cache, _rotary,
-            new AttentionWeights(q_proj, k_proj, v_proj, o_proj, q_bias, k_bias, v_bias, o_bias), _c.NumHeads, _c.NumKvHeads);
+            new AttentionWeights(q_proj, k_proj, v_proj, o_proj, q_bias, k_bias, v_bias, o_bias), _c.NumHeads, _c.NumKvHeads,
+            linear: Linear(ctx));
         var h = hidden + attention;                                                   // [B, T, H]
         var y = Ops.RmsNorm(h, post_attention_layernorm, _c.RmsNormEps);             // [B, T, H]
-        var mlp = SharedLayers.SwiGlu(y, gate_proj, up_proj, down_proj, gate_bias, up_bias, down_bias); // [B, T, H]
+        var mlp = SharedLayers.SwiGlu(y, gate_proj, up_proj, down_proj, gate_bias, up_bias, down_bias, Linear(ctx)); // [B, T, H]
         return h + mlp;                                                               // [B, T, H]
     }
+
+    SharedLayers.LinearOp Linear(StepContext ctx) => (module, x, w, b) => Linear(ctx, module, x, w, b);
 }

@@ -31,7 +31,7 @@ public sealed class LocalBlockStack : IBlockStack
     {
         CheckHidden(hidden, Config);
         using var scope = NewDisposeScope();
-        var ctx = new StepContext((int)hidden.shape[0], (int)hidden.shape[1], 0, options?.LeftPadding, hidden.device);
+        var ctx = new StepContext((int)hidden.shape[0], (int)hidden.shape[1], 0, options?.LeftPadding, hidden.device) { Adapter = options?.Adapter };
         return Run(hidden, ctx, null, options?.OnBlockOutput).MoveToOuterDisposeScope();
     }
 
@@ -131,7 +131,7 @@ public sealed class LocalBlockSession : IBlockSession
             foreach (var c in _caches) c.Reorder(hypo.to(ScalarType.Int64));
         }
         using var scope = NewDisposeScope();
-        var ctx = new StepContext(Options.Batch, t, start, Options.LeftPadding, hidden.device);
+        var ctx = new StepContext(Options.Batch, t, start, Options.LeftPadding, hidden.device) { Adapter = Options.Adapter };
         var output = _stack.Run(hidden, ctx, _caches, options?.OnBlockOutput);
         Position = start + t;
         return output.MoveToOuterDisposeScope();

@@ -33,6 +33,9 @@ public sealed class StepContext
     public int[]? LeftPadding { get; }
     public Device Device { get; }
 
+    /// <summary>The request's adapter (a server-side LoRA), applied by blocks that route linears through it; null = base weights.</summary>
+    public Lora.ILinearAdapter? Adapter { get; init; }
+
     /// <summary>Position of each new token, counting from each row's first real token. <c>[B, T]</c> int64.</summary>
     public Tensor PositionIds => Memo("pos", () =>
     {

@@ -111,6 +111,7 @@ internal sealed class Announcer(BlockServer server, DhtNode dht, ILogger logger)
             ModelName = server.Options.ResolvedModelName, AnnouncedAtMs = DateTimeOffset.UtcNow.ToUnixTimeMilliseconds(),
         };
         a.Compressions.AddRange(TensorCodec.Supported);
+        a.Adapters.AddRange(server.Adapters.Names);
         foreach (var (address, seconds) in _nextPings) a.NextPings[address] = Math.Min(seconds, RoutePlanner.MaxDelay);
         return a;
     }

@@ -35,9 +35,10 @@ public sealed partial class BlockServer : IAsyncDisposable
     int _moves;
     int _disposed;
 
-    BlockServer(ServerOptions options, Checkpoint checkpoint, ServedSpan? span, ILoggerFactory loggerFactory)
+    BlockServer(ServerOptions options, Checkpoint checkpoint, ServedSpan? span, Models.Lora.LoraAdapterSet adapters, ILoggerFactory loggerFactory)
     {
         Options = options;
+        Adapters = adapters;
         _checkpoint = checkpoint;
         _span = span;
         _loggerFactory = loggerFactory;
@@ -63,8 +64,18 @@ public sealed partial class BlockServer : IAsyncDisposable
             int layers = checkpoint.Config.NumLayers;
             if (options.NumBlocks > layers)
                 throw new ArgumentException($"--num-blocks {options.NumBlocks} is more than the model's {layers} blocks");
-            var span = options.AutoPlaced ? null : ServedSpan.Load(checkpoint, options, options.StartBlock, options.EndBlock, progress);
-            return new BlockServer(options, checkpoint, span, loggerFactory ?? NullLoggerFactory.Instance);
+            // Adapters first: a bad one fails the start before minutes of block loading.
+            var adapters = Models.Lora.LoraAdapterSet.Load(options.Adapters, checkpoint.Config);
+            try
+            {
+                var span = options.AutoPlaced ? null : ServedSpan.Load(checkpoint, options, options.StartBlock, options.EndBlock, progress);
+                return new BlockServer(options, checkpoint, span, adapters, loggerFactory ?? NullLoggerFactory.Instance);
+            }
+            catch
+            {
+                adapters.Dispose();
+                throw;
+            }
         }
         catch
         {
@@ -75,6 +86,9 @@ public sealed partial class BlockServer : IAsyncDisposable
 
     /// <summary>The options the server was loaded with.</summary>
     public ServerOptions Options { get; }
+
+    /// <summary>LoRA adapters requests may choose with <c>active_adapter</c>.</summary>
+    public Models.Lora.LoraAdapterSet Adapters { get; }
 
     /// <summary>The model's configuration.</summary>
     public ModelConfig Config => _checkpoint.Config;
@@ -238,6 +252,7 @@ public sealed partial class BlockServer : IAsyncDisposable
         Scheduler.Dispose();
         Inboxes.Dispose();
         Current?.Stack.Dispose();
+        Adapters.Dispose();
         _checkpoint.Dispose();
         Metrics.Dispose();
         _stopping.Dispose();

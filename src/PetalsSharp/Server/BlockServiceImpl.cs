@@ -49,6 +49,7 @@ public sealed partial class BlockServiceImpl : BlockService.BlockServiceBase
         };
         reply.Compressions.AddRange(TensorCodec.Supported);
         reply.BlockFingerprints.AddRange(span?.BlockFingerprints ?? []);
+        reply.Adapters.AddRange(_server.Adapters.Names);
         return Task.FromResult(reply);
     }
 
@@ -58,10 +59,10 @@ public sealed partial class BlockServiceImpl : BlockService.BlockServiceBase
     {
         var (header, tensors) = await ReadCallAsync(requestStream, ["hidden"], ct);
         using var hidden = RequestValidator.DecodeHidden(tensors["hidden"], "hidden", HiddenSize, MaxElements, allowEmptySequence: false);
-        var reply = await RunOnSpanAsync(header, hidden, (slice, padding) =>
+        var reply = await RunOnSpanAsync(header, hidden, (slice, padding, adapter) =>
         {
             using var noGrad = no_grad();
-            return slice.Forward(hidden, new ForwardOptions(padding));
+            return slice.Forward(hidden, new ForwardOptions(padding) { Adapter = adapter });
         }, ct);
         await WriteChunksAsync(responseStream, "hidden", reply, ct);
     });
@@ -75,12 +76,12 @@ public sealed partial class BlockServiceImpl : BlockService.BlockServiceBase
         using var gradOutput = RequestValidator.DecodeHidden(tensors["grad_output"], "grad_output", HiddenSize, MaxElements, allowEmptySequence: false);
         if (!hidden.shape.SequenceEqual(gradOutput.shape))
             throw new WireException($"grad_output: shape [{string.Join(", ", gradOutput.shape)}] differs from hidden [{string.Join(", ", hidden.shape)}]");
-        var reply = await RunOnSpanAsync(header, hidden, (slice, padding) =>
+        var reply = await RunOnSpanAsync(header, hidden, (slice, padding, adapter) =>
         {
             // Servers keep no activations between calls (as in Petals): backward recomputes the forward pass.
             using var grad = enable_grad();
             var input = hidden.detach().requires_grad_(true);
-            var output = slice.Forward(input, new ForwardOptions(padding));
+            var output = slice.Forward(input, new ForwardOptions(padding) { Adapter = adapter });
             return autograd.grad([output], [input], [gradOutput])[0];
         }, ct);
         await WriteChunksAsync(responseStream, "grad_input", reply, ct);
@@ -91,17 +92,18 @@ public sealed partial class BlockServiceImpl : BlockService.BlockServiceBase
     /// it names, on the compute thread after queued inference steps; the span cannot be freed meanwhile.
     /// </summary>
     async Task<WireTensor> RunOnSpanAsync(CallHeader header, TorchSharp.torch.Tensor hidden,
-        Func<LocalBlockStack, int[]?, TorchSharp.torch.Tensor> compute, CancellationToken ct)
+        Func<LocalBlockStack, int[]?, Models.Lora.ILinearAdapter?, TorchSharp.torch.Tensor> compute, CancellationToken ct)
     {
         var span = _server.EnterSpan();
         try
         {
             var padding = CheckCall(span, header, hidden);
+            var adapter = FindAdapter(header.ActiveAdapter);
             return await _server.Scheduler.RunAsync(ComputeScheduler.ForwardBackwardPriority, () =>
             {
                 using var scope = NewDisposeScope();
                 using var slice = span.Stack.Slice(header.StartBlock, header.EndBlock);
-                return TensorCodec.Encode(compute(slice, padding), header.OutputCompression);
+                return TensorCodec.Encode(compute(slice, padding, adapter), header.OutputCompression);
             }, ct);
         }
         finally { span.Exit(); }
@@ -114,12 +116,22 @@ public sealed partial class BlockServiceImpl : BlockService.BlockServiceBase
     {
         RequestValidator.CheckRange(header.StartBlock, header.EndBlock, span.Start, span.End);
         RequestValidator.CheckCompression(header.OutputCompression, "output_compression");
-        if (header.ActiveAdapter.Length != 0) throw new WireException($"active_adapter '{Clip(header.ActiveAdapter)}': this server has no adapters");
         int batch = (int)hidden.shape[0], tokens = (int)hidden.shape[1];
         if ((long)batch * tokens > _server.Options.MaxRequestTokens)
             throw RequestValidator.Error(StatusCode.ResourceExhausted,
                 $"hidden: {batch} × {tokens} tokens exceed this server's limit of {_server.Options.MaxRequestTokens} per request");
         return RequestValidator.CheckLeftPadding(header.LeftPadding, batch, tokens);
+    }
+
+    /// <summary>
+    /// The adapter a request names (null for "" = base weights). An unknown name is FAILED_PRECONDITION: the request
+    /// is well-formed but this server cannot serve it, and the client should route to a server that holds it.
+    /// </summary>
+    Models.Lora.LoraAdapter? FindAdapter(string name)
+    {
+        if (name.Length == 0) return null;
+        return _server.Adapters.Find(name) ?? throw RequestValidator.Error(StatusCode.FailedPrecondition,
+            $"active_adapter '{Clip(name)}' is not loaded on this server (it holds: {(_server.Adapters.Names.Count == 0 ? "no adapters" : string.Join(", ", _server.Adapters.Names))})");
     }
 
     /// <summary>Reads a CallHeader and then the chunks of the named tensors.</summary>

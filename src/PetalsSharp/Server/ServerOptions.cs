@@ -115,6 +115,9 @@ public sealed record ServerOptions
     /// <summary>Port of the HTTP/1.1 <c>GET /metrics</c> endpoint (Prometheus text; 0 = any free port); null = none.</summary>
     public int? MetricsPort { get; init; }
 
+    /// <summary>PEFT LoRA adapters to hold, each <c>DIR</c> or <c>NAME=DIR</c> (name defaults to the folder's name).</summary>
+    public IReadOnlyList<string> Adapters { get; init; } = [];
+
     /// <summary>Name shown in the swarm's tables.</summary>
     public string? PublicName { get; init; }
 

@@ -29,6 +29,9 @@ public sealed record RoutingInputs(IReadOnlyList<ServerInfo> Servers, int Start,
     /// <summary>Peers never used.</summary>
     public IReadOnlySet<string>? BlockedPeers { get; init; }
 
+    /// <summary>Only servers that announce this LoRA adapter are used; null = any (base weights).</summary>
+    public string? Adapter { get; init; }
+
     /// <summary>Peers banned right now (<see cref="BanList.BannedPeers"/>); ignored for a block they would leave bare.</summary>
     public IReadOnlySet<string>? BannedPeers { get; init; }
 }
@@ -194,6 +197,7 @@ public static class RoutePlanner
             .Where(s => s.State == ServerState.Online && s.Start < s.End)
             .Where(s => inputs.AllowedPeers is null || inputs.AllowedPeers.Contains(s.PeerId))
             .Where(s => inputs.BlockedPeers is null || !inputs.BlockedPeers.Contains(s.PeerId))
+            .Where(s => inputs.Adapter is null || s.Adapters.Contains(inputs.Adapter, StringComparer.Ordinal))
             .ToList();
 
         // Eligibility is decided over the server's whole span (not just the request) so segment lengths match what
@@ -223,11 +227,18 @@ public static class RoutePlanner
         }
 
         var missing = Enumerable.Range(start, end - start).Where(b => !segments.Any(s => s.Start <= b && b < s.End)).ToList();
+        if (missing.Count > 0 && inputs.Adapter is not null)
+            throw new SwarmException($"no usable server holds block{(missing.Count > 1 ? "s" : "")} {string.Join(", ", missing)} with adapter '{inputs.Adapter}' " +
+                $"(servers with it: {Describe(inputs.Servers.Where(s => s.Adapters.Contains(inputs.Adapter, StringComparer.Ordinal)))}; " +
+                $"all known: {Describe(inputs.Servers)})");
         if (missing.Count > 0)
             throw new SwarmException($"no usable server holds block{(missing.Count > 1 ? "s" : "")} {string.Join(", ", missing)} " +
                 $"(known servers: {(inputs.Servers.Count == 0 ? "none" : string.Join(" ", inputs.Servers.Select(s => $"{s.Span}:{s.State}")))})");
         return segments;
     }
+
+    static string Describe(IEnumerable<ServerInfo> servers) =>
+        servers.Any() ? string.Join(" ", servers.Select(s => $"{s.Span}:{s.State}")) : "none";
 
     static bool IsBanned(RoutingInputs inputs, ServerInfo s) => inputs.BannedPeers?.Contains(s.PeerId) == true;
 

@@ -32,12 +32,16 @@ public sealed record ServerInfo(
         if (!double.IsFinite(a.Throughput) || a.Throughput < 0) return null;
         return new ServerInfo(peerId, a.Address, a.StartBlock, a.EndBlock, a.State, a.Throughput,
             double.IsFinite(a.InferenceRps) ? a.InferenceRps : 0, a.CacheTokensLeft, a.PublicName, a.WeightsDtype,
-            a.SoftwareVersion, a.WeightsFingerprint, a.Adapters.ToList(), expiration)
+            a.SoftwareVersion, a.WeightsFingerprint, ReadAdapters(a.Adapters), expiration)
         {
             NextPings = a.NextPings.Where(p => p.Key.Length <= 256 && double.IsFinite(p.Value) && p.Value >= 0).Take(64)
                 .ToDictionary(p => p.Key, p => p.Value),
         };
     }
+
+    /// <summary>Adapter names as announced, bounded (announcements are hostile input): at most 64 names of ≤ 64 chars.</summary>
+    public static IReadOnlyList<string> ReadAdapters(IEnumerable<string> names) =>
+        names.Where(n => n.Length is > 0 and <= Models.Lora.LoraNames.MaxLength).Distinct(StringComparer.Ordinal).Take(64).ToList();
 }
 
 /// <summary>

@@ -112,7 +112,7 @@ public sealed class HostileInputTests(ServerFixture f, ITestOutputHelper output)
         yield return new("left_padding negative", Bad, "left_padding[0] = -1", () => ForwardHidden(ok, HeaderMsg(0, 3, Compression.None, -1)));
         yield return new("left_padding beyond T", Bad, "left_padding[0] = 4", () => ForwardHidden(ok, HeaderMsg(0, 3, Compression.None, 4)));
         yield return new("unknown output_compression", Bad, "output_compression", () => ForwardHidden(ok, HeaderMsg(0, 3, (Compression)7)));
-        yield return new("adapter requested", Bad, "active_adapter", () => ForwardHidden(ok, new CallMessage { Header = new CallHeader { StartBlock = 0, EndBlock = 3, ActiveAdapter = "lora" } }));
+        yield return new("unknown adapter requested", StatusCode.FailedPrecondition, "active_adapter 'lora' is not loaded", () => ForwardHidden(ok, new CallMessage { Header = new CallHeader { StartBlock = 0, EndBlock = 3, ActiveAdapter = "lora" } }));
         // Forward: stream structure.
         var okBytes = ok.ToByteArray();
         yield return new("empty request", Bad, "CallHeader must come first", () => Forward());
