@@ -23,9 +23,12 @@ public sealed class PromptTuner : nn.Module
             throw new ArgumentException($"prompt embeddings must be [prefix, hidden], got [{string.Join(", ", prompts.shape)}]");
         if (intermediate is not null && (intermediate.dim() != 3 || intermediate.shape[1] != prompts.shape[0] || intermediate.shape[2] != prompts.shape[1]))
             throw new ArgumentException($"intermediate prompts must be [blocks, {prompts.shape[0]}, {prompts.shape[1]}], got [{string.Join(", ", intermediate.shape)}]");
-        prompt_embeddings = new Parameter(prompts.detach().to(ScalarType.Float32).clone(), requires_grad: true);
+        // Parameters outlive any dispose scope the caller is in.
+        prompt_embeddings = new Parameter(prompts.detach().to(ScalarType.Float32).clone().DetachFromDisposeScope(), requires_grad: true);
         intermediate_prompt_embeddings = intermediate is null ? null
-            : new Parameter(intermediate.detach().to(ScalarType.Float32).clone(), requires_grad: true);
+            : new Parameter(intermediate.detach().to(ScalarType.Float32).clone().DetachFromDisposeScope(), requires_grad: true);
+        prompt_embeddings.DetachFromDisposeScope();
+        intermediate_prompt_embeddings?.DetachFromDisposeScope();
         RegisterComponents();
     }
 

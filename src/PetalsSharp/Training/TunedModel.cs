@@ -51,7 +51,10 @@ public sealed class TunedModel : nn.Module
         else if (options.Mode == TuningMode.Adapter)
             lm_head_lora = new LoraLinear(model.Ends.HeadWeight, null, options.LoraRank, options.LoraAlpha, options.Seed);
         else if (options.Mode == TuningMode.Head)
-            lm_head = new Parameter(model.Ends.HeadWeight.detach().to(ScalarType.Float32).clone(), requires_grad: true);
+        {
+            lm_head = new Parameter(model.Ends.HeadWeight.detach().to(ScalarType.Float32).clone().DetachFromDisposeScope(), requires_grad: true);
+            lm_head.DetachFromDisposeScope();
+        }
         RegisterComponents();
     }
 
