@@ -9,6 +9,7 @@ var root = new RootCommand("petals: run large language models collaboratively, B
 {
     DemoCommand.Create(),
     GenerateCommand.Create(),
+    FinetuneCommand.Create(),
     InspectCommand.Create(),
     CreateModelCommand.Create(),
     ServerCommand.Create(),

@@ -24,10 +24,11 @@ public static class GenerateCommand
         var stop = new Option<string[]>("--stop") { Description = "Stop when the text contains this string (repeatable)" };
         var ignoreEos = new Option<bool>("--ignore-eos") { Description = "Do not stop at the end-of-sequence token" };
         var remote = new ModelOpener.RemoteOptionSet();
+        var tuned = new Option<string>("--tuned") { Description = "Generate with parameters trained by 'petals finetune' (.safetensors)" };
         var json = new Option<bool>("--json") { Description = "Print {\"sequences\": [[...]], \"new_tokens\": [[...]]} instead of text" };
         var cmd = new Command("generate", "Generate text (or token ids) from a model.\n\nExamples:\n  petals generate -m ./my-model -p \"Once upon a time\" -n 40\n  petals generate -m ./my-model --input-ids \"1,2,3;4,5,6\" -n 12 --greedy --json\n  petals generate -m ./my-model --peers 127.0.0.1:31330,127.0.0.1:31331 -p \"Hello\"")
         {
-            model, dtype, prompt, inputIds, maxNew, temperature, topK, topP, repetition, seed, greedy, stop, ignoreEos, json,
+            model, dtype, prompt, inputIds, maxNew, temperature, topK, topP, repetition, seed, greedy, stop, ignoreEos, tuned, json,
         };
         remote.AddTo(cmd);
         cmd.SetAction(async (pr, ct) =>
@@ -47,8 +48,12 @@ public static class GenerateCommand
                 StopStrings = pr.GetValue(stop) ?? [],
                 IgnoreEos = pr.GetValue(ignoreEos),
             };
+            var tunedPath = pr.GetValue(tuned);
+            if (tunedPath is not null && !File.Exists(tunedPath)) throw new CliException($"--tuned: file not found: {tunedPath}");
             using var lm = await ModelOpener.OpenAsync(pr.GetValue(model)!, Cli.ParseDtype(pr.GetValue(dtype)!),
                 remote.Read(pr), ct);
+            using var tunedModel = tunedPath is null ? null : Training.TunedFile.Load(lm, tunedPath);
+            if (tunedModel is not null) options = options with { Tuning = tunedModel.ForGeneration() };
             IReadOnlyList<IReadOnlyList<int>> rows = ids is not null
                 ? Cli.ParseInputIds(ids)
                 : prompts.Select(p => (IReadOnlyList<int>)(lm.Tokenizer ?? throw new CliException("the model folder has no tokenizer; use --input-ids")).Encode(p).ToArray()).ToList();

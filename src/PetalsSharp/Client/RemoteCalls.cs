@@ -10,23 +10,38 @@ namespace PetalsSharp.Client;
 /// <summary>Forward and Backward RPCs of one hop, with tensors chunked both ways.</summary>
 internal static class RemoteCalls
 {
-    public static async Task<Tensor> ForwardAsync(ServerConnection server, ChainHop hop, Tensor hidden,
+    public static async Task<Tensor> ForwardAsync(ServerConnection server, ChainHop hop, Tensor hidden, Tensor? prompts,
         IReadOnlyList<int>? leftPadding, RemoteOptions options, CancellationToken ct)
     {
         var header = Header(hop, leftPadding, options);
         var reply = await CallAsync(server.Client.Forward(deadline: DateTime.UtcNow + options.RequestTimeout, cancellationToken: ct),
-            header, [("hidden", hidden)], "hidden", options).ConfigureAwait(false);
-        return Expect(reply, hidden.shape, server, "hidden");
+            header, [.. PromptsFirst(prompts), ("hidden", hidden)], ["hidden"], options).ConfigureAwait(false);
+        return Expect(TensorCodec.Decode(reply["hidden"], "hidden"), hidden.shape, server, "hidden");
     }
 
-    public static async Task<Tensor> BackwardAsync(ServerConnection server, ChainHop hop, Tensor input, Tensor gradOutput,
-        IReadOnlyList<int>? leftPadding, RemoteOptions options, CancellationToken ct)
+    /// <summary>Gradients of the hop's inputs, and of its deep prompts when <paramref name="prompts"/> were sent.</summary>
+    public static async Task<(Tensor GradInput, Tensor? GradPrompts)> BackwardAsync(ServerConnection server, ChainHop hop, Tensor input,
+        Tensor? prompts, Tensor gradOutput, IReadOnlyList<int>? leftPadding, RemoteOptions options, CancellationToken ct)
     {
         var header = Header(hop, leftPadding, options);
+        string[] names = prompts is null ? ["grad_input"] : ["grad_input", "grad_prompts"];
         var reply = await CallAsync(server.Client.Backward(deadline: DateTime.UtcNow + options.RequestTimeout, cancellationToken: ct),
-            header, [("hidden", input), ("grad_output", gradOutput)], "grad_input", options).ConfigureAwait(false);
-        return Expect(reply, input.shape, server, "grad_input");
+            header, [.. PromptsFirst(prompts), ("hidden", input), ("grad_output", gradOutput)], names, options).ConfigureAwait(false);
+        var gradInput = Expect(TensorCodec.Decode(reply["grad_input"], "grad_input"), input.shape, server, "grad_input");
+        if (prompts is null) return (gradInput, null);
+        try { return (gradInput, Expect(TensorCodec.Decode(reply["grad_prompts"], "grad_prompts"), prompts.shape, server, "grad_prompts")); }
+        catch
+        {
+            gradInput.Dispose();
+            throw;
+        }
     }
+
+    /// <summary>
+    /// Deep prompts travel before the hidden states: a server stops reading once the tensors it requires are
+    /// whole, so an optional tensor must come first (see petals.proto).
+    /// </summary>
+    static (string, Tensor)[] PromptsFirst(Tensor? prompts) => prompts is null ? [] : [("prompts", prompts.contiguous())];
 
     static CallHeader Header(ChainHop hop, IReadOnlyList<int>? leftPadding, RemoteOptions options)
     {
@@ -38,8 +53,8 @@ internal static class RemoteCalls
         return header;
     }
 
-    static async Task<Tensor> CallAsync(AsyncDuplexStreamingCall<CallMessage, CallMessage> call, CallHeader header,
-        (string Name, Tensor Value)[] tensors, string replyName, RemoteOptions options)
+    static async Task<IReadOnlyDictionary<string, PetalsSharp.Wire.V1.Tensor>> CallAsync(AsyncDuplexStreamingCall<CallMessage, CallMessage> call,
+        CallHeader header, (string Name, Tensor Value)[] tensors, string[] replyNames, RemoteOptions options)
     {
         using (call)
         {
@@ -48,7 +63,7 @@ internal static class RemoteCalls
                 foreach (var chunk in TensorChunks.Split(name, TensorCodec.Encode(value, options.Compression)))
                     await call.RequestStream.WriteAsync(chunk).ConfigureAwait(false);
             await call.RequestStream.CompleteAsync().ConfigureAwait(false);
-            var assembler = new TensorAssembler([replyName], Protocol.DefaultMaxTensorBytes);
+            var assembler = new TensorAssembler(replyNames, Protocol.DefaultMaxTensorBytes);
             while (await call.ResponseStream.MoveNext(CancellationToken.None).ConfigureAwait(false))
             {
                 if (call.ResponseStream.Current.KindCase != CallMessage.KindOneofCase.Chunk)
@@ -56,7 +71,7 @@ internal static class RemoteCalls
                 assembler.Add(call.ResponseStream.Current.Chunk);
             }
             assembler.RequireComplete();
-            return TensorCodec.Decode(assembler.Completed[replyName], replyName);
+            return assembler.Completed;
         }
     }
 

@@ -12,36 +12,48 @@ namespace PetalsSharp.Client;
 /// </summary>
 internal static class RemoteRange
 {
-    public static Task<Tensor> ForwardAsync(RemotePool pool, int start, int end, Tensor input, IReadOnlyList<int>? leftPadding,
-        CancellationToken ct) =>
+    /// <summary>Forward through blocks <c>[start, end)</c> with deep prompts <c>[end-start, B or 1, P, H]</c> (or null).</summary>
+    public static Task<Tensor> ForwardAsync(RemotePool pool, int start, int end, Tensor input, Tensor? prompts,
+        IReadOnlyList<int>? leftPadding, CancellationToken ct) =>
         WithRetriesAsync(pool, start, end, ct, async chain =>
         {
             var h = input;
             foreach (var hop in chain)
             {
-                var next = await Attempt(pool, hop, () => RemoteCalls.ForwardAsync(pool.Get(hop.Server.Address), hop, h, leftPadding, pool.Options, ct));
+                var p = Slice(prompts, start, hop);
+                var next = await Attempt(pool, hop, () => RemoteCalls.ForwardAsync(pool.Get(hop.Server.Address), hop, h, p, leftPadding, pool.Options, ct));
                 if (!ReferenceEquals(h, input)) h.Dispose();
                 h = next;
             }
             return h;
         });
 
-    public static Task<Tensor> BackwardAsync(RemotePool pool, int start, int end, Tensor input, Tensor gradOutput,
-        IReadOnlyList<int>? leftPadding, CancellationToken ct) =>
+    /// <summary>Gradients of the range's input and (when given) of its deep prompts <c>[end-start, B or 1, P, H]</c>.</summary>
+    public static Task<(Tensor GradInput, Tensor? GradPrompts)> BackwardAsync(RemotePool pool, int start, int end, Tensor input,
+        Tensor? prompts, Tensor gradOutput, IReadOnlyList<int>? leftPadding, CancellationToken ct) =>
         WithRetriesAsync(pool, start, end, ct, async chain =>
         {
             // Several servers for one range: recompute their inputs first, then go back through them in reverse.
             var inputs = new List<Tensor> { input };
             for (int i = 0; i + 1 < chain.Count; i++)
-                inputs.Add(await Attempt(pool, chain[i], () => RemoteCalls.ForwardAsync(pool.Get(chain[i].Server.Address), chain[i], inputs[i], leftPadding, pool.Options, ct)));
+            {
+                var p = Slice(prompts, start, chain[i]);
+                inputs.Add(await Attempt(pool, chain[i], () => RemoteCalls.ForwardAsync(pool.Get(chain[i].Server.Address), chain[i], inputs[i], p, leftPadding, pool.Options, ct)));
+            }
             var grad = gradOutput;
+            var promptGrads = new Tensor?[chain.Count];
             for (int i = chain.Count - 1; i >= 0; i--)
             {
                 var hop = chain[i];
-                grad = await Attempt(pool, hop, () => RemoteCalls.BackwardAsync(pool.Get(hop.Server.Address), hop, inputs[i], grad, leftPadding, pool.Options, ct));
+                var p = Slice(prompts, start, hop);
+                (grad, promptGrads[i]) = await Attempt(pool, hop, () => RemoteCalls.BackwardAsync(pool.Get(hop.Server.Address), hop, inputs[i], p, grad, leftPadding, pool.Options, ct));
             }
-            return grad;
+            return (grad, prompts is null ? null : promptGrads.Length == 1 ? promptGrads[0] : cat(promptGrads.Select(g => g!).ToList(), 0));
         });
+
+    /// <summary>The hop's blocks out of a range's prompts (null stays null).</summary>
+    static Tensor? Slice(Tensor? prompts, int start, ChainHop hop) =>
+        prompts?.narrow(0, hop.Start - start, hop.End - hop.Start);
 
     /// <summary>Runs one call; a failure bans its server and is rethrown as a <see cref="HopFailure"/>.</summary>
     internal static async Task<T> Attempt<T>(RemotePool pool, ChainHop hop, Func<Task<T>> call)
@@ -59,8 +71,8 @@ internal static class RemoteRange
         }
     }
 
-    static async Task<Tensor> WithRetriesAsync(RemotePool pool, int start, int end, CancellationToken ct,
-        Func<IReadOnlyList<ChainHop>, Task<Tensor>> run)
+    static async Task<T> WithRetriesAsync<T>(RemotePool pool, int start, int end, CancellationToken ct,
+        Func<IReadOnlyList<ChainHop>, Task<T>> run)
     {
         for (int attempt = 0; ; attempt++)
         {

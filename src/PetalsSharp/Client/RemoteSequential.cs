@@ -102,14 +102,23 @@ public sealed class RemoteSequential : IBlockStack
     public Tensor Forward(Tensor hidden, ForwardOptions? options = null)
     {
         LocalBlockStack.CheckHidden(hidden, Config);
+        var prompts = options?.Prompts;
+        if (prompts is not null) BlockPrompts.Check(prompts, End - Start, hidden);
         var h = hidden;
         var chain = _pool.Plan(Start, End, forInference: false);
         _pool.Options.OnRoute?.Invoke(ChainPlanner.Describe(chain));
         foreach (var hop in chain)
         {
-            h = h.requires_grad
-                ? RemoteHopFunction.apply(h, new RemoteHop(_pool, hop.Start, hop.End, options?.LeftPadding))
-                : Run(() => RemoteRange.ForwardAsync(_pool, hop.Start, hop.End, h, options?.LeftPadding, CancellationToken.None));
+            var p = prompts?.narrow(0, hop.Start - Start, hop.End - hop.Start);     // [hop blocks, B or 1, P, H]
+            var remoteHop = new RemoteHop(_pool, hop.Start, hop.End, options?.LeftPadding);
+            var input = h;
+            h = (h.requires_grad, p) switch
+            {
+                (_, { requires_grad: true }) => RemoteHopFunction.apply(h, p, remoteHop),
+                (true, _) when p is null => RemoteHopFunction.apply(h, remoteHop),
+                (true, _) => RemoteHopFunction.apply(h, p.detach(), remoteHop),
+                _ => Run(() => RemoteRange.ForwardAsync(_pool, hop.Start, hop.End, input, p?.detach(), options?.LeftPadding, CancellationToken.None)),
+            };
             options?.OnBlockOutput?.Invoke(hop.End - 1, h.detach().clone().DetachFromDisposeScope());
         }
         return h;
@@ -150,7 +159,10 @@ public sealed class RemoteSequential : IBlockStack
 /// <summary>What the autograd function needs to call a hop again in backward.</summary>
 internal sealed record RemoteHop(RemotePool Pool, int Start, int End, IReadOnlyList<int>? LeftPadding);
 
-/// <summary>One hop as an autograd node: forward calls the server's Forward, backward its Backward.</summary>
+/// <summary>
+/// One hop as an autograd node: forward calls the server's Forward, backward its Backward. Inputs are
+/// <c>(hidden, hop)</c> or <c>(hidden, prompts, hop)</c> with deep prompts of the hop's blocks.
+/// </summary>
 internal sealed class RemoteHopFunction : TorchSharp.torch.autograd.SingleTensorFunction<RemoteHopFunction>
 {
     public override string Name => "RemoteHop";
@@ -158,20 +170,24 @@ internal sealed class RemoteHopFunction : TorchSharp.torch.autograd.SingleTensor
     public override Tensor forward(TorchSharp.torch.autograd.AutogradContext ctx, params object[] vars)
     {
         var input = (Tensor)vars[0];
-        var hop = (RemoteHop)vars[1];
-        ctx.save_for_backward([input.detach()]);
+        var prompts = vars.Length == 3 ? (Tensor)vars[1] : null;
+        var hop = (RemoteHop)vars[^1];
+        ctx.save_for_backward(prompts is null ? [input.detach()] : [input.detach(), prompts.detach()]);
         ctx.save_data("hop", hop);
-        return RemoteSequential.Run(() => RemoteRange.ForwardAsync(hop.Pool, hop.Start, hop.End, input.detach(), hop.LeftPadding, CancellationToken.None));
+        return RemoteSequential.Run(() => RemoteRange.ForwardAsync(hop.Pool, hop.Start, hop.End, input.detach(), prompts?.detach(), hop.LeftPadding, CancellationToken.None));
     }
 
     public override List<Tensor> backward(TorchSharp.torch.autograd.AutogradContext ctx, Tensor gradOutput)
     {
-        var input = ctx.get_saved_variables()[0];
+        var saved = ctx.get_saved_variables();
+        var input = saved[0];
+        var prompts = saved.Count > 1 ? saved[1] : null;
         var hop = (RemoteHop)ctx.get_data("hop");
         try
         {
-            var grad = RemoteSequential.Run(() => RemoteRange.BackwardAsync(hop.Pool, hop.Start, hop.End, input, gradOutput.contiguous(), hop.LeftPadding, CancellationToken.None));
-            return [grad, null!];
+            var (grad, gradPrompts) = RemoteSequential.Run(() => RemoteRange.BackwardAsync(hop.Pool, hop.Start, hop.End, input, prompts,
+                gradOutput.contiguous(), hop.LeftPadding, CancellationToken.None));
+            return prompts is null ? [grad, null!] : [grad, gradPrompts!, null!];
         }
         catch (Exception e)
         {
@@ -179,7 +195,9 @@ internal sealed class RemoteHopFunction : TorchSharp.torch.autograd.SingleTensor
             // failure is recorded and surfaced by RemoteSequential.Backward / ThrowIfBackwardFailed, and the
             // gradient is NaN so that nothing can silently train on it.
             hop.Pool.BackwardErrors.Enqueue(new SwarmException($"backward through blocks [{hop.Start}, {hop.End}) failed: {e.Message}", e));
-            return [full_like(input, float.NaN), null!];
+            return prompts is null
+                ? [full_like(input, float.NaN), null!]
+                : [full_like(input, float.NaN), full_like(prompts, float.NaN), null!];
         }
     }
 }

@@ -26,7 +26,13 @@ internal sealed class RemoteSession : IBlockSession
         _pool = pool;
         Options = options;
         _hops = chain.Select(h => new HopSession(pool.Get(h.Server.Address), h, options, pool.Options)).ToList();
+        _start = chain.Count > 0 ? chain[0].Start : 0;
     }
+
+    readonly int _start;
+
+    /// <summary>Deep prompts of <paramref name="hop"/>'s blocks out of the stack's (null stays null).</summary>
+    Tensor? HopPrompts(Tensor? prompts, ChainHop hop) => prompts?.narrow(0, hop.Start - _start, hop.End - hop.Start);
 
     public int Position { get; private set; }
     public SessionOptions Options { get; }
@@ -53,9 +59,12 @@ internal sealed class RemoteSession : IBlockSession
         }
         var h = hidden;
         var hypoIds = options?.HypoIds;
+        var prompts = options?.Prompts?.detach();
+        if (prompts is not null) BlockPrompts.Check(prompts, _hops[^1].Hop.End - _start, hidden);
         // Every hop gets its own step id up front, so a step that was pushed and is later resent is deduplicated.
         var ids = _hops.ToDictionary(hop => hop, _ => HopSession.NewStepId());
-        bool pushed = _pool.Options.UseServerToServer && _hops.Count > 1 && _hops[0].FitsOneMessage(hidden)
+        // Deep prompts differ per server, so a step carrying them is driven hop by hop.
+        bool pushed = _pool.Options.UseServerToServer && _hops.Count > 1 && prompts is null && _hops[0].FitsOneMessage(hidden)
                       && await TrySendWithPushAsync(hidden, start, hypoIds, ids, ct).ConfigureAwait(false);
         for (int i = 0; i < _hops.Count; i++)
         {
@@ -67,12 +76,12 @@ internal sealed class RemoteSession : IBlockSession
             {
                 output = await RemoteRange.Attempt(_pool, hop.Hop, () => pushed
                     ? hop.ReceiveAsync(ids[hop], input, start, hypoIds, ct)
-                    : hop.StepAsync(input, start, hypoIds, ct, ids.GetValueOrDefault(hop))).ConfigureAwait(false);
+                    : hop.StepAsync(input, start, hypoIds, ct, ids.GetValueOrDefault(hop), HopPrompts(prompts, hop.Hop))).ConfigureAwait(false);
             }
             catch (HopFailure failure)
             {
                 int replacements;
-                (output, replacements) = await FailoverAsync(i, h, start, hypoIds, failure, ct).ConfigureAwait(false);
+                (output, replacements) = await FailoverAsync(i, h, start, hypoIds, HopPrompts(prompts, _hops[i].Hop), failure, ct).ConfigureAwait(false);
                 i += replacements - 1;   // the replacement hops already ran this step
                 pushed = false;          // later hops may have missed the push: drive them from here (same step ids)
             }
@@ -124,9 +133,12 @@ internal sealed class RemoteSession : IBlockSession
     /// from position 0 so the new servers rebuild their caches, and returns this step's outputs. Retries with
     /// growing backoff; after MaxRetries the session fails with the last cause.
     /// </summary>
-    async Task<(Tensor Output, int Hops)> FailoverAsync(int index, Tensor hidden, int start, Tensor? hypoIds, HopFailure first, CancellationToken ct)
+    async Task<(Tensor Output, int Hops)> FailoverAsync(int index, Tensor hidden, int start, Tensor? hypoIds, Tensor? prompts,
+        HopFailure first, CancellationToken ct)
     {
         var failed = _hops[index];
+        // The replay starts at position 0, so it carries the prompts of the prefill (or of this step, if it is one).
+        var replayPrompts = start == 0 ? prompts : failed.PrefillPrompts;
         using var replay = failed.ReplayInput(start, hypoIds, hidden);                         // [B, start+T, H]
         var last = first;
         for (int retry = 1; retry <= _pool.Options.MaxRetries; retry++)
@@ -145,7 +157,8 @@ internal sealed class RemoteSession : IBlockSession
                     x = await RemoteRange.Attempt(_pool, hop, async () =>
                     {
                         await session.OpenAsync(ct).ConfigureAwait(false);
-                        return await session.StepAsync(input, 0, null, ct).ConfigureAwait(false);
+                        return await session.StepAsync(input, 0, null, ct, null,
+                            replayPrompts?.narrow(0, hop.Start - failed.Hop.Start, hop.End - hop.Start)).ConfigureAwait(false);
                     }).ConfigureAwait(false);
                     if (!ReferenceEquals(input, replay)) input.Dispose();
                 }
@@ -235,10 +248,18 @@ internal sealed class HopSession(ServerConnection server, ChainHop hop, SessionO
 
     public string Address => server.Address;
 
+    /// <summary>Deep prompts sent with the step at position 0 (a replacement server needs them for the replay).</summary>
+    public Tensor? PrefillPrompts { get; private set; }
+
     /// <summary>Sends one step (split along T when it would not fit in a message) and returns the outputs.</summary>
-    public async Task<Tensor> StepAsync(Tensor hidden, int start, Tensor? hypoIds, CancellationToken ct, string? stepId = null)
+    public async Task<Tensor> StepAsync(Tensor hidden, int start, Tensor? hypoIds, CancellationToken ct, string? stepId = null, Tensor? prompts = null)
     {
         EnsureOpen();
+        if (prompts is not null)
+        {
+            PrefillPrompts?.Dispose();
+            PrefillPrompts = start == 0 ? prompts.detach().clone().DetachFromDisposeScope() : null;
+        }
         long tokens = hidden.shape[1];
         int maxTokens = MaxTokens(hidden);
         var outputs = new List<Tensor>();
@@ -246,9 +267,12 @@ internal sealed class HopSession(ServerConnection server, ChainHop hop, SessionO
         do
         {
             int take = (int)Math.Min(maxTokens, tokens - offset);
+            // The prompts go with the first part, which must hold all their positions.
+            if (offset == 0 && prompts is not null) take = (int)Math.Min(tokens, Math.Max(take, prompts.shape[2]));
             var part = hidden.narrow(1, offset, take);
             var id = offset == 0 && stepId is not null ? stepId : NewStepId();
-            await WriteStepAsync(part, offset == 0 ? start : null, offset == 0 ? hypoIds : null, id, [], ct).ConfigureAwait(false);
+            await WriteStepAsync(part, offset == 0 ? start : null, offset == 0 ? hypoIds : null, id, [], ct,
+                offset == 0 ? prompts : null).ConfigureAwait(false);
             outputs.Add(await ReadResultAsync(id, part.shape, ct).ConfigureAwait(false));
             offset += take;
         } while (offset < tokens);
@@ -282,9 +306,11 @@ internal sealed class HopSession(ServerConnection server, ChainHop hop, SessionO
         if (_broken || _call is null) throw new SwarmException($"{server.Address}: the session stream is not open");
     }
 
-    async Task WriteStepAsync(Tensor part, int? start, Tensor? hypoIds, string stepId, IEnumerable<NextServer> next, CancellationToken ct)
+    async Task WriteStepAsync(Tensor part, int? start, Tensor? hypoIds, string stepId, IEnumerable<NextServer> next, CancellationToken ct,
+        Tensor? prompts = null)
     {
         var step = new InferenceStep { StepId = stepId, Hidden = TensorCodec.Encode(part, remote.Compression) };
+        if (prompts is not null) step.Prompts = TensorCodec.Encode(prompts.contiguous());
         if (start is { } s) step.StartFromPosition = s;
         if (hypoIds is not null) step.HypoIds = TensorCodec.Encode(hypoIds.to(ScalarType.Int64));
         step.NextServers.AddRange(next);
@@ -351,6 +377,7 @@ internal sealed class HopSession(ServerConnection server, ChainHop hop, SessionO
         try { _call?.RequestStream.CompleteAsync().Wait(TimeSpan.FromSeconds(1)); }
         catch (Exception) { /* the stream may already be broken; disposing the call below frees it either way */ }
         _call?.Dispose();
+        PrefillPrompts?.Dispose();
         foreach (var t in _history) t.Dispose();
         _history.Clear();
     }

@@ -45,6 +45,9 @@ public sealed record GenerationOptions
     /// </summary>
     public IReadOnlyList<int> HiddenStateLayers { get; init; } = [];
 
+    /// <summary>A fine-tuned model's prompts and head (see <c>Training.TunedModel.ForGeneration</c>), or null.</summary>
+    public GenerationTuning? Tuning { get; init; }
+
     public void Validate(int numLayers)
     {
         if (MaxNewTokens < 0) throw new ArgumentOutOfRangeException(nameof(MaxNewTokens), "max_new_tokens must be >= 0");
@@ -104,3 +107,16 @@ public sealed record GenerationResult(
     IReadOnlyList<string> Texts,
     IReadOnlyList<FinishReason> FinishReasons,
     IReadOnlyDictionary<int, Tensor> HiddenStates);
+
+/// <summary>
+/// What a fine-tuned model adds to generation. Virtual tokens go in front of each row's prompt (after its left
+/// padding) on the prefill step; deep prompts are sent with the prefill step only, as Petals does.
+/// </summary>
+/// <param name="Prefix">Virtual-token embeddings <c>[P, H]</c>, or null.</param>
+/// <param name="DeepPrompts">Per-block prompts <c>[L, 1, P, H]</c> (needs <paramref name="Prefix"/>), or null.</param>
+/// <param name="Logits">Replaces the LM head: normed hidden <c>[B, T, H]</c> → logits <c>[B, T, V]</c>; null keeps the model's.</param>
+public sealed record GenerationTuning(Tensor? Prefix = null, Tensor? DeepPrompts = null, Func<Tensor, Tensor>? Logits = null)
+{
+    /// <summary>Virtual tokens P.</summary>
+    public int PrefixLength => Prefix is null ? 0 : (int)Prefix.shape[0];
+}

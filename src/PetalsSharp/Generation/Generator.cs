@@ -86,7 +86,12 @@ internal sealed class GenerationRun
     public async IAsyncEnumerable<GenerationStep> RunAsync([EnumeratorCancellation] CancellationToken ct)
     {
         if (_o.MaxNewTokens == 0) yield break;
-        var session = _model.Blocks.OpenSession(new SessionOptions(Batch, _promptLength + _o.MaxNewTokens,
+        var tuning = _o.Tuning;
+        int prefix = tuning?.PrefixLength ?? 0;
+        if (tuning?.DeepPrompts is not null && (prefix == 0 || _leftPad.Any(p => p > 0)))
+            throw new NotSupportedException(prefix == 0 ? "deep prompts need the prefix embeddings too"
+                : "deep prompts with prompts of unequal lengths (left padding) are not supported; generate them one at a time");
+        var session = _model.Blocks.OpenSession(new SessionOptions(Batch, prefix + _promptLength + _o.MaxNewTokens,
             _leftPad.Any(p => p > 0) ? _leftPad : null));
         using var _ = session;
         var input = new long[Batch * _promptLength];
@@ -103,12 +108,15 @@ internal sealed class GenerationRun
             using (var scope = NewDisposeScope())
             {
                 var ids = tensor(rowsIn, [Batch, width], device: _model.Ends.EmbeddingWeight.device);     // [B, T]
-                embedded = _model.Ends.Embed(ids);                                                     // [B, T, H]
+                embedded = step == 0 && prefix > 0
+                    ? _model.Ends.AfterEmbedding(WithPrefix(_model.Ends.EmbedTokens(ids), tuning!.Prefix!))   // [B, P+T, H]
+                    : _model.Ends.Embed(ids);                                                          // [B, T, H]
                 Capture(0, embedded);
                 embedded.DetachFromDisposeScope();
             }
             Tensor output;
-            using (embedded) output = await session.StepAsync(embedded, new StepOptions(OnBlockOutput: Sink()), ct);  // [B, T, H]
+            var stepOptions = new StepOptions(OnBlockOutput: Sink(), Prompts: step == 0 ? tuning?.DeepPrompts : null);
+            using (embedded) output = await session.StepAsync(embedded, stepOptions, ct);                 // [B, T, H]
             int[] next;
             using (output)
             using (var scope = NewDisposeScope())
@@ -127,6 +135,20 @@ internal sealed class GenerationRun
             rowsIn = next.Select((t, b) => (long)(_finished[b] is null ? t : PadId)).ToArray();
             width = 1;
         }
+    }
+
+    /// <summary>Token embeddings <c>[B, T, H]</c> with the virtual tokens <c>[P, H]</c> after each row's left padding.</summary>
+    Tensor WithPrefix(Tensor embedded, Tensor prefix)
+    {
+        var p = prefix.to(embedded.dtype).unsqueeze(0);                                          // [1, P, H]
+        var rows = new List<Tensor>();
+        for (int b = 0; b < Batch; b++)
+        {
+            var row = embedded.narrow(0, b, 1);                                                  // [1, T, H]
+            int pad = _leftPad[b];
+            rows.Add(cat([row.narrow(1, 0, pad), p, row.narrow(1, pad, row.shape[1] - pad)], 1)); // [1, P+T, H]
+        }
+        return cat(rows, 0);                                                                     // [B, P+T, H]
     }
 
     Action<int, Tensor>? Sink() => _hidden.Count == 0 ? null : (i, t) =>
@@ -148,7 +170,8 @@ internal sealed class GenerationRun
             lastNormed = normed.narrow(1, normed.shape[1] - 1, 1);                                // [B, 1, H]
         }
         else lastNormed = ends.FinalNorm(output.narrow(1, output.shape[1] - 1, 1));              // [B, 1, H]
-        var scores = ends.Logits(lastNormed).squeeze(1).to(ScalarType.Float32);                  // [B, V]
+        var head = _o.Tuning?.Logits ?? ends.Logits;
+        var scores = head(lastNormed).squeeze(1).to(ScalarType.Float32);                         // [B, V]
         return Process(scores);
     }
 

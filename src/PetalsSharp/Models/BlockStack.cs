@@ -27,7 +27,12 @@ public interface IBlockStack : IDisposable
 /// Receives (absolute block index, its output <c>[B,T,H]</c>) for every block whose output the stack can see.
 /// The receiver owns the tensor (it is outside any dispose scope) and must dispose it.
 /// </param>
-public sealed record ForwardOptions(IReadOnlyList<int>? LeftPadding = null, Action<int, Tensor>? OnBlockOutput = null)
+/// <param name="Prompts">
+/// Deep prompts <c>[blocks of the stack, B or 1, P, H]</c>: prompts[i] is added to the first P positions of block
+/// i's input (see <see cref="BlockPrompts"/>). Forward is differentiable with respect to them too.
+/// </param>
+public sealed record ForwardOptions(IReadOnlyList<int>? LeftPadding = null, Action<int, Tensor>? OnBlockOutput = null,
+    Tensor? Prompts = null)
 {
     /// <summary>Server-side adapter applied to every block of the pass (local stacks only); null = base weights.</summary>
     public Lora.ILinearAdapter? Adapter { get; init; }
@@ -47,7 +52,9 @@ public sealed record SessionOptions(int Batch, int MaxLength, IReadOnlyList<int>
 /// <param name="HypoIds">Beam search: row i continues old row HypoIds[i] (<c>[B]</c> int64); applied before the step.</param>
 /// <param name="StartFromPosition">Rolls the cache back: the new tokens are written from this position on.</param>
 /// <param name="OnBlockOutput">As in <see cref="ForwardOptions.OnBlockOutput"/>.</param>
-public sealed record StepOptions(Tensor? HypoIds = null, int? StartFromPosition = null, Action<int, Tensor>? OnBlockOutput = null);
+/// <param name="Prompts">As in <see cref="ForwardOptions.Prompts"/>, added to this step's first P positions (prefill only, as Petals does).</param>
+public sealed record StepOptions(Tensor? HypoIds = null, int? StartFromPosition = null, Action<int, Tensor>? OnBlockOutput = null,
+    Tensor? Prompts = null);
 
 /// <summary>An inference session over a block stack: each step feeds new hidden states and keeps the cache.</summary>
 public interface IBlockSession : IDisposable

@@ -31,16 +31,18 @@ public sealed class LocalBlockStack : IBlockStack
     {
         CheckHidden(hidden, Config);
         using var scope = NewDisposeScope();
+        if (options?.Prompts is { } prompts) BlockPrompts.Check(prompts, _blocks.Length, hidden);
         var ctx = new StepContext((int)hidden.shape[0], (int)hidden.shape[1], 0, options?.LeftPadding, hidden.device) { Adapter = options?.Adapter };
-        return Run(hidden, ctx, null, options?.OnBlockOutput).MoveToOuterDisposeScope();
+        return Run(hidden, ctx, null, options?.OnBlockOutput, options?.Prompts).MoveToOuterDisposeScope();
     }
 
     /// <summary>Runs the blocks; <paramref name="caches"/> is null for a cache-free pass.</summary>
-    internal Tensor Run(Tensor hidden, StepContext ctx, LayerCache[]? caches, Action<int, Tensor>? onBlockOutput)
+    internal Tensor Run(Tensor hidden, StepContext ctx, LayerCache[]? caches, Action<int, Tensor>? onBlockOutput, Tensor? prompts = null)
     {
         var h = hidden;
         for (int i = 0; i < _blocks.Length; i++)
         {
+            if (prompts is not null) h = BlockPrompts.Add(h, prompts[i]);      // [B, T, H]
             h = _blocks[i].Forward(h, ctx, caches?[i]);                       // [B, T, H]
             if (onBlockOutput is not null) onBlockOutput(_blocks[i].Index, h.detach().clone().DetachFromDisposeScope());
         }
@@ -130,9 +132,10 @@ public sealed class LocalBlockSession : IBlockSession
                 throw new ArgumentException($"hypo_ids must be [{Options.Batch}], got [{string.Join(", ", hypo.shape)}]");
             foreach (var c in _caches) c.Reorder(hypo.to(ScalarType.Int64));
         }
+        if (options?.Prompts is { } prompts) BlockPrompts.Check(prompts, _stack.Blocks.Count, hidden);
         using var scope = NewDisposeScope();
         var ctx = new StepContext(Options.Batch, t, start, Options.LeftPadding, hidden.device) { Adapter = Options.Adapter };
-        var output = _stack.Run(hidden, ctx, _caches, options?.OnBlockOutput);
+        var output = _stack.Run(hidden, ctx, _caches, options?.OnBlockOutput, options?.Prompts);
         Position = start + t;
         return output.MoveToOuterDisposeScope();
     }

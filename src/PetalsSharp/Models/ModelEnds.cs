@@ -50,6 +50,9 @@ public sealed class ModelEnds : nn.Module
     /// <summary>The token embedding matrix <c>[V, H]</c>.</summary>
     public Tensor EmbeddingWeight => embed_tokens;
 
+    /// <summary>The LM head <c>[V, H]</c> (the embedding matrix itself when tied).</summary>
+    public Tensor HeadWeight => lm_head;
+
     /// <summary>Raw token embeddings <c>[B, T, H]</c> in <paramref name="dtype"/>, before any embedding norm.</summary>
     public Tensor EmbedTokens(Tensor inputIds, ScalarType dtype = ScalarType.Float32)
     {

@@ -146,6 +146,9 @@ public sealed partial class BlockServiceImpl
                 throw new WireException($"hidden: batch {hidden.shape[0]} does not match the session's batch {batch}");
             int tokens = (int)hidden.shape[1];
             using var hypoIds = RequestValidator.DecodeHypoIds(step.HypoIds, batch);
+            using var prompts = PromptValidator.Decode(step.Prompts, open.EndBlock - open.StartBlock, batch, tokens, HiddenSize, maxElements);
+            if (prompts is not null && step.NextServers.Count > 0)
+                throw new WireException("prompts: a step with deep prompts cannot be pushed (they belong to this server's blocks only)");
             int start = session.Position;
             if (step.HasStartFromPosition)
             {
@@ -168,7 +171,7 @@ public sealed partial class BlockServiceImpl
                 {
                     using var scope = NewDisposeScope();
                     using var noGrad = no_grad();
-                    var result = session.Step(hidden, new StepOptions(hypoIds, step.HasStartFromPosition ? start : null));
+                    var result = session.Step(hidden, new StepOptions(hypoIds, step.HasStartFromPosition ? start : null, Prompts: prompts));
                     return TensorCodec.Encode(result, open.OutputCompression);
                 }, ct);
 

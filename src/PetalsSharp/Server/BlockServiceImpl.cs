@@ -59,12 +59,13 @@ public sealed partial class BlockServiceImpl : BlockService.BlockServiceBase
     {
         var (header, tensors) = await ReadCallAsync(requestStream, ["hidden"], ct);
         using var hidden = RequestValidator.DecodeHidden(tensors["hidden"], "hidden", HiddenSize, MaxElements, allowEmptySequence: false);
+        using var prompts = DecodePrompts(tensors, header, hidden);
         var reply = await RunOnSpanAsync(header, hidden, (slice, padding, adapter) =>
         {
             using var noGrad = no_grad();
-            return slice.Forward(hidden, new ForwardOptions(padding) { Adapter = adapter });
+            return [slice.Forward(hidden, new ForwardOptions(padding, Prompts: prompts) { Adapter = adapter })];
         }, ct);
-        await WriteChunksAsync(responseStream, "hidden", reply, ct);
+        await WriteChunksAsync(responseStream, "hidden", reply[0], ct);
     });
 
     /// <inheritdoc />
@@ -76,23 +77,31 @@ public sealed partial class BlockServiceImpl : BlockService.BlockServiceBase
         using var gradOutput = RequestValidator.DecodeHidden(tensors["grad_output"], "grad_output", HiddenSize, MaxElements, allowEmptySequence: false);
         if (!hidden.shape.SequenceEqual(gradOutput.shape))
             throw new WireException($"grad_output: shape [{string.Join(", ", gradOutput.shape)}] differs from hidden [{string.Join(", ", hidden.shape)}]");
+        using var prompts = DecodePrompts(tensors, header, hidden);
         var reply = await RunOnSpanAsync(header, hidden, (slice, padding, adapter) =>
         {
             // Servers keep no activations between calls (as in Petals): backward recomputes the forward pass.
             using var grad = enable_grad();
             var input = hidden.detach().requires_grad_(true);
-            var output = slice.Forward(input, new ForwardOptions(padding) { Adapter = adapter });
-            return autograd.grad([output], [input], [gradOutput])[0];
+            var p = prompts?.detach().requires_grad_(true);
+            var output = slice.Forward(input, new ForwardOptions(padding, Prompts: p) { Adapter = adapter });
+            return autograd.grad([output], p is null ? [input] : [input, p], [gradOutput]).ToArray();
         }, ct);
-        await WriteChunksAsync(responseStream, "grad_input", reply, ct);
+        await WriteChunksAsync(responseStream, "grad_input", reply[0], ct);
+        if (reply.Length > 1) await WriteChunksAsync(responseStream, "grad_prompts", reply[1], ct);
     });
+
+    /// <summary>The optional deep prompts of a Forward/Backward call, checked against its blocks and hidden states.</summary>
+    TorchSharp.torch.Tensor? DecodePrompts(IReadOnlyDictionary<string, WireTensor> tensors, CallHeader header, TorchSharp.torch.Tensor hidden) =>
+        PromptValidator.Decode(tensors.GetValueOrDefault("prompts"), Math.Max(0, header.EndBlock - header.StartBlock),
+            (int)hidden.shape[0], (int)hidden.shape[1], HiddenSize, MaxElements);
 
     /// <summary>
     /// Checks a Forward/Backward call against the span served now and runs <paramref name="compute"/> on the blocks
     /// it names, on the compute thread after queued inference steps; the span cannot be freed meanwhile.
     /// </summary>
-    async Task<WireTensor> RunOnSpanAsync(CallHeader header, TorchSharp.torch.Tensor hidden,
-        Func<LocalBlockStack, int[]?, Models.Lora.ILinearAdapter?, TorchSharp.torch.Tensor> compute, CancellationToken ct)
+    async Task<WireTensor[]> RunOnSpanAsync(CallHeader header, TorchSharp.torch.Tensor hidden,
+        Func<LocalBlockStack, int[]?, Models.Lora.ILinearAdapter?, TorchSharp.torch.Tensor[]> compute, CancellationToken ct)
     {
         var span = _server.EnterSpan();
         try
@@ -103,7 +112,7 @@ public sealed partial class BlockServiceImpl : BlockService.BlockServiceBase
             {
                 using var scope = NewDisposeScope();
                 using var slice = span.Stack.Slice(header.StartBlock, header.EndBlock);
-                return TensorCodec.Encode(compute(slice, padding, adapter), header.OutputCompression);
+                return compute(slice, padding, adapter).Select(t => TensorCodec.Encode(t, header.OutputCompression)).ToArray();
             }, ct);
         }
         finally { span.Exit(); }
@@ -142,7 +151,8 @@ public sealed partial class BlockServiceImpl : BlockService.BlockServiceBase
         if (stream.Current.KindCase != CallMessage.KindOneofCase.Header)
             throw new WireException($"first message is {stream.Current.KindCase}; a CallHeader must come first");
         var header = stream.Current.Header;
-        var assembler = new TensorAssembler(names, _server.Options.MaxTensorBytes);
+        // Deep prompts are optional and travel first (see petals.proto).
+        var assembler = new TensorAssembler(names, _server.Options.MaxTensorBytes, ["prompts"]);
         // Stop as soon as every tensor is whole: the reply need not wait for the client to close its side.
         while (!assembler.IsComplete && await stream.MoveNext(ct))
         {

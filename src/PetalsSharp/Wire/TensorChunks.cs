@@ -34,9 +34,11 @@ public static class TensorChunks
 
 /// <summary>
 /// Reassembles chunked tensors, refusing anything out of order, oversized or truncated before it buffers it.
-/// Only the names the caller expects are accepted, each once.
+/// Only the names the caller expects (or allows) are accepted, each once. Optional tensors must arrive before the
+/// last expected one: the assembler is complete as soon as every expected tensor is whole.
 /// </summary>
-public sealed class TensorAssembler(IReadOnlyCollection<string> expectedNames, long maxTensorBytes)
+public sealed class TensorAssembler(IReadOnlyCollection<string> expectedNames, long maxTensorBytes,
+    IReadOnlyCollection<string>? optionalNames = null)
 {
     readonly Dictionary<string, WireTensor> _done = new();
     string? _current;
@@ -51,8 +53,8 @@ public sealed class TensorAssembler(IReadOnlyCollection<string> expectedNames, l
     {
         if (_current is null)
         {
-            if (!expectedNames.Contains(chunk.Name))
-                throw new WireException($"unexpected tensor '{chunk.Name}' (expected {string.Join(", ", expectedNames)})");
+            if (!expectedNames.Contains(chunk.Name) && optionalNames?.Contains(chunk.Name) != true)
+                throw new WireException($"unexpected tensor '{chunk.Name}' (expected {string.Join(", ", expectedNames.Concat(optionalNames ?? []))})");
             if (_done.ContainsKey(chunk.Name)) throw new WireException($"tensor '{chunk.Name}' sent twice");
             if (chunk.TotalBytes < 0 || chunk.TotalBytes > maxTensorBytes)
                 throw new WireException($"tensor '{chunk.Name}' declares {chunk.TotalBytes} bytes; the limit is {maxTensorBytes}");

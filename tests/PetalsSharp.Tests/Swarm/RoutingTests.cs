@@ -54,15 +54,16 @@ public sealed class RoutingTests
     {
         using var one = await ServerProcess.StartAsync(Model, 0, 3);
         using var two = await ServerProcess.StartAsync(Model, 0, 3);
-        await using var a = await LinkShaper.StartAsync(one.Address, TimeSpan.FromMilliseconds(60));
+        await using var a = await LinkShaper.StartAsync(one.Address, TimeSpan.FromMilliseconds(150));
         await using var b = await LinkShaper.StartAsync(two.Address, TimeSpan.Zero);
         var routes = new List<string>();
+        // 150 ms one way: far above the scheduling noise of a loaded 2-core machine, which can reach tens of ms.
         using var lm = await DistributedModel.ConnectAsync(Model, [a.Address, b.Address],
             new RemoteOptions { OnRoute = routes.Add, RefreshPeriod = TimeSpan.FromMilliseconds(200) });
         await lm.GenerateAsync([[1, 2, 3]], new GenerationOptions { MaxNewTokens = 1 });
         Assert.Equal($"route: {b.Address}[0:3]", routes[^1]);
         a.OneWayDelay = TimeSpan.Zero;
-        b.OneWayDelay = TimeSpan.FromMilliseconds(60);
+        b.OneWayDelay = TimeSpan.FromMilliseconds(150);
         // Nobody calls PingAsync: the pool's own refresh re-measures, and the moving average crosses over.
         for (int i = 0; i < 100 && routes[^1] != $"route: {a.Address}[0:3]"; i++)
         {
