@@ -14,6 +14,7 @@ internal static class RemoteCalls
         IReadOnlyList<int>? leftPadding, RemoteOptions options, CancellationToken ct)
     {
         var header = Header(hop, leftPadding, options);
+        header.WithPrompts = prompts is not null;
         var reply = await CallAsync(server.Client.Forward(deadline: DateTime.UtcNow + options.RequestTimeout, cancellationToken: ct),
             header, [.. PromptsFirst(prompts), ("hidden", hidden)], ["hidden"], options).ConfigureAwait(false);
         return Expect(TensorCodec.Decode(reply["hidden"], "hidden"), hidden.shape, server, "hidden");
@@ -24,6 +25,7 @@ internal static class RemoteCalls
         Tensor? prompts, Tensor gradOutput, IReadOnlyList<int>? leftPadding, RemoteOptions options, CancellationToken ct)
     {
         var header = Header(hop, leftPadding, options);
+        header.WithPrompts = prompts is not null;
         string[] names = prompts is null ? ["grad_input"] : ["grad_input", "grad_prompts"];
         var reply = await CallAsync(server.Client.Backward(deadline: DateTime.UtcNow + options.RequestTimeout, cancellationToken: ct),
             header, [.. PromptsFirst(prompts), ("hidden", input), ("grad_output", gradOutput)], names, options).ConfigureAwait(false);
@@ -37,10 +39,7 @@ internal static class RemoteCalls
         }
     }
 
-    /// <summary>
-    /// Deep prompts travel before the hidden states: a server stops reading once the tensors it requires are
-    /// whole, so an optional tensor must come first (see petals.proto).
-    /// </summary>
+    /// <summary>Deep prompts, when given, go with the call; the header's <c>with_prompts</c> tells the server to wait for them.</summary>
     static (string, Tensor)[] PromptsFirst(Tensor? prompts) => prompts is null ? [] : [("prompts", prompts.contiguous())];
 
     static CallHeader Header(ChainHop hop, IReadOnlyList<int>? leftPadding, RemoteOptions options)

@@ -151,8 +151,9 @@ public sealed partial class BlockServiceImpl : BlockService.BlockServiceBase
         if (stream.Current.KindCase != CallMessage.KindOneofCase.Header)
             throw new WireException($"first message is {stream.Current.KindCase}; a CallHeader must come first");
         var header = stream.Current.Header;
-        // Deep prompts are optional and travel first (see petals.proto).
-        var assembler = new TensorAssembler(names, _server.Options.MaxTensorBytes, ["prompts"]);
+        // The header says whether deep prompts come, so they are required then and refused otherwise; no tensor is
+        // ever silently ignored because of the order it was sent in.
+        var assembler = new TensorAssembler(header.WithPrompts ? [.. names, "prompts"] : names, _server.Options.MaxTensorBytes);
         // Stop as soon as every tensor is whole: the reply need not wait for the client to close its side.
         while (!assembler.IsComplete && await stream.MoveNext(ct))
         {

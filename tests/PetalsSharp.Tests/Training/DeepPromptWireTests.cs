@@ -14,8 +14,32 @@ public sealed class DeepPromptWireTests(ServerFixture f) : IClassFixture<ServerF
 {
     static WireTensor Encode(Tensor t) => TensorCodec.Encode(t);
 
-    Task<(WireTensor Tensor, int Chunks)> Forward(Tensor hidden, Tensor prompts, int start = 0, int end = 3) =>
-        f.Client.CallAsync(false, ServerClient.Messages(ServerClient.Header(start, end), ("prompts", Encode(prompts)), ("hidden", Encode(hidden))), "hidden");
+    Task<(WireTensor Tensor, int Chunks)> Forward(Tensor hidden, Tensor prompts, int start = 0, int end = 3, bool promptsLast = false)
+    {
+        var header = ServerClient.Header(start, end);
+        header.WithPrompts = true;
+        (string, WireTensor)[] tensors = promptsLast
+            ? [("hidden", Encode(hidden)), ("prompts", Encode(prompts))]
+            : [("prompts", Encode(prompts)), ("hidden", Encode(hidden))];
+        return f.Client.CallAsync(false, ServerClient.Messages(header, tensors), "hidden");
+    }
+
+    [Fact]
+    public async Task Prompts_may_follow_hidden_and_are_refused_unless_the_header_announces_them()
+    {
+        manual_seed(9);
+        var hidden = randn(1, 4, 64);
+        var prompts = randn(2, 1, 2, 64);
+        var first = TensorCodec.Decode((await Forward(hidden, prompts, 0, 2)).Tensor, "first");
+        var last = TensorCodec.Decode((await Forward(hidden, prompts, 0, 2, promptsLast: true)).Tensor, "last");
+        Assert.True(TensorAssert.MaxAbsDiff(first, last) == 0);
+
+        // Without with_prompts, a "prompts" tensor is an unexpected one: refused, never silently ignored.
+        var e = await Assert.ThrowsAsync<RpcException>(() => f.Client.CallAsync(false,
+            ServerClient.Messages(ServerClient.Header(0, 2), ("prompts", Encode(prompts)), ("hidden", Encode(hidden))), "hidden"));
+        Assert.Equal(StatusCode.InvalidArgument, e.StatusCode);
+        Assert.Contains("prompts", e.Status.Detail);
+    }
 
     [Fact]
     public async Task Forward_with_prompts_matches_local_blocks()
