@@ -13,8 +13,8 @@ namespace PetalsSharp.Client;
 internal static class RemoteRange
 {
     public static Task<Tensor> ForwardAsync(RemotePool pool, int start, int end, Tensor input, IReadOnlyList<int>? leftPadding,
-        CancellationToken ct) =>
-        WithRetriesAsync(pool, start, end, ct, async chain =>
+        CancellationToken ct, RouteOverrides? routing = null) =>
+        WithRetriesAsync(pool, start, end, ct, routing, async chain =>
         {
             var h = input;
             foreach (var hop in chain)
@@ -27,8 +27,8 @@ internal static class RemoteRange
         });
 
     public static Task<Tensor> BackwardAsync(RemotePool pool, int start, int end, Tensor input, Tensor gradOutput,
-        IReadOnlyList<int>? leftPadding, CancellationToken ct) =>
-        WithRetriesAsync(pool, start, end, ct, async chain =>
+        IReadOnlyList<int>? leftPadding, CancellationToken ct, RouteOverrides? routing = null) =>
+        WithRetriesAsync(pool, start, end, ct, routing, async chain =>
         {
             // Several servers for one range: recompute their inputs first, then go back through them in reverse.
             var inputs = new List<Tensor> { input };
@@ -59,13 +59,13 @@ internal static class RemoteRange
         }
     }
 
-    static async Task<Tensor> WithRetriesAsync(RemotePool pool, int start, int end, CancellationToken ct,
+    static async Task<Tensor> WithRetriesAsync(RemotePool pool, int start, int end, CancellationToken ct, RouteOverrides? routing,
         Func<IReadOnlyList<ChainHop>, Task<Tensor>> run)
     {
         for (int attempt = 0; ; attempt++)
         {
-            var chain = await pool.PlanAsync(start, end, ct, forInference: false).ConfigureAwait(false);
-            if (attempt > 0) pool.Options.OnRoute?.Invoke(ChainPlanner.Describe(chain));
+            var chain = await pool.PlanAsync(start, end, ct, forInference: false, routing: routing).ConfigureAwait(false);
+            if (attempt > 0) pool.OnRoute(routing)?.Invoke(ChainPlanner.Describe(chain));
             try { return await run(chain).ConfigureAwait(false); }
             catch (HopFailure f) when (attempt < pool.Options.MaxRetries)
             {

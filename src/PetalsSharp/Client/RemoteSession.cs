@@ -17,10 +17,12 @@ internal sealed class RemoteSession : IBlockSession
     readonly RemotePool _pool;
     readonly List<HopSession> _hops;
     readonly CancellationTokenSource _cts = new();
+    readonly RouteOverrides? _routing;
     bool _opened;
 
-    public RemoteSession(RemotePool pool, IReadOnlyList<ChainHop> chain, SessionOptions options)
+    public RemoteSession(RemotePool pool, IReadOnlyList<ChainHop> chain, SessionOptions options, RouteOverrides? routing = null)
     {
+        _routing = routing;
         if (options.Batch <= 0) throw new ArgumentOutOfRangeException(nameof(options), "batch must be positive");
         if (options.MaxLength <= 0) throw new ArgumentOutOfRangeException(nameof(options), "max length must be positive");
         _pool = pool;
@@ -135,7 +137,7 @@ internal sealed class RemoteSession : IBlockSession
             var fresh = new List<HopSession>();
             try
             {
-                var chain = await _pool.PlanAsync(failed.Hop.Start, failed.Hop.End, ct, (long)Options.Batch * Options.MaxLength).ConfigureAwait(false);
+                var chain = await _pool.PlanAsync(failed.Hop.Start, failed.Hop.End, ct, (long)Options.Batch * Options.MaxLength, routing: _routing).ConfigureAwait(false);
                 var x = replay;
                 foreach (var hop in chain)
                 {
@@ -152,7 +154,7 @@ internal sealed class RemoteSession : IBlockSession
                 failed.Dispose();
                 _hops.RemoveAt(index);
                 _hops.InsertRange(index, fresh);
-                _pool.Options.OnRoute?.Invoke(ChainPlanner.Describe(_hops.Select(h => h.Hop)));
+                _pool.OnRoute(_routing)?.Invoke(ChainPlanner.Describe(_hops.Select(h => h.Hop)));
                 using (x) return (x.narrow(1, start, hidden.shape[1]).clone(), fresh.Count);
             }
             catch (HopFailure f)
