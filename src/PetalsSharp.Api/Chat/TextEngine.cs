@@ -61,8 +61,22 @@ public sealed class TextEngine(CausalLM model, string modelId)
             text.Append(step.TextDeltas[0]);
             if (step.TextDeltas[0].Length > 0) yield return new TextUpdate(step.TextDeltas[0]);
         }
+        // The generator holds back a trailing half-decoded character while a row runs, and a row that runs out of
+        // tokens never flushes it; the non-streamed text has it, so it is sent with the last update.
+        var full = FullText(request.Options, tokens);
+        var rest = full.Length > text.Length && full.StartsWith(text.ToString(), StringComparison.Ordinal) ? full[text.Length..] : "";
+        text.Append(rest);
         var final = new TextCompletion(text.ToString(), StreamFinish(request.Options, tokens), request.PromptIds.Count, tokens.Count, route.Line);
-        yield return new TextUpdate("", final);
+        yield return new TextUpdate(rest, final);
+    }
+
+    /// <summary>The generated text as the generator's result has it: decoded, cut before the first stop string.</summary>
+    string FullText(GenerationOptions o, List<int> tokens)
+    {
+        if (Model.Tokenizer is not { } tok) return "";
+        var text = tok.Decode(tokens);
+        var cut = o.StopStrings.Select(s => text.IndexOf(s, StringComparison.Ordinal)).Where(i => i >= 0).DefaultIfEmpty(-1).Min();
+        return cut >= 0 ? text[..cut] : text;
     }
 
     /// <summary>
