@@ -14,5 +14,6 @@ var root = new RootCommand("petals: run large language models collaboratively, B
     ServerCommand.Create(),
     DhtCommand.Create(),
     SwarmCommand.Create(),
+    ApiCommand.Create(),
 };
 return await Cli.InvokeAsync(root, args);
