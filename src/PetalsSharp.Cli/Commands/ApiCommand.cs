@@ -1,6 +1,7 @@
 using System.CommandLine;
 using PetalsSharp.Api.Chat;
 using PetalsSharp.Api.OpenAi;
+using Microsoft.Extensions.Hosting;
 
 namespace PetalsSharp.Cli.Commands;
 
@@ -37,7 +38,8 @@ public static class ApiCommand
             var url = OpenAiServer.Url(app);
             Console.WriteLine($"petals api: model '{chat.Engine.ModelId}' ({(swarm ? "swarm" : "local")}), chat template: {(chat.Template is null ? "none (plain fallback)" : "from tokenizer_config.json")}");
             Console.WriteLine($"listening on {url}");
-            try { await Task.Delay(Timeout.Infinite, ct); }
+            // The web host handles SIGINT/SIGTERM itself (and stops); a cancelled invocation stops it too.
+            try { await app.WaitForShutdownAsync(ct); }
             catch (OperationCanceledException) { }
             await app.StopAsync(CancellationToken.None);
             return 0;
