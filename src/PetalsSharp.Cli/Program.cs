@@ -16,5 +16,6 @@ var root = new RootCommand("petals: run large language models collaboratively, B
     DhtCommand.Create(),
     SwarmCommand.Create(),
     DashboardCommand.Create(),
+    ApiCommand.Create(),
 };
 return await Cli.InvokeAsync(root, args);

@@ -79,7 +79,12 @@ public static class ModelOpener
             pr.GetValue(Compression)!, pr.GetValue(ShowRoute), pr.GetValue(NoPush), pr.GetValue(Adapter));
     }
 
-    public static async Task<CausalLM> OpenAsync(string model, ScalarType dtype, Remote? remote = null, CancellationToken ct = default)
+    public static async Task<CausalLM> OpenAsync(string model, ScalarType dtype, Remote? remote = null, CancellationToken ct = default) =>
+        (await OpenWithSourceAsync(model, dtype, remote, ct)).Model;
+
+    /// <summary>Like <see cref="OpenAsync"/>, also giving the folder the model was loaded from (a hub snapshot for a hub id).</summary>
+    public static async Task<(CausalLM Model, ModelSource.Resolved Source)> OpenWithSourceAsync(string model, ScalarType dtype,
+        Remote? remote = null, CancellationToken ct = default)
     {
         remote ??= new Remote();
         bool viaPeers = !string.IsNullOrWhiteSpace(remote.Peers), viaDht = !string.IsNullOrWhiteSpace(remote.InitialPeers);
@@ -91,7 +96,7 @@ public static class ModelOpener
         {
             if (!string.IsNullOrEmpty(remote.Adapter))
                 throw new CliException("--adapter names a server-side adapter: give --peers or --initial-peers too");
-            return CausalLM.Load(modelDir, new ModelLoadOptions(dtype));
+            return (CausalLM.Load(modelDir, new ModelLoadOptions(dtype)), source);
         }
         if (remote.Adapter is { } adapter) PetalsSharp.Models.Lora.LoraNames.Check(adapter);
         var options = new RemoteOptions
@@ -102,9 +107,10 @@ public static class ModelOpener
             UseServerToServer = !remote.NoPush,
             ActiveAdapter = remote.Adapter,
         };
-        return viaPeers
+        var lm = viaPeers
             ? await DistributedModel.ConnectAsync(modelDir, Cli.SplitList(remote.Peers), options, new ModelLoadOptions(dtype), ct)
             : await DistributedModel.ConnectViaDhtAsync(modelDir, Cli.SplitList(remote.InitialPeers), options, new ModelLoadOptions(dtype),
                 source.SwarmName is null ? null : Swarm.ModelNames.DhtPrefix(source.SwarmName), ct);
+        return (lm, source);
     }
 }

@@ -57,3 +57,15 @@ public sealed record RemoteOptions
     /// <summary>Called with the <c>route: ...</c> line whenever a chain is chosen.</summary>
     public Action<string>? OnRoute { get; init; }
 }
+
+/// <summary>
+/// Routing that one view of a model (<see cref="RemoteSequential.WithRouting"/>) uses instead of its
+/// <see cref="RemoteOptions"/>: per-request server lists and route callback. Null members keep the options' values.
+/// </summary>
+public sealed record RouteOverrides(IReadOnlySet<string>? AllowedServers = null, IReadOnlySet<string>? BlockedServers = null,
+    Action<string>? OnRoute = null, string? Adapter = null)
+{
+    /// <summary>The options a call under these overrides uses: the pool's, with this request's adapter when it names one.</summary>
+    public static RemoteOptions Apply(RouteOverrides? routing, RemoteOptions options) =>
+        string.IsNullOrEmpty(routing?.Adapter) ? options : options with { ActiveAdapter = routing.Adapter };
+}

@@ -157,7 +157,7 @@ internal sealed class RemotePool : IDisposable
         catch (OperationCanceledException) { }
     }
 
-    RoutingInputs Inputs(int start, int end, long? cacheTokensNeeded)
+    RoutingInputs Inputs(int start, int end, long? cacheTokensNeeded, RouteOverrides? routing)
     {
         var now = DateTimeOffset.UtcNow;
         lock (_memory)
@@ -167,9 +167,9 @@ internal sealed class RemotePool : IDisposable
                 NextPings = _nextPings,
                 BannedPeers = _bans.BannedPeers(now),
                 CacheTokensNeeded = cacheTokensNeeded,
-                AllowedPeers = Options.AllowedServers,
-                BlockedPeers = Options.BlockedServers,
-                Adapter = string.IsNullOrEmpty(Options.ActiveAdapter) ? null : Options.ActiveAdapter,
+                AllowedPeers = routing?.AllowedServers ?? Options.AllowedServers,
+                BlockedPeers = routing?.BlockedServers ?? Options.BlockedServers,
+                Adapter = RouteOverrides.Apply(routing, Options).ActiveAdapter is { Length: > 0 } adapter ? adapter : null,
             };
     }
 
@@ -180,28 +180,32 @@ internal sealed class RemotePool : IDisposable
     /// ones cannot cover the range.
     /// </summary>
     public async Task<IReadOnlyList<ChainHop>> PlanAsync(int start, int end, CancellationToken ct, long? cacheTokensNeeded = null,
-        bool forInference = true)
+        bool forInference = true, RouteOverrides? routing = null)
     {
         try
         {
-            var chain = Plan(start, end, cacheTokensNeeded, forInference);
+            var chain = Plan(start, end, cacheTokensNeeded, forInference, routing);
             // A banned server in the chain means every known holder of some block failed: look for newcomers first.
             if (_discover is null || !chain.Any(h => IsBanned(h.Server.Address))) return chain;
         }
         catch (SwarmException) when (_discover is not null) { }
         await DiscoverAsync(ct).ConfigureAwait(false);
-        return Plan(start, end, cacheTokensNeeded, forInference);
+        return Plan(start, end, cacheTokensNeeded, forInference, routing);
     }
 
     /// <summary>The chain that would be planned now, without discovery (synchronous, for opening sessions).</summary>
-    public IReadOnlyList<ChainHop> Plan(int start, int end, long? cacheTokensNeeded = null, bool forInference = true)
+    public IReadOnlyList<ChainHop> Plan(int start, int end, long? cacheTokensNeeded = null, bool forInference = true,
+        RouteOverrides? routing = null)
     {
-        var inputs = Inputs(start, end, cacheTokensNeeded);
+        var inputs = Inputs(start, end, cacheTokensNeeded, routing);
         var route = forInference ? RoutePlanner.MinLatency(inputs) : RoutePlanner.MaxThroughput(inputs, Random.Shared);
         return route.Chain;
     }
 
     /// <summary>Something whose life ends with the pool (the client's DHT node).</summary>
+    /// <summary>Where route lines go: the overrides' callback, else the options'.</summary>
+    public Action<string>? OnRoute(RouteOverrides? routing) => routing?.OnRoute ?? Options.OnRoute;
+
     public void Own(IAsyncDisposable resource) => _owned = resource;
 
     public void Dispose()

@@ -14,14 +14,14 @@ internal static class RemoteRange
 {
     /// <summary>Forward through blocks <c>[start, end)</c> with deep prompts <c>[end-start, B or 1, P, H]</c> (or null).</summary>
     public static Task<Tensor> ForwardAsync(RemotePool pool, int start, int end, Tensor input, Tensor? prompts,
-        IReadOnlyList<int>? leftPadding, CancellationToken ct) =>
-        WithRetriesAsync(pool, start, end, ct, async chain =>
+        IReadOnlyList<int>? leftPadding, CancellationToken ct, RouteOverrides? routing = null) =>
+        WithRetriesAsync(pool, start, end, ct, routing, async chain =>
         {
             var h = input;
             foreach (var hop in chain)
             {
                 var p = Slice(prompts, start, hop);
-                var next = await Attempt(pool, hop, () => RemoteCalls.ForwardAsync(pool.Get(hop.Server.Address), hop, h, p, leftPadding, pool.Options, ct));
+                var next = await Attempt(pool, hop, () => RemoteCalls.ForwardAsync(pool.Get(hop.Server.Address), hop, h, p, leftPadding, RouteOverrides.Apply(routing, pool.Options), ct));
                 if (!ReferenceEquals(h, input)) h.Dispose();
                 h = next;
             }
@@ -30,15 +30,15 @@ internal static class RemoteRange
 
     /// <summary>Gradients of the range's input and (when given) of its deep prompts <c>[end-start, B or 1, P, H]</c>.</summary>
     public static Task<(Tensor GradInput, Tensor? GradPrompts)> BackwardAsync(RemotePool pool, int start, int end, Tensor input,
-        Tensor? prompts, Tensor gradOutput, IReadOnlyList<int>? leftPadding, CancellationToken ct) =>
-        WithRetriesAsync(pool, start, end, ct, async chain =>
+        Tensor? prompts, Tensor gradOutput, IReadOnlyList<int>? leftPadding, CancellationToken ct, RouteOverrides? routing = null) =>
+        WithRetriesAsync(pool, start, end, ct, routing, async chain =>
         {
             // Several servers for one range: recompute their inputs first, then go back through them in reverse.
             var inputs = new List<Tensor> { input };
             for (int i = 0; i + 1 < chain.Count; i++)
             {
                 var p = Slice(prompts, start, chain[i]);
-                inputs.Add(await Attempt(pool, chain[i], () => RemoteCalls.ForwardAsync(pool.Get(chain[i].Server.Address), chain[i], inputs[i], p, leftPadding, pool.Options, ct)));
+                inputs.Add(await Attempt(pool, chain[i], () => RemoteCalls.ForwardAsync(pool.Get(chain[i].Server.Address), chain[i], inputs[i], p, leftPadding, RouteOverrides.Apply(routing, pool.Options), ct)));
             }
             var grad = gradOutput;
             var promptGrads = new Tensor?[chain.Count];
@@ -46,7 +46,7 @@ internal static class RemoteRange
             {
                 var hop = chain[i];
                 var p = Slice(prompts, start, hop);
-                (grad, promptGrads[i]) = await Attempt(pool, hop, () => RemoteCalls.BackwardAsync(pool.Get(hop.Server.Address), hop, inputs[i], p, grad, leftPadding, pool.Options, ct));
+                (grad, promptGrads[i]) = await Attempt(pool, hop, () => RemoteCalls.BackwardAsync(pool.Get(hop.Server.Address), hop, inputs[i], p, grad, leftPadding, RouteOverrides.Apply(routing, pool.Options), ct));
             }
             return (grad, prompts is null ? null : promptGrads.Length == 1 ? promptGrads[0] : cat(promptGrads.Select(g => g!).ToList(), 0));
         });
@@ -71,13 +71,13 @@ internal static class RemoteRange
         }
     }
 
-    static async Task<T> WithRetriesAsync<T>(RemotePool pool, int start, int end, CancellationToken ct,
+    static async Task<T> WithRetriesAsync<T>(RemotePool pool, int start, int end, CancellationToken ct, RouteOverrides? routing,
         Func<IReadOnlyList<ChainHop>, Task<T>> run)
     {
         for (int attempt = 0; ; attempt++)
         {
-            var chain = await pool.PlanAsync(start, end, ct, forInference: false).ConfigureAwait(false);
-            if (attempt > 0) pool.Options.OnRoute?.Invoke(ChainPlanner.Describe(chain));
+            var chain = await pool.PlanAsync(start, end, ct, forInference: false, routing: routing).ConfigureAwait(false);
+            if (attempt > 0) pool.OnRoute(routing)?.Invoke(ChainPlanner.Describe(chain));
             try { return await run(chain).ConfigureAwait(false); }
             catch (HopFailure f) when (attempt < pool.Options.MaxRetries)
             {

@@ -13,9 +13,11 @@ public sealed class RemoteSequential : IBlockStack
 {
     readonly RemotePool _pool;
     readonly bool _ownsPool;
+    readonly RouteOverrides? _routing;
 
-    RemoteSequential(RemotePool pool, int start, int end, bool ownsPool)
+    RemoteSequential(RemotePool pool, int start, int end, bool ownsPool, RouteOverrides? routing = null)
     {
+        _routing = routing;
         _pool = pool;
         _ownsPool = ownsPool;
         Start = start;
@@ -84,15 +86,21 @@ public sealed class RemoteSequential : IBlockStack
         {
             var (offset, length) = range.GetOffsetAndLength(End - Start);
             if (length <= 0) throw new ArgumentOutOfRangeException(nameof(range), "a slice needs at least one block");
-            return new RemoteSequential(_pool, Start + offset, Start + offset + length, ownsPool: false);
+            return new RemoteSequential(_pool, Start + offset, Start + offset + length, ownsPool: false, _routing);
         }
     }
+
+    /// <summary>
+    /// A view of these blocks that plans its routes with <paramref name="routing"/> (say, one request's server
+    /// lists and route callback). It shares the servers and owns nothing: disposing it closes no connection.
+    /// </summary>
+    public RemoteSequential WithRouting(RouteOverrides routing) => new(_pool, Start, End, ownsPool: false, routing);
 
     /// <summary>The chain of servers this stack would use now for inference (minimum latency).</summary>
     public IReadOnlyList<ChainHop> Chain(long? cacheTokensNeeded = null)
     {
-        var chain = _pool.Plan(Start, End, cacheTokensNeeded);
-        _pool.Options.OnRoute?.Invoke(ChainPlanner.Describe(chain));
+        var chain = _pool.Plan(Start, End, cacheTokensNeeded, routing: _routing);
+        _pool.OnRoute(_routing)?.Invoke(ChainPlanner.Describe(chain));
         return chain;
     }
 
@@ -105,19 +113,19 @@ public sealed class RemoteSequential : IBlockStack
         var prompts = options?.Prompts;
         if (prompts is not null) BlockPrompts.Check(prompts, End - Start, hidden);
         var h = hidden;
-        var chain = _pool.Plan(Start, End, forInference: false);
-        _pool.Options.OnRoute?.Invoke(ChainPlanner.Describe(chain));
+        var chain = _pool.Plan(Start, End, forInference: false, routing: _routing);
+        _pool.OnRoute(_routing)?.Invoke(ChainPlanner.Describe(chain));
         foreach (var hop in chain)
         {
             var p = prompts?.narrow(0, hop.Start - Start, hop.End - hop.Start);     // [hop blocks, B or 1, P, H]
-            var remoteHop = new RemoteHop(_pool, hop.Start, hop.End, options?.LeftPadding);
+            var remoteHop = new RemoteHop(_pool, hop.Start, hop.End, options?.LeftPadding, _routing);
             var input = h;
             h = (h.requires_grad, p) switch
             {
                 (_, { requires_grad: true }) => RemoteHopFunction.apply(h, p, remoteHop),
                 (true, _) when p is null => RemoteHopFunction.apply(h, remoteHop),
                 (true, _) => RemoteHopFunction.apply(h, p.detach(), remoteHop),
-                _ => Run(() => RemoteRange.ForwardAsync(_pool, hop.Start, hop.End, input, p?.detach(), options?.LeftPadding, CancellationToken.None)),
+                _ => Run(() => RemoteRange.ForwardAsync(_pool, hop.Start, hop.End, input, p?.detach(), options?.LeftPadding, CancellationToken.None, _routing)),
             };
             options?.OnBlockOutput?.Invoke(hop.End - 1, h.detach().clone().DetachFromDisposeScope());
         }
@@ -125,7 +133,7 @@ public sealed class RemoteSequential : IBlockStack
     }
 
     public IBlockSession OpenSession(SessionOptions options) =>
-        new RemoteSession(_pool, Chain((long)options.Batch * options.MaxLength), options);
+        new RemoteSession(_pool, Chain((long)options.Batch * options.MaxLength), options, _routing);
 
     /// <summary>
     /// <c>loss.backward()</c>, then throws if a remote hop's Backward failed. Prefer this to a bare
@@ -157,7 +165,7 @@ public sealed class RemoteSequential : IBlockStack
 }
 
 /// <summary>What the autograd function needs to call a hop again in backward.</summary>
-internal sealed record RemoteHop(RemotePool Pool, int Start, int End, IReadOnlyList<int>? LeftPadding);
+internal sealed record RemoteHop(RemotePool Pool, int Start, int End, IReadOnlyList<int>? LeftPadding, RouteOverrides? Routing = null);
 
 /// <summary>
 /// One hop as an autograd node: forward calls the server's Forward, backward its Backward. Inputs are
@@ -174,7 +182,7 @@ internal sealed class RemoteHopFunction : TorchSharp.torch.autograd.SingleTensor
         var hop = (RemoteHop)vars[^1];
         ctx.save_for_backward(prompts is null ? [input.detach()] : [input.detach(), prompts.detach()]);
         ctx.save_data("hop", hop);
-        return RemoteSequential.Run(() => RemoteRange.ForwardAsync(hop.Pool, hop.Start, hop.End, input.detach(), prompts?.detach(), hop.LeftPadding, CancellationToken.None));
+        return RemoteSequential.Run(() => RemoteRange.ForwardAsync(hop.Pool, hop.Start, hop.End, input.detach(), prompts?.detach(), hop.LeftPadding, CancellationToken.None, hop.Routing));
     }
 
     public override List<Tensor> backward(TorchSharp.torch.autograd.AutogradContext ctx, Tensor gradOutput)
@@ -186,7 +194,7 @@ internal sealed class RemoteHopFunction : TorchSharp.torch.autograd.SingleTensor
         try
         {
             var (grad, gradPrompts) = RemoteSequential.Run(() => RemoteRange.BackwardAsync(hop.Pool, hop.Start, hop.End, input, prompts,
-                gradOutput.contiguous(), hop.LeftPadding, CancellationToken.None));
+                gradOutput.contiguous(), hop.LeftPadding, CancellationToken.None, hop.Routing));
             return prompts is null ? [grad, null!] : [grad, gradPrompts!, null!];
         }
         catch (Exception e)

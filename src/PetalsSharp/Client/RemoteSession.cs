@@ -17,15 +17,17 @@ internal sealed class RemoteSession : IBlockSession
     readonly RemotePool _pool;
     readonly List<HopSession> _hops;
     readonly CancellationTokenSource _cts = new();
+    readonly RouteOverrides? _routing;
     bool _opened;
 
-    public RemoteSession(RemotePool pool, IReadOnlyList<ChainHop> chain, SessionOptions options)
+    public RemoteSession(RemotePool pool, IReadOnlyList<ChainHop> chain, SessionOptions options, RouteOverrides? routing = null)
     {
+        _routing = routing;
         if (options.Batch <= 0) throw new ArgumentOutOfRangeException(nameof(options), "batch must be positive");
         if (options.MaxLength <= 0) throw new ArgumentOutOfRangeException(nameof(options), "max length must be positive");
         _pool = pool;
         Options = options;
-        _hops = chain.Select(h => new HopSession(pool.Get(h.Server.Address), h, options, pool.Options)).ToList();
+        _hops = chain.Select(h => new HopSession(pool.Get(h.Server.Address), h, options, RouteOverrides.Apply(routing, pool.Options))).ToList();
         _start = chain.Count > 0 ? chain[0].Start : 0;
     }
 
@@ -147,11 +149,11 @@ internal sealed class RemoteSession : IBlockSession
             var fresh = new List<HopSession>();
             try
             {
-                var chain = await _pool.PlanAsync(failed.Hop.Start, failed.Hop.End, ct, (long)Options.Batch * Options.MaxLength).ConfigureAwait(false);
+                var chain = await _pool.PlanAsync(failed.Hop.Start, failed.Hop.End, ct, (long)Options.Batch * Options.MaxLength, routing: _routing).ConfigureAwait(false);
                 var x = replay;
                 foreach (var hop in chain)
                 {
-                    var session = new HopSession(_pool.Get(hop.Server.Address), hop, Options, _pool.Options);
+                    var session = new HopSession(_pool.Get(hop.Server.Address), hop, Options, RouteOverrides.Apply(_routing, _pool.Options));
                     fresh.Add(session);
                     var input = x;
                     x = await RemoteRange.Attempt(_pool, hop, async () =>
@@ -165,7 +167,7 @@ internal sealed class RemoteSession : IBlockSession
                 failed.Dispose();
                 _hops.RemoveAt(index);
                 _hops.InsertRange(index, fresh);
-                _pool.Options.OnRoute?.Invoke(ChainPlanner.Describe(_hops.Select(h => h.Hop)));
+                _pool.OnRoute(_routing)?.Invoke(ChainPlanner.Describe(_hops.Select(h => h.Hop)));
                 using (x) return (x.narrow(1, start, hidden.shape[1]).clone(), fresh.Count);
             }
             catch (HopFailure f)

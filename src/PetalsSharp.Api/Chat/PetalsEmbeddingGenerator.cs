@@ -1,0 +1,83 @@
+using Microsoft.Extensions.AI;
+using PetalsSharp.Models;
+using static TorchSharp.torch;
+
+namespace PetalsSharp.Api.Chat;
+
+/// <summary>
+/// <see cref="IEmbeddingGenerator{TInput, TEmbedding}"/> over a <see cref="CausalLM"/> (local or distributed):
+/// each text's embedding is the mean of the final hidden states (after the final norm, HF's
+/// <c>last_hidden_state</c>) over its tokens, padding excluded. One cache-free forward per batch of inputs.
+/// </summary>
+public sealed class PetalsEmbeddingGenerator : IEmbeddingGenerator<string, Embedding<float>>
+{
+    readonly CausalLM _model;
+    readonly bool _ownsModel;
+
+    public PetalsEmbeddingGenerator(CausalLM model, string modelId, bool ownsModel = false)
+    {
+        _model = model;
+        _ownsModel = ownsModel;
+        ModelId = modelId;
+        Metadata = new EmbeddingGeneratorMetadata("petals", null, modelId, model.Config.HiddenSize);
+    }
+
+    public string ModelId { get; }
+    public EmbeddingGeneratorMetadata Metadata { get; }
+
+    public async Task<GeneratedEmbeddings<Embedding<float>>> GenerateAsync(IEnumerable<string> values,
+        EmbeddingGenerationOptions? options = null, CancellationToken cancellationToken = default)
+    {
+        var tok = _model.Tokenizer ?? throw new NotSupportedException($"model '{ModelId}' has no tokenizer, so it cannot embed text");
+        var rows = values.Select(v => tok.Encode(v)).ToList();
+        if (rows.Any(r => r.Count == 0)) throw new ArgumentException("every input needs at least one token");
+        if (rows.Any(r => r.Count > _model.Config.MaxPositionEmbeddings))
+            throw new ArgumentException($"an input is longer than the model's context of {_model.Config.MaxPositionEmbeddings} tokens");
+        var result = new GeneratedEmbeddings<Embedding<float>>();
+        if (rows.Count == 0) return result;
+        cancellationToken.ThrowIfCancellationRequested();
+        // The stack's forward is synchronous (a distributed one blocks on the servers): keep it off the caller's thread.
+        var vectors = await Task.Run(() => Pool(rows), cancellationToken).ConfigureAwait(false);
+        var now = DateTimeOffset.UtcNow;
+        foreach (var v in vectors) result.Add(new Embedding<float>(v) { ModelId = ModelId, CreatedAt = now });
+        result.Usage = new UsageDetails { InputTokenCount = rows.Sum(r => r.Count), TotalTokenCount = rows.Sum(r => r.Count) };
+        return result;
+    }
+
+    float[][] Pool(List<IReadOnlyList<int>> rows)
+    {
+        int batch = rows.Count, width = rows.Max(r => r.Count), hiddenSize = _model.Config.HiddenSize;
+        int pad = _model.Config.PadTokenId ?? _model.Config.EosTokenIds.FirstOrDefault();
+        var ids = new long[batch * width];
+        var mask = new float[batch * width];
+        var leftPad = rows.Select(r => width - r.Count).ToArray();
+        for (int b = 0; b < batch; b++)
+            for (int t = 0; t < width; t++)
+            {
+                bool real = t >= leftPad[b];
+                ids[b * width + t] = real ? rows[b][t - leftPad[b]] : pad;
+                mask[b * width + t] = real ? 1 : 0;
+            }
+        using var scope = NewDisposeScope();
+        var device = _model.Ends.EmbeddingWeight.device;
+        var input = tensor(ids, [batch, width], device: device);                                     // [B, T]
+        var m = tensor(mask, [batch, width, 1], device: device);                                     // [B, T, 1]
+        using var noGrad = no_grad();
+        var h = _model.Blocks.Forward(_model.Ends.Embed(input), new ForwardOptions(leftPad.Any(p => p > 0) ? leftPad : null));  // [B, T, H]
+        var normed = _model.Ends.FinalNorm(h).to(ScalarType.Float32);                                 // [B, T, H]
+        var mean = (normed * m).sum(1) / m.sum(1);                                                   // [B, H]
+        var flat = mean.cpu().data<float>().ToArray();
+        return Enumerable.Range(0, batch).Select(b => flat.AsSpan(b * hiddenSize, hiddenSize).ToArray()).ToArray();
+    }
+
+    public object? GetService(Type serviceType, object? serviceKey = null) =>
+        serviceKey is not null ? null
+        : serviceType == typeof(EmbeddingGeneratorMetadata) ? Metadata
+        : serviceType.IsInstanceOfType(this) ? this
+        : null;
+
+    public void Dispose()
+    {
+        if (_ownsModel) _model.Dispose();
+    }
+}

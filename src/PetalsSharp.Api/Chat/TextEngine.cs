@@ -1,0 +1,126 @@
+using System.Runtime.CompilerServices;
+using Microsoft.Extensions.AI;
+using PetalsSharp.Client;
+using PetalsSharp.Generation;
+using PetalsSharp.Models;
+using PetalsSharp.Text;
+
+namespace PetalsSharp.Api.Chat;
+
+/// <summary>A finished generation of one prompt.</summary>
+/// <param name="Text">The generated text (stop strings cut off).</param>
+/// <param name="FinishReason">Stop (EOS or a stop string) or Length (out of tokens).</param>
+/// <param name="PromptTokens">Tokens in the prompt.</param>
+/// <param name="CompletionTokens">Tokens generated, an ending EOS included.</param>
+/// <param name="Route">The session's route line when <see cref="GenerationRequest.ShowRoute"/> was asked (distributed models).</param>
+public sealed record TextCompletion(string Text, ChatFinishReason FinishReason, int PromptTokens, int CompletionTokens, string? Route);
+
+/// <summary>One streamed piece: new text, and on the last piece the finished generation.</summary>
+public sealed record TextUpdate(string Delta, TextCompletion? Final = null);
+
+/// <summary>
+/// Runs one prompt through the <see cref="Generator"/> on a model, local or distributed: the one place that turns
+/// generator results into finish reasons, token counts and routes for the chat client and the HTTP endpoints.
+/// Every call opens its own inference session, so calls may run concurrently.
+/// </summary>
+public sealed class TextEngine(CausalLM model, string modelId)
+{
+    public CausalLM Model { get; } = model;
+    public string ModelId { get; } = modelId;
+
+    /// <summary>The model's tokenizer; text generation needs one.</summary>
+    public ITextTokenizer Tokenizer => Model.Tokenizer
+        ?? throw new NotSupportedException($"model '{ModelId}' has no tokenizer (tokenizer.json or tokenizer.model), so it cannot take text");
+
+    public IReadOnlyList<int> Encode(string text, bool? addBos = null) => Tokenizer.Encode(text, addBos);
+
+    /// <summary>Generates the whole completion.</summary>
+    public async Task<TextCompletion> GenerateAsync(GenerationRequest request, CancellationToken cancellationToken = default)
+    {
+        var route = new RouteCapture();
+        var model = ModelFor(request, route);
+        var result = await model.GenerateAsync([request.PromptIds], request.Options, cancellationToken).ConfigureAwait(false);
+        var finish = result.FinishReasons[0] == FinishReason.Length ? ChatFinishReason.Length : ChatFinishReason.Stop;
+        return new TextCompletion(result.Texts[0], finish, request.PromptIds.Count, result.NewTokens[0].Count, route.Line);
+    }
+
+    /// <summary>
+    /// Streams the completion. Cancelling <paramref name="cancellationToken"/> or abandoning the enumeration stops
+    /// generation and disposes the inference session, which closes its streams so servers free its cache at once.
+    /// </summary>
+    public async IAsyncEnumerable<TextUpdate> StreamAsync(GenerationRequest request,
+        [EnumeratorCancellation] CancellationToken cancellationToken = default)
+    {
+        var route = new RouteCapture();
+        var model = ModelFor(request, route);
+        var tokens = new List<int>();
+        var text = new System.Text.StringBuilder();
+        await foreach (var step in model.StreamAsync([request.PromptIds], request.Options, cancellationToken).ConfigureAwait(false))
+        {
+            if (step.Tokens[0] is { } token) tokens.Add(token);
+            text.Append(step.TextDeltas[0]);
+            if (step.TextDeltas[0].Length > 0) yield return new TextUpdate(step.TextDeltas[0]);
+        }
+        // The generator holds back a trailing half-decoded character while a row runs, and a row that runs out of
+        // tokens never flushes it; the non-streamed text has it, so it is sent with the last update.
+        var full = FullText(request.Options, tokens);
+        var rest = full.Length > text.Length && full.StartsWith(text.ToString(), StringComparison.Ordinal) ? full[text.Length..] : "";
+        text.Append(rest);
+        var final = new TextCompletion(text.ToString(), StreamFinish(request.Options, tokens), request.PromptIds.Count, tokens.Count, route.Line);
+        yield return new TextUpdate(rest, final);
+    }
+
+    /// <summary>The generated text as the generator's result has it: decoded, cut before the first stop string.</summary>
+    string FullText(GenerationOptions o, List<int> tokens)
+    {
+        if (Model.Tokenizer is not { } tok) return "";
+        var text = tok.Decode(tokens);
+        var cut = o.StopStrings.Select(s => text.IndexOf(s, StringComparison.Ordinal)).Where(i => i >= 0).DefaultIfEmpty(-1).Min();
+        return cut >= 0 ? text[..cut] : text;
+    }
+
+    /// <summary>
+    /// A stream only sees tokens, so the finish reason is re-derived as the generator decides it: a generation that
+    /// ended early, on EOS, or whose text holds a stop string stopped; otherwise it ran out of tokens.
+    /// </summary>
+    ChatFinishReason StreamFinish(GenerationOptions o, List<int> tokens)
+    {
+        if (tokens.Count < o.MaxNewTokens) return ChatFinishReason.Stop;
+        var eos = o.IgnoreEos ? [] : o.EosTokenIds ?? Model.Config.EosTokenIds;
+        if (tokens.Count > 0 && eos.Contains(tokens[^1])) return ChatFinishReason.Stop;
+        if (o.StopStrings.Count > 0 && Model.Tokenizer is { } tok)
+        {
+            var decoded = tok.Decode(tokens);
+            if (o.StopStrings.Any(s => decoded.Contains(s, StringComparison.Ordinal))) return ChatFinishReason.Stop;
+        }
+        return ChatFinishReason.Length;
+    }
+
+    /// <summary>
+    /// The model as this request sees it: a distributed model's blocks get the request's server lists and a route
+    /// callback through a routing view (sharing the connections); otherwise the model itself.
+    /// </summary>
+    CausalLM ModelFor(GenerationRequest request, RouteCapture route)
+    {
+        bool filtered = request.AllowedServers is not null || request.BlockedServers is not null || request.Adapter is not null;
+        if (Model.Blocks is not RemoteSequential remote)
+        {
+            if (filtered) throw new NotSupportedException($"{PetalsKeys.AllowedServers}, {PetalsKeys.BlockedServers} and {PetalsKeys.Adapter} need a distributed model");
+            return Model;
+        }
+        if (!filtered && !request.ShowRoute) return Model;
+        var print = remote.Options.OnRoute;
+        var view = remote.WithRouting(new RouteOverrides(request.AllowedServers, request.BlockedServers, line =>
+        {
+            if (request.ShowRoute) route.Line = line;
+            print?.Invoke(line);
+        }, request.Adapter));
+        // Not disposed: it would dispose the shared embeddings and head; the view itself owns nothing.
+        return new CausalLM(Model.Config, Model.Ends, view, Model.Tokenizer);
+    }
+
+    sealed class RouteCapture
+    {
+        public string? Line { get; set; }
+    }
+}

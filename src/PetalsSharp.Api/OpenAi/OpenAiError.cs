@@ -1,0 +1,39 @@
+using System.Text.Json;
+using Microsoft.AspNetCore.Http;
+
+namespace PetalsSharp.Api.OpenAi;
+
+/// <summary>An error answered as OpenAI does: <c>{"error":{"message","type","param","code"}}</c> with an HTTP status.</summary>
+public sealed class OpenAiError(int status, string message, string type = "invalid_request_error", string? param = null, string? code = null)
+    : Exception(message)
+{
+    public int Status { get; } = status;
+    public string Type { get; } = type;
+    public string? Param { get; } = param;
+    public string? Code { get; } = code;
+
+    public static OpenAiError Invalid(string message, string? param = null, string? code = null) => new(400, message, param: param, code: code);
+
+    public object Body() => new { error = new { message = Message, type = Type, param = Param, code = Code } };
+
+    /// <summary>Maps a failure to what a client should see: its own fault (400), the swarm's (503) or ours (500).</summary>
+    public static OpenAiError From(Exception e)
+    {
+        while (e is AggregateException { InnerException: { } inner }) e = inner;
+        return e switch
+        {
+            OpenAiError o => o,
+            ArgumentException or NotSupportedException or PetalsSharp.Text.ChatTemplateException => Invalid(e.Message),
+            Swarm.SwarmException => new(503, e.Message, "server_error", code: "swarm_unavailable"),
+            Grpc.Core.RpcException rpc => new(503, $"a server answered {rpc.StatusCode}: {rpc.Status.Detail}", "server_error", code: "swarm_unavailable"),
+            _ => new(500, $"{e.GetType().Name}: {e.Message}", "server_error"),
+        };
+    }
+
+    public Task WriteAsync(HttpContext context)
+    {
+        context.Response.StatusCode = Status;
+        context.Response.ContentType = "application/json";
+        return context.Response.WriteAsync(JsonSerializer.Serialize(Body()));
+    }
+}

@@ -1,0 +1,53 @@
+using System.CommandLine;
+using PetalsSharp.Api.Chat;
+using PetalsSharp.Api.OpenAi;
+using Microsoft.Extensions.Hosting;
+
+namespace PetalsSharp.Cli.Commands;
+
+/// <summary><c>petals api</c>: an OpenAI-compatible HTTP server over a distributed (or, with --local, in-process) model.</summary>
+public static class ApiCommand
+{
+    public static Command Create()
+    {
+        var model = Cli.ModelOption();
+        var dtype = Cli.DtypeOption();
+        var host = new Option<string>("--host") { Description = "Address to listen on (0.0.0.0 for every interface)", DefaultValueFactory = _ => "127.0.0.1" };
+        var port = new Option<int>("--port") { Description = "Port to listen on (0 = any free port)", DefaultValueFactory = _ => 8000 };
+        var local = new Option<bool>("--local") { Description = "Run every block in this process instead of on a swarm" };
+        var name = new Option<string>("--model-name") { Description = "Model id clients must send (default: the model folder's name)" };
+        var remote = new ModelOpener.RemoteOptionSet();
+        var cmd = new Command("api", "Serve an OpenAI-compatible API (/v1/models, /v1/completions, /v1/chat/completions) over a model.\n\nExamples:\n  petals api --model ./my-model --initial-peers 127.0.0.1:31337 --port 8000\n  petals api --model ./my-model --local --port 8000")
+        {
+            model, dtype, host, port, local, name,
+        };
+        remote.AddTo(cmd);
+        cmd.SetAction(async (pr, ct) =>
+        {
+            var where = remote.Read(pr);
+            bool swarm = !string.IsNullOrWhiteSpace(where.Peers) || !string.IsNullOrWhiteSpace(where.InitialPeers);
+            if (swarm == pr.GetValue(local)) throw new CliException("give --initial-peers (or --peers) to use a swarm, or --local to run the whole model here");
+            var (opened, source) = await ModelOpener.OpenWithSourceAsync(pr.GetValue(model)!, Cli.ParseDtype(pr.GetValue(dtype)!), where, ct);
+            using var lm = opened;
+            var dir = source.Directory;
+            if (lm.Tokenizer is null) throw new CliException($"the model folder {dir} has no tokenizer (tokenizer.json or tokenizer.model)");
+            // A hub model is known by its repository name (what /v1/models lists), not by its snapshot folder.
+            var chat = pr.GetValue(name) is { Length: > 0 } id
+                ? new PetalsChatClient(lm, id, Text.ChatTemplate.TryLoad(dir))
+                : source.SwarmName is { } hubName
+                    ? new PetalsChatClient(lm, hubName, Text.ChatTemplate.TryLoad(dir))
+                    : PetalsChatClient.ForFolder(lm, dir);
+            await using var app = OpenAiServer.Build(chat, pr.GetValue(host)!, pr.GetValue(port));
+            await app.StartAsync(ct);
+            var url = OpenAiServer.Url(app);
+            Console.WriteLine($"petals api: model '{chat.Engine.ModelId}' ({(swarm ? "swarm" : "local")}), chat template: {(chat.Template is null ? "none (plain fallback)" : "from tokenizer_config.json")}");
+            Console.WriteLine($"listening on {url}");
+            // The web host handles SIGINT/SIGTERM itself (and stops); a cancelled invocation stops it too.
+            try { await app.WaitForShutdownAsync(ct); }
+            catch (OperationCanceledException) { }
+            await app.StopAsync(CancellationToken.None);
+            return 0;
+        });
+        return cmd;
+    }
+}
