@@ -1,6 +1,7 @@
 using System.CommandLine;
 using PetalsSharp.Api.Chat;
 using PetalsSharp.Api.OpenAi;
+using PetalsSharp.Api.Dashboard;
 using Microsoft.Extensions.Hosting;
 
 namespace PetalsSharp.Cli.Commands;
@@ -38,10 +39,16 @@ public static class ApiCommand
                     ? new PetalsChatClient(lm, hubName, Text.ChatTemplate.TryLoad(dir))
                     : PetalsChatClient.ForFolder(lm, dir);
             await using var app = OpenAiServer.Build(chat, pr.GetValue(host)!, pr.GetValue(port));
+            // With a DHT, the same server shows the swarm's dashboard at / (JSON at /api/v1/swarm).
+            await using var watcher = string.IsNullOrWhiteSpace(where.InitialPeers) ? null
+                : await Api.Dashboard.SwarmWatcher.StartAsync(Cli.SplitList(where.InitialPeers), Cli.LoadSwarmKey(where.SwarmKeyPath),
+                    new Api.Dashboard.DashboardSettings(), null, ct);
+            if (watcher is not null) app.MapDashboard(() => watcher.Current);
             await app.StartAsync(ct);
             var url = OpenAiServer.Url(app);
             Console.WriteLine($"petals api: model '{chat.Engine.ModelId}' ({(swarm ? "swarm" : "local")}), chat template: {(chat.Template is null ? "none (plain fallback)" : "from tokenizer_config.json")}");
             Console.WriteLine($"listening on {url}");
+            if (watcher is not null) Console.WriteLine($"dashboard on {url.TrimEnd('/')}/");
             // The web host handles SIGINT/SIGTERM itself (and stops); a cancelled invocation stops it too.
             try { await app.WaitForShutdownAsync(ct); }
             catch (OperationCanceledException) { }
