@@ -152,6 +152,8 @@ public static class ServerCommand
         await stop.Task;
         log.LogInformation("stopping: ending {Sessions} session(s)", server.ActiveSessions);
         await server.StopAsync();
+        // The last state change: in a swarm the OFFLINE record is written by StopAsync (records expire anyway).
+        log.LogInformation("OFFLINE: stopped serving blocks {Start}:{End}", server.Start, server.End);
         return 0;
     }
 

@@ -39,7 +39,10 @@ internal static unsafe class Gemv
         long outF = w.shape[0], inF = w.shape[1];
         if (x.shape[^1] != inF || x.NumberOfElements != inF || outF * inF < MinWork) return false;
         if (x.requires_grad || w.requires_grad || (b is not null && b.requires_grad)) return false;
-        if (b is not null && (b.dtype != ScalarType.Float32 || !b.is_contiguous() || b.NumberOfElements != outF)) return false;
+        if (b is not null && (b.NumberOfElements != outF || b.dim() != 1)) return false;
+        // 16-bit biases (BLOOM, Falcon with bias in bf16) are upcast here: [out] is tiny, while declining would send
+        // the whole weight matrix through an upcast in F.linear.
+        if (b is not null && (b.dtype != ScalarType.Float32 || !b.is_contiguous())) b = b.to(ScalarType.Float32).contiguous();
 
         var xc = x.is_contiguous() ? x : x.contiguous();
         var shape = x.shape.ToArray();
