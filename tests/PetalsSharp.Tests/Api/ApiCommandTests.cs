@@ -15,26 +15,10 @@ public sealed class ApiCommandTests(ApiSwarm swarm)
     [Fact]
     public async Task Petals_api_serves_the_swarm_and_prints_its_url()
     {
-        var psi = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
-        foreach (var a in new[] { ServerProcess.DefaultPetalsDll, "api", "--model", swarm.ModelDir, "--peers", string.Join(",", swarm.Peers), "--port", "0" })
-            psi.ArgumentList.Add(a);
-        psi.Environment[ParentWatchdog.Variable] = Environment.ProcessId.ToString();
-        using var p = Process.Start(psi)!;
+        var (p, url) = await StartApiAsync("--peers", string.Join(",", swarm.Peers));
         try
         {
-            var url = new TaskCompletionSource<string>(TaskCreationOptions.RunContinuationsAsynchronously);
-            var log = new System.Text.StringBuilder();
-            p.OutputDataReceived += (_, e) =>
-            {
-                if (e.Data is null) return;
-                lock (log) log.AppendLine(e.Data);
-                if (e.Data.StartsWith("listening on ", StringComparison.Ordinal)) url.TrySetResult(e.Data["listening on ".Length..]);
-            };
-            p.ErrorDataReceived += (_, e) => { lock (log) log.AppendLine(e.Data); };
-            p.BeginOutputReadLine();
-            p.BeginErrorReadLine();
-            Assert.True(await Task.WhenAny(url.Task, Task.Delay(TimeSpan.FromSeconds(90))) == url.Task, $"no 'listening on' line:\n{log}");
-            using var http = new HttpClient { BaseAddress = new Uri(await url.Task) };
+            using var http = new HttpClient { BaseAddress = new Uri(url) };
             var models = JsonNode.Parse(await http.GetStringAsync("/v1/models"))!;
             Assert.Equal(swarm.ModelId, (string?)models["data"]![0]!["id"]);
             var chat = await http.PostAsync("/v1/chat/completions", new StringContent(
