@@ -61,6 +61,8 @@ public static class Trainer
         IReadOnlyList<TrainingExample> batch, double maxGradNorm)
     {
         using var scope = NewDisposeScope();
+        // Grad mode is per thread in libtorch, and a pool thread may carry a caller's leaked no_grad: set it here.
+        using var grad = enable_grad();
         optimizer.zero_grad();
         var (ids, labels) = Collate(batch, model.Model.Config.PadTokenId ?? 0);
         var loss = TunedModel.CausalLoss(model.Forward(ids), labels);

@@ -47,15 +47,22 @@ public sealed class AdapterServerTests(AdapterServerFixture f) : IClassFixture<A
         Assert.Equal(StatusCode.FailedPrecondition, s.StatusCode);
         Assert.Contains("active_adapter 'nope'", s.Status.Detail);
 
-        // Still serving: with the adapter, and without it.
-        using var noGrad = no_grad();
-        TensorAssert.Close(merged.Forward(x), await f.Client.ForwardAsync(x, Header("tiny")), 1e-4, 1e-4, "forward with adapter");
-        TensorAssert.Close(f.Local.Forward(x), await f.Client.ForwardAsync(x, Header("")), 1e-5, 1e-5, "forward without adapter");
+        // Still serving: with the adapter, and without it. Grad mode is per thread, so no no_grad scope spans an await.
+        var withAdapter = NoGrad(() => merged.Forward(x));
+        var without = NoGrad(() => f.Local.Forward(x));
+        TensorAssert.Close(withAdapter, await f.Client.ForwardAsync(x, Header("tiny")), 1e-4, 1e-4, "forward with adapter");
+        TensorAssert.Close(without, await f.Client.ForwardAsync(x, Header("")), 1e-5, 1e-5, "forward without adapter");
         open.ActiveAdapter = "tiny";
         using var stream = await f.Client.OpenAsync(open);
         var (y, _) = await stream.StepAsync(x);
-        TensorAssert.Close(merged.Forward(x), y, 1e-4, 1e-4, "session step with adapter");
+        TensorAssert.Close(withAdapter, y, 1e-4, 1e-4, "session step with adapter");
         await stream.CloseAsync();
+    }
+
+    static TorchSharp.torch.Tensor NoGrad(Func<TorchSharp.torch.Tensor> compute)
+    {
+        using var noGrad = no_grad();
+        return compute();
     }
 
     [Fact]
