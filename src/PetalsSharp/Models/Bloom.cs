@@ -72,9 +72,12 @@ public sealed record BloomConfig : ModelConfig
 // ============================== family ==============================
 
 /// <summary>BLOOM: checkpoint names and shapes, and builders for the block and the client-side ends.</summary>
-public sealed class BloomFamily : IModelFamily
+public sealed class BloomFamily : IModelFamily, Lora.ILoraTargets
 {
     public static readonly BloomFamily Instance = new();
+
+    public IReadOnlyList<string> LoraModules(ModelConfig config) =>
+        ["self_attention.query_key_value", "self_attention.dense", "mlp.dense_h_to_4h", "mlp.dense_4h_to_h"];
 
     public IReadOnlyList<string> ModelTypes => ["bloom"];
 
@@ -182,8 +185,8 @@ public sealed class BloomBlock : DecoderBlock
         var x = Ops.LayerNorm(hidden, input_layernorm, input_layernorm_bias, eps);            // [B, T, H]
         var h = (post ? x : hidden) + Attention(x, ctx, cache);                              // [B, T, H]
         var y = Ops.LayerNorm(h, post_attention_layernorm, post_attention_layernorm_bias, eps); // [B, T, H]
-        var mlp = Ops.Linear(GeluTanh(Ops.Linear(y, dense_h_to_4h, dense_h_to_4h_bias)),
-            dense_4h_to_h, dense_4h_to_h_bias);                                                // [B, T, H]
+        var up = Linear(ctx, "mlp.dense_h_to_4h", y, dense_h_to_4h, dense_h_to_4h_bias);        // [B, T, 4H]
+        var mlp = Linear(ctx, "mlp.dense_4h_to_h", GeluTanh(up), dense_4h_to_h, dense_4h_to_h_bias); // [B, T, H]
         return (post ? y : h) + mlp;                                                          // [B, T, H]
     }
 
@@ -191,14 +194,15 @@ public sealed class BloomBlock : DecoderBlock
     {
         long b = x.shape[0], t = x.shape[1];
         int nh = _c.NumHeads, d = _c.HeadDim;
-        var qkv = Ops.Linear(x, query_key_value, query_key_value_bias).view(b, t, nh, 3, d);   // [B, T, nh, 3, D]
+        var qkv = Linear(ctx, "self_attention.query_key_value", x, query_key_value, query_key_value_bias)
+            .view(b, t, nh, 3, d);                                                             // [B, T, nh, 3, D]
         var q = qkv.select(3, 0).transpose(1, 2);                                              // [B, nh, T, D]
         var k = qkv.select(3, 1).transpose(1, 2);                                              // [B, nh, T, D]
         var v = qkv.select(3, 2).transpose(1, 2);                                              // [B, nh, T, D]
         if (cache is not null) (k, v) = cache.Append(k, v, ctx.PastLength);                   // [B, nh, S, D]
         var bias = Alibi.Bias(ctx, nh, x.dtype);                                               // [B, nh, T, S]
         var o = Ops.Attention(q, k, v, ctx, bias);                                             // [B, T, nh*D]
-        return Ops.Linear(o, dense, dense_bias);                                               // [B, T, H]
+        return Linear(ctx, "self_attention.dense", o, dense, dense_bias);                      // [B, T, H]
     }
 
     /// <summary>BLOOM's GELU: the tanh approximation with HF's rounded constant √(2/π) ≈ 0.79788456.</summary>

@@ -8,9 +8,12 @@ namespace PetalsSharp.Models;
 // ============================== family ==============================
 
 /// <summary>Falcon (both layouts): checkpoint names and shapes, and builders for the block and the client-side ends.</summary>
-public sealed class FalconFamily : IModelFamily
+public sealed class FalconFamily : IModelFamily, Lora.ILoraTargets
 {
     public static readonly FalconFamily Instance = new();
+
+    public IReadOnlyList<string> LoraModules(ModelConfig config) =>
+        ["self_attention.query_key_value", "self_attention.dense", "mlp.dense_h_to_4h", "mlp.dense_4h_to_h"];
 
     public IReadOnlyList<string> ModelTypes => ["falcon", "RefinedWeb", "RefinedWebModel"];
 
@@ -125,19 +128,23 @@ public sealed class FalconBlock : DecoderBlock
         if (!_c.ParallelAttn)
         {
             var h = hidden + Attention(Norm("input_layernorm", hidden), ctx, cache);              // [B, T, H]
-            return h + Mlp(Norm("post_attention_layernorm", h));                                  // [B, T, H]
+            return h + Mlp(Norm("post_attention_layernorm", h), ctx);                             // [B, T, H]
         }
         var xa = Norm(_c.TwoInputNorms ? "ln_attn" : "input_layernorm", hidden);                  // [B, T, H]
         var xm = _c.TwoInputNorms ? Norm("ln_mlp", hidden) : xa;                                  // [B, T, H]
-        return hidden + (Mlp(xm) + Attention(xa, ctx, cache));                                    // [B, T, H]
+        return hidden + (Mlp(xm, ctx) + Attention(xa, ctx, cache));                               // [B, T, H]
     }
 
-    Tensor Mlp(Tensor x) =>
-        Ops.Linear(F.gelu(Ops.Linear(x, dense_h_to_4h, dense_h_to_4h_bias)), dense_4h_to_h, dense_4h_to_h_bias); // [B, T, H]
+    Tensor Mlp(Tensor x, StepContext ctx)
+    {
+        var up = Linear(ctx, "mlp.dense_h_to_4h", x, dense_h_to_4h, dense_h_to_4h_bias);          // [B, T, F]
+        return Linear(ctx, "mlp.dense_4h_to_h", F.gelu(up), dense_4h_to_h, dense_4h_to_h_bias);   // [B, T, H]
+    }
 
     Tensor Attention(Tensor x, StepContext ctx, LayerCache? cache)
     {
-        var (q, k, v) = SplitHeads(Ops.Linear(x, query_key_value, query_key_value_bias));       // [B, nh|kvH, T, D]
+        var fused = Linear(ctx, "self_attention.query_key_value", x, query_key_value, query_key_value_bias); // [B, T, (nh+2kvH)*D]
+        var (q, k, v) = SplitHeads(fused);                                                       // [B, nh|kvH, T, D]
         if (_rotary is not null)
         {
             var (cos, sin) = _rotary.Tables(ctx, x.dtype);                                       // [B, 1, T, D]
@@ -148,7 +155,7 @@ public sealed class FalconBlock : DecoderBlock
         // HF's ALiBi path scales (scores + alibi) by 1/√D, so the bias is scaled as well, not only q·k.
         var bias = _c.Alibi ? Alibi.Bias(ctx, _c.NumHeads, x.dtype, bfloat16: true, scale: 1.0 / Math.Sqrt(_c.HeadDim)) : null; // [B, nh, T, S]
         var o = Ops.Attention(q, k, v, ctx, bias);                                               // [B, T, nh*D]
-        return Ops.Linear(o, dense, dense_bias);                                                 // [B, T, H]
+        return Linear(ctx, "self_attention.dense", o, dense, dense_bias);                        // [B, T, H]
     }
 
     /// <summary>

@@ -95,7 +95,7 @@ public sealed class LlamaFamily : IModelFamily, Lora.ILoraTargets
 {
     public static readonly LlamaFamily Instance = new();
 
-    public IReadOnlyList<string> LoraModules =>
+    public IReadOnlyList<string> LoraModules(ModelConfig config) =>
         ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"];
 
     public IReadOnlyList<string> ModelTypes => ["llama"];

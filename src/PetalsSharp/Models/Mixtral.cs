@@ -105,9 +105,17 @@ public sealed record MixtralConfig : ModelConfig
 // ============================== family ==============================
 
 /// <summary>Mixtral: Llama's attention and ends, with a sparse mixture of SwiGLU experts in place of the MLP.</summary>
-public sealed class MixtralFamily : IModelFamily
+public sealed class MixtralFamily : IModelFamily, Lora.ILoraTargets
 {
     public static readonly MixtralFamily Instance = new();
+
+    /// <summary>Attention, the router, and every expert's w1/w2/w3 (PEFT's names; "w1" selects it in all experts).</summary>
+    public IReadOnlyList<string> LoraModules(ModelConfig config) =>
+    [
+        "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "block_sparse_moe.gate",
+        .. Enumerable.Range(0, ((MixtralConfig)config).NumLocalExperts)
+            .SelectMany(e => new[] { "w1", "w2", "w3" }.Select(w => $"block_sparse_moe.experts.{e}.{w}")),
+    ];
 
     public IReadOnlyList<string> ModelTypes => ["mixtral"];
 
@@ -208,9 +216,11 @@ public sealed class MixtralBlock : DecoderBlock
     {
         var x = Ops.RmsNorm(hidden, input_layernorm, _c.RmsNormEps);                 // [B, T, H]
         var attention = SharedLayers.RotarySelfAttention(x, ctx, cache, _rotary,
-            new AttentionWeights(q_proj, k_proj, v_proj, o_proj), _c.NumHeads, _c.NumKvHeads, _c.SlidingWindow);
+            new AttentionWeights(q_proj, k_proj, v_proj, o_proj), _c.NumHeads, _c.NumKvHeads, _c.SlidingWindow, Linear(ctx));
         var h = hidden + attention;                                                   // [B, T, H]
         var y = Ops.RmsNorm(h, post_attention_layernorm, _c.RmsNormEps);             // [B, T, H]
-        return h + block_sparse_moe.Forward(y);                                       // [B, T, H]
+        return h + block_sparse_moe.Forward(y, ctx.Adapter is null ? null : Linear(ctx)); // [B, T, H]
     }
+
+    SharedLayers.LinearOp Linear(StepContext ctx) => (module, x, w, b) => Linear(ctx, module, x, w, b);
 }

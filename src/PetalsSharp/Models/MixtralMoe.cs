@@ -17,8 +17,21 @@ public sealed class SwiGluExpert : nn.Module
         RegisterComponents();
     }
 
-    /// <summary><c>x [N, H]</c> to <c>[N, H]</c>.</summary>
-    public Tensor Forward(Tensor x) => SharedLayers.SwiGlu(x, w1, w3, w2);
+    /// <summary>
+    /// <c>x [N, H]</c> to <c>[N, H]</c>. <paramref name="linear"/> sees the expert's own module paths
+    /// (<c>block_sparse_moe.experts.{index}.w1</c>), which is how an adapter addresses them.
+    /// </summary>
+    public Tensor Forward(Tensor x, int index = 0, SharedLayers.LinearOp? linear = null)
+    {
+        if (linear is null) return SharedLayers.SwiGlu(x, w1, w3, w2);
+        var prefix = $"block_sparse_moe.experts.{index}.";
+        return SharedLayers.SwiGlu(x, w1, w3, w2, linear: (module, input, w, b) => linear(module switch
+        {
+            "mlp.gate_proj" => prefix + "w1",
+            "mlp.up_proj" => prefix + "w3",
+            _ => prefix + "w2",
+        }, input, w, b));                                                            // [N, H]
+    }
 }
 
 /// <summary>
@@ -43,21 +56,21 @@ public sealed class SparseMoe : nn.Module
     public int NumExperts => experts.Count;
 
     /// <summary>Routing of <c>x [N, H]</c>: renormalised weights <c>[N, k]</c> (x's dtype) and expert ids <c>[N, k]</c>.</summary>
-    public (Tensor Weights, Tensor Experts) Route(Tensor x)
+    public (Tensor Weights, Tensor Experts) Route(Tensor x, SharedLayers.LinearOp? linear = null)
     {
-        var logits = Ops.Linear(x, gate);                                            // [N, E]
+        var logits = linear is null ? Ops.Linear(x, gate) : linear("block_sparse_moe.gate", x, gate, null); // [N, E]
         var probs = logits.to(ScalarType.Float32).softmax(-1);                       // [N, E]
         var (top, ids) = probs.topk(_topK, dim: -1);                                 // [N, k] [N, k]
         var weights = top / top.sum(-1, keepdim: true);                              // [N, k]
         return (weights.to(x.dtype), ids);
     }
 
-    /// <summary><c>x [B, T, H]</c> to <c>[B, T, H]</c>.</summary>
-    public Tensor Forward(Tensor x)
+    /// <summary><c>x [B, T, H]</c> to <c>[B, T, H]</c>; <paramref name="linear"/> routes the router and experts through an adapter.</summary>
+    public Tensor Forward(Tensor x, SharedLayers.LinearOp? linear = null)
     {
         long b = x.shape[0], t = x.shape[1], h = x.shape[2];
         var flat = x.reshape(b * t, h);                                              // [N, H]
-        var (weights, ids) = Route(flat);                                            // [N, k] [N, k]
+        var (weights, ids) = Route(flat, linear);                                            // [N, k] [N, k]
         // Group the (token, slot) pairs by expert on the host, so each expert runs once on just its tokens and a
         // decode step touches only k experts' weights.
         var chosen = ids.cpu().data<long>().ToArray();                               // N*k, row-major
@@ -70,7 +83,7 @@ public sealed class SparseMoe : nn.Module
             if (slots[e] is not { } mine) continue;
             var slot = tensor(mine.ToArray(), device: x.device);                     // [n_e] indices into N*k
             var rows = tensor(mine.Select(s => s / _topK).ToArray(), device: x.device); // [n_e] token rows
-            var y = experts[e].Forward(flat.index_select(0, rows));                  // [n_e, H]
+            var y = experts[e].Forward(flat.index_select(0, rows), e, linear);       // [n_e, H]
             var w = flatWeights.index_select(0, slot).unsqueeze(-1);                 // [n_e, 1]
             output = output.index_add(0, rows, y * w, 1.0);                          // [N, H]
         }

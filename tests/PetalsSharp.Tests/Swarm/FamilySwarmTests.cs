@@ -2,6 +2,7 @@ using PetalsSharp.Client;
 using PetalsSharp.Generation;
 using PetalsSharp.Models;
 using PetalsSharp.Server;
+using PetalsSharp.Tests.Adapters;
 using Xunit;
 
 namespace PetalsSharp.Tests.Swarm;
@@ -9,6 +10,7 @@ namespace PetalsSharp.Tests.Swarm;
 /// <summary>
 /// Falcon and BLOOM through two `petals server` processes, each holding half the blocks: the client keeps the
 /// embeddings (and BLOOM's embedding norm), the servers run the blocks, and greedy decoding gives the fixture's tokens.
+/// Both servers also hold a random LoRA adapter: plain requests ignore it, requests naming it equal merged weights.
 /// </summary>
 public sealed class FamilySwarmTests
 {
@@ -20,7 +22,10 @@ public sealed class FamilySwarmTests
         var dir = TestData.Path(fixture);
         using var reference = Reference.Load(fixture);
         int layers = ModelConfigLoader.Load(dir).NumLayers, half = (layers + 1) / 2;
-        var servers = await Task.WhenAll(ServerProcess.StartAsync(dir, 0, half), ServerProcess.StartAsync(dir, half, layers));
+        var adapter = TestAdapter.Write(TestAdapter.NewDir("fam"), seed: 13, fixture: fixture);
+        var spec = $"fam={adapter}";
+        var servers = await Task.WhenAll(ServerProcess.StartAsync(dir, 0, half, "--adapters", spec),
+            ServerProcess.StartAsync(dir, half, layers, "--adapters", spec));
         try
         {
             var routes = new List<string>();
@@ -29,6 +34,13 @@ public sealed class FamilySwarmTests
             var result = await lm.GenerateAsync(reference.IdRows("generation.prompt_ids"), new GenerationOptions { MaxNewTokens = 12, IgnoreEos = true });
             Assert.Equal(reference.IdRows("generation.new_tokens"), result.NewTokens);
             Assert.Equal(2, routes[^1].Split(' ').Length - 1);
+
+            using var adapted = await DistributedModel.ConnectAsync(dir, servers.Select(s => s.Address), new RemoteOptions { ActiveAdapter = "fam" });
+            using var merged = CausalLM.Load(TestAdapter.WriteMerged(adapter));
+            var ids = reference.Longs("input_ids");
+            var logits = adapted.Forward(ids);
+            TensorAssert.Close(merged.Forward(ids), logits, 1e-4, 1e-4, $"{fixture} adapted logits vs merged");
+            Assert.True(TensorAssert.MaxAbsDiff(reference.Floats("logits"), logits) > 1e-2, "the adapter must change the logits");
         }
         finally
         {

@@ -2,19 +2,28 @@ using PetalsSharp.Client;
 using PetalsSharp.Generation;
 using PetalsSharp.Models;
 using PetalsSharp.Server;
+using PetalsSharp.Tests.Adapters;
 using Xunit;
 
 namespace PetalsSharp.Tests.Swarm;
 
-/// <summary>Two <c>petals server</c> processes over the mixtral fixture, one block each, started once for the class.</summary>
+/// <summary>
+/// Two <c>petals server</c> processes over the mixtral fixture, one block each, started once for the class. Both
+/// hold a random LoRA adapter "moe" on attention, router and every expert; plain requests do not use it.
+/// </summary>
 public sealed class MixtralSwarm : IAsyncLifetime
 {
     public static readonly string ModelDir = TestData.Path("mixtral");
 
     public ServerProcess[] Servers { get; private set; } = [];
+    public string AdapterDir { get; } = TestAdapter.Write(TestAdapter.NewDir("moe"), seed: 11, fixture: "mixtral");
 
-    public async Task InitializeAsync() =>
-        Servers = await Task.WhenAll(ServerProcess.StartAsync(ModelDir, 0, 1), ServerProcess.StartAsync(ModelDir, 1, 2));
+    public async Task InitializeAsync()
+    {
+        var spec = $"moe={AdapterDir}";
+        Servers = await Task.WhenAll(ServerProcess.StartAsync(ModelDir, 0, 1, "--adapters", spec),
+            ServerProcess.StartAsync(ModelDir, 1, 2, "--adapters", spec));
+    }
 
     public Task<CausalLM> ConnectAsync(RemoteOptions? options = null) =>
         DistributedModel.ConnectAsync(ModelDir, Servers.Select(s => s.Address), options);
@@ -50,5 +59,16 @@ public sealed class MixtralSwarmTests(MixtralSwarm swarm) : IClassFixture<Mixtra
         var result = await lm.GenerateAsync(Ref.IdRows("generation.prompt_ids"), new GenerationOptions { MaxNewTokens = 12, IgnoreEos = true });
         Assert.Equal(Ref.IdRows("generation.new_tokens"), result.NewTokens);
         Assert.Equal(Ref.IdRows("generation.sequences"), result.Sequences);
+    }
+
+    [Fact]
+    public async Task An_adapter_on_attention_router_and_experts_equals_merged_weights()
+    {
+        using var lm = await swarm.ConnectAsync(new RemoteOptions { ActiveAdapter = "moe" });
+        using var merged = CausalLM.Load(TestAdapter.WriteMerged(swarm.AdapterDir));
+        var ids = Ref.Longs("input_ids");
+        var adapted = lm.Forward(ids);
+        TensorAssert.Close(merged.Forward(ids), adapted, 1e-4, 1e-4, "adapted logits vs merged");
+        Assert.True(TensorAssert.MaxAbsDiff(Ref.Floats("logits"), adapted) > 1e-2, "the adapter must change the logits");
     }
 }

@@ -19,6 +19,10 @@ public interface ILinearAdapter
 /// <summary>A family whose blocks apply <see cref="ILinearAdapter"/>s: the linear modules an adapter may target.</summary>
 public interface ILoraTargets
 {
-    /// <summary>Module paths inside one block (<c>self_attn.q_proj</c>), each with a <c>.weight [out, in]</c> tensor.</summary>
-    IReadOnlyList<string> LoraModules { get; }
+    /// <summary>
+    /// Module paths inside one block of <paramref name="config"/> (<c>self_attn.q_proj</c>,
+    /// <c>block_sparse_moe.experts.3.w1</c>), each with a <c>.weight [out, in]</c> tensor the block routes through
+    /// <see cref="DecoderBlock"/>'s <c>Linear</c> helper.
+    /// </summary>
+    IReadOnlyList<string> LoraModules(ModelConfig config);
 }

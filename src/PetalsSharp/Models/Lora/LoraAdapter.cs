@@ -104,13 +104,14 @@ public sealed class LoraAdapter : ILinearAdapter, IDisposable
         foreach (var layer in config.LayersToTransform ?? [])
             if (layer < 0 || layer >= model.NumLayers)
                 throw new LoraException($"{where}: layers_to_transform names block {layer}, the model has blocks 0..{model.NumLayers - 1}");
-        var known = family.LoraModules.Select(m => m.Split('.')[^1]).Distinct().ToList();
+        var modules = family.LoraModules(model);
+        var known = modules.Select(m => m.Split('.')[^1]).Distinct().ToList();
         var matched = new HashSet<string>();
         var expected = new Dictionary<string, Spec>(StringComparer.Ordinal);
         for (int layer = 0; layer < model.NumLayers; layer++)
         {
             var shapes = model.Family.BlockTensors(model, layer).ToDictionary(t => t.Name, t => t.Shape);
-            foreach (var module in family.LoraModules)
+            foreach (var module in modules)
             {
                 var weightName = shapes.Keys.Single(n => n.EndsWith("." + module + ".weight", StringComparison.Ordinal));
                 var fullName = weightName[..^".weight".Length];
