@@ -25,14 +25,23 @@ public sealed class PetalsEmbeddingGenerator : IEmbeddingGenerator<string, Embed
     public string ModelId { get; }
     public EmbeddingGeneratorMetadata Metadata { get; }
 
-    public async Task<GeneratedEmbeddings<Embedding<float>>> GenerateAsync(IEnumerable<string> values,
+    public Task<GeneratedEmbeddings<Embedding<float>>> GenerateAsync(IEnumerable<string> values,
         EmbeddingGenerationOptions? options = null, CancellationToken cancellationToken = default)
     {
         var tok = _model.Tokenizer ?? throw new NotSupportedException($"model '{ModelId}' has no tokenizer, so it cannot embed text");
-        var rows = values.Select(v => tok.Encode(v)).ToList();
+        return GenerateAsync(values.Select(v => tok.Encode(v)).ToList(), cancellationToken);
+    }
+
+    /// <summary>Embeds token-id rows (what <c>/v1/embeddings</c> accepts besides text); ids must be in the vocabulary.</summary>
+    public async Task<GeneratedEmbeddings<Embedding<float>>> GenerateAsync(IReadOnlyList<IReadOnlyList<int>> rows,
+        CancellationToken cancellationToken = default)
+    {
         if (rows.Any(r => r.Count == 0)) throw new ArgumentException("every input needs at least one token");
         if (rows.Any(r => r.Count > _model.Config.MaxPositionEmbeddings))
             throw new ArgumentException($"an input is longer than the model's context of {_model.Config.MaxPositionEmbeddings} tokens");
+        int vocab = _model.Config.VocabSize;
+        if (rows.Any(r => r.Any(id => id < 0 || id >= vocab)))
+            throw new ArgumentException($"token ids must be in [0, {vocab})");
         var result = new GeneratedEmbeddings<Embedding<float>>();
         if (rows.Count == 0) return result;
         cancellationToken.ThrowIfCancellationRequested();
@@ -44,7 +53,7 @@ public sealed class PetalsEmbeddingGenerator : IEmbeddingGenerator<string, Embed
         return result;
     }
 
-    float[][] Pool(List<IReadOnlyList<int>> rows)
+    float[][] Pool(IReadOnlyList<IReadOnlyList<int>> rows)
     {
         int batch = rows.Count, width = rows.Max(r => r.Count), hiddenSize = _model.Config.HiddenSize;
         int pad = _model.Config.PadTokenId ?? _model.Config.EosTokenIds.FirstOrDefault();

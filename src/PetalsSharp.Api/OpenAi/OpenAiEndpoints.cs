@@ -10,7 +10,8 @@ namespace PetalsSharp.Api.OpenAi;
 /// <summary>
 /// OpenAI-compatible endpoints over one model: <c>GET /v1/models</c>, <c>POST /v1/completions</c>,
 /// <c>POST /v1/chat/completions</c> (each with <c>stream: true</c> as server-sent events ending in
-/// <c>data: [DONE]</c>). Every request runs its own inference session. Errors are OpenAI's error JSON.
+/// <c>data: [DONE]</c>), and <c>POST /v1/embeddings</c>. Every request runs its own inference session.
+/// Errors are OpenAI's error JSON.
 /// </summary>
 public static class OpenAiEndpoints
 {
@@ -26,7 +27,9 @@ public static class OpenAiEndpoints
             ? Results.Json(ModelCard()) : Error(ctx, NoSuchModel(id)));
         endpoints.MapPost("/v1/chat/completions", (HttpContext ctx) => HandleAsync(ctx, chat, chatMode: true));
         endpoints.MapPost("/v1/completions", (HttpContext ctx) => HandleAsync(ctx, chat, chatMode: false));
-        foreach (var path in new[] { "/v1/chat/completions", "/v1/completions" })
+        var embedder = new PetalsEmbeddingGenerator(chat.Engine.Model, chat.Engine.ModelId);
+        endpoints.MapPost("/v1/embeddings", (HttpContext ctx) => OpenAiEmbeddings.HandleAsync(ctx, embedder, chat.Engine));
+        foreach (var path in new[] { "/v1/chat/completions", "/v1/completions", "/v1/embeddings" })
             endpoints.MapMethods(path, OtherMethods, (HttpContext ctx) =>
                 Error(ctx, new OpenAiError(405, $"{ctx.Request.Method} {path} is not allowed; use POST", code: "method_not_allowed")));
         endpoints.MapFallback("/v1/{**rest}", (HttpContext ctx) =>

@@ -22,6 +22,9 @@ internal sealed class OpenAiRequest
         return new OpenAiRequest(doc.RootElement.Clone());
     }
 
+    /// <summary>The body's JSON object, for endpoints with fields of their own.</summary>
+    public JsonElement Root => _root;
+
     JsonElement? Get(string name) =>
         _root.TryGetProperty(name, out var v) && v.ValueKind != JsonValueKind.Null ? v : null;
 

@@ -41,6 +41,18 @@ public sealed class OpenAiNpmTests(ApiSwarm swarm)
         Assert.Equal((string?)r["completion"]!["text"], (string?)r["completionStream"]!["text"]);
         Assert.NotEmpty((string)r["completion"]!["text"]!);
 
+        using var embedder = new PetalsSharp.Api.Chat.PetalsEmbeddingGenerator(swarm.Local, swarm.ModelId);
+        var expected = await embedder.GenerateAsync(["a cat", "Tell me about cats"]);
+        var vectors = r["embeddings"]!["vectors"]!.AsArray();
+        Assert.Equal(2, vectors.Count);
+        for (int i = 0; i < 2; i++)
+        {
+            var got = vectors[i]!.AsArray().Select(x => (float)x!).ToArray();
+            var want = expected[i].Vector.ToArray();
+            Assert.Equal(want.Length, got.Length);
+            Assert.True(want.Zip(got, (a, b) => Math.Abs(a - b)).Max() <= 1e-4f, $"embedding {i} differs from the local one");
+        }
+
         var n2 = r["errors"]!["n2"]!;
         Assert.True((bool)n2["isApiError"]!);
         Assert.Equal(400, (int)n2["status"]!);

@@ -38,6 +38,10 @@ async function main() {
   for await (const chunk of cstream) streamedCompletion += chunk.choices[0]?.text ?? "";
   out.completionStream = { text: streamedCompletion };
 
+  // The SDK asks for base64 unless told otherwise and decodes it to numbers.
+  const embeddings = await client.embeddings.create({ model, input: ["a cat", "Tell me about cats"] });
+  out.embeddings = { vectors: embeddings.data.map((d) => d.embedding), usage: embeddings.usage };
+
   out.errors = {};
   for (const [name, request] of [
     ["n2", { model, messages, n: 2 }],
