@@ -34,7 +34,7 @@ public static class ServerCommand
         var updatePeriod = new Option<double>("--update-period") { Description = "Seconds between announcements (records expire after twice this)", DefaultValueFactory = _ => 60 };
         var publicName = new Option<string?>("--public-name") { Description = "Name shown in swarm tables" };
         var metricsPort = new Option<int?>("--metrics-port") { Description = "Serve Prometheus metrics at http://HOST:PORT/metrics (HTTP/1.1; 0 = any free port, printed at start)" };
-        var adapters = new Option<string?>("--adapters") { Description = "PEFT LoRA adapters to serve: DIR[,DIR] or NAME=DIR[,...] (name defaults to the folder's name); requests pick one by name" };
+        var adapters = new Option<string?>("--adapters") { Description = "PEFT LoRA adapters to serve: DIR, NAME=DIR or a hub repo ORG/NAME[@REV], comma-separated (a folder is named after itself, a hub adapter after its repo id); requests pick one by name" };
         var dhtPrefix = new Option<string?>("--dht-prefix") { Description = "DHT key prefix (default: the model folder's name, '.' and ' ' as '-')" };
         var cmd = new Command("server", "Serve a span of a model's transformer blocks over gRPC.\n\nExamples:\n  petals server -m ./my-model --blocks 0:12 --port 31330 --new-swarm\n  petals server -m ./my-model --blocks 12:24 --port 31331 --initial-peers 10.0.0.5:31330\n  petals server -m ./my-model --num-blocks 8 --initial-peers 10.0.0.5:31330")
         {
@@ -73,7 +73,7 @@ public static class ServerCommand
                 IdentityPath = pr.GetValue(identity), SwarmKey = Cli.LoadSwarmKey(pr.GetValue(swarmKey)),
                 UpdatePeriod = TimeSpan.FromSeconds(pr.GetValue(updatePeriod)), PublicName = pr.GetValue(publicName),
                 DhtPrefix = pr.GetValue(dhtPrefix), MetricsPort = pr.GetValue(metricsPort),
-                Adapters = Cli.SplitList(pr.GetValue(adapters)),
+                Adapters = await ModelSource.ResolveAdaptersAsync(Cli.SplitList(pr.GetValue(adapters)), ct),
                 PlacementDelay = TimeSpan.FromSeconds(delay), RebalancePeriod = TimeSpan.FromSeconds(period),
                 BalanceQuality = PetalsSharp.Swarm.BlockSelection.QualityFromThreshold(threshold),
                 FixedThroughput = fixedThroughput, RemeasureThroughput = remeasure,

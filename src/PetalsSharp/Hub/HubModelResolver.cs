@@ -54,6 +54,53 @@ public sealed class HubModelResolver : IDisposable
         }
     }
 
+    /// <summary>
+    /// Resolves a repo of a fixed set of required files, such as a PEFT adapter (<c>adapter_config.json</c>,
+    /// <c>adapter_model.safetensors</c>), with the same cache, offline, resume and hash rules as a model.
+    /// </summary>
+    /// <exception cref="HubException">A missing repo or file, offline with nothing cached, or a corrupt download.</exception>
+    public async Task<ResolvedModel> ResolveFilesAsync(HubModelId id, IReadOnlyList<string> files, IProgress<HubProgress>? progress = null,
+        CancellationToken ct = default)
+    {
+        if (files.Count == 0) throw new ArgumentException("name at least one file", nameof(files));
+        var cache = new HubCache(_settings.CacheDir, id);
+        if (_settings.Offline) return FilesFromCache(cache, files, "HF_HUB_OFFLINE is set");
+        try
+        {
+            string? commit = null;
+            foreach (var file in files)
+            {
+                // The first file pins the commit, as for a model.
+                var at = commit is null ? id : id with { Revision = commit };
+                var fetched = await FetchAsync(cache, at, file, required: true, progress, ct).ConfigureAwait(false);
+                commit ??= fetched;
+            }
+            cache.WriteRef(id.Revision, commit!);
+            return new ResolvedModel(cache.SnapshotDir(commit!), id.Name, commit);
+        }
+        catch (HttpRequestException e) when (cache.CachedCommit(id.Revision) is not null)
+        {
+            var resolved = FilesFromCache(cache, files, $"the hub is unreachable ({e.Message})");
+            OnNotice?.Invoke($"{_settings.Endpoint} is unreachable ({e.Message}); using the cached snapshot {resolved.Commit}");
+            return resolved;
+        }
+        catch (HttpRequestException e)
+        {
+            throw new HubException($"cannot download {id} from {_settings.Endpoint}: {e.Message} (and it is not in the cache {cache.RepoDir})", e);
+        }
+    }
+
+    static ResolvedModel FilesFromCache(HubCache cache, IReadOnlyList<string> files, string why)
+    {
+        var id = cache.Id;
+        string commit = cache.CachedCommit(id.Revision)
+            ?? throw new HubException($"{why}, and {id} has no cached snapshot in {cache.RepoDir}; run once online (or unset HF_HUB_OFFLINE) to download it");
+        var missing = files.Where(f => cache.CachedFile(commit, f) is null).ToList();
+        if (missing.Count > 0)
+            throw new HubException($"{why}, and the cached snapshot {cache.SnapshotDir(commit)} of {id} lacks {string.Join(", ", missing)}");
+        return new ResolvedModel(cache.SnapshotDir(commit), id.Name, commit);
+    }
+
     async Task<ResolvedModel> DownloadAsync(HubCache cache, WeightSelection weights, IProgress<HubProgress>? progress, CancellationToken ct)
     {
         var id = cache.Id;

@@ -33,10 +33,16 @@ public sealed class ServerProcess : IDisposable
     public static Task<ServerProcess> StartAsync(string modelDir, int start, int end, params string[] extra) =>
         StartCoreAsync(modelDir, $"{start}:{end}", ["--blocks", $"{start}:{end}", .. extra]);
 
+    /// <summary>As above, with extra environment variables for the child (e.g. HF_ENDPOINT, HF_HUB_CACHE).</summary>
+    public static Task<ServerProcess> StartAsync(string modelDir, int start, int end, IReadOnlyDictionary<string, string> environment,
+        params string[] extra) =>
+        StartCoreAsync(modelDir, $"{start}:{end}", ["--blocks", $"{start}:{end}", .. extra], environment);
+
     /// <summary>A server that chooses its blocks itself: give <c>--num-blocks</c> (or a memory budget) in <paramref name="extra"/>.</summary>
     public static Task<ServerProcess> StartAutoAsync(string modelDir, params string[] extra) => StartCoreAsync(modelDir, "auto", extra);
 
-    static async Task<ServerProcess> StartCoreAsync(string modelDir, string label, string[] extra)
+    static async Task<ServerProcess> StartCoreAsync(string modelDir, string label, string[] extra,
+        IReadOnlyDictionary<string, string>? environment = null)
     {
         var psi = new ProcessStartInfo("dotnet")
         {
@@ -46,6 +52,7 @@ public sealed class ServerProcess : IDisposable
         };
         psi.ArgumentList.Add(DefaultPetalsDll);
         psi.Environment[ParentWatchdog.Variable] = Environment.ProcessId.ToString();
+        foreach (var (key, value) in environment ?? new Dictionary<string, string>()) psi.Environment[key] = value;
         foreach (var a in new[] { "server", "--model", modelDir, "--host", "127.0.0.1", "--port", "0" }.Concat(extra))
             psi.ArgumentList.Add(a);
         var process = Process.Start(psi)!;
