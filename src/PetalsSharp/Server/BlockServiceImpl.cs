@@ -147,6 +147,23 @@ public sealed partial class BlockServiceImpl : BlockService.BlockServiceBase
     async Task<(CallHeader, IReadOnlyDictionary<string, WireTensor>)> ReadCallAsync(IAsyncStreamReader<CallMessage> stream,
         string[] names, CancellationToken ct)
     {
+        var timeout = _server.Options.RequestReadTimeout;
+        using var deadline = CancellationTokenSource.CreateLinkedTokenSource(ct);
+        deadline.CancelAfter(timeout);
+        try
+        {
+            return await ReadCallCoreAsync(stream, names, deadline.Token);
+        }
+        catch (OperationCanceledException) when (!ct.IsCancellationRequested)
+        {
+            throw RequestValidator.Error(StatusCode.DeadlineExceeded,
+                $"the request's tensors did not arrive within {timeout.TotalSeconds:0.###} s (the server's request read timeout)");
+        }
+    }
+
+    async Task<(CallHeader, IReadOnlyDictionary<string, WireTensor>)> ReadCallCoreAsync(IAsyncStreamReader<CallMessage> stream,
+        string[] names, CancellationToken ct)
+    {
         if (!await stream.MoveNext(ct)) throw new WireException("empty request: a CallHeader must come first");
         if (stream.Current.KindCase != CallMessage.KindOneofCase.Header)
             throw new WireException($"first message is {stream.Current.KindCase}; a CallHeader must come first");

@@ -73,6 +73,12 @@ public sealed record ServerOptions
     /// <summary>A session that sends nothing for this long ends with DEADLINE_EXCEEDED and frees its cache.</summary>
     public TimeSpan SessionIdleTimeout { get; init; } = TimeSpan.FromSeconds(300);
 
+    /// <summary>
+    /// How long a Forward/Backward call may take to deliver its tensors. A client that stalls mid-request gets
+    /// DEADLINE_EXCEEDED, so a stuck or hostile peer cannot hold a half-assembled tensor forever.
+    /// </summary>
+    public TimeSpan RequestReadTimeout { get; init; } = TimeSpan.FromSeconds(120);
+
     /// <summary>Largest single gRPC message, both directions.</summary>
     public int MaxMessageBytes { get; init; } = Protocol.DefaultMaxMessageBytes;
 
@@ -167,6 +173,7 @@ public sealed record ServerOptions
         if (CacheBytes is < 0) throw new ArgumentException($"cache bytes {CacheBytes} is negative");
         if (MaxSessionLength is < 1) throw new ArgumentException($"max session length {MaxSessionLength} must be at least 1");
         if (SessionIdleTimeout <= TimeSpan.Zero) throw new ArgumentException("session idle timeout must be positive");
+        if (RequestReadTimeout <= TimeSpan.Zero) throw new ArgumentException("request read timeout must be positive");
         if (MaxMessageBytes < 1024) throw new ArgumentException($"max message bytes {MaxMessageBytes} is too small");
         if (MaxBatchSize < 1 || MaxRequestTokens < 1) throw new ArgumentException("batch and token limits must be positive");
         if (UpdatePeriod < TimeSpan.FromMilliseconds(100)) throw new ArgumentException("update period must be at least 0.1 s");

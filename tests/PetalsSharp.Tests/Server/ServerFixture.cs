@@ -168,3 +168,9 @@ static class Bytes
 {
     public static ByteString Of(params byte[] b) => ByteString.CopyFrom(b);
 }
+
+/// <summary>A server that waits only 1 s for a Forward/Backward request's tensors.</summary>
+public sealed class ShortReadTimeoutFixture : ServerFixture
+{
+    protected override ServerOptions Options => base.Options with { RequestReadTimeout = TimeSpan.FromSeconds(1) };
+}
