@@ -11,6 +11,8 @@ namespace PetalsSharp.Client;
 internal sealed class RemotePool : IDisposable
 {
     readonly ConcurrentDictionary<string, ServerConnection> _servers = new();
+    // Connections the swarm stopped listing as they were; open sessions may still run on them until the pool ends.
+    readonly ConcurrentBag<ServerConnection> _retired = [];
     readonly Lock _memory = new();
     BanList _bans = BanList.Empty;
     RttEstimator _rtts = RttEstimator.Empty;
@@ -34,7 +36,10 @@ internal sealed class RemotePool : IDisposable
     public RemoteOptions Options { get; }
     public IReadOnlyList<ServerConnection> Servers => _servers.Values.OrderBy(s => s.Address, StringComparer.Ordinal).ToList();
 
-    public ServerConnection Get(string address) => _servers[address];
+    /// <summary>The connection to plan new calls on (a just-retired one if the plan predates a refresh).</summary>
+    public ServerConnection Get(string address) =>
+        _servers.TryGetValue(address, out var server) ? server
+        : _retired.FirstOrDefault(s => s.Address == address) ?? throw new KeyNotFoundException($"no connection to {address}");
 
     /// <summary>Failures inside autograd backward nodes, which cannot throw (see RemoteSequential.Backward).</summary>
     public ConcurrentQueue<Exception> BackwardErrors { get; } = new();
@@ -126,7 +131,23 @@ internal sealed class RemotePool : IDisposable
         if (_discover is null) return;
         var servers = await _discover(ct).ConfigureAwait(false);
         Learn(servers);
-        await AddAsync(servers.Select(s => s.Address), ct).ConfigureAwait(false);
+        if (servers.Count > 0) Retire(servers);   // an empty read is more likely a DHT hiccup than an empty swarm
+        await AddAsync(servers.Select(s => s.Address).Distinct(), ct).ConfigureAwait(false);
+    }
+
+    /// <summary>
+    /// Forgets servers the swarm no longer lists as ONLINE with the span they had when we connected: a dead server
+    /// (its record expired) or one that moved to other blocks. Planning on the connect-time Info would keep choosing
+    /// them; a moved server is connected again by the caller and so planned with its new span.
+    /// </summary>
+    void Retire(IReadOnlyList<ServerInfo> online)
+    {
+        var announced = online.ToLookup(s => s.Address);
+        foreach (var (address, server) in _servers)
+        {
+            if (announced[address].Any(s => s.Start == server.Info.StartBlock && s.End == server.Info.EndBlock)) continue;
+            if (_servers.TryRemove(new KeyValuePair<string, ServerConnection>(address, server))) _retired.Add(server);
+        }
     }
 
     /// <summary>Remembers the next-server pings servers announced (used for server-to-server hop costs).</summary>
@@ -214,8 +235,9 @@ internal sealed class RemotePool : IDisposable
         try { _refresh?.Wait(TimeSpan.FromSeconds(5)); }
         catch (AggregateException) { /* a refresh that failed while stopping changes nothing */ }
         _stop.Dispose();
-        foreach (var s in _servers.Values) s.Dispose();
+        foreach (var s in _servers.Values.Concat(_retired)) s.Dispose();
         _servers.Clear();
+        _retired.Clear();
         _owned?.DisposeAsync().AsTask().GetAwaiter().GetResult();
     }
 }

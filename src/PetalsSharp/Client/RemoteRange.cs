@@ -76,7 +76,14 @@ internal static class RemoteRange
     {
         for (int attempt = 0; ; attempt++)
         {
-            var chain = await pool.PlanAsync(start, end, ct, forInference: false, routing: routing).ConfigureAwait(false);
+            IReadOnlyList<ChainHop> chain;
+            try { chain = await pool.PlanAsync(start, end, ct, forInference: false, routing: routing).ConfigureAwait(false); }
+            catch (SwarmException) when (attempt > 0 && attempt < pool.Options.MaxRetries)
+            {
+                // After a failure the blocks may be uncovered for a while (a server is moving in): wait for the swarm.
+                await Task.Delay(Backoff(pool.Options, attempt + 1), ct).ConfigureAwait(false);
+                continue;
+            }
             if (attempt > 0) pool.OnRoute(routing)?.Invoke(ChainPlanner.Describe(chain));
             try { return await run(chain).ConfigureAwait(false); }
             catch (HopFailure f) when (attempt < pool.Options.MaxRetries)

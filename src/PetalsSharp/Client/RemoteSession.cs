@@ -142,7 +142,7 @@ internal sealed class RemoteSession : IBlockSession
         // The replay starts at position 0, so it carries the prompts of the prefill (or of this step, if it is one).
         var replayPrompts = start == 0 ? prompts : failed.PrefillPrompts;
         using var replay = failed.ReplayInput(start, hypoIds, hidden);                         // [B, start+T, H]
-        var last = first;
+        Exception last = first;
         for (int retry = 1; retry <= _pool.Options.MaxRetries; retry++)
         {
             await Task.Delay(RemoteRange.Backoff(_pool.Options, retry), ct).ConfigureAwait(false);
@@ -170,13 +170,15 @@ internal sealed class RemoteSession : IBlockSession
                 _pool.OnRoute(_routing)?.Invoke(ChainPlanner.Describe(_hops.Select(h => h.Hop)));
                 using (x) return (x.narrow(1, start, hidden.shape[1]).clone(), fresh.Count);
             }
-            catch (HopFailure f)
+            catch (Exception e) when (e is HopFailure or SwarmException)
             {
+                // SwarmException: nobody covers the blocks right now; a server may be joining or moving in.
                 foreach (var s in fresh) s.Dispose();
-                last = f;
+                last = e;
             }
         }
-        throw new SwarmException($"blocks [{failed.Hop.Start}, {failed.Hop.End}) could not be served after {_pool.Options.MaxRetries} retries; last failure: {last.Message}", last.InnerException);
+        throw new SwarmException($"blocks [{failed.Hop.Start}, {failed.Hop.End}) could not be served after {_pool.Options.MaxRetries} retries; last failure: {last.Message}",
+            last is HopFailure ? last.InnerException : last);
     }
 
     public void Dispose()
@@ -234,7 +236,7 @@ internal sealed class HopSession(ServerConnection server, ChainHop hop, SessionO
             MaxLength = options.MaxLength, OutputCompression = remote.Compression, ActiveAdapter = remote.ActiveAdapter ?? "",
         };
         if (options.LeftPadding is not null) open.LeftPadding.AddRange(options.LeftPadding);
-        await _call.RequestStream.WriteAsync(new InferenceRequest { Open = open }, ct).ConfigureAwait(false);
+        await WriteAsync(new InferenceRequest { Open = open }, ct).ConfigureAwait(false);
         var reply = await ReadAsync(ct).ConfigureAwait(false);
         if (reply.KindCase != InferenceReply.KindOneofCase.Opened)
             throw new SwarmException($"{server.Address} did not confirm the session");
@@ -316,7 +318,28 @@ internal sealed class HopSession(ServerConnection server, ChainHop hop, SessionO
         if (start is { } s) step.StartFromPosition = s;
         if (hypoIds is not null) step.HypoIds = TensorCodec.Encode(hypoIds.to(ScalarType.Int64));
         step.NextServers.AddRange(next);
-        await _call!.RequestStream.WriteAsync(new InferenceRequest { Step = step }, ct).ConfigureAwait(false);
+        await WriteAsync(new InferenceRequest { Step = step }, ct).ConfigureAwait(false);
+    }
+
+    /// <summary>
+    /// A write to a call the server already ended (its blocks moved, it is stopping) fails as CANCELLED, which would
+    /// look like our own cancellation; report the server's status instead, so the hop is failed over.
+    /// </summary>
+    async Task WriteAsync(InferenceRequest request, CancellationToken ct)
+    {
+        try
+        {
+            await _call!.RequestStream.WriteAsync(request, ct).ConfigureAwait(false);
+        }
+        catch (RpcException e) when (e.StatusCode == StatusCode.Cancelled && !ct.IsCancellationRequested)
+        {
+            Status status;
+            try { status = _call!.GetStatus(); }
+            catch (InvalidOperationException) { status = default; }   // not finished from our side yet
+            throw new RpcException(status.StatusCode is StatusCode.OK or StatusCode.Cancelled
+                ? new Status(StatusCode.Unavailable, $"{server.Address} ended the session stream", e)
+                : status);
+        }
     }
 
     async Task<Tensor> ReadResultAsync(string stepId, long[] shape, CancellationToken ct)

@@ -1,5 +1,6 @@
 using PetalsSharp.Client;
 using PetalsSharp.Dht;
+using PetalsSharp.Generation;
 using PetalsSharp.Models;
 using PetalsSharp.Server;
 using PetalsSharp.Swarm;
@@ -90,5 +91,46 @@ public sealed class BalancingSwarmTests(EightBlockModel model, Xunit.Abstraction
         Assert.Contains("ONLINE for blocks 4:8", auto.Log);
         // Only the auto-placed server moved: the fixed one still serves 0:4.
         Assert.True(Serves(snapshot, front, 0, 4));
+    }
+
+    /// <summary>
+    /// A client is mid-generation over auto[0:4] + back[4:8] when back is killed. The auto-placed server moves to
+    /// the hole, which ends the client's session on its old blocks too; the client waits for the swarm to heal,
+    /// fails both hops over (0:4 to a server that joined after it connected, 4:8 to the moved server), replays
+    /// its history, and every greedy token equals the local model's.
+    /// </summary>
+    [Fact]
+    public async Task A_client_keeps_generating_while_its_server_moves_to_heal_the_swarm()
+    {
+        using var local = CausalLM.Load(model.Dir);
+        var prompts = new[] { new[] { 1, 5, 9, 42 }, new[] { 7, 3, 11, 2 } }.Select(p => (IReadOnlyList<int>)p).ToList();
+        var options = new GenerationOptions { MaxNewTokens = 10, IgnoreEos = true };
+        var expected = (await local.GenerateAsync(prompts, options)).NewTokens;
+
+        await using var bootstrap = await BootstrapAsync();
+        using var back = await ServerProcess.StartAsync(model.Dir, 4, 8, Swarm(bootstrap, 200));
+        using var auto = await ServerProcess.StartAutoAsync(model.Dir,
+            Swarm(bootstrap, 100, "--num-blocks", "4", "--placement-delay", "0", "--rebalance-period", "3"));
+        await WaitAsync(bootstrap, s => Serves(s, auto, 0, 4) && Serves(s, back, 4, 8));
+        var routes = new List<string>();
+        using var lm = await DistributedModel.ConnectViaDhtAsync(model.Dir, [bootstrap.PeerAddress],
+            new RemoteOptions { OnRoute = routes.Add, MaxRetries = 30, MinBackoff = TimeSpan.FromMilliseconds(100) });
+        // Joins after the client connected: the client learns of it only when it has to look again.
+        using var front = await ServerProcess.StartAsync(model.Dir, 0, 4, Swarm(bootstrap, 100));
+        await WaitAsync(bootstrap, s => Serves(s, front, 0, 4));
+
+        var tokens = new List<int>[] { [], [] };
+        await foreach (var step in lm.StreamAsync(prompts, options))
+        {
+            for (int b = 0; b < 2; b++) tokens[b].Add(step.Tokens[b]!.Value);
+            if (step.Index == 2) back.Kill();
+        }
+        output.WriteLine(string.Join("\n", routes));
+        output.WriteLine(auto.Log);
+        Assert.Equal(expected[0], tokens[0]);
+        Assert.Equal(expected[1], tokens[1]);
+        Assert.Equal($"route: {auto.Address}[0:4] {back.Address}[4:8]", routes[0]);
+        Assert.Contains("moving from blocks 0:4 to 4:8", auto.Log);
+        Assert.Equal($"route: {front.Address}[0:4] {auto.Address}[4:8]", routes[^1]);
     }
 }
