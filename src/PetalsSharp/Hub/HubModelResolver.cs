@@ -33,25 +33,11 @@ public sealed class HubModelResolver : IDisposable
     public Action<string>? OnNotice { get; init; }
 
     /// <exception cref="HubException">Missing repo/file, access denied, offline with nothing cached, or a corrupt download.</exception>
-    public async Task<ResolvedModel> ResolveAsync(HubModelId id, WeightSelection weights, IProgress<HubProgress>? progress = null,
+    public Task<ResolvedModel> ResolveAsync(HubModelId id, WeightSelection weights, IProgress<HubProgress>? progress = null,
         CancellationToken ct = default)
     {
         var cache = new HubCache(_settings.CacheDir, id);
-        if (_settings.Offline) return ResolveFromCache(cache, weights, "HF_HUB_OFFLINE is set");
-        try
-        {
-            return await DownloadAsync(cache, weights, progress, ct).ConfigureAwait(false);
-        }
-        catch (HttpRequestException e) when (cache.CachedCommit(id.Revision) is not null)
-        {
-            var resolved = ResolveFromCache(cache, weights, $"the hub is unreachable ({e.Message})");
-            OnNotice?.Invoke($"{_settings.Endpoint} is unreachable ({e.Message}); using the cached snapshot {resolved.Commit}");
-            return resolved;
-        }
-        catch (HttpRequestException e)
-        {
-            throw new HubException($"cannot download {id} from {_settings.Endpoint}: {e.Message} (and it is not in the cache {cache.RepoDir})", e);
-        }
+        return OnlineOrCachedAsync(cache, () => DownloadAsync(cache, weights, progress, ct), why => ResolveFromCache(cache, weights, why));
     }
 
     /// <summary>
@@ -59,13 +45,12 @@ public sealed class HubModelResolver : IDisposable
     /// <c>adapter_model.safetensors</c>), with the same cache, offline, resume and hash rules as a model.
     /// </summary>
     /// <exception cref="HubException">A missing repo or file, offline with nothing cached, or a corrupt download.</exception>
-    public async Task<ResolvedModel> ResolveFilesAsync(HubModelId id, IReadOnlyList<string> files, IProgress<HubProgress>? progress = null,
+    public Task<ResolvedModel> ResolveFilesAsync(HubModelId id, IReadOnlyList<string> files, IProgress<HubProgress>? progress = null,
         CancellationToken ct = default)
     {
         if (files.Count == 0) throw new ArgumentException("name at least one file", nameof(files));
         var cache = new HubCache(_settings.CacheDir, id);
-        if (_settings.Offline) return FilesFromCache(cache, files, "HF_HUB_OFFLINE is set");
-        try
+        return OnlineOrCachedAsync(cache, async () =>
         {
             string? commit = null;
             foreach (var file in files)
@@ -77,16 +62,26 @@ public sealed class HubModelResolver : IDisposable
             }
             cache.WriteRef(id.Revision, commit!);
             return new ResolvedModel(cache.SnapshotDir(commit!), id.Name, commit);
-        }
-        catch (HttpRequestException e) when (cache.CachedCommit(id.Revision) is not null)
+        }, why => FilesFromCache(cache, files, why));
+    }
+
+    /// <summary>Offline: the cache only. Online: download, falling back to a cached snapshot when the hub is unreachable.</summary>
+    async Task<ResolvedModel> OnlineOrCachedAsync(HubCache cache, Func<Task<ResolvedModel>> download, Func<string, ResolvedModel> fromCache)
+    {
+        if (_settings.Offline) return fromCache("HF_HUB_OFFLINE is set");
+        try
         {
-            var resolved = FilesFromCache(cache, files, $"the hub is unreachable ({e.Message})");
+            return await download().ConfigureAwait(false);
+        }
+        catch (HttpRequestException e) when (cache.CachedCommit(cache.Id.Revision) is not null)
+        {
+            var resolved = fromCache($"the hub is unreachable ({e.Message})");
             OnNotice?.Invoke($"{_settings.Endpoint} is unreachable ({e.Message}); using the cached snapshot {resolved.Commit}");
             return resolved;
         }
         catch (HttpRequestException e)
         {
-            throw new HubException($"cannot download {id} from {_settings.Endpoint}: {e.Message} (and it is not in the cache {cache.RepoDir})", e);
+            throw new HubException($"cannot download {cache.Id} from {_settings.Endpoint}: {e.Message} (and it is not in the cache {cache.RepoDir})", e);
         }
     }
 

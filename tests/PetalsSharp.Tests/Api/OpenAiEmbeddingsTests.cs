@@ -10,27 +10,11 @@ namespace PetalsSharp.Tests.Api;
 
 /// <summary><c>POST /v1/embeddings</c> over the two-server swarm equals the local mean-pooled hidden states.</summary>
 [Collection(ApiSwarmCollection.Name)]
-public sealed class OpenAiEmbeddingsTests(ApiSwarm swarm) : IAsyncLifetime
+public sealed class OpenAiEmbeddingsTests(ApiSwarm swarm) : OpenAiAppTest(swarm)
 {
-    WebApplication _app = null!;
-    HttpClient _http = null!;
-
-    public async Task InitializeAsync()
-    {
-        _app = OpenAiServer.Build(swarm.RemoteChat(), "127.0.0.1", 0);
-        await _app.StartAsync();
-        _http = new HttpClient { BaseAddress = new Uri(OpenAiServer.Url(_app)), Timeout = TimeSpan.FromMinutes(2) };
-    }
-
-    public async Task DisposeAsync()
-    {
-        _http.Dispose();
-        await _app.DisposeAsync();
-    }
-
     async Task<(HttpStatusCode Status, JsonNode Body)> PostAsync(string json)
     {
-        var r = await _http.PostAsync("/v1/embeddings", new StringContent(json.Replace("MODEL", swarm.ModelId), Encoding.UTF8, "application/json"));
+        var r = await PostJsonAsync("/v1/embeddings", json.Replace("MODEL", Swarm.ModelId));
         return (r.StatusCode, JsonNode.Parse(await r.Content.ReadAsStringAsync())!);
     }
 
@@ -42,14 +26,14 @@ public sealed class OpenAiEmbeddingsTests(ApiSwarm swarm) : IAsyncLifetime
     [Fact]
     public async Task Text_and_token_inputs_as_floats_or_base64_equal_the_local_embeddings()
     {
-        using var local = new PetalsEmbeddingGenerator(swarm.Local, swarm.ModelId);
+        using var local = new PetalsEmbeddingGenerator(Swarm.Local, Swarm.ModelId);
         string[] texts = ["a cat", "a much longer sentence about dogs and cats"];
         var expected = await local.GenerateAsync(texts);
 
         var (status, floats) = await PostAsync("""{"model":"MODEL","input":["a cat","a much longer sentence about dogs and cats"]}""");
         Assert.Equal(HttpStatusCode.OK, status);
         Assert.Equal("list", (string?)floats["object"]);
-        Assert.Equal(swarm.ModelId, (string?)floats["model"]);
+        Assert.Equal(Swarm.ModelId, (string?)floats["model"]);
         Assert.Equal(expected.Usage!.InputTokenCount, (long)floats["usage"]!["prompt_tokens"]!);
         var data = floats["data"]!.AsArray();
         Assert.Equal(2, data.Count);
@@ -64,7 +48,7 @@ public sealed class OpenAiEmbeddingsTests(ApiSwarm swarm) : IAsyncLifetime
         Assert.IsType<string>((string?)b64["data"]![0]!["embedding"]);
         AssertClose(expected[0].Vector.ToArray(), Floats(b64["data"]![0]!));
 
-        var ids = swarm.Local.Tokenizer!.Encode("a cat");
+        var ids = Swarm.Local.Tokenizer!.Encode("a cat");
         var (_, tokens) = await PostAsync($$"""{"model":"MODEL","input":[{{string.Join(",", ids)}}]}""");
         AssertClose(expected[0].Vector.ToArray(), Floats(tokens["data"]![0]!));
     }
@@ -92,7 +76,7 @@ public sealed class OpenAiEmbeddingsTests(ApiSwarm swarm) : IAsyncLifetime
     [Fact]
     public async Task Get_is_405()
     {
-        var r = await _http.GetAsync("/v1/embeddings");
+        var r = await Http.GetAsync("/v1/embeddings");
         Assert.Equal(HttpStatusCode.MethodNotAllowed, r.StatusCode);
     }
 

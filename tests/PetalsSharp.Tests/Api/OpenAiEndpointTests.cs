@@ -11,26 +11,9 @@ namespace PetalsSharp.Tests.Api;
 
 /// <summary>The OpenAI-compatible endpoints, in-process on an ephemeral port, over the two-server swarm.</summary>
 [Collection(ApiSwarmCollection.Name)]
-public sealed class OpenAiEndpointTests(ApiSwarm swarm) : IAsyncLifetime
+public sealed class OpenAiEndpointTests(ApiSwarm swarm) : OpenAiAppTest(swarm)
 {
-    WebApplication _app = null!;
-    HttpClient _http = null!;
-
-    public async Task InitializeAsync()
-    {
-        _app = OpenAiServer.Build(swarm.RemoteChat(), "127.0.0.1", 0);
-        await _app.StartAsync();
-        _http = new HttpClient { BaseAddress = new Uri(OpenAiServer.Url(_app)), Timeout = TimeSpan.FromMinutes(2) };
-    }
-
-    public async Task DisposeAsync()
-    {
-        _http.Dispose();
-        await _app.DisposeAsync();
-    }
-
-    Task<HttpResponseMessage> PostAsync(string path, string json) =>
-        _http.PostAsync(path, new StringContent(json, Encoding.UTF8, "application/json"));
+    Task<HttpResponseMessage> PostAsync(string path, string json) => PostJsonAsync(path, json);
 
     static async Task<JsonNode> JsonAsync(HttpResponseMessage r) => JsonNode.Parse(await r.Content.ReadAsStringAsync())!;
 
@@ -45,16 +28,16 @@ public sealed class OpenAiEndpointTests(ApiSwarm swarm) : IAsyncLifetime
     }
 
     string Chat(bool stream, string extra = "") =>
-        $$"""{"model":"{{swarm.ModelId}}","messages":[{"role":"system","content":"Be brief."},{"role":"user","content":[{"type":"text","text":"Hi there"}]}],"temperature":0,"max_tokens":10,"stream":{{(stream ? "true" : "false")}}{{extra}}}""";
+        $$"""{"model":"{{Swarm.ModelId}}","messages":[{"role":"system","content":"Be brief."},{"role":"user","content":[{"type":"text","text":"Hi there"}]}],"temperature":0,"max_tokens":10,"stream":{{(stream ? "true" : "false")}}{{extra}}}""";
 
     [Fact]
     public async Task Models_lists_the_one_model()
     {
-        var list = await JsonAsync(await _http.GetAsync("/v1/models"));
+        var list = await JsonAsync(await Http.GetAsync("/v1/models"));
         Assert.Equal("list", (string?)list["object"]);
-        Assert.Equal(swarm.ModelId, (string?)list["data"]![0]!["id"]);
-        Assert.Equal(HttpStatusCode.OK, (await _http.GetAsync($"/v1/models/{swarm.ModelId}")).StatusCode);
-        var missing = await _http.GetAsync("/v1/models/gpt-5");
+        Assert.Equal(Swarm.ModelId, (string?)list["data"]![0]!["id"]);
+        Assert.Equal(HttpStatusCode.OK, (await Http.GetAsync($"/v1/models/{Swarm.ModelId}")).StatusCode);
+        var missing = await Http.GetAsync("/v1/models/gpt-5");
         Assert.Equal(HttpStatusCode.NotFound, missing.StatusCode);
         Assert.Equal("model_not_found", (string?)(await JsonAsync(missing))["error"]!["code"]);
     }
@@ -82,7 +65,7 @@ public sealed class OpenAiEndpointTests(ApiSwarm swarm) : IAsyncLifetime
     [Fact]
     public async Task Completions_take_text_or_token_ids_stream_and_echo()
     {
-        var body = $$"""{"model":"{{swarm.ModelId}}","prompt":"Once upon a time","temperature":0,"max_tokens":8,"seed":3}""";
+        var body = $$"""{"model":"{{Swarm.ModelId}}","prompt":"Once upon a time","temperature":0,"max_tokens":8,"seed":3}""";
         var whole = await JsonAsync(await PostAsync("/v1/completions", body));
         Assert.Equal("text_completion", (string?)whole["object"]);
         var text = (string)whole["choices"]![0]!["text"]!;
@@ -90,7 +73,7 @@ public sealed class OpenAiEndpointTests(ApiSwarm swarm) : IAsyncLifetime
         Assert.Equal(text, string.Concat(events.Select(e => (string?)e["choices"]![0]!["text"])));
         Assert.Equal("length", (string?)events[^1]["choices"]![0]!["finish_reason"]);
 
-        var ids = string.Join(",", swarm.Local.Tokenizer!.Encode("Once upon a time"));
+        var ids = string.Join(",", Swarm.Local.Tokenizer!.Encode("Once upon a time"));
         var byIds = await JsonAsync(await PostAsync("/v1/completions", body.Replace("\"Once upon a time\"", $"[{ids}]")));
         Assert.Equal(text, (string?)byIds["choices"]![0]!["text"]);
         var echoed = await JsonAsync(await PostAsync("/v1/completions", body.Replace("}", ""","echo":true}""")));
@@ -108,7 +91,7 @@ public sealed class OpenAiEndpointTests(ApiSwarm swarm) : IAsyncLifetime
     [InlineData("""{"model":"nope","messages":[{"role":"user","content":"x"}]}""", 404, "model")]
     public async Task Bad_requests_get_openai_errors(string body, int status, string? param)
     {
-        var r = await PostAsync("/v1/chat/completions", body.Replace("MODEL", swarm.ModelId));
+        var r = await PostAsync("/v1/chat/completions", body.Replace("MODEL", Swarm.ModelId));
         Assert.Equal(status, (int)r.StatusCode);
         var error = (await JsonAsync(r))["error"]!;
         Assert.Equal(status == 400 ? "invalid_request_error" : "invalid_request_error", (string?)error["type"]);
@@ -119,7 +102,7 @@ public sealed class OpenAiEndpointTests(ApiSwarm swarm) : IAsyncLifetime
     [Fact]
     public async Task Unknown_routes_and_methods_get_404_and_405()
     {
-        var get = await _http.GetAsync("/v1/chat/completions");
+        var get = await Http.GetAsync("/v1/chat/completions");
         Assert.Equal(HttpStatusCode.MethodNotAllowed, get.StatusCode);
         Assert.NotNull((await JsonAsync(get))["error"]);
         var unknown = await PostAsync("/v1/embeddingz", "{}");
