@@ -27,6 +27,7 @@ public static class ServerCommand
         var cacheBytes = new Option<long?>("--cache-bytes") { Description = "KV-cache room in bytes (instead of --cache-tokens)" };
         var maxSession = new Option<int?>("--max-session-length") { Description = "Largest max_length a session may ask for (default min(max_position_embeddings, 8192))" };
         var idle = new Option<double>("--session-idle-timeout") { Description = "Seconds without a message before a session is closed", DefaultValueFactory = _ => 300 };
+        var requestMemory = new Option<long?>("--max-request-memory") { Description = "Bytes all Forward/Backward calls together may hold in received tensors (default 2 GiB); a call past it gets RESOURCE_EXHAUSTED" };
         var readTimeout = new Option<double>("--request-read-timeout") { Description = "Seconds a Forward/Backward call may take to send its tensors", DefaultValueFactory = _ => 120 };
         var initialPeers = new Option<string?>("--initial-peers") { Description = "Join the swarm through these DHT nodes: ADDR[,ADDR], ADDR = HOST:PORT or HOST:PORT/ID" };
         var newSwarm = new Option<bool>("--new-swarm") { Description = "Start a new swarm (this server is its first DHT node)" };
@@ -39,7 +40,7 @@ public static class ServerCommand
         var dhtPrefix = new Option<string?>("--dht-prefix") { Description = "DHT key prefix (default: the model folder's name, '.' and ' ' as '-')" };
         var cmd = new Command("server", "Serve a span of a model's transformer blocks over gRPC.\n\nExamples:\n  petals server -m ./my-model --blocks 0:12 --port 31330 --new-swarm\n  petals server -m ./my-model --blocks 12:24 --port 31331 --initial-peers 10.0.0.5:31330\n  petals server -m ./my-model --num-blocks 8 --initial-peers 10.0.0.5:31330")
         {
-            model, blocks, numBlocks, memoryBudget, placementDelay, rebalancePeriod, balanceThreshold, throughput, host, port, publicAddress, dtype, cacheTokens, cacheBytes, maxSession, idle, readTimeout,
+            model, blocks, numBlocks, memoryBudget, placementDelay, rebalancePeriod, balanceThreshold, throughput, host, port, publicAddress, dtype, cacheTokens, cacheBytes, maxSession, idle, readTimeout, requestMemory,
             initialPeers, newSwarm, identity, swarmKey, updatePeriod, publicName, dhtPrefix, metricsPort, adapters,
         };
         cmd.SetAction(async (pr, ct) =>
@@ -74,6 +75,7 @@ public static class ServerCommand
                 CacheTokens = pr.GetValue(cacheTokens), CacheBytes = pr.GetValue(cacheBytes),
                 MaxSessionLength = pr.GetValue(maxSession), SessionIdleTimeout = TimeSpan.FromSeconds(idleSeconds),
                 RequestReadTimeout = TimeSpan.FromSeconds(readSeconds),
+                MaxRequestMemoryBytes = pr.GetValue(requestMemory) ?? 2L << 30,
                 InitialPeers = Cli.SplitList(pr.GetValue(initialPeers)), NewSwarm = pr.GetValue(newSwarm),
                 IdentityPath = pr.GetValue(identity), SwarmKey = Cli.LoadSwarmKey(pr.GetValue(swarmKey)),
                 UpdatePeriod = TimeSpan.FromSeconds(pr.GetValue(updatePeriod)), PublicName = pr.GetValue(publicName),

@@ -45,6 +45,7 @@ public sealed partial class BlockServer : IAsyncDisposable
         _logger = loggerFactory.CreateLogger<BlockServer>();
         MaxSessionLength = options.ResolveMaxSessionLength(Config);
         Scheduler = new ComputeScheduler();
+        RequestMemory = new RequestMemory(options.MaxRequestMemoryBytes);
         Inboxes = new SessionInboxes(options, _logger);
         Metrics = new ServerMetrics(this);
     }
@@ -83,6 +84,9 @@ public sealed partial class BlockServer : IAsyncDisposable
             throw;
         }
     }
+
+    /// <summary>Memory that Forward/Backward calls hold in received tensors, over all calls.</summary>
+    public RequestMemory RequestMemory { get; }
 
     /// <summary>The options the server was loaded with.</summary>
     public ServerOptions Options { get; }

@@ -57,7 +57,8 @@ public sealed partial class BlockServiceImpl : BlockService.BlockServiceBase
     public override Task Forward(IAsyncStreamReader<CallMessage> requestStream, IServerStreamWriter<CallMessage> responseStream,
         ServerCallContext context) => GuardAsync("Forward", context, async ct =>
     {
-        var (header, tensors) = await ReadCallAsync(requestStream, ["hidden"], ct);
+        using var memory = _server.RequestMemory.Open();
+        var (header, tensors) = await ReadCallAsync(requestStream, ["hidden"], memory, ct);
         using var hidden = RequestValidator.DecodeHidden(tensors["hidden"], "hidden", HiddenSize, MaxElements, allowEmptySequence: false);
         using var prompts = DecodePrompts(tensors, header, hidden);
         var reply = await RunOnSpanAsync(header, hidden, (slice, padding, adapter) =>
@@ -72,7 +73,8 @@ public sealed partial class BlockServiceImpl : BlockService.BlockServiceBase
     public override Task Backward(IAsyncStreamReader<CallMessage> requestStream, IServerStreamWriter<CallMessage> responseStream,
         ServerCallContext context) => GuardAsync("Backward", context, async ct =>
     {
-        var (header, tensors) = await ReadCallAsync(requestStream, ["hidden", "grad_output"], ct);
+        using var memory = _server.RequestMemory.Open();
+        var (header, tensors) = await ReadCallAsync(requestStream, ["hidden", "grad_output"], memory, ct);
         using var hidden = RequestValidator.DecodeHidden(tensors["hidden"], "hidden", HiddenSize, MaxElements, allowEmptySequence: false);
         using var gradOutput = RequestValidator.DecodeHidden(tensors["grad_output"], "grad_output", HiddenSize, MaxElements, allowEmptySequence: false);
         if (!hidden.shape.SequenceEqual(gradOutput.shape))
@@ -145,14 +147,14 @@ public sealed partial class BlockServiceImpl : BlockService.BlockServiceBase
 
     /// <summary>Reads a CallHeader and then the chunks of the named tensors.</summary>
     async Task<(CallHeader, IReadOnlyDictionary<string, WireTensor>)> ReadCallAsync(IAsyncStreamReader<CallMessage> stream,
-        string[] names, CancellationToken ct)
+        string[] names, RequestMemory.Lease memory, CancellationToken ct)
     {
         var timeout = _server.Options.RequestReadTimeout;
         using var deadline = CancellationTokenSource.CreateLinkedTokenSource(ct);
         deadline.CancelAfter(timeout);
         try
         {
-            return await ReadCallCoreAsync(stream, names, deadline.Token);
+            return await ReadCallCoreAsync(stream, names, memory, deadline.Token);
         }
         catch (OperationCanceledException) when (!ct.IsCancellationRequested)
         {
@@ -162,7 +164,7 @@ public sealed partial class BlockServiceImpl : BlockService.BlockServiceBase
     }
 
     async Task<(CallHeader, IReadOnlyDictionary<string, WireTensor>)> ReadCallCoreAsync(IAsyncStreamReader<CallMessage> stream,
-        string[] names, CancellationToken ct)
+        string[] names, RequestMemory.Lease memory, CancellationToken ct)
     {
         if (!await stream.MoveNext(ct)) throw new WireException("empty request: a CallHeader must come first");
         if (stream.Current.KindCase != CallMessage.KindOneofCase.Header)
@@ -170,7 +172,8 @@ public sealed partial class BlockServiceImpl : BlockService.BlockServiceBase
         var header = stream.Current.Header;
         // The header says whether deep prompts come, so they are required then and refused otherwise; no tensor is
         // ever silently ignored because of the order it was sent in.
-        var assembler = new TensorAssembler(header.WithPrompts ? [.. names, "prompts"] : names, _server.Options.MaxTensorBytes);
+        var assembler = new TensorAssembler(header.WithPrompts ? [.. names, "prompts"] : names, _server.Options.MaxTensorBytes,
+            reserve: memory.Reserve);
         // Stop as soon as every tensor is whole: the reply need not wait for the client to close its side.
         while (!assembler.IsComplete && await stream.MoveNext(ct))
         {

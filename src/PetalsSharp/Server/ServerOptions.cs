@@ -85,6 +85,12 @@ public sealed record ServerOptions
     /// <summary>Largest tensor assembled from Forward/Backward chunks.</summary>
     public long MaxTensorBytes { get; init; } = Protocol.DefaultMaxTensorBytes;
 
+    /// <summary>
+    /// Bytes all Forward/Backward calls together may hold in received tensors (see <see cref="RequestMemory"/>);
+    /// a call that would pass it fails with RESOURCE_EXHAUSTED. Default 2 GiB.
+    /// </summary>
+    public long MaxRequestMemoryBytes { get; init; } = 2L << 30;
+
     /// <summary>Largest batch a session may open with (each row costs max_length cache slots per block).</summary>
     public int MaxBatchSize { get; init; } = 256;
 
@@ -174,6 +180,7 @@ public sealed record ServerOptions
         if (MaxSessionLength is < 1) throw new ArgumentException($"max session length {MaxSessionLength} must be at least 1");
         if (SessionIdleTimeout <= TimeSpan.Zero) throw new ArgumentException("session idle timeout must be positive");
         if (RequestReadTimeout <= TimeSpan.Zero) throw new ArgumentException("request read timeout must be positive");
+        if (MaxRequestMemoryBytes <= 0) throw new ArgumentException("request memory limit must be positive");
         if (MaxMessageBytes < 1024) throw new ArgumentException($"max message bytes {MaxMessageBytes} is too small");
         if (MaxBatchSize < 1 || MaxRequestTokens < 1) throw new ArgumentException("batch and token limits must be positive");
         if (UpdatePeriod < TimeSpan.FromMilliseconds(100)) throw new ArgumentException("update period must be at least 0.1 s");

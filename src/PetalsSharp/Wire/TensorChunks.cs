@@ -36,13 +36,18 @@ public static class TensorChunks
 /// Reassembles chunked tensors, refusing anything out of order, oversized or truncated before it buffers it.
 /// Only the names the caller expects (or allows) are accepted, each once. Optional tensors must arrive before the
 /// last expected one: the assembler is complete as soon as every expected tensor is whole.
+/// Buffers grow with the bytes that actually arrive (a declared size is a promise, not a reason to allocate), and
+/// <paramref name="reserve"/> is told of every growth first, so a caller can cap memory over many streams.
 /// </summary>
 public sealed class TensorAssembler(IReadOnlyCollection<string> expectedNames, long maxTensorBytes,
-    IReadOnlyCollection<string>? optionalNames = null)
+    IReadOnlyCollection<string>? optionalNames = null, Action<long>? reserve = null)
 {
+    const int InitialBytes = 1 << 20;
+
     readonly Dictionary<string, WireTensor> _done = new();
     string? _current;
     byte[]? _buffer;
+    long _declared;
     long _filled;
 
     public IReadOnlyDictionary<string, WireTensor> Completed => _done;
@@ -56,27 +61,39 @@ public sealed class TensorAssembler(IReadOnlyCollection<string> expectedNames, l
             if (!expectedNames.Contains(chunk.Name) && optionalNames?.Contains(chunk.Name) != true)
                 throw new WireException($"unexpected tensor '{chunk.Name}' (expected {string.Join(", ", expectedNames.Concat(optionalNames ?? []))})");
             if (_done.ContainsKey(chunk.Name)) throw new WireException($"tensor '{chunk.Name}' sent twice");
-            if (chunk.TotalBytes < 0 || chunk.TotalBytes > maxTensorBytes)
+            if (chunk.TotalBytes < 0 || chunk.TotalBytes > maxTensorBytes || chunk.TotalBytes > Array.MaxLength)
                 throw new WireException($"tensor '{chunk.Name}' declares {chunk.TotalBytes} bytes; the limit is {maxTensorBytes}");
             _current = chunk.Name;
-            _buffer = new byte[chunk.TotalBytes];
+            _declared = chunk.TotalBytes;
+            _buffer = [];
             _filled = 0;
         }
         else if (chunk.Name.Length != 0 && chunk.Name != _current)
         {
             throw new WireException($"tensor '{chunk.Name}' started before '{_current}' was complete");
         }
-        if (_filled + chunk.Part.Length > _buffer!.Length)
-            throw new WireException($"tensor '{_current}' sent more bytes than the {_buffer.Length} it declared");
+        if (_filled + chunk.Part.Length > _declared)
+            throw new WireException($"tensor '{_current}' sent more bytes than the {_declared} it declared");
+        Grow(_filled + chunk.Part.Length);
         chunk.Part.Span.CopyTo(_buffer.AsSpan((int)_filled));
         _filled += chunk.Part.Length;
         if (!chunk.Last) return;
-        if (_filled != _buffer.Length)
-            throw new WireException($"tensor '{_current}' is truncated: {_filled} of {_buffer.Length} bytes");
-        try { _done[_current] = WireTensor.Parser.ParseFrom(_buffer); }
+        if (_filled != _declared)
+            throw new WireException($"tensor '{_current}' is truncated: {_filled} of {_declared} bytes");
+        try { _done[_current] = WireTensor.Parser.ParseFrom(_buffer.AsSpan(0, (int)_filled)); }
         catch (InvalidProtocolBufferException e) { throw new WireException($"tensor '{_current}' is not a valid Tensor message: {e.Message}"); }
         _current = null;
         _buffer = null;
+    }
+
+    /// <summary>Doubles the buffer (from 1 MiB, up to the declared size) until <paramref name="needed"/> bytes fit.</summary>
+    void Grow(long needed)
+    {
+        if (needed <= _buffer!.Length) return;
+        long size = Math.Max(_buffer.Length, Math.Min(_declared, InitialBytes));
+        while (size < needed) size = Math.Min(_declared, size * 2);
+        reserve?.Invoke(size - _buffer.Length);
+        Array.Resize(ref _buffer, (int)size);
     }
 
     /// <summary>Throws unless every expected tensor arrived whole.</summary>

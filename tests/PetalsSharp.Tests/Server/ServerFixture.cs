@@ -174,3 +174,9 @@ public sealed class ShortReadTimeoutFixture : ServerFixture
 {
     protected override ServerOptions Options => base.Options with { RequestReadTimeout = TimeSpan.FromSeconds(1) };
 }
+
+/// <summary>A server whose Forward/Backward calls may hold only 256 KiB of received tensors in all.</summary>
+public sealed class SmallRequestMemoryFixture : ServerFixture
+{
+    protected override ServerOptions Options => base.Options with { MaxRequestMemoryBytes = 256 << 10 };
+}

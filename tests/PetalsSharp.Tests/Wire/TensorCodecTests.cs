@@ -143,4 +143,25 @@ public sealed class TensorCodecTests
         early.Last = true;
         Assert.Throws<WireException>(() => lying.Add(early));                                                  // ends short
     }
+
+    [Fact]
+    public void A_declared_size_is_not_allocated_before_the_bytes_arrive_and_growth_is_reported()
+    {
+        var reserved = new List<long>();
+        var asm = new TensorAssembler(["hidden"], 1L << 30, reserve: reserved.Add);
+        long before = GC.GetAllocatedBytesForCurrentThread();
+        asm.Add(new TensorChunk { Name = "hidden", TotalBytes = 1L << 30, Part = Google.Protobuf.ByteString.CopyFrom(new byte[16]) });
+        Assert.True(GC.GetAllocatedBytesForCurrentThread() - before < 4 << 20, "a 1 GiB promise must not allocate 1 GiB");
+        Assert.Equal([1L << 20], reserved);
+
+        // A real tensor in chunks: the reservations add up to the buffer it needed, and it reassembles.
+        using var scope = NewDisposeScope();
+        var t = randn(4, 3000, 64);   // ~3 MiB
+        reserved.Clear();
+        var whole = new TensorAssembler(["hidden"], 1L << 30, reserve: reserved.Add);
+        foreach (var c in TensorChunks.Split("hidden", TensorCodec.Encode(t), chunkBytes: 256 << 10)) whole.Add(c.Chunk);
+        whole.RequireComplete();
+        Assert.True(TensorCodec.Decode(whole.Completed["hidden"], "hidden").equal(t).all().item<bool>());
+        Assert.Equal(TensorCodec.Encode(t).CalculateSize(), reserved.Sum());
+    }
 }
