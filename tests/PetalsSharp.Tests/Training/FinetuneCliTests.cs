@@ -51,13 +51,18 @@ public sealed class FinetuneCliTests(TinySwarm swarm) : IClassFixture<TinySwarm>
     {
         var output = Path.Combine(swarm.Dir, $"{mode}.safetensors");
         var run = await CliRunner.RunAsync("finetune", "--model", swarm.ModelDir, "--peers", swarm.Peers, "--data", Path.Combine(swarm.Dir, "data.jsonl"),
-            "--mode", mode, "--steps", "30", "--batch-size", "2", "--lr", "0.05", "--pre-seq-len", "8", "--out", output);
+            "--mode", mode, "--steps", "30", "--batch-size", "2", "--lr", "0.05", "--pre-seq-len", "8", "--out", output,
+            "--eval-data", Path.Combine(swarm.Dir, "data.jsonl"), "--eval-every", "15");
         Assert.True(run.ExitCode == 0, run.Stderr);
         var losses = Regex.Matches(run.Stdout, @"^step (\d+)/30 loss ([0-9.]+)", RegexOptions.Multiline)
             .Select(m => double.Parse(m.Groups[2].Value, CultureInfo.InvariantCulture)).ToList();
         Assert.Equal(30, losses.Count);
         Assert.True(losses[^1] <= 0.5 * losses[0], $"{mode}: loss {losses[0]} -> {losses[^1]}");
         Assert.True(File.Exists(output));
+        var evals = Regex.Matches(run.Stdout, @"^step (15|30)/30 .* eval_loss ([0-9.]+)$", RegexOptions.Multiline)
+            .Select(m => double.Parse(m.Groups[2].Value, CultureInfo.InvariantCulture)).ToList();
+        Assert.Equal(2, evals.Count);
+        Assert.Contains(FormattableString.Invariant($"eval loss {evals[1]:F4}; saved"), run.Stdout);
 
         string[] Generate(params string[] extra) => ["generate", "--model", swarm.ModelDir, "--peers", swarm.Peers,
             "--prompt", "xyz", "--max-new-tokens", "9", "--greedy", .. extra];
