@@ -41,10 +41,7 @@ public static class DashboardCommand
             foreach (var peer in peers) Dht.DhtAddress.Parse(peer);
             var settings = new DashboardSettings { MinCoverage = min, RefreshPeriod = TimeSpan.FromSeconds(seconds) };
 
-            using var loggerFactory = LoggerFactory.Create(b => b
-                .AddConsole(o => o.LogToStandardErrorThreshold = LogLevel.Trace)
-                .AddSimpleConsole(o => { o.SingleLine = true; o.TimestampFormat = "HH:mm:ss "; })
-                .SetMinimumLevel(LogLevel.Warning));
+            using var loggerFactory = CliLogging.Create(LogLevel.Warning);
             using var stop = CancellationTokenSource.CreateLinkedTokenSource(ct);
             using var sigint = PosixSignalRegistration.Create(PosixSignal.SIGINT, c => { c.Cancel = true; stop.Cancel(); });
             using var sigterm = PosixSignalRegistration.Create(PosixSignal.SIGTERM, c => { c.Cancel = true; stop.Cancel(); });

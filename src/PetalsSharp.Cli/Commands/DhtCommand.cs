@@ -38,8 +38,11 @@ public static class DhtCommand
             foreach (var p in initial) DhtAddress.Parse(p);
             var identityPath = pr.GetValue(identity);
             var keyPath = pr.GetValue(swarmKey);
+            // stdout carries only the "initial peers:" line; the node's own log lines (joining, failed rounds) go to stderr.
+            using var loggerFactory = CliLogging.Create(Microsoft.Extensions.Logging.LogLevel.Information);
             var options = new DhtNodeOptions
             {
+                Logger = loggerFactory.CreateLogger("petals.dht"),
                 Host = pr.GetValue(host)!,
                 Port = pr.GetValue(port),
                 PublicAddress = pr.GetValue(publicAddress),

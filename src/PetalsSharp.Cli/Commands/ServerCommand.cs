@@ -129,13 +129,8 @@ public static class ServerCommand
 
     static async Task<int> RunAsync(ServerOptions options, CancellationToken ct)
     {
-        using var loggerFactory = LoggerFactory.Create(b => b
-            // stdout carries only the "listening on" line that scripts and tests parse; logs go to stderr.
-            .AddConsole(o => o.LogToStandardErrorThreshold = LogLevel.Trace)
-            .AddSimpleConsole(o => { o.SingleLine = true; o.TimestampFormat = "HH:mm:ss "; })
-            .AddFilter("Microsoft", LogLevel.Warning)
-            .AddFilter("Grpc", LogLevel.Warning)
-            .SetMinimumLevel(LogLevel.Information));
+        // stdout carries only the "listening on" line that scripts and tests parse; logs go to stderr.
+        using var loggerFactory = CliLogging.Create(LogLevel.Information);
         var log = loggerFactory.CreateLogger("petals.server");
 
         var stop = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);

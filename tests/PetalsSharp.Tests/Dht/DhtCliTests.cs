@@ -35,6 +35,7 @@ public sealed class DhtCliTests
             using (var term = Process.Start("kill", ["-TERM", process.Id.ToString()])) await term.WaitForExitAsync();
             await process.WaitForExitAsync().WaitAsync(TimeSpan.FromSeconds(15));
             Assert.True(process.ExitCode == 0, $"exit {process.ExitCode}: {await stderr}");
+            Assert.Contains($"DHT node {id} serving at", await stderr);   // the node's log goes to stderr, stdout stays one line
         }
         finally
         {
