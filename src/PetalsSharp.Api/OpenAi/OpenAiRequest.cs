@@ -86,7 +86,32 @@ internal sealed class OpenAiRequest
         };
         if (Number("repetition_penalty", 0, 100) is { } rp)
             (options.AdditionalProperties ??= [])[Chat.PetalsKeys.RepetitionPenalty] = rp;
+        PetalsExtensions(options);
         return options;
+    }
+
+    /// <summary>Body field <c>petals</c>: the swarm knobs an <c>IChatClient</c> caller sets in AdditionalProperties.</summary>
+    static readonly Dictionary<string, string> PetalsFields = new()
+    {
+        ["adapter"] = Chat.PetalsKeys.Adapter,
+        ["allowed_servers"] = Chat.PetalsKeys.AllowedServers,
+        ["blocked_servers"] = Chat.PetalsKeys.BlockedServers,
+        ["show_route"] = Chat.PetalsKeys.ShowRoute,
+        ["ignore_eos"] = Chat.PetalsKeys.IgnoreEos,
+    };
+
+    void PetalsExtensions(ChatOptions options)
+    {
+        if (Get("petals") is not { } petals) return;
+        if (petals.ValueKind != JsonValueKind.Object) throw OpenAiError.Invalid("petals must be an object", "petals");
+        foreach (var field in petals.EnumerateObject())
+        {
+            if (!PetalsFields.TryGetValue(field.Name, out var key))
+                throw OpenAiError.Invalid($"petals.{field.Name} is not a PetalsSharp option ({string.Join(", ", PetalsFields.Keys)})",
+                    $"petals.{field.Name}", "unsupported_parameter");
+            // Types are checked where the options are read (GenerationRequest), which names the key.
+            (options.AdditionalProperties ??= [])[key] = field.Value.Clone();
+        }
     }
 
     List<string>? Stop() => Get("stop") switch

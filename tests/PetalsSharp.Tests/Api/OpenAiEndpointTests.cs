@@ -117,4 +117,28 @@ public sealed class OpenAiEndpointTests(ApiSwarm swarm) : OpenAiAppTest(swarm)
             (string)(await JsonAsync(await PostAsync("/v1/chat/completions", Chat(false))))["choices"]![0]!["message"]!["content"]!));
         Assert.Single(answers.Distinct());
     }
+
+    [Fact]
+    public async Task The_petals_field_reports_the_route_and_steers_it_per_request()
+    {
+        var routed = await JsonAsync(await PostAsync("/v1/chat/completions", Chat(false, ""","petals":{"show_route":true,"ignore_eos":true}""")));
+        var route = (string)routed["petals_route"]!;
+        Assert.Equal($"route: {Swarm.Servers[0].Address}[0:1] {Swarm.Servers[1].Address}[1:2]", route);
+        Assert.Equal(10, (int)routed["usage"]!["completion_tokens"]!);   // ignore_eos: all max_tokens are generated
+
+        // Blocking the only holder of block 0 leaves the swarm unable to serve this request (503), not others.
+        var blocked = await PostAsync("/v1/chat/completions", Chat(false, $$$""","petals":{"blocked_servers":["{{{Swarm.Servers[0].Address}}}"]}"""));
+        Assert.Equal(HttpStatusCode.ServiceUnavailable, blocked.StatusCode);
+        Assert.Equal("swarm_unavailable", (string?)(await JsonAsync(blocked))["error"]!["code"]);
+        var adapter = await PostAsync("/v1/chat/completions", Chat(false, ""","petals":{"adapter":"no-such-lora"}"""));
+        Assert.Equal(HttpStatusCode.ServiceUnavailable, adapter.StatusCode);
+        Assert.Contains("no-such-lora", (string?)(await JsonAsync(adapter))["error"]!["message"]);
+
+        var unknown = await PostAsync("/v1/chat/completions", Chat(false, ""","petals":{"route":"fast"}"""));
+        Assert.Equal(HttpStatusCode.BadRequest, unknown.StatusCode);
+        Assert.Equal("petals.route", (string?)(await JsonAsync(unknown))["error"]!["param"]);
+        var badType = await PostAsync("/v1/completions", $$$"""{"model":"{{{Swarm.ModelId}}}","prompt":"x","petals":{"show_route":"often"}}""");
+        Assert.Equal(HttpStatusCode.BadRequest, badType.StatusCode);
+        Assert.Equal(HttpStatusCode.OK, (await PostAsync("/v1/chat/completions", Chat(false))).StatusCode);
+    }
 }
