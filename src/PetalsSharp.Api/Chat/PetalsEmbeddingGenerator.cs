@@ -22,6 +22,12 @@ public sealed class PetalsEmbeddingGenerator : IEmbeddingGenerator<string, Embed
         Metadata = new EmbeddingGeneratorMetadata("petals", null, modelId, model.Config.HiddenSize);
     }
 
+    /// <summary>Padded tokens (rows × longest row) in one forward: well below a server's default 16384 per request.</summary>
+    public const int BatchTokens = 4096;
+
+    /// <summary>Tokens one call may embed in all (OpenAI's own limit is of this order).</summary>
+    public const long MaxTotalTokens = 300_000;
+
     public string ModelId { get; }
     public EmbeddingGeneratorMetadata Metadata { get; }
 
@@ -42,12 +48,26 @@ public sealed class PetalsEmbeddingGenerator : IEmbeddingGenerator<string, Embed
         int vocab = _model.Config.VocabSize;
         if (rows.Any(r => r.Any(id => id < 0 || id >= vocab)))
             throw new ArgumentException($"token ids must be in [0, {vocab})");
+        long total = rows.Sum(r => (long)r.Count);
+        if (total > MaxTotalTokens) throw new ArgumentException($"the inputs have {total} tokens; at most {MaxTotalTokens} per request");
         var result = new GeneratedEmbeddings<Embedding<float>>();
         if (rows.Count == 0) return result;
-        cancellationToken.ThrowIfCancellationRequested();
-        // The stack's forward is synchronous (a distributed one blocks on the servers): keep it off the caller's thread.
-        var vectors = await Task.Run(() => Pool(rows), cancellationToken).ConfigureAwait(false);
+        var vectors = new float[rows.Count][];
         var now = DateTimeOffset.UtcNow;
+        // Similar lengths go together, and each forward stays within a token budget far below a server's per-request
+        // limit, so one large request neither trips that limit nor holds a huge padded batch in memory.
+        var order = Enumerable.Range(0, rows.Count).OrderBy(i => rows[i].Count).ToList();
+        for (int at = 0; at < order.Count;)
+        {
+            cancellationToken.ThrowIfCancellationRequested();
+            int take = 1;
+            while (at + take < order.Count && (long)(take + 1) * rows[order[at + take]].Count <= BatchTokens) take++;
+            var ids = order.GetRange(at, take);
+            // The stack's forward is synchronous (a distributed one blocks on the servers): keep it off the caller's thread.
+            var pooled = await Task.Run(() => Pool(ids.Select(i => rows[i]).ToList()), cancellationToken).ConfigureAwait(false);
+            for (int j = 0; j < take; j++) vectors[ids[j]] = pooled[j];
+            at += take;
+        }
         foreach (var v in vectors) result.Add(new Embedding<float>(v) { ModelId = ModelId, CreatedAt = now });
         result.Usage = new UsageDetails { InputTokenCount = rows.Sum(r => r.Count), TotalTokenCount = rows.Sum(r => r.Count) };
         return result;

@@ -27,8 +27,10 @@ internal static class OpenAiEmbeddings
                     ? f.GetString() == "base64"
                     : throw OpenAiError.Invalid("encoding_format must be 'float' or 'base64'", "encoding_format")
                 : false;
+            if (body.Root.TryGetProperty("petals", out var p) && p.ValueKind != JsonValueKind.Null)
+                throw OpenAiError.Invalid("petals options are not supported on /v1/embeddings (it uses the server's default route)", "petals", "unsupported_parameter");
             if (body.Root.TryGetProperty("dimensions", out var d) && d.ValueKind != JsonValueKind.Null
-                && !(d.TryGetInt32(out var dims) && dims == embedder.Metadata.DefaultModelDimensions))
+                && !(d.ValueKind == JsonValueKind.Number && d.TryGetInt32(out var dims) && dims == embedder.Metadata.DefaultModelDimensions))
                 throw OpenAiError.Invalid($"dimensions can only be the model's hidden size {embedder.Metadata.DefaultModelDimensions}",
                     "dimensions", "unsupported_value");
             var rows = Inputs(body.Root, engine);
@@ -69,9 +71,9 @@ internal static class OpenAiEmbeddings
         }
         if (input.ValueKind == JsonValueKind.String) return [Text(input)];
         if (input.ValueKind != JsonValueKind.Array || input.GetArrayLength() == 0) throw OpenAiError.Invalid(Shape, "input");
-        if (input.GetArrayLength() > MaxInputs) throw OpenAiError.Invalid($"at most {MaxInputs} inputs per request", "input");
         var first = input[0].ValueKind;
         if (first == JsonValueKind.Number) return [Ids(input)];
+        if (input.GetArrayLength() > MaxInputs) throw OpenAiError.Invalid($"at most {MaxInputs} inputs per request", "input");
         return input.EnumerateArray().Select(x => x.ValueKind switch
         {
             JsonValueKind.String when first == JsonValueKind.String => Text(x),

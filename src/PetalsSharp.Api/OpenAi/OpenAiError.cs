@@ -24,6 +24,7 @@ public sealed class OpenAiError(int status, string message, string type = "inval
         {
             OpenAiError o => o,
             ArgumentException or NotSupportedException or PetalsSharp.Text.ChatTemplateException => Invalid(e.Message),
+            Grpc.Core.RpcException { StatusCode: Grpc.Core.StatusCode.InvalidArgument } rpc => Invalid($"a server refused the request: {rpc.Status.Detail}"),
             Swarm.SwarmException => new(503, e.Message, "server_error", code: "swarm_unavailable"),
             Grpc.Core.RpcException rpc => new(503, $"a server answered {rpc.StatusCode}: {rpc.Status.Detail}", "server_error", code: "swarm_unavailable"),
             _ => new(500, $"{e.GetType().Name}: {e.Message}", "server_error"),

@@ -109,8 +109,19 @@ internal sealed class OpenAiRequest
             if (!PetalsFields.TryGetValue(field.Name, out var key))
                 throw OpenAiError.Invalid($"petals.{field.Name} is not a PetalsSharp option ({string.Join(", ", PetalsFields.Keys)})",
                     $"petals.{field.Name}", "unsupported_parameter");
-            // Types are checked where the options are read (GenerationRequest), which names the key.
-            (options.AdditionalProperties ??= [])[key] = field.Value.Clone();
+            var value = field.Value;
+            // An allow-list that silently became "no restriction" would send the prompt anywhere: check every type here.
+            bool ok = field.Name switch
+            {
+                "adapter" => value.ValueKind == JsonValueKind.String,
+                "show_route" or "ignore_eos" => value.ValueKind is JsonValueKind.True or JsonValueKind.False,
+                _ => value.ValueKind == JsonValueKind.String
+                    || value.ValueKind == JsonValueKind.Array && value.EnumerateArray().All(x => x.ValueKind == JsonValueKind.String),
+            };
+            if (!ok)
+                throw OpenAiError.Invalid($"petals.{field.Name} must be {(field.Name switch { "adapter" => "a string", "show_route" or "ignore_eos" => "a boolean", _ => "a list of server addresses or peer ids" })}",
+                    $"petals.{field.Name}");
+            (options.AdditionalProperties ??= [])[key] = value.Clone();
         }
     }
 

@@ -43,6 +43,8 @@ public static class ModelSource
                 resolved.Add(spec);
                 continue;
             }
+            if (at <= 0 && id.Repo.Length > LoraNames.MaxLength)
+                throw new CliException($"--adapters {spec}: the repo id is longer than an adapter name may be ({LoraNames.MaxLength}); give NAME={spec}");
             var snapshot = await WithProgressAsync(id, (resolver, progress) => resolver.ResolveFilesAsync(id, AdapterFiles, progress, ct));
             resolved.Add($"{(at > 0 ? spec[..at] : id.Repo)}={snapshot.Directory}");
         }

@@ -28,7 +28,7 @@ public static class ServerCommand
         var maxSession = new Option<int?>("--max-session-length") { Description = "Largest max_length a session may ask for (default min(max_position_embeddings, 8192))" };
         var idle = new Option<double>("--session-idle-timeout") { Description = "Seconds without a message before a session is closed", DefaultValueFactory = _ => 300 };
         var requestMemory = new Option<long?>("--max-request-memory") { Description = "Bytes all Forward/Backward calls together may hold in received tensors (default 2 GiB); a call past it gets RESOURCE_EXHAUSTED" };
-        var readTimeout = new Option<double>("--request-read-timeout") { Description = "Seconds a Forward/Backward call may take to send its tensors", DefaultValueFactory = _ => 120 };
+        var readTimeout = new Option<double>("--request-read-timeout") { Description = "Seconds a Forward/Backward call may go without sending a message while it sends its tensors (at most 86400)", DefaultValueFactory = _ => 120 };
         var initialPeers = new Option<string?>("--initial-peers") { Description = "Join the swarm through these DHT nodes: ADDR[,ADDR], ADDR = HOST:PORT or HOST:PORT/ID" };
         var newSwarm = new Option<bool>("--new-swarm") { Description = "Start a new swarm (this server is its first DHT node)" };
         var identity = new Option<string?>("--identity") { Description = "Key pair file (created on first use): a restarted server keeps its node id" };
@@ -62,8 +62,8 @@ public static class ServerCommand
             if (!(idleSeconds > 0) || idleSeconds > TimeSpan.MaxValue.TotalSeconds / 2)
                 throw new CliException($"--session-idle-timeout must be a positive number of seconds (got {idleSeconds})");
             double readSeconds = pr.GetValue(readTimeout);
-            if (!(readSeconds > 0) || readSeconds > TimeSpan.MaxValue.TotalSeconds / 2)
-                throw new CliException($"--request-read-timeout must be a positive number of seconds (got {readSeconds})");
+            if (!(readSeconds > 0) || readSeconds > 86400)
+                throw new CliException($"--request-read-timeout must be a positive number of seconds up to 86400 (got {readSeconds})");
             // A fixed span downloads only its blocks' shards; a swarm-chosen span may land anywhere, so it needs them all.
             var source = await ModelSource.ResolveAsync(pr.GetValue(model)!,
                 blocksText is null ? PetalsSharp.Hub.WeightSelection.All : PetalsSharp.Hub.WeightSelection.Blocks(start, end), ct);

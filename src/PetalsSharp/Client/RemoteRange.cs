@@ -106,6 +106,8 @@ internal static class RemoteRange
     /// <summary>Anything a dead, slow or misbehaving server causes; not our own argument errors or user cancellation.</summary>
     internal static bool IsServerFailure(Exception e) => e switch
     {
+        // INVALID_ARGUMENT says our request is wrong: every server would refuse it, so banning them all helps nobody.
+        RpcException { StatusCode: StatusCode.InvalidArgument } => false,
         RpcException rpc => rpc.StatusCode != StatusCode.Cancelled || rpc.InnerException is not OperationCanceledException,
         SwarmException or HttpRequestException or IOException or TimeoutException => true,
         PetalsSharp.Wire.WireException => true,

@@ -154,17 +154,19 @@ public sealed partial class BlockServiceImpl : BlockService.BlockServiceBase
         deadline.CancelAfter(timeout);
         try
         {
-            return await ReadCallCoreAsync(stream, names, memory, deadline.Token);
+            // The timeout runs between messages, not over the whole upload: a big tensor on a slow link is fine, a
+            // peer that stops sending is not.
+            return await ReadCallCoreAsync(stream, names, memory, () => deadline.CancelAfter(timeout), deadline.Token);
         }
         catch (OperationCanceledException) when (!ct.IsCancellationRequested)
         {
             throw RequestValidator.Error(StatusCode.DeadlineExceeded,
-                $"the request's tensors did not arrive within {timeout.TotalSeconds:0.###} s (the server's request read timeout)");
+                $"no part of the request's tensors arrived within {timeout.TotalSeconds:0.###} s (the server's request read timeout)");
         }
     }
 
     async Task<(CallHeader, IReadOnlyDictionary<string, WireTensor>)> ReadCallCoreAsync(IAsyncStreamReader<CallMessage> stream,
-        string[] names, RequestMemory.Lease memory, CancellationToken ct)
+        string[] names, RequestMemory.Lease memory, Action received, CancellationToken ct)
     {
         if (!await stream.MoveNext(ct)) throw new WireException("empty request: a CallHeader must come first");
         if (stream.Current.KindCase != CallMessage.KindOneofCase.Header)
@@ -177,6 +179,7 @@ public sealed partial class BlockServiceImpl : BlockService.BlockServiceBase
         // Stop as soon as every tensor is whole: the reply need not wait for the client to close its side.
         while (!assembler.IsComplete && await stream.MoveNext(ct))
         {
+            received();
             var message = stream.Current;
             switch (message.KindCase)
             {

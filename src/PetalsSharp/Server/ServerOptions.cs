@@ -74,7 +74,8 @@ public sealed record ServerOptions
     public TimeSpan SessionIdleTimeout { get; init; } = TimeSpan.FromSeconds(300);
 
     /// <summary>
-    /// How long a Forward/Backward call may take to deliver its tensors. A client that stalls mid-request gets
+    /// How long a Forward/Backward call may go without sending a message while it delivers its tensors (up to a
+    /// day). A client that stalls mid-request gets
     /// DEADLINE_EXCEEDED, so a stuck or hostile peer cannot hold a half-assembled tensor forever.
     /// </summary>
     public TimeSpan RequestReadTimeout { get; init; } = TimeSpan.FromSeconds(120);
@@ -179,7 +180,9 @@ public sealed record ServerOptions
         if (CacheBytes is < 0) throw new ArgumentException($"cache bytes {CacheBytes} is negative");
         if (MaxSessionLength is < 1) throw new ArgumentException($"max session length {MaxSessionLength} must be at least 1");
         if (SessionIdleTimeout <= TimeSpan.Zero) throw new ArgumentException("session idle timeout must be positive");
-        if (RequestReadTimeout <= TimeSpan.Zero) throw new ArgumentException("request read timeout must be positive");
+        // CancelAfter takes at most ~49 days; a day is already far past any real gap between chunks.
+        if (RequestReadTimeout <= TimeSpan.Zero || RequestReadTimeout > TimeSpan.FromDays(1))
+            throw new ArgumentException("request read timeout must be positive and at most a day (86400 s)");
         if (MaxRequestMemoryBytes <= 0) throw new ArgumentException("request memory limit must be positive");
         if (MaxMessageBytes < 1024) throw new ArgumentException($"max message bytes {MaxMessageBytes} is too small");
         if (MaxBatchSize < 1 || MaxRequestTokens < 1) throw new ArgumentException("batch and token limits must be positive");

@@ -63,6 +63,8 @@ public sealed class OpenAiEmbeddingsTests(ApiSwarm swarm) : OpenAiAppTest(swarm)
     [InlineData("""{"model":"MODEL","input":[99999999]}""", 400, null)]
     [InlineData("""{"model":"MODEL","input":"x","encoding_format":"int8"}""", 400, "encoding_format")]
     [InlineData("""{"model":"MODEL","input":"x","dimensions":7}""", 400, "dimensions")]
+    [InlineData("""{"model":"MODEL","input":"x","dimensions":"32"}""", 400, "dimensions")]
+    [InlineData("""{"model":"MODEL","input":"x","petals":{"allowed_servers":["a"]}}""", 400, "petals")]
     [InlineData("""{"model":"nope","input":"x"}""", 404, "model")]
     [InlineData("""[1]""", 400, null)]
     public async Task Bad_requests_get_openai_errors(string body, int status, string? param)
@@ -85,5 +87,21 @@ public sealed class OpenAiEmbeddingsTests(ApiSwarm swarm) : OpenAiAppTest(swarm)
         Assert.Equal(expected.Length, actual.Length);
         var worst = expected.Zip(actual, (e, a) => Math.Abs(e - a)).Max();
         Assert.True(worst <= 1e-4f, $"max abs diff {worst}");
+    }
+
+    [Fact]
+    public async Task A_request_bigger_than_a_server_takes_at_once_is_split_and_still_equals_local()
+    {
+        // 40 inputs of ~450 tokens: one padded batch would be ~18000 tokens, past a server's 16384 per request.
+        var texts = Enumerable.Range(0, 40).Select(i => string.Join(" ", Enumerable.Repeat($"w{i % 7}", 200 + i))).ToList();
+        using var local = new PetalsEmbeddingGenerator(Swarm.Local, Swarm.ModelId);
+        var expected = await local.GenerateAsync(texts);
+        Assert.True(expected.Usage!.InputTokenCount > 16384, $"{expected.Usage.InputTokenCount} tokens");
+        var body = new System.Text.Json.Nodes.JsonObject { ["model"] = Swarm.ModelId, ["input"] = new JsonArray(texts.Select(t => (JsonNode?)t).ToArray()) };
+        var (status, json) = await PostAsync(body.ToJsonString());
+        Assert.Equal(HttpStatusCode.OK, status);
+        var data = json["data"]!.AsArray();
+        Assert.Equal(40, data.Count);
+        for (int i = 0; i < 40; i++) AssertClose(expected[i].Vector.ToArray(), Floats(data[i]!));
     }
 }

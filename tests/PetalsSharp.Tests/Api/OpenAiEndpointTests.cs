@@ -137,6 +137,8 @@ public sealed class OpenAiEndpointTests(ApiSwarm swarm) : OpenAiAppTest(swarm)
         var unknown = await PostAsync("/v1/chat/completions", Chat(false, ""","petals":{"route":"fast"}"""));
         Assert.Equal(HttpStatusCode.BadRequest, unknown.StatusCode);
         Assert.Equal("petals.route", (string?)(await JsonAsync(unknown))["error"]!["param"]);
+        var objectList = await PostAsync("/v1/chat/completions", Chat(false, ""","petals":{"allowed_servers":{"a":1}}"""));
+        Assert.Equal("petals.allowed_servers", (string?)(await JsonAsync(objectList))["error"]!["param"]);
         var badType = await PostAsync("/v1/completions", $$$"""{"model":"{{{Swarm.ModelId}}}","prompt":"x","petals":{"show_route":"often"}}""");
         Assert.Equal(HttpStatusCode.BadRequest, badType.StatusCode);
         Assert.Equal(HttpStatusCode.OK, (await PostAsync("/v1/chat/completions", Chat(false))).StatusCode);
