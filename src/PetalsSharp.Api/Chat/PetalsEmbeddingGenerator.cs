@@ -69,7 +69,7 @@ public sealed class PetalsEmbeddingGenerator : IEmbeddingGenerator<string, Embed
             at += take;
         }
         foreach (var v in vectors) result.Add(new Embedding<float>(v) { ModelId = ModelId, CreatedAt = now });
-        result.Usage = new UsageDetails { InputTokenCount = rows.Sum(r => r.Count), TotalTokenCount = rows.Sum(r => r.Count) };
+        result.Usage = new UsageDetails { InputTokenCount = total, TotalTokenCount = total };
         return result;
     }
 

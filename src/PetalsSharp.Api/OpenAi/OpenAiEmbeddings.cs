@@ -7,7 +7,7 @@ namespace PetalsSharp.Api.OpenAi;
 /// <summary>
 /// <c>POST /v1/embeddings</c>: mean-pooled final hidden states (<see cref="PetalsEmbeddingGenerator"/>) of one or
 /// more inputs, each a string or an array of token ids, answered as floats or as base64 little-endian float32
-/// (the official SDKs ask for base64 by default). All inputs of a request go through the model as one batch.
+/// (the official SDKs ask for base64 by default). The generator runs the inputs in token-budgeted micro-batches.
 /// </summary>
 internal static class OpenAiEmbeddings
 {
@@ -22,18 +22,19 @@ internal static class OpenAiEmbeddings
             var body = await OpenAiRequest.ReadAsync(ctx.Request.Body, ct);
             if (body.Model != engine.ModelId)
                 throw new OpenAiError(404, $"the model '{body.Model}' does not exist", param: "model", code: "model_not_found");
-            bool base64 = body.Root.TryGetProperty("encoding_format", out var f) && f.ValueKind != JsonValueKind.Null
-                ? f.ValueKind == JsonValueKind.String && f.GetString() is "float" or "base64"
-                    ? f.GetString() == "base64"
-                    : throw OpenAiError.Invalid("encoding_format must be 'float' or 'base64'", "encoding_format")
-                : false;
-            if (body.Root.TryGetProperty("petals", out var p) && p.ValueKind != JsonValueKind.Null)
+            bool base64 = body.Get("encoding_format") switch
+            {
+                null => false,
+                { ValueKind: JsonValueKind.String } f when f.GetString() is "float" or "base64" => f.GetString() == "base64",
+                _ => throw OpenAiError.Invalid("encoding_format must be 'float' or 'base64'", "encoding_format"),
+            };
+            if (body.Get("petals") is not null)
                 throw OpenAiError.Invalid("petals options are not supported on /v1/embeddings (it uses the server's default route)", "petals", "unsupported_parameter");
-            if (body.Root.TryGetProperty("dimensions", out var d) && d.ValueKind != JsonValueKind.Null
+            if (body.Get("dimensions") is { } d
                 && !(d.ValueKind == JsonValueKind.Number && d.TryGetInt32(out var dims) && dims == embedder.Metadata.DefaultModelDimensions))
                 throw OpenAiError.Invalid($"dimensions can only be the model's hidden size {embedder.Metadata.DefaultModelDimensions}",
                     "dimensions", "unsupported_value");
-            var rows = Inputs(body.Root, engine);
+            var rows = Inputs(body.Get("input"), engine);
             var result = await embedder.GenerateAsync(rows, ct);
             var data = result.Select((e, i) => new
             {
@@ -56,11 +57,10 @@ internal static class OpenAiEmbeddings
     }
 
     /// <summary><c>input</c>: a string, an array of strings, an array of token ids, or an array of such arrays.</summary>
-    static List<IReadOnlyList<int>> Inputs(JsonElement root, TextEngine engine)
+    static List<IReadOnlyList<int>> Inputs(JsonElement? field, TextEngine engine)
     {
         const string Shape = "input must be a string, an array of strings, an array of token ids, or an array of token-id arrays";
-        if (!root.TryGetProperty("input", out var input) || input.ValueKind == JsonValueKind.Null)
-            throw OpenAiError.Invalid("you must provide an input", "input");
+        if (field is not { } input) throw OpenAiError.Invalid("you must provide an input", "input");
         IReadOnlyList<int> Text(JsonElement s) =>
             s.GetString() is { Length: > 0 } text ? engine.Encode(text) : throw OpenAiError.Invalid("input strings must not be empty", "input");
         IReadOnlyList<int> Ids(JsonElement a)

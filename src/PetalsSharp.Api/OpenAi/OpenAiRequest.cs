@@ -22,10 +22,8 @@ internal sealed class OpenAiRequest
         return new OpenAiRequest(doc.RootElement.Clone());
     }
 
-    /// <summary>The body's JSON object, for endpoints with fields of their own.</summary>
-    public JsonElement Root => _root;
-
-    JsonElement? Get(string name) =>
+    /// <summary>A field of the body, null when absent or JSON null (also for endpoints with fields of their own).</summary>
+    public JsonElement? Get(string name) =>
         _root.TryGetProperty(name, out var v) && v.ValueKind != JsonValueKind.Null ? v : null;
 
     public string Model => Get("model") is { ValueKind: JsonValueKind.String } m ? m.GetString()!

@@ -27,6 +27,13 @@ public abstract class DecoderBlock : nn.Module
         return ctx.Adapter?.Delta(Index, module, x) is { } delta ? y + delta : y;
     }
 
+    /// <summary>
+    /// <see cref="Linear"/> as a <see cref="SharedLayers.LinearOp"/> for shared layers, or null (their plain linear)
+    /// when the step has no adapter.
+    /// </summary>
+    protected SharedLayers.LinearOp? AdapterLinear(StepContext ctx) =>
+        ctx.Adapter is null ? null : (module, x, w, b) => Linear(ctx, module, x, w, b);
+
     /// <summary>KV heads and head size of the cache this block needs.</summary>
     public abstract (int KvHeads, int HeadDim) CacheShape { get; }
 

@@ -98,13 +98,20 @@ public static class SharedLayers
         return linear("self_attn.o_proj", o, w.O, w.OBias);                           // [B, T, H]
     }
 
+    /// <summary>Module paths of a SwiGLU MLP's linears inside its block, as an adapter addresses them.</summary>
+    public sealed record SwiGluNames(string Gate, string Up, string Down)
+    {
+        public static readonly SwiGluNames Llama = new("mlp.gate_proj", "mlp.up_proj", "mlp.down_proj");
+    }
+
     /// <summary>SwiGLU MLP <c>down(silu(gate·x) * up·x)</c> of <c>x [..., H]</c> (Llama MLP, Mixtral expert).</summary>
     public static Tensor SwiGlu(Tensor x, Tensor gate, Tensor up, Tensor down,
-        Tensor? gateBias = null, Tensor? upBias = null, Tensor? downBias = null, LinearOp? linear = null)
+        Tensor? gateBias = null, Tensor? upBias = null, Tensor? downBias = null, LinearOp? linear = null, SwiGluNames? names = null)
     {
         linear ??= PlainLinear;
-        return linear("mlp.down_proj", F.silu(linear("mlp.gate_proj", x, gate, gateBias))
-            * linear("mlp.up_proj", x, up, upBias), down, downBias);                   // [..., H]
+        names ??= SwiGluNames.Llama;
+        return linear(names.Down, F.silu(linear(names.Gate, x, gate, gateBias))
+            * linear(names.Up, x, up, upBias), down, downBias);                        // [..., H]
     }
 
     /// <summary>

@@ -206,12 +206,10 @@ public sealed class LlamaBlock : DecoderBlock
         var x = Ops.RmsNorm(hidden, input_layernorm, _c.RmsNormEps);                 // [B, T, H]
         var attention = SharedLayers.RotarySelfAttention(x, ctx, cache, _rotary,
             new AttentionWeights(q_proj, k_proj, v_proj, o_proj, q_bias, k_bias, v_bias, o_bias), _c.NumHeads, _c.NumKvHeads,
-            linear: Linear(ctx));
+            linear: AdapterLinear(ctx));
         var h = hidden + attention;                                                   // [B, T, H]
         var y = Ops.RmsNorm(h, post_attention_layernorm, _c.RmsNormEps);             // [B, T, H]
-        var mlp = SharedLayers.SwiGlu(y, gate_proj, up_proj, down_proj, gate_bias, up_bias, down_bias, Linear(ctx)); // [B, T, H]
+        var mlp = SharedLayers.SwiGlu(y, gate_proj, up_proj, down_proj, gate_bias, up_bias, down_bias, AdapterLinear(ctx)); // [B, T, H]
         return h + mlp;                                                               // [B, T, H]
     }
-
-    SharedLayers.LinearOp Linear(StepContext ctx) => (module, x, w, b) => Linear(ctx, module, x, w, b);
 }

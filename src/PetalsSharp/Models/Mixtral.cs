@@ -216,11 +216,9 @@ public sealed class MixtralBlock : DecoderBlock
     {
         var x = Ops.RmsNorm(hidden, input_layernorm, _c.RmsNormEps);                 // [B, T, H]
         var attention = SharedLayers.RotarySelfAttention(x, ctx, cache, _rotary,
-            new AttentionWeights(q_proj, k_proj, v_proj, o_proj), _c.NumHeads, _c.NumKvHeads, _c.SlidingWindow, Linear(ctx));
+            new AttentionWeights(q_proj, k_proj, v_proj, o_proj), _c.NumHeads, _c.NumKvHeads, _c.SlidingWindow, AdapterLinear(ctx));
         var h = hidden + attention;                                                   // [B, T, H]
         var y = Ops.RmsNorm(h, post_attention_layernorm, _c.RmsNormEps);             // [B, T, H]
-        return h + block_sparse_moe.Forward(y, ctx.Adapter is null ? null : Linear(ctx)); // [B, T, H]
+        return h + block_sparse_moe.Forward(y, AdapterLinear(ctx));           // [B, T, H]
     }
-
-    SharedLayers.LinearOp Linear(StepContext ctx) => (module, x, w, b) => Linear(ctx, module, x, w, b);
 }

@@ -23,14 +23,10 @@ public sealed class SwiGluExpert : nn.Module
     /// </summary>
     public Tensor Forward(Tensor x, int index = 0, SharedLayers.LinearOp? linear = null)
     {
-        if (linear is null) return SharedLayers.SwiGlu(x, w1, w3, w2);
+        if (linear is null) return SharedLayers.SwiGlu(x, w1, w3, w2);                   // [N, H]
         var prefix = $"block_sparse_moe.experts.{index}.";
-        return SharedLayers.SwiGlu(x, w1, w3, w2, linear: (module, input, w, b) => linear(module switch
-        {
-            "mlp.gate_proj" => prefix + "w1",
-            "mlp.up_proj" => prefix + "w3",
-            _ => prefix + "w2",
-        }, input, w, b));                                                            // [N, H]
+        return SharedLayers.SwiGlu(x, w1, w3, w2, linear: linear,
+            names: new SharedLayers.SwiGluNames(prefix + "w1", prefix + "w3", prefix + "w2")); // [N, H]
     }
 }
 

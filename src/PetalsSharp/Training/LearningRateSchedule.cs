@@ -26,7 +26,7 @@ public static class LearningRateSchedule
         return baseRate * schedule switch
         {
             LrSchedule.Constant => 1.0,
-            LrSchedule.Linear => Math.Max(0.0, (double)(steps - current) / Math.Max(1, steps - warmup)),
+            LrSchedule.Linear => Math.Max(0.0, 1.0 - progress),
             LrSchedule.Cosine => Math.Max(0.0, 0.5 * (1.0 + Math.Cos(Math.PI * progress))),
             _ => throw new ArgumentOutOfRangeException(nameof(schedule)),
         };
