@@ -3,6 +3,7 @@ using PetalsSharp.Client;
 using PetalsSharp.Models;
 using PetalsSharp.Server;
 using PetalsSharp.Swarm;
+using PetalsSharp.Testing;
 using static TorchSharp.torch;
 
 namespace PetalsSharp.Benchmarks;

@@ -35,7 +35,7 @@ public static class Cli
         var message = e.Message.ReplaceLineEndings(" ");
         return e is ConfigException or Models.Weights.CheckpointException or ArgumentException or CliException
             or FileNotFoundException or DirectoryNotFoundException or InvalidOperationException or FormatException
-            or InvalidDataException or NotSupportedException or Swarm.SwarmException or Hub.HubException or Text.ChatTemplateException
+            or InvalidDataException or NotSupportedException or Swarm.SwarmException or Hub.HubException or Text.Templates.ChatTemplateException
             or Models.Lora.LoraException
             ? message
             : $"{e.GetType().Name}: {message}";

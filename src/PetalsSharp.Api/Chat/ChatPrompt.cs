@@ -1,5 +1,5 @@
 using Microsoft.Extensions.AI;
-using PetalsSharp.Text;
+using PetalsSharp.Text.Templates;
 
 namespace PetalsSharp.Api.Chat;
 

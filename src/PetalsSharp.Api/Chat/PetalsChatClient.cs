@@ -1,7 +1,7 @@
 using System.Runtime.CompilerServices;
 using Microsoft.Extensions.AI;
 using PetalsSharp.Models;
-using PetalsSharp.Text;
+using PetalsSharp.Text.Templates;
 
 namespace PetalsSharp.Api.Chat;
 

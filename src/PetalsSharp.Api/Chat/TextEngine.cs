@@ -3,7 +3,7 @@ using Microsoft.Extensions.AI;
 using PetalsSharp.Client;
 using PetalsSharp.Generation;
 using PetalsSharp.Models;
-using PetalsSharp.Text;
+using PetalsSharp.Text.Tokenizers;
 
 namespace PetalsSharp.Api.Chat;
 

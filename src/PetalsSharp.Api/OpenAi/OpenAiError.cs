@@ -23,7 +23,7 @@ public sealed class OpenAiError(int status, string message, string type = "inval
         return e switch
         {
             OpenAiError o => o,
-            ArgumentException or NotSupportedException or PetalsSharp.Text.ChatTemplateException => Invalid(e.Message),
+            ArgumentException or NotSupportedException or PetalsSharp.Text.Templates.ChatTemplateException => Invalid(e.Message),
             Grpc.Core.RpcException { StatusCode: Grpc.Core.StatusCode.InvalidArgument } rpc => Invalid($"a server refused the request: {rpc.Status.Detail}"),
             Swarm.SwarmException => new(503, e.Message, "server_error", code: "swarm_unavailable"),
             Grpc.Core.RpcException rpc => new(503, $"a server answered {rpc.StatusCode}: {rpc.Status.Detail}", "server_error", code: "swarm_unavailable"),

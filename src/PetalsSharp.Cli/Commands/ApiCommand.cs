@@ -34,9 +34,9 @@ public static class ApiCommand
             if (lm.Tokenizer is null) throw new CliException($"the model folder {dir} has no tokenizer (tokenizer.json or tokenizer.model)");
             // A hub model is known by its repository name (what /v1/models lists), not by its snapshot folder.
             var chat = pr.GetValue(name) is { Length: > 0 } id
-                ? new PetalsChatClient(lm, id, Text.ChatTemplate.TryLoad(dir))
+                ? new PetalsChatClient(lm, id, Text.Templates.ChatTemplate.TryLoad(dir))
                 : source.SwarmName is { } hubName
-                    ? new PetalsChatClient(lm, hubName, Text.ChatTemplate.TryLoad(dir))
+                    ? new PetalsChatClient(lm, hubName, Text.Templates.ChatTemplate.TryLoad(dir))
                     : PetalsChatClient.ForFolder(lm, dir);
             await using var app = OpenAiServer.Build(chat, pr.GetValue(host)!, pr.GetValue(port));
             // With a DHT, the same server shows the swarm's dashboard at / (JSON at /api/v1/swarm).

@@ -1,6 +1,6 @@
 using System.CommandLine;
 using PetalsSharp.Models;
-using PetalsSharp.Text;
+using PetalsSharp.Text.Tokenizers;
 using Spectre.Console;
 
 namespace PetalsSharp.Cli.Commands;

@@ -1,7 +1,7 @@
 using System.CommandLine;
 using System.Globalization;
 using PetalsSharp.Models;
-using PetalsSharp.Text;
+using PetalsSharp.Text.Tokenizers;
 using PetalsSharp.Training;
 using Spectre.Console;
 

@@ -1,5 +1,5 @@
 using PetalsSharp.Models;
-using PetalsSharp.Text;
+using PetalsSharp.Text.Tokenizers;
 
 namespace PetalsSharp.Client;
 

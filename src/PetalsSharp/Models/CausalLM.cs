@@ -1,4 +1,4 @@
-using PetalsSharp.Text;
+using PetalsSharp.Text.Tokenizers;
 using static TorchSharp.torch;
 
 namespace PetalsSharp.Models;

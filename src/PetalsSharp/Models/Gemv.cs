@@ -69,7 +69,7 @@ internal static unsafe class Gemv
         return true;
     }
 
-    static T* Ptr<T>(Tensor t) where T : unmanaged => PetalsSharp.Wire.NativeMemory.Pointer<T>(t);
+    static T* Ptr<T>(Tensor t) where T : unmanaged => PetalsSharp.Models.Weights.NativeMemory.Pointer<T>(t);
 
     /// <summary>Dot of two float32 rows with four independent accumulators, so loads rather than adds set the pace.</summary>
     static float DotF32(float* w, float* x, int n)

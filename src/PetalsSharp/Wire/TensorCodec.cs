@@ -30,12 +30,13 @@ public static unsafe class TensorCodec
         {
             if (compression != Compression.None) throw new ArgumentException("int64 tensors travel uncompressed");
             msg.Dtype = DType.Int64;
-            msg.Data = ByteString.CopyFrom(System.Runtime.InteropServices.MemoryMarshal.AsBytes(NativeMemory.Span<long>(c)));
+            msg.Data = ByteString.CopyFrom(c.bytes);
             return msg;
         }
         if (c.dtype != ScalarType.Float32) c = c.to(ScalarType.Float32);
         msg.Dtype = DType.Float32;
-        var values = NativeMemory.Span<float>(c);
+        // TorchSharp's `bytes` views the storage of a contiguous CPU tensor, so no copy is made here.
+        var values = System.Runtime.InteropServices.MemoryMarshal.Cast<byte, float>(c.bytes);
         switch (compression)
         {
             case Compression.None:
@@ -87,12 +88,12 @@ public static unsafe class TensorCodec
             if (msg.Compression != Compression.None) throw new WireException($"{what}: int64 tensors must be uncompressed");
             ExpectBytes(what, data.Length, n * 8, msg.Compression);
             var t = empty(msg.Shape.ToArray(), ScalarType.Int64);
-            data.CopyTo(System.Runtime.InteropServices.MemoryMarshal.AsBytes(NativeMemory.Span<long>(t)));
+            data.CopyTo(t.bytes);
             return t;
         }
         if (msg.Dtype != DType.Float32) throw new WireException($"{what}: dtype {msg.Dtype} is not accepted (float32 or int64)");
         var result = empty(msg.Shape.ToArray(), ScalarType.Float32);
-        var dst = NativeMemory.Span<float>(result);
+        var dst = System.Runtime.InteropServices.MemoryMarshal.Cast<byte, float>(result.bytes);
         switch (msg.Compression)
         {
             case Compression.None:

@@ -56,6 +56,7 @@ public sealed class AdapterSwarmCollection : ICollectionFixture<AdapterSwarm>
 /// equal a local model with merged weights; routing uses only servers that hold the adapter. No dispose scope: tests
 /// resume on other threads after awaits.
 /// </summary>
+[Trait("Category", "Processes")]
 [Collection(AdapterSwarmCollection.Name)]
 public sealed class AdapterSwarmTests(AdapterSwarm swarm)
 {

@@ -11,6 +11,7 @@ namespace PetalsSharp.Tests.Adapters;
 /// The PEFT LoRA loader accepts a well-formed adapter, applies it exactly as merged weights would, and refuses every
 /// kind of broken adapter with a message that names the adapter and the problem.
 /// </summary>
+[Trait("Category", "Processes")]
 public sealed class LoraLoaderTests
 {
     static readonly ModelConfig Model = ModelConfigLoader.Load(TestAdapter.ModelDir);

@@ -9,6 +9,7 @@ using Xunit;
 namespace PetalsSharp.Tests.Api;
 
 /// <summary><c>petals api</c> as a child process over the swarm, its usage errors, and the error mapping.</summary>
+[Trait("Category", "Processes")]
 [Collection(ApiSwarmCollection.Name)]
 public sealed class ApiCommandTests(ApiSwarm swarm)
 {

@@ -2,7 +2,7 @@ using PetalsSharp.Api.Chat;
 using PetalsSharp.Client;
 using PetalsSharp.Models;
 using PetalsSharp.Server;
-using PetalsSharp.Text;
+using PetalsSharp.Text.Tokenizers;
 using PetalsSharp.Wire;
 using PetalsSharp.Wire.V1;
 using Xunit;

@@ -7,6 +7,7 @@ using Xunit;
 namespace PetalsSharp.Tests.Api;
 
 /// <summary><see cref="PetalsChatClient"/> and <see cref="PetalsEmbeddingGenerator"/> over a real two-server swarm and the local model.</summary>
+[Trait("Category", "Processes")]
 [Collection(ApiSwarmCollection.Name)]
 public sealed class ChatClientTests(ApiSwarm swarm)
 {

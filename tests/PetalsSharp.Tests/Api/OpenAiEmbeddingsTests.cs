@@ -9,6 +9,7 @@ using Xunit;
 namespace PetalsSharp.Tests.Api;
 
 /// <summary><c>POST /v1/embeddings</c> over the two-server swarm equals the local mean-pooled hidden states.</summary>
+[Trait("Category", "Processes")]
 [Collection(ApiSwarmCollection.Name)]
 public sealed class OpenAiEmbeddingsTests(ApiSwarm swarm) : OpenAiAppTest(swarm)
 {

@@ -10,6 +10,7 @@ using Xunit;
 namespace PetalsSharp.Tests.Api;
 
 /// <summary>The OpenAI-compatible endpoints, in-process on an ephemeral port, over the two-server swarm.</summary>
+[Trait("Category", "Processes")]
 [Collection(ApiSwarmCollection.Name)]
 public sealed class OpenAiEndpointTests(ApiSwarm swarm) : OpenAiAppTest(swarm)
 {

@@ -11,6 +11,7 @@ namespace PetalsSharp.Tests.Api;
 /// ephemeral port) over the two-server swarm. The package is installed once into ~/.cache/petals-tests/npm
 /// (or $PETALS_NPM_CACHE); without node/npm, or when the install fails (offline), the test is skipped.
 /// </summary>
+[Trait("Category", "Processes")]
 [Collection(ApiSwarmCollection.Name)]
 public sealed class OpenAiNpmTests(ApiSwarm swarm)
 {

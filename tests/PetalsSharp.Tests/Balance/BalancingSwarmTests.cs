@@ -30,6 +30,7 @@ public sealed class EightBlockModel : IDisposable
 /// Real server processes: an auto-placed server fills the weakest blocks and moves when a span is uncovered.
 /// Throughputs are given (--throughput) so placements do not depend on how fast the test machine is.
 /// </summary>
+[Trait("Category", "Processes")]
 public sealed class BalancingSwarmTests(EightBlockModel model, Xunit.Abstractions.ITestOutputHelper output) : IClassFixture<EightBlockModel>
 {
     static Task<DhtNode> BootstrapAsync() => DhtNode.StartAsync(new DhtNodeOptions { Host = "127.0.0.1", Port = 0 });

@@ -4,6 +4,7 @@ using Xunit;
 namespace PetalsSharp.Tests.Balance;
 
 /// <summary>The placement options of <c>petals server</c> that must fail before anything is loaded.</summary>
+[Trait("Category", "Processes")]
 public sealed class PlacementCliTests
 {
     [Theory]

@@ -4,6 +4,7 @@ using Xunit;
 namespace PetalsSharp.Tests.Cli;
 
 /// <summary>The CLI's JSON contracts and its one-line errors, through the real executable.</summary>
+[Trait("Category", "Processes")]
 public sealed class CliTests
 {
     static readonly string Fixture = TestData.Path("llama-gqa");

@@ -12,6 +12,7 @@ namespace PetalsSharp.Tests.Dashboard;
 /// A real swarm (a DHT node and three server processes), the dashboard, and headless Chromium driven by Playwright:
 /// the page lists the servers and the coverage of every block, and marks a killed server GONE once its records expire.
 /// </summary>
+[Trait("Category", "Processes")]
 [Collection(LlamaSwarmCollection.Name)]   // not in parallel with the other swarm tests: the machine is small
 public sealed class DashboardBrowserTests(ITestOutputHelper output)
 {

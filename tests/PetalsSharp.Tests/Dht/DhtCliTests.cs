@@ -6,6 +6,7 @@ using Xunit;
 namespace PetalsSharp.Tests.Dht;
 
 /// <summary><c>petals dht</c> through the real executable.</summary>
+[Trait("Category", "Processes")]
 [Collection(DhtSocketsCollection.Name)]
 public sealed class DhtCliTests
 {

@@ -12,6 +12,7 @@ namespace PetalsSharp.Tests.Hub;
 /// <c>petals server --adapters ORG/NAME</c> fetches a PEFT adapter from the (fake) hub into the shared cache, as
 /// Petals servers do, and serves it under its repo id.
 /// </summary>
+[Trait("Category", "Processes")]
 public sealed class HubAdapterTests
 {
     static readonly string[] Files = ["adapter_config.json", "adapter_model.safetensors"];

@@ -4,6 +4,7 @@ using Xunit;
 namespace PetalsSharp.Tests.Hub;
 
 /// <summary>The real <c>petals</c> CLI resolving <c>--model ORG/NAME</c> through a fake hub named by HF_ENDPOINT.</summary>
+[Trait("Category", "Processes")]
 public sealed class HubCliTests
 {
     [Fact]

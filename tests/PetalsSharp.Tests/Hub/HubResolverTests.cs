@@ -1,6 +1,6 @@
 using PetalsSharp.Hub;
 using PetalsSharp.Models;
-using PetalsSharp.Text;
+using PetalsSharp.Text.Templates;
 using Xunit;
 
 namespace PetalsSharp.Tests.Hub;

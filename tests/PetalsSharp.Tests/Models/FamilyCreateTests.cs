@@ -6,6 +6,7 @@ using static TorchSharp.torch;
 namespace PetalsSharp.Tests.Models;
 
 /// <summary>Every family makes random checkpoints that load and run, and names a ~100M benchmark config.</summary>
+[Trait("Category", "Processes")]
 public sealed class FamilyCreateTests
 {
     [Theory]

@@ -4,6 +4,7 @@ using Xunit;
 
 namespace PetalsSharp.Tests.Models;
 
+[Trait("Category", "Processes")]
 public sealed class MixtralConfigTests
 {
     [Fact]

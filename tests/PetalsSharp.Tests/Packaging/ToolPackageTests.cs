@@ -8,6 +8,7 @@ namespace PetalsSharp.Tests.Packaging;
 /// `dotnet pack` makes `petals` an installable dotnet tool: pack it, install it into a temporary tool path
 /// (never the user's global tools), and run `petals --help` and `petals demo` from the installed copy.
 /// </summary>
+[Trait("Category", "Processes")]
 public sealed class ToolPackageTests(ITestOutputHelper output)
 {
 #if DEBUG

@@ -1,6 +1,6 @@
 using PetalsSharp.Generation;
 using PetalsSharp.Models;
-using PetalsSharp.Text;
+using PetalsSharp.Text.Tokenizers;
 using Xunit;
 using static TorchSharp.torch;
 

@@ -6,6 +6,7 @@ using Xunit;
 namespace PetalsSharp.Tests.Server;
 
 /// <summary>The real <c>petals server</c> process: the "listening on" line, serving, clean stop, bad spans.</summary>
+[Trait("Category", "Processes")]
 public sealed class ServerCliTests
 {
     [Theory]

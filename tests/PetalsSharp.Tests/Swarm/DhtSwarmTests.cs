@@ -13,6 +13,7 @@ namespace PetalsSharp.Tests.Swarm;
 /// A bootstrap DHT node, server processes that announce themselves, and clients (in-process and as a process) that
 /// find them through the DHT alone.
 /// </summary>
+[Trait("Category", "Processes")]
 [Collection(LlamaSwarmCollection.Name)]
 public sealed class DhtSwarmTests
 {

@@ -5,6 +5,7 @@ using Xunit;
 namespace PetalsSharp.Tests.Swarm;
 
 /// <summary><c>--peers</c> makes generate and inspect print what local runs print.</summary>
+[Trait("Category", "Processes")]
 [Collection(LlamaSwarmCollection.Name)]
 public sealed class DistributedCliTests(LlamaSwarm swarm)
 {

@@ -12,6 +12,7 @@ namespace PetalsSharp.Tests.Swarm;
 /// embeddings (and BLOOM's embedding norm), the servers run the blocks, and greedy decoding gives the fixture's tokens.
 /// Both servers also hold a random LoRA adapter: plain requests ignore it, requests naming it equal merged weights.
 /// </summary>
+[Trait("Category", "Processes")]
 public sealed class FamilySwarmTests
 {
     [Theory]

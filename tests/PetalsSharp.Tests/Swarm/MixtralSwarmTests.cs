@@ -36,6 +36,7 @@ public sealed class MixtralSwarm : IAsyncLifetime
 }
 
 /// <summary>A whole mixture-of-experts block per server; the chain reproduces HF's logits and greedy tokens.</summary>
+[Trait("Category", "Processes")]
 public sealed class MixtralSwarmTests(MixtralSwarm swarm) : IClassFixture<MixtralSwarm>
 {
     static readonly Reference Ref = Reference.Load("mixtral");

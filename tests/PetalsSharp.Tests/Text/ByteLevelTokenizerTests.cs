@@ -1,6 +1,6 @@
 using System.Text.Json.Nodes;
 using Microsoft.ML.Tokenizers;
-using PetalsSharp.Text;
+using PetalsSharp.Text.Tokenizers;
 using Xunit;
 
 namespace PetalsSharp.Tests.Text;

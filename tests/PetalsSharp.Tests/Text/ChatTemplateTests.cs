@@ -1,4 +1,4 @@
-using PetalsSharp.Text;
+using PetalsSharp.Text.Templates;
 using Xunit;
 
 namespace PetalsSharp.Tests.Text;

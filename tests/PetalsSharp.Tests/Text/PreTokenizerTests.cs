@@ -1,5 +1,5 @@
 using System.Text.Json.Nodes;
-using PetalsSharp.Text;
+using PetalsSharp.Text.Tokenizers;
 using Xunit;
 
 namespace PetalsSharp.Tests.Text;

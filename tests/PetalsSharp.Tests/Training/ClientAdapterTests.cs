@@ -12,6 +12,7 @@ namespace PetalsSharp.Tests.Training;
 /// Every client-side trainable kind (a module between remote spans, LoRA, the LM head, a classification head)
 /// gets the gradients local autograd gives when the blocks run on two server processes.
 /// </summary>
+[Trait("Category", "Processes")]
 [Collection(TrainingSwarmCollection.Name)]
 public sealed class ClientAdapterTests(TrainingSwarm swarm)
 {

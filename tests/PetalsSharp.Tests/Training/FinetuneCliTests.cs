@@ -37,6 +37,7 @@ public sealed class TinySwarm : IAsyncLifetime
 /// <c>petals finetune</c> through two servers teaches a random model a fixed continuation, and
 /// <c>petals generate --tuned</c> then produces it (acceptance of the fine-tuning issue).
 /// </summary>
+[Trait("Category", "Processes")]
 public sealed class FinetuneCliTests(TinySwarm swarm) : IClassFixture<TinySwarm>
 {
     /// <summary>

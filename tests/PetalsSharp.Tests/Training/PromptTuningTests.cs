@@ -12,6 +12,7 @@ namespace PetalsSharp.Tests.Training;
 /// Prompt tuning through two server processes: shallow prompts against the HF fixture, deep prompts against local
 /// autograd. No dispose scope: tests resume on other threads after awaits.
 /// </summary>
+[Trait("Category", "Processes")]
 [Collection(TrainingSwarmCollection.Name)]
 public sealed class PromptTuningTests(TrainingSwarm swarm)
 {

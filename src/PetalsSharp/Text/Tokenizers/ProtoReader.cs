@@ -1,6 +1,6 @@
 using System.Buffers.Binary;
 
-namespace PetalsSharp.Text;
+namespace PetalsSharp.Text.Tokenizers;
 
 /// <summary>
 /// Just enough of the protobuf wire format to read SentencePiece model files, whose pieces and scores

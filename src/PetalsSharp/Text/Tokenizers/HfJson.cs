@@ -1,7 +1,7 @@
 using System.Text.Json;
 using System.Text.RegularExpressions;
 
-namespace PetalsSharp.Text;
+namespace PetalsSharp.Text.Tokenizers;
 
 /// <summary>Small helpers for reading <c>tokenizer.json</c> components with error messages that name the file.</summary>
 internal static class HfJson

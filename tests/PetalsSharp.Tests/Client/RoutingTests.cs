@@ -2,11 +2,14 @@ using PetalsSharp.Client;
 using PetalsSharp.Generation;
 using PetalsSharp.Server;
 using PetalsSharp.Swarm;
+using PetalsSharp.Testing;
+using PetalsSharp.Tests.Swarm;
 using Xunit;
 
-namespace PetalsSharp.Tests.Swarm;
+namespace PetalsSharp.Tests.Client;
 
 /// <summary>Routing through real servers behind a WAN shaper: the client takes the lower-latency chain.</summary>
+[Trait("Category", "Processes")]
 [Collection(LlamaSwarmCollection.Name)]
 public sealed class RoutingTests
 {

@@ -1,7 +1,7 @@
 using System.Globalization;
 using System.Text;
 
-namespace PetalsSharp.Text;
+namespace PetalsSharp.Text.Templates;
 
 /// <summary>What a template is cut into: literal text, <c>{{ expression }}</c> and <c>{% statement %}</c>.</summary>
 internal enum SegmentKind { Text, Output, Statement }

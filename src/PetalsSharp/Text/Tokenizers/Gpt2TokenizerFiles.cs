@@ -4,7 +4,7 @@ using System.Text;
 using System.Text.Encodings.Web;
 using System.Text.Json;
 
-namespace PetalsSharp.Text;
+namespace PetalsSharp.Text.Tokenizers;
 
 /// <summary>
 /// Writes an offline byte-level BPE tokenizer derived from GPT-2's vocabulary, for demo models with random weights

@@ -2,7 +2,7 @@ using System.Text;
 using System.Text.Json;
 using System.Text.RegularExpressions;
 
-namespace PetalsSharp.Text;
+namespace PetalsSharp.Text.Tokenizers;
 
 /// <summary>A <c>tokenizer.json</c> pre-tokenizer: splits normalized text into the words BPE runs on.</summary>
 internal abstract class HfPreTokenizer

@@ -4,11 +4,12 @@ using System.Net.Sockets;
 using Grpc.Net.Client;
 using PetalsSharp.Server;
 using PetalsSharp.Swarm;
+using PetalsSharp.Testing;
 using PetalsSharp.Wire.V1;
 using Xunit;
 using Xunit.Abstractions;
 
-namespace PetalsSharp.Tests.Swarm;
+namespace PetalsSharp.Tests.Testing;
 
 /// <summary>The WAN-link proxy: delay, bandwidth, gRPC over it, and teardown. Bounds are loose: the CI box has 2 busy cores.</summary>
 public sealed class LinkShaperTests(ITestOutputHelper output)

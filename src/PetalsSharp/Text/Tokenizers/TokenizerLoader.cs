@@ -1,6 +1,6 @@
 using System.Text.Json;
 
-namespace PetalsSharp.Text;
+namespace PetalsSharp.Text.Tokenizers;
 
 /// <summary>Loads the tokenizer stored in a Hugging Face model folder.</summary>
 public static class TokenizerLoader

@@ -1,4 +1,4 @@
-namespace PetalsSharp.Text;
+namespace PetalsSharp.Text.Templates;
 
 /// <summary>
 /// Parses the segments of a chat template into a tree, with Jinja's operator precedence. Anything outside the

@@ -1,4 +1,4 @@
-namespace PetalsSharp.Text;
+namespace PetalsSharp.Text.Templates;
 
 // The syntax tree of the Jinja subset chat templates use. Each node keeps its line for error messages.
 

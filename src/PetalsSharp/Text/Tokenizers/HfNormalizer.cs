@@ -2,7 +2,7 @@ using System.Text;
 using System.Text.Json;
 using System.Text.RegularExpressions;
 
-namespace PetalsSharp.Text;
+namespace PetalsSharp.Text.Tokenizers;
 
 /// <summary>A <c>tokenizer.json</c> normalizer: rewrites text between added tokens before it is split.</summary>
 internal abstract class HfNormalizer

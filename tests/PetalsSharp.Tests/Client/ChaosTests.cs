@@ -3,10 +3,11 @@ using PetalsSharp.Dht;
 using PetalsSharp.Generation;
 using PetalsSharp.Server;
 using PetalsSharp.Swarm;
+using PetalsSharp.Tests.Swarm;
 using Xunit;
 using Xunit.Abstractions;
 
-namespace PetalsSharp.Tests.Swarm;
+namespace PetalsSharp.Tests.Client;
 
 /// <summary>
 /// Kill -9 a server on the route in the middle of a generation: the client bans it, replaces exactly its blocks
@@ -14,6 +15,7 @@ namespace PetalsSharp.Tests.Swarm;
 /// over different hops and moments; every killed server is replaced by a fresh process so that every span keeps
 /// a second server.
 /// </summary>
+[Trait("Category", "Processes")]
 [Collection(LlamaSwarmCollection.Name)]
 public sealed class ChaosTests(ITestOutputHelper output)
 {

@@ -1,6 +1,6 @@
 using System.Text;
 
-namespace PetalsSharp.Text;
+namespace PetalsSharp.Text.Tokenizers;
 
 /// <summary>
 /// SentencePiece's BPE encoding (bpe_model.cc): repeatedly merge the adjacent pair whose concatenation is the

@@ -1,6 +1,6 @@
 using System.Text.Json;
 
-namespace PetalsSharp.Text;
+namespace PetalsSharp.Text.Templates;
 
 /// <summary>One message of a conversation: <c>system</c>, <c>user</c> or <c>assistant</c>, and its text.</summary>
 public sealed record ChatTurn(string Role, string Content);

@@ -1,7 +1,7 @@
 using System.Runtime.InteropServices;
 using static TorchSharp.torch;
 
-namespace PetalsSharp.Wire;
+namespace PetalsSharp.Models.Weights;
 
 /// <summary>Raw access to a CPU tensor's elements (TorchSharp 0.107 has no pointer accessor for 16-bit dtypes).</summary>
 internal static unsafe class NativeMemory

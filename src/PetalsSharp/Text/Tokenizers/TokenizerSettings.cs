@@ -1,4 +1,4 @@
-namespace PetalsSharp.Text;
+namespace PetalsSharp.Text.Tokenizers;
 
 /// <summary>
 /// Settings from <c>tokenizer_config.json</c> that override what the tokenizer file itself implies.

@@ -2,7 +2,7 @@ using System.Text;
 using System.Text.Json;
 using Microsoft.ML.Tokenizers;
 
-namespace PetalsSharp.Text;
+namespace PetalsSharp.Text.Tokenizers;
 
 /// <summary>
 /// The BPE model of a <c>tokenizer.json</c>. Merging is delegated to <see cref="BpeTokenizer"/>; this class adds what

@@ -1,6 +1,6 @@
 using MlTokenizers = Microsoft.ML.Tokenizers;
 
-namespace PetalsSharp.Text;
+namespace PetalsSharp.Text.Tokenizers;
 
 /// <summary>
 /// A SentencePiece BPE tokenizer (<c>tokenizer.model</c>, as used by Llama 1/2) backed by

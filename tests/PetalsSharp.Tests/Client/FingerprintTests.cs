@@ -3,11 +3,13 @@ using PetalsSharp.Models;
 using PetalsSharp.Models.Weights;
 using PetalsSharp.Server;
 using PetalsSharp.Swarm;
+using PetalsSharp.Tests.Swarm;
 using Xunit;
 
-namespace PetalsSharp.Tests.Swarm;
+namespace PetalsSharp.Tests.Client;
 
 /// <summary>A client refuses a server whose served weights differ from its own checkpoint's.</summary>
+[Trait("Category", "Processes")]
 [Collection(LlamaSwarmCollection.Name)]
 public sealed class FingerprintTests
 {

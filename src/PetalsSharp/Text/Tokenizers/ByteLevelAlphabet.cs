@@ -1,6 +1,6 @@
 using System.Text;
 
-namespace PetalsSharp.Text;
+namespace PetalsSharp.Text.Tokenizers;
 
 /// <summary>
 /// GPT-2's reversible mapping between bytes and printable characters, so that byte-level BPE

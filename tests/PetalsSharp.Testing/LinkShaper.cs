@@ -5,7 +5,7 @@ using System.Net;
 using System.Net.Sockets;
 using System.Threading.Channels;
 
-namespace PetalsSharp.Swarm;
+namespace PetalsSharp.Testing;
 
 /// <summary>
 /// A loopback TCP proxy that makes one address look like it sits across a WAN link, for tests and benchmarks

@@ -1,7 +1,7 @@
 using System.Globalization;
-using static PetalsSharp.Text.ChatTemplateValues;
+using static PetalsSharp.Text.Templates.ChatTemplateValues;
 
-namespace PetalsSharp.Text;
+namespace PetalsSharp.Text.Templates;
 
 /// <summary>The filters, tests and methods chat templates use, with Jinja/Python behaviour.</summary>
 internal static class ChatTemplateBuiltins

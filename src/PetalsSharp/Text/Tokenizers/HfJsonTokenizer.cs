@@ -1,7 +1,7 @@
 using System.Text.Json;
 using System.Text.RegularExpressions;
 
-namespace PetalsSharp.Text;
+namespace PetalsSharp.Text.Tokenizers;
 
 /// <summary>
 /// A tokenizer read from a Hugging Face <c>tokenizer.json</c> with a BPE model: SentencePiece-style BPE with byte

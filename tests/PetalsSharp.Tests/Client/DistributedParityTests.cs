@@ -2,16 +2,18 @@ using PetalsSharp.Client;
 using PetalsSharp.Generation;
 using PetalsSharp.Models;
 using PetalsSharp.Wire.V1;
+using PetalsSharp.Tests.Swarm;
 using Xunit;
 using static TorchSharp.torch;
 using Tensor = TorchSharp.torch.Tensor;
 
-namespace PetalsSharp.Tests.Swarm;
+namespace PetalsSharp.Tests.Client;
 
 /// <summary>
 /// Servers in their own processes give what the local model gives (acceptance 1–3 of the serving issue). No dispose
 /// scope here: scopes are per thread and these tests resume on other threads after awaits.
 /// </summary>
+[Trait("Category", "Processes")]
 [Collection(LlamaSwarmCollection.Name)]
 public sealed class DistributedParityTests(LlamaSwarm swarm)
 {

@@ -1,7 +1,7 @@
 using System.Text;
-using static PetalsSharp.Text.ChatTemplateValues;
+using static PetalsSharp.Text.Templates.ChatTemplateValues;
 
-namespace PetalsSharp.Text;
+namespace PetalsSharp.Text.Templates;
 
 /// <summary>
 /// Renders a parsed chat template. Scoping follows Jinja: a <c>{% set %}</c> inside a for loop does not leak out of

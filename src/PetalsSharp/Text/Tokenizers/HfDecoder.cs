@@ -3,7 +3,7 @@ using System.Text;
 using System.Text.Json;
 using System.Text.RegularExpressions;
 
-namespace PetalsSharp.Text;
+namespace PetalsSharp.Text.Tokenizers;
 
 /// <summary>A <c>tokenizer.json</c> decoder: turns the token strings of a sequence back into text pieces.</summary>
 internal abstract class HfDecoder

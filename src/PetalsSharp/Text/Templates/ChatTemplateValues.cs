@@ -1,7 +1,7 @@
 using System.Globalization;
 using System.Text;
 
-namespace PetalsSharp.Text;
+namespace PetalsSharp.Text.Templates;
 
 /// <summary>A name that was never set (Jinja's <c>Undefined</c>): renders as "", is falsy, fails when used further.</summary>
 internal sealed class Undefined

@@ -1,4 +1,4 @@
-namespace PetalsSharp.Text;
+namespace PetalsSharp.Text.Tokenizers;
 
 /// <summary>
 /// Converts between text and the token ids a model was trained on.
