@@ -1,6 +1,5 @@
 using System.Text.Json.Nodes;
 using TorchSharp;
-using TorchSharp.Modules;
 using static TorchSharp.torch;
 
 namespace PetalsSharp.Models;
@@ -15,6 +14,7 @@ public sealed record BloomConfig : ModelConfig
     public bool ApplyResidualConnectionPostLayernorm { get; init; }
 
     public override IModelFamily Family => BloomFamily.Instance;
+    protected override string Architecture => "BloomForCausalLM";
 
     public override void Validate(string source)
     {
@@ -24,127 +24,44 @@ public sealed record BloomConfig : ModelConfig
             throw new ConfigException($"{source}: hidden_size ({HiddenSize}) must be a multiple of n_head ({NumHeads})");
     }
 
-    public override JsonObject ToHfJson() => new()
+    protected override JsonObject OwnHfKeys() => new()
     {
-        ["architectures"] = new JsonArray("BloomForCausalLM"),
-        ["model_type"] = "bloom",
-        ["vocab_size"] = VocabSize,
-        ["hidden_size"] = HiddenSize,
-        ["n_layer"] = NumLayers,
-        ["n_head"] = NumHeads,
-        ["layer_norm_epsilon"] = LayerNormEpsilon,
+        ["n_layer"] = NumLayers, ["n_head"] = NumHeads, ["layer_norm_epsilon"] = LayerNormEpsilon,
         ["apply_residual_connection_post_layernorm"] = ApplyResidualConnectionPostLayernorm,
-        ["tie_word_embeddings"] = TieWordEmbeddings,
-        ["bos_token_id"] = BosTokenId,
-        ["eos_token_id"] = EosTokenIds.FirstOrDefault(),
-        ["pad_token_id"] = PadTokenId,
-        ["torch_dtype"] = TorchDtype ?? "float32",
     };
 
     internal static BloomConfig Parse(JsonConfigReader r)
     {
-        // HF maps n_embed/n_head/n_layer onto the long names after __init__, so the short ones win when both exist.
-        int hidden = r.IntOrNull("n_embed") ?? r.Int("hidden_size", 64);
-        int heads = r.IntOrNull("n_head") ?? r.Int("num_attention_heads", 8);
-        if (heads <= 0) throw new ConfigException($"{r.Source}: n_head must be positive");
-        return new BloomConfig
+        var c = ReadCommon(new BloomConfig
         {
-            ModelType = "bloom",
-            VocabSize = r.Int("vocab_size", 250880),
-            HiddenSize = hidden,
-            NumLayers = r.IntOrNull("n_layer") ?? r.Int("num_hidden_layers", 2),
-            NumHeads = heads,
-            NumKvHeads = heads,
-            HeadDim = hidden / heads,
             LayerNormEpsilon = r.Double("layer_norm_epsilon", 1e-5),
             ApplyResidualConnectionPostLayernorm = r.Bool("apply_residual_connection_post_layernorm", false),
-            // ALiBi has no trained position table; this only bounds session length (BLOOM trained on 2048).
-            MaxPositionEmbeddings = r.IntOrNull("seq_length") ?? r.Int("max_position_embeddings", 2048),
-            TieWordEmbeddings = r.Bool("tie_word_embeddings", true),
-            BosTokenId = r.IntOrNull("bos_token_id") ?? 1,
-            EosTokenIds = r.Has("eos_token_id") ? r.IntList("eos_token_id") : [2],
-            PadTokenId = r.IntOrNull("pad_token_id"),
-            TorchDtype = r.String("torch_dtype"),
-        };
+        }, r, new("bloom", Vocab: 250880, Hidden: 64, Heads: 8, Layers: 2, MaxPositions: 2048, Tie: true, Bos: 1, Eos: 2, ShortNames: true));
+        // ALiBi has no trained position table; this only bounds session length (BLOOM trained on 2048).
+        return c with { MaxPositionEmbeddings = r.IntOrNull("seq_length") ?? c.MaxPositionEmbeddings };
     }
 }
 
 // ============================== family ==============================
 
-/// <summary>BLOOM: checkpoint names and shapes, and builders for the block and the client-side ends.</summary>
-public sealed class BloomFamily : IModelFamily, Lora.ILoraTargets
+/// <summary>BLOOM: config keys, and the builders of the block and the client-side ends (which name its tensors).</summary>
+public sealed class BloomFamily() : ModelFamily(BloomConfig.Parse, "bloom")
 {
     public static readonly BloomFamily Instance = new();
 
-    public IReadOnlyList<string> LoraModules(ModelConfig config) =>
-        ["self_attention.query_key_value", "self_attention.dense", "mlp.dense_h_to_4h", "mlp.dense_4h_to_h"];
+    protected override DecoderBlock Block(ModelConfig config, int index, TensorTable t) =>
+        new BloomBlock((BloomConfig)config, t.ForBlock(index, $"transformer.h.{index}."));
 
-    public IReadOnlyList<string> ModelTypes => ["bloom"];
+    /// <summary>As Falcon's, with a LayerNorm right after the embeddings.</summary>
+    protected internal override ModelEnds Ends(ModelConfig config, TensorTable t) => ModelEnds.Take(config, t, "transformer.word_embeddings",
+        "transformer.ln_f", ((BloomConfig)config).LayerNormEpsilon, rms: false, embeddingNorm: "transformer.word_embeddings_layernorm");
 
-    public ModelConfig ParseConfig(JsonConfigReader reader) => BloomConfig.Parse(reader);
-
-    public IReadOnlyList<TensorSpec> BlockTensors(ModelConfig config, int index)
-    {
-        long h = config.HiddenSize;
-        var p = $"transformer.h.{index}.";
-        // Gain 3 on the non-q/k/v matrices mirrors the reference fixtures' draw, which keeps random BLOOMs lively.
-        return
-        [
-            new(p + "input_layernorm.weight", [h], TensorRole.NormScale),
-            new(p + "input_layernorm.bias", [h], TensorRole.Bias),
-            new(p + "self_attention.query_key_value.weight", [3 * h, h], TensorRole.Matrix),
-            new(p + "self_attention.query_key_value.bias", [3 * h], TensorRole.Bias),
-            new(p + "self_attention.dense.weight", [h, h], TensorRole.Matrix, Gain: 3.0),
-            new(p + "self_attention.dense.bias", [h], TensorRole.Bias),
-            new(p + "post_attention_layernorm.weight", [h], TensorRole.NormScale),
-            new(p + "post_attention_layernorm.bias", [h], TensorRole.Bias),
-            new(p + "mlp.dense_h_to_4h.weight", [4 * h, h], TensorRole.Matrix, Gain: 3.0),
-            new(p + "mlp.dense_h_to_4h.bias", [4 * h], TensorRole.Bias),
-            new(p + "mlp.dense_4h_to_h.weight", [h, 4 * h], TensorRole.Matrix, Gain: 3.0),
-            new(p + "mlp.dense_4h_to_h.bias", [h], TensorRole.Bias),
-        ];
-    }
-
-    public IReadOnlyList<TensorSpec> EndTensors(ModelConfig config)
-    {
-        long v = config.VocabSize, h = config.HiddenSize;
-        var specs = new List<TensorSpec>
-        {
-            new("transformer.word_embeddings.weight", [v, h], TensorRole.Embedding),
-            new("transformer.word_embeddings_layernorm.weight", [h], TensorRole.NormScale),
-            new("transformer.word_embeddings_layernorm.bias", [h], TensorRole.Bias),
-            new("transformer.ln_f.weight", [h], TensorRole.NormScale),
-            new("transformer.ln_f.bias", [h], TensorRole.Bias),
-        };
-        if (!config.TieWordEmbeddings) specs.Add(new("lm_head.weight", [v, h], TensorRole.Matrix));
-        return specs;
-    }
-
-    public DecoderBlock CreateBlock(ModelConfig config, int index, IReadOnlyDictionary<string, Tensor> weights) =>
-        new BloomBlock((BloomConfig)config, index, weights);
-
-    public ModelEnds CreateEnds(ModelConfig config, IReadOnlyDictionary<string, Tensor> w)
-    {
-        var c = (BloomConfig)config;
-        var embed = w["transformer.word_embeddings.weight"];
-        var embedNorm = new Norm(w["transformer.word_embeddings_layernorm.weight"], w["transformer.word_embeddings_layernorm.bias"],
-            c.LayerNormEpsilon, rms: false);
-        var final = new Norm(w["transformer.ln_f.weight"], w["transformer.ln_f.bias"], c.LayerNormEpsilon, rms: false);
-        return new ModelEnds(config, embed, embedNorm, final, c.TieWordEmbeddings ? embed : w["lm_head.weight"]);
-    }
-
-    public ModelConfig CreateConfig(ModelShape s) => s.IntermediateSize is { } i && i != 4 * s.HiddenSize
+    public override ModelConfig CreateConfig(ModelShape s) => s.IntermediateSize is { } i && i != 4 * s.HiddenSize
         ? throw new ConfigException($"BLOOM's MLP is always 4 × hidden ({4 * s.HiddenSize}), not {i}")
-        : new BloomConfig
-    {
-        ModelType = "bloom", VocabSize = s.VocabSize, HiddenSize = s.HiddenSize, NumLayers = s.NumLayers,
-        NumHeads = s.NumHeads, NumKvHeads = s.NumKvHeads ?? s.NumHeads, HeadDim = s.HiddenSize / s.NumHeads,
-        MaxPositionEmbeddings = s.MaxPositions, TieWordEmbeddings = s.TieEmbeddings,
-        BosTokenId = s.VocabSize - 1, EosTokenIds = [s.VocabSize - 1],
-    };
+        : ModelConfig.FromShape(new BloomConfig(), "bloom", s);
 
     /// <summary>About 100M parameters: hidden 768, 12 blocks of 12 heads (7.1M each), vocab 32000 tied.</summary>
-    public ModelConfig BenchmarkConfig() => CreateConfig(new ModelShape(768, 12, 12, null, null, 32000, 2048, TieEmbeddings: true));
+    public override ModelConfig BenchmarkConfig() => CreateConfig(new ModelShape(768, 12, 12, null, null, 32000, 2048, TieEmbeddings: true));
 }
 
 // ============================== block ==============================
@@ -156,23 +73,21 @@ public sealed class BloomFamily : IModelFamily, Lora.ILoraTargets
 public sealed class BloomBlock : DecoderBlock
 {
     readonly BloomConfig _c;
-    readonly Parameter input_layernorm, input_layernorm_bias, post_attention_layernorm, post_attention_layernorm_bias; // [H]
-    readonly Parameter query_key_value, query_key_value_bias;    // [3H, H] [3H], rows per head: q (D), k (D), v (D)
-    readonly Parameter dense, dense_bias;                        // [H, H] [H]
-    readonly Parameter dense_h_to_4h, dense_h_to_4h_bias;        // [4H, H] [4H]
-    readonly Parameter dense_4h_to_h, dense_4h_to_h_bias;        // [H, 4H] [H]
+    readonly Norm input_layernorm, post_attention_layernorm;      // [H] [H]
+    readonly BlockLinear query_key_value;                         // [3H, H], rows per head: q (D), k (D), v (D)
+    readonly BlockLinear dense, dense_h_to_4h, dense_4h_to_h;     // [H, H] [4H, H] [H, 4H]
 
-    public BloomBlock(BloomConfig c, int index, IReadOnlyDictionary<string, Tensor> w) : base($"h.{index}", index)
+    internal BloomBlock(BloomConfig c, TensorTable t) : base($"h.{t.Block}", t.Block)
     {
         _c = c;
-        var p = $"transformer.h.{index}.";
-        Parameter Req(string name) => Ops.Frozen(w[p + name]);
-        input_layernorm = Req("input_layernorm.weight"); input_layernorm_bias = Req("input_layernorm.bias");
-        post_attention_layernorm = Req("post_attention_layernorm.weight"); post_attention_layernorm_bias = Req("post_attention_layernorm.bias");
-        query_key_value = Req("self_attention.query_key_value.weight"); query_key_value_bias = Req("self_attention.query_key_value.bias");
-        dense = Req("self_attention.dense.weight"); dense_bias = Req("self_attention.dense.bias");
-        dense_h_to_4h = Req("mlp.dense_h_to_4h.weight"); dense_h_to_4h_bias = Req("mlp.dense_h_to_4h.bias");
-        dense_4h_to_h = Req("mlp.dense_4h_to_h.weight"); dense_4h_to_h_bias = Req("mlp.dense_4h_to_h.bias");
+        long h = c.HiddenSize;
+        // Gain 3 on the non-q/k/v matrices mirrors the reference fixtures' draw, which keeps random BLOOMs lively.
+        input_layernorm = t.Norm("input_layernorm", h, c.LayerNormEpsilon, rms: false);
+        query_key_value = t.Linear("self_attention.query_key_value", 3 * h, h, bias: true);
+        dense = t.Linear("self_attention.dense", h, h, bias: true, gain: 3.0);
+        post_attention_layernorm = t.Norm("post_attention_layernorm", h, c.LayerNormEpsilon, rms: false);
+        dense_h_to_4h = t.Linear("mlp.dense_h_to_4h", 4 * h, h, bias: true, gain: 3.0);
+        dense_4h_to_h = t.Linear("mlp.dense_4h_to_h", h, 4 * h, bias: true, gain: 3.0);
         RegisterComponents();
     }
 
@@ -180,13 +95,12 @@ public sealed class BloomBlock : DecoderBlock
 
     public override Tensor Forward(Tensor hidden, StepContext ctx, LayerCache? cache = null)
     {
-        double eps = _c.LayerNormEpsilon;
         bool post = _c.ApplyResidualConnectionPostLayernorm;
-        var x = Ops.LayerNorm(hidden, input_layernorm, input_layernorm_bias, eps);            // [B, T, H]
+        var x = input_layernorm.Forward(hidden);                                              // [B, T, H]
         var h = (post ? x : hidden) + Attention(x, ctx, cache);                              // [B, T, H]
-        var y = Ops.LayerNorm(h, post_attention_layernorm, post_attention_layernorm_bias, eps); // [B, T, H]
-        var up = Linear(ctx, "mlp.dense_h_to_4h", y, dense_h_to_4h, dense_h_to_4h_bias);        // [B, T, 4H]
-        var mlp = Linear(ctx, "mlp.dense_4h_to_h", GeluTanh(up), dense_4h_to_h, dense_4h_to_h_bias); // [B, T, H]
+        var y = post_attention_layernorm.Forward(h);                                          // [B, T, H]
+        var up = dense_h_to_4h.Forward(y, ctx.Adapter);                                       // [B, T, 4H]
+        var mlp = dense_4h_to_h.Forward(GeluTanh(up), ctx.Adapter);                           // [B, T, H]
         return (post ? y : h) + mlp;                                                          // [B, T, H]
     }
 
@@ -194,15 +108,14 @@ public sealed class BloomBlock : DecoderBlock
     {
         long b = x.shape[0], t = x.shape[1];
         int nh = _c.NumHeads, d = _c.HeadDim;
-        var qkv = Linear(ctx, "self_attention.query_key_value", x, query_key_value, query_key_value_bias)
-            .view(b, t, nh, 3, d);                                                             // [B, T, nh, 3, D]
+        var qkv = query_key_value.Forward(x, ctx.Adapter).view(b, t, nh, 3, d);              // [B, T, nh, 3, D]
         var q = qkv.select(3, 0).transpose(1, 2);                                              // [B, nh, T, D]
         var k = qkv.select(3, 1).transpose(1, 2);                                              // [B, nh, T, D]
         var v = qkv.select(3, 2).transpose(1, 2);                                              // [B, nh, T, D]
         if (cache is not null) (k, v) = cache.Append(k, v, ctx.PastLength);                   // [B, nh, S, D]
         var bias = Alibi.Bias(ctx, nh, x.dtype);                                               // [B, nh, T, S]
         var o = Ops.Attention(q, k, v, ctx, bias);                                             // [B, T, nh*D]
-        return Linear(ctx, "self_attention.dense", o, dense, dense_bias);                      // [B, T, H]
+        return dense.Forward(o, ctx.Adapter);                                                  // [B, T, H]
     }
 
     /// <summary>BLOOM's GELU: the tanh approximation with HF's rounded constant √(2/π) ≈ 0.79788456.</summary>

@@ -17,23 +17,6 @@ public abstract class DecoderBlock : nn.Module
     /// <summary>Runs the block. With a cache, new keys/values are written at [past, past+T) and attention sees all of it.</summary>
     public abstract Tensor Forward(Tensor hidden, StepContext ctx, LayerCache? cache = null);
 
-    /// <summary>
-    /// <c>x Wᵀ + b</c> for the block's linear <paramref name="module"/> (its path inside the block, e.g.
-    /// <c>self_attn.q_proj</c>), plus the step's adapter update for that module when there is one.
-    /// </summary>
-    protected Tensor Linear(StepContext ctx, string module, Tensor x, Tensor w, Tensor? b = null)
-    {
-        var y = Ops.Linear(x, w, b);                                          // [..., out]
-        return ctx.Adapter?.Delta(Index, module, x) is { } delta ? y + delta : y;
-    }
-
-    /// <summary>
-    /// <see cref="Linear"/> as a <see cref="SharedLayers.LinearOp"/> for shared layers, or null (their plain linear)
-    /// when the step has no adapter.
-    /// </summary>
-    protected SharedLayers.LinearOp? AdapterLinear(StepContext ctx) =>
-        ctx.Adapter is null ? null : (module, x, w, b) => Linear(ctx, module, x, w, b);
-
     /// <summary>KV heads and head size of the cache this block needs.</summary>
     public abstract (int KvHeads, int HeadDim) CacheShape { get; }
 

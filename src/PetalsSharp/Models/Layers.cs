@@ -1,3 +1,4 @@
+using System.Text.Json.Nodes;
 using TorchSharp;
 using TorchSharp.Modules;
 using static TorchSharp.torch;
@@ -70,57 +71,81 @@ public static class Ops
     }
 }
 
-/// <summary>The projections of a rotary grouped-query self-attention (Llama, Mixtral), weights <c>[out, in]</c>.</summary>
-public sealed record AttentionWeights(Tensor Q, Tensor K, Tensor V, Tensor O,
-    Tensor? QBias = null, Tensor? KBias = null, Tensor? VBias = null, Tensor? OBias = null);
-
-/// <summary>Attention and MLP shapes that several families share.</summary>
-public static class SharedLayers
+/// <summary>
+/// A block's linear layer <c>x Wᵀ + b</c>, known by its module path inside the block (<c>self_attn.q_proj</c>), so
+/// a request's LoRA adapter can add its update there. Every family routes its linears through this one class.
+/// </summary>
+public sealed class BlockLinear : nn.Module
 {
-    /// <summary>
-    /// Rotary grouped-query self-attention of <c>x [B,T,H]</c>: project, rotate q and k, append to the cache,
-    /// attend (optionally within a sliding window), project out. Returns <c>[B,T,H]</c>.
-    /// </summary>
-    public static Tensor RotarySelfAttention(Tensor x, StepContext ctx, LayerCache? cache, Rotary rotary,
-        AttentionWeights w, int heads, int kvHeads, int? slidingWindow = null, LinearOp? linear = null)
+    readonly Parameter weight;   // [out, in]
+    readonly Parameter? bias;    // [out]
+
+    public BlockLinear(int block, string module, Parameter weight, Parameter? bias) : base(module)
     {
-        linear ??= PlainLinear;
+        Block = block;
+        Module = module;
+        this.weight = weight;
+        this.bias = bias;
+        RegisterComponents();
+    }
+
+    /// <summary>Block index and module path, as <see cref="Lora.ILinearAdapter.Delta"/> looks them up.</summary>
+    public int Block { get; }
+    public string Module { get; }
+
+    /// <summary><c>x [..., in]</c> to <c>[..., out]</c>, plus <paramref name="adapter"/>'s update for this module when it has one.</summary>
+    public Tensor Forward(Tensor x, Lora.ILinearAdapter? adapter = null)
+    {
+        var y = Ops.Linear(x, weight, bias);                                  // [..., out]
+        return adapter?.Delta(Block, Module, x) is { } delta ? y + delta : y;  // [..., out]
+    }
+}
+
+/// <summary>
+/// Rotary grouped-query self-attention (Llama, Mixtral): project, rotate q and k, append to the cache, attend
+/// (within a sliding window when set), project out.
+/// </summary>
+public sealed class RotaryAttention : nn.Module
+{
+    readonly BlockLinear q_proj, k_proj, v_proj, o_proj;   // [nh*D, H] [kvH*D, H] [kvH*D, H] [H, nh*D]
+    readonly Rotary _rotary;
+    readonly int _heads, _kvHeads;
+    readonly int? _slidingWindow;
+
+    public RotaryAttention(TensorTable t, ModelConfig c, Rotary rotary, bool bias = false, int? slidingWindow = null) : base("self_attn")
+    {
+        long h = c.HiddenSize, q = c.NumHeads * c.HeadDim, kv = c.NumKvHeads * c.HeadDim;
+        q_proj = t.Linear("self_attn.q_proj", q, h, bias);
+        k_proj = t.Linear("self_attn.k_proj", kv, h, bias);
+        v_proj = t.Linear("self_attn.v_proj", kv, h, bias);
+        o_proj = t.Linear("self_attn.o_proj", h, q, bias);
+        (_rotary, _heads, _kvHeads, _slidingWindow) = (rotary, c.NumHeads, c.NumKvHeads, slidingWindow);
+        RegisterComponents();
+    }
+
+    /// <summary><c>x [B, T, H]</c> to <c>[B, T, H]</c>.</summary>
+    public Tensor Forward(Tensor x, StepContext ctx, LayerCache? cache)
+    {
         long b = x.shape[0], t = x.shape[1];
-        int d = rotary.HeadDim;
-        var q = linear("self_attn.q_proj", x, w.Q, w.QBias).view(b, t, heads, d).transpose(1, 2);     // [B, nh, T, D]
-        var k = linear("self_attn.k_proj", x, w.K, w.KBias).view(b, t, kvHeads, d).transpose(1, 2);  // [B, kvH, T, D]
-        var v = linear("self_attn.v_proj", x, w.V, w.VBias).view(b, t, kvHeads, d).transpose(1, 2);  // [B, kvH, T, D]
-        var (cos, sin) = rotary.Tables(ctx, x.dtype);                                  // [B, 1, T, D]
-        q = Ops.ApplyRotary(q, cos, sin);
-        k = Ops.ApplyRotary(k, cos, sin);
-        if (cache is not null) (k, v) = cache.Append(k, v, ctx.PastLength);           // [B, kvH, S, D]
-        var o = Ops.Attention(q, k, v, ctx, slidingWindow: slidingWindow);            // [B, T, nh*D]
-        return linear("self_attn.o_proj", o, w.O, w.OBias);                           // [B, T, H]
+        int d = _rotary.HeadDim;
+        var q = q_proj.Forward(x, ctx.Adapter).view(b, t, _heads, d).transpose(1, 2);     // [B, nh, T, D]
+        var k = k_proj.Forward(x, ctx.Adapter).view(b, t, _kvHeads, d).transpose(1, 2);   // [B, kvH, T, D]
+        var v = v_proj.Forward(x, ctx.Adapter).view(b, t, _kvHeads, d).transpose(1, 2);   // [B, kvH, T, D]
+        var (cos, sin) = _rotary.Tables(ctx, x.dtype);                                    // [B, 1, T, D]
+        q = Ops.ApplyRotary(q, cos, sin);                                                 // [B, nh, T, D]
+        k = Ops.ApplyRotary(k, cos, sin);                                                 // [B, kvH, T, D]
+        if (cache is not null) (k, v) = cache.Append(k, v, ctx.PastLength);              // [B, kvH, S, D]
+        var o = Ops.Attention(q, k, v, ctx, slidingWindow: _slidingWindow);               // [B, T, nh*D]
+        return o_proj.Forward(o, ctx.Adapter);                                            // [B, T, H]
     }
+}
 
-    /// <summary>Module paths of a SwiGLU MLP's linears inside its block, as an adapter addresses them.</summary>
-    public sealed record SwiGluNames(string Gate, string Up, string Down)
-    {
-        public static readonly SwiGluNames Llama = new("mlp.gate_proj", "mlp.up_proj", "mlp.down_proj");
-    }
-
-    /// <summary>SwiGLU MLP <c>down(silu(gate·x) * up·x)</c> of <c>x [..., H]</c> (Llama MLP, Mixtral expert).</summary>
-    public static Tensor SwiGlu(Tensor x, Tensor gate, Tensor up, Tensor down,
-        Tensor? gateBias = null, Tensor? upBias = null, Tensor? downBias = null, LinearOp? linear = null, SwiGluNames? names = null)
-    {
-        linear ??= PlainLinear;
-        names ??= SwiGluNames.Llama;
-        return linear(names.Down, F.silu(linear(names.Gate, x, gate, gateBias))
-            * linear(names.Up, x, up, upBias), down, downBias);                        // [..., H]
-    }
-
-    /// <summary>
-    /// A linear layer by its module path within the block (<c>self_attn.q_proj</c>, <c>mlp.up_proj</c>), so a
-    /// block can route it through a request's LoRA adapter.
-    /// </summary>
-    public delegate Tensor LinearOp(string module, Tensor x, Tensor weight, Tensor? bias);
-
-    static readonly LinearOp PlainLinear = (_, x, w, b) => Ops.Linear(x, w, b);
+/// <summary>SwiGLU MLP <c>down(silu(gate·x) * up·x)</c> (Llama's MLP, each Mixtral expert).</summary>
+public static class SwiGlu
+{
+    /// <summary><c>x [..., H]</c> to <c>[..., H]</c>.</summary>
+    public static Tensor Forward(Tensor x, BlockLinear gate, BlockLinear up, BlockLinear down, Lora.ILinearAdapter? adapter) =>
+        down.Forward(F.silu(gate.Forward(x, adapter)) * up.Forward(x, adapter), adapter);   // [..., H]
 }
 
 /// <summary>HF rope variants: none ("default"), linear, dynamic NTK, and Llama 3.1's frequency-band scaling.</summary>
@@ -145,6 +170,16 @@ public sealed record RopeScaling(
         if (scaling.Factor <= 0) throw new ConfigException($"{r.Source}: rope_scaling factor must be positive");
         return scaling.Type == "default" ? null : scaling;
     }
+
+    /// <summary>The <c>rope_scaling</c> object as Llama and Mixtral configs write it.</summary>
+    public JsonObject ToJson() => new()
+    {
+        ["rope_type"] = Type, ["factor"] = Factor, ["low_freq_factor"] = LowFreqFactor,
+        ["high_freq_factor"] = HighFreqFactor, ["original_max_position_embeddings"] = OriginalMaxPositionEmbeddings,
+    };
+
+    /// <summary>Falcon's form: transformers' Falcon config refuses any key but <c>type</c> and <c>factor</c>.</summary>
+    public JsonObject ToLegacyJson() => new() { ["type"] = Type, ["factor"] = Factor };
 }
 
 /// <summary>Rotary position embedding as in HF transformers 4.45 (<c>modeling_rope_utils</c>).</summary>

@@ -1,4 +1,5 @@
 using System.Text.Json;
+using System.Text.Json.Nodes;
 
 namespace PetalsSharp.Models;
 
@@ -8,14 +9,17 @@ namespace PetalsSharp.Models;
 /// </summary>
 public abstract record ModelConfig
 {
+    // Not `required`: a family's parser sets these through ReadCommon after its own keys, and Validate refuses
+    // any size left at 0.
+
     /// <summary>HF <c>model_type</c>, e.g. "llama".</summary>
-    public required string ModelType { get; init; }
-    public required int VocabSize { get; init; }
-    public required int HiddenSize { get; init; }
-    public required int NumLayers { get; init; }
-    public required int NumHeads { get; init; }
-    public required int NumKvHeads { get; init; }
-    public required int HeadDim { get; init; }
+    public string ModelType { get; init; } = "";
+    public int VocabSize { get; init; }
+    public int HiddenSize { get; init; }
+    public int NumLayers { get; init; }
+    public int NumHeads { get; init; }
+    public int NumKvHeads { get; init; }
+    public int HeadDim { get; init; }
     public int MaxPositionEmbeddings { get; init; } = 2048;
     public bool TieWordEmbeddings { get; init; }
     public int? BosTokenId { get; init; }
@@ -27,8 +31,59 @@ public abstract record ModelConfig
     /// <summary>The family implementation that builds blocks for this config.</summary>
     public abstract IModelFamily Family { get; }
 
+    /// <summary>HF <c>architectures</c> entry, e.g. "LlamaForCausalLM".</summary>
+    protected abstract string Architecture { get; }
+
+    /// <summary>The family's own <c>config.json</c> keys, in the order HF writes them.</summary>
+    protected abstract JsonObject OwnHfKeys();
+
     /// <summary>The config as HF <c>config.json</c> would write it (used by <c>petals create-model</c>).</summary>
-    public abstract System.Text.Json.Nodes.JsonObject ToHfJson();
+    public JsonObject ToHfJson()
+    {
+        var json = new JsonObject
+        {
+            ["architectures"] = new JsonArray(Architecture), ["model_type"] = ModelType,
+            ["vocab_size"] = VocabSize, ["hidden_size"] = HiddenSize,
+        };
+        foreach (var (key, value) in OwnHfKeys().ToList()) json[key] = value?.DeepClone();
+        json["tie_word_embeddings"] = TieWordEmbeddings;
+        json["bos_token_id"] = BosTokenId;
+        json["eos_token_id"] = EosTokenIds.Count == 1 ? EosTokenIds[0] : new JsonArray([.. EosTokenIds.Select(e => (JsonNode?)e)]);
+        json["pad_token_id"] = PadTokenId;
+        json["torch_dtype"] = TorchDtype ?? "float32";
+        return json;
+    }
+
+    /// <summary>
+    /// This config with the keys every family reads alike, absent ones at the family's <paramref name="d"/>efaults;
+    /// GPT-style families also take <c>n_embed</c>, <c>n_head</c> and <c>n_layer</c>, which win over the long names
+    /// as they do in HF (it maps them onto the long names after <c>__init__</c>).
+    /// </summary>
+    internal static T ReadCommon<T>(T config, JsonConfigReader r, CommonDefaults d) where T : ModelConfig
+    {
+        int? Short(string key) => d.ShortNames ? r.IntOrNull(key) : null;
+        int hidden = Short("n_embed") ?? r.Int("hidden_size", d.Hidden), heads = Short("n_head") ?? r.Int("num_attention_heads", d.Heads);
+        if (heads <= 0) throw new ConfigException($"{r.Source}: {(d.ShortNames ? "n_head" : "num_attention_heads")} must be positive");
+        return (T)((ModelConfig)config with
+        {
+            ModelType = d.ModelType, VocabSize = r.Int("vocab_size", d.Vocab), HiddenSize = hidden,
+            NumLayers = Short("n_layer") ?? r.Int("num_hidden_layers", d.Layers), NumHeads = heads, NumKvHeads = heads, HeadDim = hidden / heads,
+            MaxPositionEmbeddings = r.Int("max_position_embeddings", d.MaxPositions), TieWordEmbeddings = r.Bool("tie_word_embeddings", d.Tie),
+            BosTokenId = r.IntOrNull("bos_token_id") ?? d.Bos, EosTokenIds = r.Has("eos_token_id") ? r.IntList("eos_token_id") : [d.Eos],
+            PadTokenId = r.IntOrNull("pad_token_id"), TorchDtype = r.String("torch_dtype"),
+        });
+    }
+
+    /// <summary>
+    /// This config with the sizes of <paramref name="s"/> and the token ids of a random model (<c>petals create-model</c>).
+    /// </summary>
+    internal static T FromShape<T>(T config, string modelType, ModelShape s) where T : ModelConfig => (T)((ModelConfig)config with
+    {
+        ModelType = modelType, VocabSize = s.VocabSize, HiddenSize = s.HiddenSize, NumLayers = s.NumLayers,
+        NumHeads = s.NumHeads, NumKvHeads = s.NumKvHeads ?? s.NumHeads, HeadDim = s.HiddenSize / s.NumHeads,
+        MaxPositionEmbeddings = s.MaxPositions, TieWordEmbeddings = s.TieEmbeddings,
+        BosTokenId = s.SpecialTokenId, EosTokenIds = [s.SpecialTokenId],
+    });
 
     /// <summary>Query heads per KV head (1 for plain multi-head attention).</summary>
     public int KvGroups => NumHeads / NumKvHeads;
@@ -49,6 +104,10 @@ public abstract record ModelConfig
         Require(HeadDim > 0, $"head_dim must be positive (got {HeadDim})");
     }
 }
+
+/// <summary>A family's transformers 4.45 defaults for the keys <see cref="ModelConfig.ReadCommon"/> reads.</summary>
+internal sealed record CommonDefaults(string ModelType, int Vocab, int Hidden, int Heads, int Layers, int MaxPositions, bool Tie,
+    int Bos, int Eos, bool ShortNames = false);
 
 /// <summary>A config.json that cannot be used: malformed, inconsistent or of an unknown family.</summary>
 public sealed class ConfigException(string message, Exception? inner = null) : Exception(message, inner);

@@ -4,7 +4,7 @@ using static TorchSharp.torch;
 
 namespace PetalsSharp.Models;
 
-/// <summary>RMSNorm (Llama, Mixtral) or LayerNorm with optional shift (Falcon, BLOOM).</summary>
+/// <summary>RMSNorm (Llama, Mixtral) or LayerNorm with a shift (Falcon, BLOOM); built by <see cref="TensorTable.Norm"/>.</summary>
 public sealed class Norm : nn.Module
 {
     readonly Parameter weight;   // [H]
@@ -12,15 +12,16 @@ public sealed class Norm : nn.Module
     readonly double _eps;
     readonly bool _rms;
 
-    public Norm(Tensor weight, Tensor? bias, double eps, bool rms) : base(rms ? "rms_norm" : "layer_norm")
+    public Norm(Parameter weight, Parameter? bias, double eps, bool rms) : base(rms ? "rms_norm" : "layer_norm")
     {
-        this.weight = Ops.Frozen(weight);
-        this.bias = bias is null ? null : Ops.Frozen(bias);
+        this.weight = weight;
+        this.bias = bias;
         _eps = eps;
         _rms = rms;
         RegisterComponents();
     }
 
+    /// <summary><c>x [..., H]</c> to <c>[..., H]</c>.</summary>
     public Tensor Forward(Tensor x) => _rms ? Ops.RmsNorm(x, weight, _eps) : Ops.LayerNorm(x, weight, bias, _eps);
 }
 
@@ -35,14 +36,29 @@ public sealed class ModelEnds : nn.Module
     readonly Norm norm;
     readonly Parameter lm_head;        // [V, H] (the embedding matrix itself when tied)
 
-    public ModelEnds(ModelConfig config, Tensor embedding, Norm? embeddingNorm, Norm finalNorm, Tensor head) : base("ends")
+    ModelEnds(ModelConfig config, Parameter embedding, Norm? embeddingNorm, Norm finalNorm, Parameter head) : base("ends")
     {
         Config = config;
-        embed_tokens = Ops.Frozen(embedding);
+        embed_tokens = embedding;
         embed_norm = embeddingNorm;
         norm = finalNorm;
-        lm_head = ReferenceEquals(head, embedding) ? embed_tokens : Ops.Frozen(head);
+        lm_head = head;
         RegisterComponents();
+    }
+
+    /// <summary>
+    /// Takes the ends from <paramref name="t"/> by their checkpoint names (<c>lm_head.weight</c> too, unless tied): the
+    /// embeddings <c>[V, H]</c>, the optional embedding LayerNorm (BLOOM), the final norm and the LM head.
+    /// </summary>
+    public static ModelEnds Take(ModelConfig config, TensorTable t, string embedding, string finalNorm, double eps, bool rms,
+        string? embeddingNorm = null)
+    {
+        long v = config.VocabSize, h = config.HiddenSize;
+        var embed = t.Take(embedding + ".weight", [v, h], TensorRole.Embedding);               // [V, H]
+        var embedNorm = embeddingNorm is null ? null : t.Norm(embeddingNorm, h, eps, rms);     // [H]
+        var final = t.Norm(finalNorm, h, eps, rms);                                            // [H]
+        var head = config.TieWordEmbeddings ? embed : t.Take("lm_head.weight", [v, h], TensorRole.Matrix); // [V, H]
+        return new ModelEnds(config, embed, embedNorm, final, head);
     }
 
     public ModelConfig Config { get; }

@@ -4,8 +4,8 @@ namespace PetalsSharp.Models.Lora;
 
 /// <summary>
 /// A per-request change to a block's linear layers, looked up by (block index, module path inside the block, e.g.
-/// <c>self_attn.q_proj</c>). A block asks for it through <see cref="DecoderBlock"/>'s <c>Linear</c> helper, so a
-/// family opts in by routing its projections through that helper and implementing <see cref="ILoraTargets"/>.
+/// <c>self_attn.q_proj</c>). Every block linear is a <see cref="BlockLinear"/>, which asks the step's adapter for its
+/// update.
 /// </summary>
 public interface ILinearAdapter
 {
@@ -21,8 +21,7 @@ public interface ILoraTargets
 {
     /// <summary>
     /// Module paths inside one block of <paramref name="config"/> (<c>self_attn.q_proj</c>,
-    /// <c>block_sparse_moe.experts.3.w1</c>), each with a <c>.weight [out, in]</c> tensor the block routes through
-    /// <see cref="DecoderBlock"/>'s <c>Linear</c> helper.
+    /// <c>block_sparse_moe.experts.3.w1</c>), each with a <c>.weight [out, in]</c> tensor of a <see cref="BlockLinear"/>.
     /// </summary>
     IReadOnlyList<string> LoraModules(ModelConfig config);
 }
