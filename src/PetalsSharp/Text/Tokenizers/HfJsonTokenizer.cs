@@ -129,6 +129,7 @@ public sealed class HfJsonTokenizer : ITextTokenizer
     public IReadOnlyList<int> Encode(string text, bool? addBos = null)
     {
         ArgumentNullException.ThrowIfNull(text);
+        text = UnicodeText.ReplaceLoneSurrogates(text);
         var ids = new List<int>();
         if ((addBos ?? AddBos) && BosId is int bos)
         {

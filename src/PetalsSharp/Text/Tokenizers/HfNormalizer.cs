@@ -55,7 +55,26 @@ internal abstract class HfNormalizer
 
     private sealed class ReplaceNormalizer(Regex pattern, string content) : HfNormalizer
     {
-        public override string Apply(string text) => pattern.Replace(text, content.Replace("$", "$$", StringComparison.Ordinal));
+        // Built from UnicodeText.Matches rather than Regex.Replace so that a regex pattern sees supplementary code
+        // points as HF does; the content is literal in HF, with no $-substitutions.
+        public override string Apply(string text)
+        {
+            StringBuilder? sb = null;
+            int last = 0;
+            foreach (var (index, length) in UnicodeText.Matches(pattern, text))
+            {
+                if (length == 0)
+                {
+                    continue;
+                }
+
+                sb ??= new StringBuilder(text.Length + content.Length);
+                sb.Append(text, last, index - last).Append(content);
+                last = index + length;
+            }
+
+            return sb is null ? text : sb.Append(text, last, text.Length - last).ToString();
+        }
     }
 
     private sealed class UnicodeNormalizer(NormalizationForm form) : HfNormalizer

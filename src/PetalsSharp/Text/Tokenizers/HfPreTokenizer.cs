@@ -47,7 +47,7 @@ internal abstract class HfPreTokenizer
                 }
 
                 var regex = HfJson.Pattern(e, file, "Split pre_tokenizer");
-                return new SplitPreTokenizer(p => regex.Matches(p).Select(m => (m.Index, m.Length)), Behavior(e, file, "Isolated"));
+                return new SplitPreTokenizer(p => UnicodeText.Matches(regex, p), Behavior(e, file, "Isolated"));
             case "Punctuation":
                 return new SplitPreTokenizer(p => SingleChars(p, IsPunctuation), Behavior(e, file, "Isolated"));
             case "Digits":
@@ -125,20 +125,20 @@ internal abstract class HfPreTokenizer
 
             // Isolated, as in HF: text the pattern skips would become its own piece (the pattern covers all text).
             int last = 0;
-            foreach (Match m in Gpt2Regex.Matches(piece))
+            foreach (var (index, length) in UnicodeText.Matches(Gpt2Regex, piece))
             {
-                if (m.Length == 0)
+                if (length == 0)
                 {
                     continue;
                 }
 
-                if (m.Index > last)
+                if (index > last)
                 {
-                    output.Add(ByteLevelAlphabet.Encode(piece[last..m.Index]));
+                    output.Add(ByteLevelAlphabet.Encode(piece[last..index]));
                 }
 
-                output.Add(ByteLevelAlphabet.Encode(m.Value));
-                last = m.Index + m.Length;
+                output.Add(ByteLevelAlphabet.Encode(piece.Substring(index, length)));
+                last = index + length;
             }
 
             if (last < piece.Length)

@@ -21,7 +21,7 @@ public interface ITextTokenizer
     bool AddBos { get; }
 
     /// <summary>Encodes <paramref name="text"/> into token ids.</summary>
-    /// <param name="text">The text to encode.</param>
+    /// <param name="text">The text to encode. Unpaired surrogates are encoded as U+FFFD.</param>
     /// <param name="addBos">
     /// Whether to prepend <see cref="BosId"/>; <c>null</c> uses <see cref="AddBos"/>.
     /// Ignored when the tokenizer has no BOS id.

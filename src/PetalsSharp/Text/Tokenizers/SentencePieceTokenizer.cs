@@ -84,6 +84,7 @@ public sealed class SentencePieceTokenizer : ITextTokenizer
     public IReadOnlyList<int> Encode(string text, bool? addBos = null)
     {
         ArgumentNullException.ThrowIfNull(text);
+        text = UnicodeText.ReplaceLoneSurrogates(text);
         var ids = new List<int>();
         if ((addBos ?? AddBos) && BosId is int bos)
         {
