@@ -115,7 +115,7 @@ public class HfTokenizersReferenceTests : IClassFixture<ReferenceTokenizers>
     {
         // The package ships only the linux-x64 build of the native library.
         Skip.IfNot(
-            OperatingSystem.IsLinux() && RuntimeInformation.ProcessArchitecture == Architecture.X64,
+            OperatingSystem.IsLinux() && RuntimeInformation.ProcessArchitecture == System.Runtime.InteropServices.Architecture.X64,
             "Tokenizers.DotNet is referenced for linux-x64 only");
         if (name != Stories260K)
         {
