@@ -1,6 +1,5 @@
 using System.Runtime.CompilerServices;
 using Microsoft.Extensions.AI;
-using PetalsSharp.Client;
 using PetalsSharp.Generation;
 using PetalsSharp.Models;
 using PetalsSharp.Text.Tokenizers;
@@ -38,8 +37,7 @@ public sealed class TextEngine(CausalLM model, string modelId)
     public async Task<TextCompletion> GenerateAsync(GenerationRequest request, CancellationToken cancellationToken = default)
     {
         var route = new RouteCapture();
-        var model = ModelFor(request, route);
-        var result = await model.GenerateAsync([request.PromptIds], request.Options, cancellationToken).ConfigureAwait(false);
+        var result = await Model.GenerateAsync([request.PromptIds], OptionsFor(request, route), cancellationToken).ConfigureAwait(false);
         var finish = result.FinishReasons[0] == FinishReason.Length ? ChatFinishReason.Length : ChatFinishReason.Stop;
         return new TextCompletion(result.Texts[0], finish, request.PromptIds.Count, result.NewTokens[0].Count, route.Line);
     }
@@ -52,10 +50,9 @@ public sealed class TextEngine(CausalLM model, string modelId)
         [EnumeratorCancellation] CancellationToken cancellationToken = default)
     {
         var route = new RouteCapture();
-        var model = ModelFor(request, route);
         var tokens = new List<int>();
         var text = new System.Text.StringBuilder();
-        await foreach (var step in model.StreamAsync([request.PromptIds], request.Options, cancellationToken).ConfigureAwait(false))
+        await foreach (var step in Model.StreamAsync([request.PromptIds], OptionsFor(request, route), cancellationToken).ConfigureAwait(false))
         {
             if (step.Tokens[0] is { } token) tokens.Add(token);
             text.Append(step.TextDeltas[0]);
@@ -97,26 +94,15 @@ public sealed class TextEngine(CausalLM model, string modelId)
     }
 
     /// <summary>
-    /// The model as this request sees it: a distributed model's blocks get the request's server lists and a route
-    /// callback through a routing view (sharing the connections); otherwise the model itself.
+    /// The generator options with this request's routing: server lists and adapter for its session, and a callback
+    /// that keeps the route line when it was asked for. A local model refuses server lists and adapters.
     /// </summary>
-    CausalLM ModelFor(GenerationRequest request, RouteCapture route)
+    static GenerationOptions OptionsFor(GenerationRequest request, RouteCapture route)
     {
         bool filtered = request.AllowedServers is not null || request.BlockedServers is not null || request.Adapter is not null;
-        if (Model.Blocks is not RemoteSequential remote)
-        {
-            if (filtered) throw new NotSupportedException($"{PetalsKeys.AllowedServers}, {PetalsKeys.BlockedServers} and {PetalsKeys.Adapter} need a distributed model");
-            return Model;
-        }
-        if (!filtered && !request.ShowRoute) return Model;
-        var print = remote.Options.OnRoute;
-        var view = remote.WithRouting(new RouteOverrides(request.AllowedServers, request.BlockedServers, line =>
-        {
-            if (request.ShowRoute) route.Line = line;
-            print?.Invoke(line);
-        }, request.Adapter));
-        // Not disposed: it would dispose the shared embeddings and head; the view itself owns nothing.
-        return new CausalLM(Model.Config, Model.Ends, view, Model.Tokenizer);
+        if (!filtered && !request.ShowRoute) return request.Options;
+        Action<string>? capture = request.ShowRoute ? line => route.Line = line : null;
+        return request.Options with { Routing = new RouteOverrides(request.AllowedServers, request.BlockedServers, capture, request.Adapter) };
     }
 
     sealed class RouteCapture

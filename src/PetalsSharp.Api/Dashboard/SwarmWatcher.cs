@@ -1,6 +1,6 @@
 using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Logging.Abstractions;
-using PetalsSharp.Client;
+using PetalsSharp.Swarm;
 using PetalsSharp.Dht;
 
 namespace PetalsSharp.Api.Dashboard;

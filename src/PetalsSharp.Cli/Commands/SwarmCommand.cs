@@ -1,7 +1,6 @@
 using System.CommandLine;
 using System.Text.Json;
 using System.Text.Json.Nodes;
-using PetalsSharp.Client;
 using PetalsSharp.Swarm;
 using Spectre.Console;
 

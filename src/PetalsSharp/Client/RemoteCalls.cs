@@ -17,7 +17,7 @@ internal static class RemoteCalls
         header.WithPrompts = prompts is not null;
         var reply = await CallAsync(server.Client.Forward(deadline: DateTime.UtcNow + options.RequestTimeout, cancellationToken: ct),
             header, [.. PromptsFirst(prompts), ("hidden", hidden)], ["hidden"], options).ConfigureAwait(false);
-        return Expect(TensorCodec.Decode(reply["hidden"], "hidden"), hidden.shape, server, "hidden");
+        return Expect(TensorCodec.Decode(reply["hidden"], "hidden"), hidden.shape, server, "hidden");   // [B, T, H]
     }
 
     /// <summary>Gradients of the hop's inputs, and of its deep prompts when <paramref name="prompts"/> were sent.</summary>
@@ -29,7 +29,7 @@ internal static class RemoteCalls
         string[] names = prompts is null ? ["grad_input"] : ["grad_input", "grad_prompts"];
         var reply = await CallAsync(server.Client.Backward(deadline: DateTime.UtcNow + options.RequestTimeout, cancellationToken: ct),
             header, [.. PromptsFirst(prompts), ("hidden", input), ("grad_output", gradOutput)], names, options).ConfigureAwait(false);
-        var gradInput = Expect(TensorCodec.Decode(reply["grad_input"], "grad_input"), input.shape, server, "grad_input");
+        var gradInput = Expect(TensorCodec.Decode(reply["grad_input"], "grad_input"), input.shape, server, "grad_input");   // [B, T, H]
         if (prompts is null) return (gradInput, null);
         try { return (gradInput, Expect(TensorCodec.Decode(reply["grad_prompts"], "grad_prompts"), prompts.shape, server, "grad_prompts")); }
         catch

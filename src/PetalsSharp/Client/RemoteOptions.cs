@@ -1,3 +1,5 @@
+using Microsoft.Extensions.Logging;
+using Microsoft.Extensions.Logging.Abstractions;
 using PetalsSharp.Wire;
 using PetalsSharp.Wire.V1;
 
@@ -56,16 +58,10 @@ public sealed record RemoteOptions
 
     /// <summary>Called with the <c>route: ...</c> line whenever a chain is chosen.</summary>
     public Action<string>? OnRoute { get; init; }
-}
 
-/// <summary>
-/// Routing that one view of a model (<see cref="RemoteSequential.WithRouting"/>) uses instead of its
-/// <see cref="RemoteOptions"/>: per-request server lists and route callback. Null members keep the options' values.
-/// </summary>
-public sealed record RouteOverrides(IReadOnlySet<string>? AllowedServers = null, IReadOnlySet<string>? BlockedServers = null,
-    Action<string>? OnRoute = null, string? Adapter = null)
-{
-    /// <summary>The options a call under these overrides uses: the pool's, with this request's adapter when it names one.</summary>
-    public static RemoteOptions Apply(RouteOverrides? routing, RemoteOptions options) =>
-        string.IsNullOrEmpty(routing?.Adapter) ? options : options with { ActiveAdapter = routing.Adapter };
+    /// <summary>
+    /// Where the client reports what it recovers from on its own: failed servers it bans, failovers, and background
+    /// refreshes that fail (the next period tries again). Nothing is logged by default.
+    /// </summary>
+    public ILogger Logger { get; init; } = NullLogger.Instance;
 }

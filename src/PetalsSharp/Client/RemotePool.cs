@@ -1,4 +1,5 @@
 using System.Collections.Concurrent;
+using Microsoft.Extensions.Logging;
 using PetalsSharp.Models;
 using PetalsSharp.Swarm;
 
@@ -8,7 +9,7 @@ namespace PetalsSharp.Client;
 /// The servers a remote stack (and its slices) may use: their connections, temporary bans of servers that failed,
 /// and, for a DHT-backed pool, a way to discover more. Chains are planned from a snapshot of the usable servers.
 /// </summary>
-internal sealed class RemotePool : IDisposable
+internal sealed class RemotePool : IDisposable, IAsyncDisposable
 {
     readonly ConcurrentDictionary<string, ServerConnection> _servers = new();
     // Connections the swarm stopped listing as they were; open sessions may still run on them until the pool ends.
@@ -57,7 +58,7 @@ internal sealed class RemotePool : IDisposable
         var errors = await pool.AddAsync(addresses, ct).ConfigureAwait(false);
         if (pool._servers.IsEmpty)
         {
-            pool.Dispose();
+            await pool.DisposeAsync().ConfigureAwait(false);
             throw errors.Count == 1 ? errors[0] : new AggregateException("no server could be reached", errors);
         }
         if (options.RefreshPeriod > TimeSpan.Zero) pool._refresh = pool.RefreshLoopAsync(options.RefreshPeriod);
@@ -92,8 +93,9 @@ internal sealed class RemotePool : IDisposable
     }
 
     /// <summary>Bans a failed server for 15 s, doubling with every consecutive failure (capped at 5 min).</summary>
-    public void Ban(string address)
+    public void Ban(string address, Exception? cause = null)
     {
+        Options.Logger.LogWarning("server {Address} failed, banning it for a while: {Message}", address, cause?.Message ?? "no answer");
         lock (_memory)
         {
             _bans = (_bans with { BaseDuration = Options.BanTime }).Ban(address, DateTimeOffset.UtcNow);
@@ -122,7 +124,7 @@ internal sealed class RemotePool : IDisposable
     public Task PingAllAsync(CancellationToken ct) => Task.WhenAll(_servers.Values.Select(async s =>
     {
         try { ObserveRtt(s.Address, (await s.PingAsync(ct).ConfigureAwait(false)).TotalSeconds); }
-        catch (Exception e) when (RemoteRange.IsServerFailure(e)) { Ban(s.Address); }
+        catch (Exception e) when (Retries.IsServerFailure(e)) { Ban(s.Address, e); }
     }));
 
     /// <summary>Reads the swarm again: connects to new servers and keeps what each measured to its successors.</summary>
@@ -172,7 +174,11 @@ internal sealed class RemotePool : IDisposable
                     if (_discover is not null) await DiscoverAsync(_stop.Token).ConfigureAwait(false);
                     await PingAllAsync(_stop.Token).ConfigureAwait(false);
                 }
-                catch (Exception e) when (e is not OperationCanceledException) { /* the next period tries again */ }
+                catch (Exception e) when (e is not OperationCanceledException)
+                {
+                    // Planning still works on what is known; the next period tries again.
+                    Options.Logger.LogWarning(e, "refreshing the swarm's servers failed; retrying in {Period} s", period.TotalSeconds);
+                }
             }
         }
         catch (OperationCanceledException) { }
@@ -190,7 +196,7 @@ internal sealed class RemotePool : IDisposable
                 CacheTokensNeeded = cacheTokensNeeded,
                 AllowedPeers = routing?.AllowedServers ?? Options.AllowedServers,
                 BlockedPeers = routing?.BlockedServers ?? Options.BlockedServers,
-                Adapter = RouteOverrides.Apply(routing, Options).ActiveAdapter is { Length: > 0 } adapter ? adapter : null,
+                Adapter = (string.IsNullOrEmpty(routing?.Adapter) ? Options.ActiveAdapter : routing.Adapter) is { Length: > 0 } adapter ? adapter : null,
             };
     }
 
@@ -214,6 +220,26 @@ internal sealed class RemotePool : IDisposable
         return Plan(start, end, cacheTokensNeeded, forInference, routing);
     }
 
+    /// <summary>
+    /// Plans <c>[start, end)</c> again after a failure, as retry <paramref name="retry"/> (1-based). Right after a
+    /// failure the blocks may be uncovered for a while (a server is moving in), so an uncovered range is waited for
+    /// with backoff, each wait counting as a retry, until <see cref="RemoteOptions.MaxRetries"/>. Returns the chain
+    /// and the retry that found it.
+    /// </summary>
+    /// <exception cref="SwarmException">The range was still uncovered at the last retry.</exception>
+    public async Task<(IReadOnlyList<ChainHop> Chain, int Retry)> ReplanAsync(int start, int end, int retry, CancellationToken ct,
+        long? cacheTokensNeeded = null, bool forInference = true, RouteOverrides? routing = null)
+    {
+        for (; ; retry++)
+        {
+            try { return (await PlanAsync(start, end, ct, cacheTokensNeeded, forInference, routing).ConfigureAwait(false), retry); }
+            catch (SwarmException) when (retry < Options.MaxRetries)
+            {
+                await Task.Delay(Retries.Backoff(Options, retry + 1), ct).ConfigureAwait(false);
+            }
+        }
+    }
+
     /// <summary>The chain that would be planned now, without discovery (synchronous, for opening sessions).</summary>
     public IReadOnlyList<ChainHop> Plan(int start, int end, long? cacheTokensNeeded = null, bool forInference = true,
         RouteOverrides? routing = null)
@@ -224,9 +250,6 @@ internal sealed class RemotePool : IDisposable
     }
 
     /// <summary>Something whose life ends with the pool (the client's DHT node).</summary>
-    /// <summary>Where route lines go: the overrides' callback, else the options'.</summary>
-    public Action<string>? OnRoute(RouteOverrides? routing) => routing?.OnRoute ?? Options.OnRoute;
-
     public void Own(IAsyncDisposable resource) => _owned = resource;
 
     public void Dispose()
@@ -234,10 +257,28 @@ internal sealed class RemotePool : IDisposable
         _stop.Cancel();
         try { _refresh?.Wait(TimeSpan.FromSeconds(5)); }
         catch (AggregateException) { /* a refresh that failed while stopping changes nothing */ }
+        CloseConnections();
+        // The owned DHT node only stops asynchronously; a synchronous Dispose has to wait for it.
+        _owned?.DisposeAsync().AsTask().GetAwaiter().GetResult();
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        _stop.Cancel();
+        if (_refresh is not null)
+        {
+            try { await _refresh.WaitAsync(TimeSpan.FromSeconds(5)).ConfigureAwait(false); }
+            catch (Exception e) when (e is TimeoutException or OperationCanceledException) { /* stopping anyway */ }
+        }
+        CloseConnections();
+        if (_owned is not null) await _owned.DisposeAsync().ConfigureAwait(false);
+    }
+
+    void CloseConnections()
+    {
         _stop.Dispose();
         foreach (var s in _servers.Values.Concat(_retired)) s.Dispose();
         _servers.Clear();
         _retired.Clear();
-        _owned?.DisposeAsync().AsTask().GetAwaiter().GetResult();
     }
 }

@@ -43,27 +43,11 @@ public sealed class ServerConnection : IDisposable
         Throughput: 0, InferenceRps: 0, Info.CacheTokensLeft, "", Info.WeightsDtype, Info.SoftwareVersion, Info.WeightsFingerprint,
         ServerInfo.ReadAdapters(Info.Adapters), DateTimeOffset.MaxValue);
 
-    /// <summary>HTTP/2 without TLS, large messages both ways, and fast first reconnects.</summary>
-    public static GrpcChannel CreateChannel(string address, int maxMessageBytes) =>
-        GrpcChannel.ForAddress(address.Contains("://") ? address : "http://" + address, new GrpcChannelOptions
-        {
-            MaxReceiveMessageSize = maxMessageBytes,
-            MaxSendMessageSize = maxMessageBytes,
-            InitialReconnectBackoff = TimeSpan.FromMilliseconds(50),
-            HttpHandler = new SocketsHttpHandler
-            {
-                EnableMultipleHttp2Connections = true,
-                ConnectTimeout = TimeSpan.FromSeconds(5),
-                KeepAlivePingDelay = TimeSpan.FromSeconds(30),
-                KeepAlivePingTimeout = TimeSpan.FromSeconds(20),
-            },
-        });
-
     /// <summary>Connects, asks Info and checks that the server serves this model with a compatible protocol.</summary>
     public static async Task<ServerConnection> ConnectAsync(string address, ModelConfig config, RemoteOptions options,
         CancellationToken cancellationToken = default)
     {
-        var channel = CreateChannel(address, options.MaxMessageBytes);
+        var channel = PeerChannels.Create(address, new PeerChannelOptions(options.MaxMessageBytes));
         try
         {
             var client = new BlockService.BlockServiceClient(PetalsSharp.Dht.SwarmAuth.Apply(channel, options.SwarmKey));

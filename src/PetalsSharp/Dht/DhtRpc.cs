@@ -11,7 +11,7 @@ namespace PetalsSharp.Dht;
 /// </summary>
 sealed class DhtRpc(NodeIdentity identity, Func<V1.Contact> self, SwarmKey? swarmKey, TimeSpan timeout)
 {
-    DhtService.DhtServiceClient Client(string address) => new(SwarmAuth.Apply(DhtChannels.Get(address), swarmKey));
+    DhtService.DhtServiceClient Client(string address) => new(SwarmAuth.Apply(DhtChannels.Shared.Get(address), swarmKey));
 
     static ByteString Nonce() => ByteString.CopyFrom(RandomNumberGenerator.GetBytes(16));
 

@@ -1,7 +1,6 @@
-using System.Collections.Concurrent;
 using System.Text;
 using Google.Protobuf;
-using Grpc.Net.Client;
+using PetalsSharp.Wire;
 
 namespace PetalsSharp.Dht;
 
@@ -49,49 +48,16 @@ static class DhtWire
 }
 
 /// <summary>
-/// One HTTP/2 channel per peer address, shared by every node of the process (tests run dozens of nodes in one
-/// process; sharing keeps it to one connection per peer). Authentication is per call, so sharing is safe. Peers
-/// come and go (and replies may name addresses that never answer), so channels idle for a while are dropped once
-/// the cache grows large.
+/// The channels of every DHT node of the process: tests run dozens of nodes in one process, and sharing keeps it to
+/// one connection per peer. Shorter timeouts than block servers': a DHT call that waits long is better sent elsewhere.
 /// </summary>
 static class DhtChannels
 {
-    const int SweepAbove = 1024;
-    static readonly TimeSpan IdleAfter = TimeSpan.FromMinutes(5);
-    static readonly ConcurrentDictionary<string, (GrpcChannel Channel, long LastUsedTicks)> Channels = new(StringComparer.OrdinalIgnoreCase);
-
-    public static GrpcChannel Get(string address)
+    public static readonly PeerChannels Shared = new(new PeerChannelOptions(DhtLimits.MaxMessageBytes)
     {
-        long now = Environment.TickCount64;
-        var entry = Channels.AddOrUpdate(address, a => (Create(a), now), (_, e) => (e.Channel, now));
-        if (Channels.Count > SweepAbove) Sweep(now);
-        return entry.Channel;
-    }
-
-    static void Sweep(long now)
-    {
-        foreach (var (address, entry) in Channels)
-        {
-            if (now - entry.LastUsedTicks < IdleAfter.TotalMilliseconds || !Channels.TryRemove(new(address, entry))) continue;
-            // Calls have 2 s deadlines: disposing a little later cannot cut one short.
-            _ = Task.Delay(TimeSpan.FromSeconds(30)).ContinueWith(_ => entry.Channel.Dispose(), TaskScheduler.Default);
-        }
-    }
-
-    // Same settings as Client/ServerConnection.CreateChannel: large messages both ways, fast first reconnects
-    // (the default backoff makes the first call after a peer starts wait about a second).
-    static GrpcChannel Create(string address) => GrpcChannel.ForAddress("http://" + address, new GrpcChannelOptions
-    {
-        MaxReceiveMessageSize = DhtLimits.MaxMessageBytes,
-        MaxSendMessageSize = DhtLimits.MaxMessageBytes,
-        InitialReconnectBackoff = TimeSpan.FromMilliseconds(50),
+        ConnectTimeout = TimeSpan.FromSeconds(3),
         MaxReconnectBackoff = TimeSpan.FromSeconds(2),
-        HttpHandler = new SocketsHttpHandler
-        {
-            ConnectTimeout = TimeSpan.FromSeconds(3),
-            PooledConnectionIdleTimeout = TimeSpan.FromMinutes(2),
-            KeepAlivePingDelay = TimeSpan.FromSeconds(30),
-            KeepAlivePingTimeout = TimeSpan.FromSeconds(20),
-        },
+        PooledConnectionIdleTimeout = TimeSpan.FromMinutes(2),
+        MultipleHttp2Connections = false,
     });
 }

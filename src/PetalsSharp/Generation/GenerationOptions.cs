@@ -1,3 +1,4 @@
+using PetalsSharp.Models;
 using static TorchSharp.torch;
 
 namespace PetalsSharp.Generation;
@@ -47,6 +48,12 @@ public sealed record GenerationOptions
 
     /// <summary>A fine-tuned model's prompts and head (see <c>Training.TunedModel.ForGeneration</c>), or null.</summary>
     public GenerationTuning? Tuning { get; init; }
+
+    /// <summary>
+    /// Routing of the generation's inference session (one request's server lists, adapter and route callback) instead
+    /// of the model's; server lists and adapters need a distributed model.
+    /// </summary>
+    public RouteOverrides? Routing { get; init; }
 
     public void Validate(int numLayers)
     {

@@ -17,6 +17,18 @@ public interface IBlockStack : IDisposable
     /// </summary>
     Tensor Forward(Tensor hidden, ForwardOptions? options = null);
 
+    /// <summary>
+    /// <see cref="Forward"/> for callers that can await: a remote stack waits for its servers without holding a
+    /// thread, and stops waiting when <paramref name="cancellationToken"/> fires. A local stack computes in place.
+    /// </summary>
+    ValueTask<Tensor> ForwardAsync(Tensor hidden, ForwardOptions? options = null, CancellationToken cancellationToken = default);
+
+    /// <summary>
+    /// <c>loss.backward()</c> through these blocks, throwing when a part of it failed: a remote stack's servers run
+    /// its backward, and libtorch cannot carry an exception out of an autograd node, so the failure is raised here.
+    /// </summary>
+    void Backward(Tensor loss);
+
     /// <summary>Opens an inference session that keeps a KV cache for every block of the stack.</summary>
     IBlockSession OpenSession(SessionOptions options);
 }
@@ -46,6 +58,27 @@ public sealed record SessionOptions(int Batch, int MaxLength, IReadOnlyList<int>
 {
     /// <summary>Server-side adapter applied at every step (local stacks only); null = base weights.</summary>
     public Lora.ILinearAdapter? Adapter { get; init; }
+
+    /// <summary>
+    /// This session's routing (say, one request's server lists and route callback) instead of the stack's. Server
+    /// lists and adapters need a distributed stack; a local one refuses them.
+    /// </summary>
+    public RouteOverrides? Routing { get; init; }
+}
+
+/// <summary>
+/// Routing that one view of a distributed model or one session uses instead of the client's options: server lists,
+/// a server-side adapter, and a route callback. Null members keep the options' values.
+/// </summary>
+/// <param name="AllowedServers">Use only these servers (addresses or peer ids).</param>
+/// <param name="BlockedServers">Never use these servers.</param>
+/// <param name="OnRoute">Also called with the <c>route: ...</c> line (besides the options' callback) whenever a chain is chosen.</param>
+/// <param name="Adapter">Server-side LoRA adapter by name; only servers that announce it are routed through.</param>
+public sealed record RouteOverrides(IReadOnlySet<string>? AllowedServers = null, IReadOnlySet<string>? BlockedServers = null,
+    Action<string>? OnRoute = null, string? Adapter = null)
+{
+    /// <summary>Whether these overrides change which servers are used (as opposed to only observing the route).</summary>
+    public bool ChoosesServers => AllowedServers is not null || BlockedServers is not null || Adapter is not null;
 }
 
 /// <summary>Options of one inference step.</summary>
@@ -56,8 +89,11 @@ public sealed record SessionOptions(int Batch, int MaxLength, IReadOnlyList<int>
 public sealed record StepOptions(Tensor? HypoIds = null, int? StartFromPosition = null, Action<int, Tensor>? OnBlockOutput = null,
     Tensor? Prompts = null);
 
-/// <summary>An inference session over a block stack: each step feeds new hidden states and keeps the cache.</summary>
-public interface IBlockSession : IDisposable
+/// <summary>
+/// An inference session over a block stack: each step feeds new hidden states and keeps the cache. Prefer
+/// <c>await using</c>: a remote session closes its streams to the servers asynchronously.
+/// </summary>
+public interface IBlockSession : IDisposable, IAsyncDisposable
 {
     /// <summary>Tokens already in the cache.</summary>
     int Position { get; }

@@ -29,11 +29,17 @@ public sealed class LocalBlockStack : IBlockStack
 
     public Tensor Forward(Tensor hidden, ForwardOptions? options = null)
     {
-        CheckHidden(hidden, Config);
+        StepChecks.Hidden(hidden, Config);
         using var scope = NewDisposeScope();
         if (options?.Prompts is { } prompts) BlockPrompts.Check(prompts, _blocks.Length, hidden);
         var ctx = new StepContext((int)hidden.shape[0], (int)hidden.shape[1], 0, options?.LeftPadding, hidden.device) { Adapter = options?.Adapter };
         return Run(hidden, ctx, null, options?.OnBlockOutput, options?.Prompts).MoveToOuterDisposeScope();
+    }
+
+    public ValueTask<Tensor> ForwardAsync(Tensor hidden, ForwardOptions? options = null, CancellationToken cancellationToken = default)
+    {
+        cancellationToken.ThrowIfCancellationRequested();
+        return ValueTask.FromResult(Forward(hidden, options));
     }
 
     /// <summary>Runs the blocks; <paramref name="caches"/> is null for a cache-free pass.</summary>
@@ -49,7 +55,15 @@ public sealed class LocalBlockStack : IBlockStack
         return h;
     }
 
-    public IBlockSession OpenSession(SessionOptions options) => new LocalBlockSession(this, options);
+    /// <summary><c>loss.backward()</c>: local blocks are ordinary autograd nodes.</summary>
+    public void Backward(Tensor loss) => loss.backward();
+
+    public IBlockSession OpenSession(SessionOptions options)
+    {
+        if (options.Routing is { ChoosesServers: true })
+            throw new NotSupportedException("server lists and server-side adapters need a distributed model; these blocks run in this process");
+        return new LocalBlockSession(this, options);
+    }
 
     /// <summary>
     /// Blocks <c>[start, end)</c> (absolute indices) as a stack that shares these blocks; disposing the slice
@@ -72,14 +86,6 @@ public sealed class LocalBlockStack : IBlockStack
         _ => throw new ArgumentException($"unsupported cache dtype {t}"),
     };
 
-    internal static void CheckHidden(Tensor hidden, ModelConfig config)
-    {
-        if (hidden.dim() != 3 || hidden.shape[2] != config.HiddenSize)
-            throw new ArgumentException($"hidden states must be [batch, seq, {config.HiddenSize}], got [{string.Join(", ", hidden.shape)}]");
-        if (!hidden.is_floating_point())
-            throw new ArgumentException($"hidden states must be floating point, got {hidden.dtype}");
-    }
-
     public void Dispose()
     {
         if (_ownsBlocks) foreach (var b in _blocks) b.Dispose();
@@ -94,8 +100,7 @@ public sealed class LocalBlockSession : IBlockSession
 
     public LocalBlockSession(LocalBlockStack stack, SessionOptions options)
     {
-        if (options.Batch <= 0) throw new ArgumentOutOfRangeException(nameof(options), "batch must be positive");
-        if (options.MaxLength <= 0) throw new ArgumentOutOfRangeException(nameof(options), "max length must be positive");
+        StepChecks.Session(options);
         _stack = stack;
         Options = options;
         var dtype = ScalarType.Float32;
@@ -117,15 +122,8 @@ public sealed class LocalBlockSession : IBlockSession
 
     public Tensor Step(Tensor hidden, StepOptions? options = null)
     {
-        LocalBlockStack.CheckHidden(hidden, _stack.Config);
-        if (hidden.shape[0] != Options.Batch)
-            throw new ArgumentException($"step has {hidden.shape[0]} rows, the session was opened for {Options.Batch}");
-        var start = options?.StartFromPosition ?? Position;
-        if (start < 0 || start > Position)
-            throw new ArgumentOutOfRangeException(nameof(options), $"start_from_position {start} is outside [0, {Position}]");
+        var start = StepChecks.Step(hidden, options, Options, Position, _stack.Config);
         var t = (int)hidden.shape[1];
-        if (start + t > Options.MaxLength)
-            throw new ArgumentException($"session max length {Options.MaxLength} exceeded: {start} + {t} tokens");
         if (options?.HypoIds is { } hypo)
         {
             if (hypo.dim() != 1 || hypo.shape[0] != Options.Batch)
@@ -143,5 +141,11 @@ public sealed class LocalBlockSession : IBlockSession
     public void Dispose()
     {
         foreach (var c in _caches) c.Dispose();
+    }
+
+    public ValueTask DisposeAsync()
+    {
+        Dispose();
+        return ValueTask.CompletedTask;
     }
 }

@@ -21,7 +21,7 @@ internal sealed class Announcer(BlockServer server, DhtNode dht, ILogger logger)
     (int Start, int End, ServerState State) _current = (0, 0, ServerState.Joining);
     DateTimeOffset _currentExpiration;
     Task? _loop;
-    readonly NextPinger _pinger = new(server.Options);
+    readonly NextPinger _pinger = new(server.Options, server.Peers);
     IReadOnlyDictionary<string, double> _nextPings = new Dictionary<string, double>();
 
     public ServerState State => _current.State;
@@ -139,7 +139,6 @@ internal sealed class Announcer(BlockServer server, DhtNode dht, ILogger logger)
     public async ValueTask DisposeAsync()
     {
         _stop.Cancel();
-        _pinger.Dispose();
         if (_loop is not null) await _loop;
         var (start, end, _) = _current;
         _current = (start, end, ServerState.Offline);

@@ -1,7 +1,6 @@
 using Grpc.Core;
 using Microsoft.AspNetCore.Builder;
 using Microsoft.Extensions.Logging;
-using PetalsSharp.Client;
 using PetalsSharp.Swarm;
 using PetalsSharp.Wire.V1;
 

@@ -7,6 +7,7 @@ using Microsoft.Extensions.Hosting;
 using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Logging.Abstractions;
 using PetalsSharp.Models;
+using PetalsSharp.Wire;
 using static TorchSharp.torch;
 
 namespace PetalsSharp.Server;
@@ -46,7 +47,8 @@ public sealed partial class BlockServer : IAsyncDisposable
         MaxSessionLength = options.ResolveMaxSessionLength(Config);
         Scheduler = new ComputeScheduler();
         RequestMemory = new RequestMemory(options.MaxRequestMemoryBytes);
-        Inboxes = new SessionInboxes(options, _logger);
+        Peers = new PeerChannels(new PeerChannelOptions(options.MaxMessageBytes));
+        Inboxes = new SessionInboxes(options, Peers, _logger);
         Metrics = new ServerMetrics(this);
     }
 
@@ -158,6 +160,9 @@ public sealed partial class BlockServer : IAsyncDisposable
     internal ServedSpan? Current => Volatile.Read(ref _span);
     internal ComputeScheduler Scheduler { get; }
     internal SessionInboxes Inboxes { get; }
+
+    /// <summary>Channels to other servers (push targets, next-ping targets), one per address.</summary>
+    internal PeerChannels Peers { get; }
     internal CancellationToken Stopping => _stopping.Token;
     internal void SessionOpened() => Interlocked.Increment(ref _activeSessions);
     internal void SessionClosed() => Interlocked.Decrement(ref _activeSessions);
@@ -254,7 +259,7 @@ public sealed partial class BlockServer : IAsyncDisposable
         if (Interlocked.Exchange(ref _disposed, 1) != 0) return;
         await StopAsync();
         Scheduler.Dispose();
-        Inboxes.Dispose();
+        Peers.Dispose();
         Current?.Stack.Dispose();
         Adapters.Dispose();
         _checkpoint.Dispose();

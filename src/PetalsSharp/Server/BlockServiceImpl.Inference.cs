@@ -141,12 +141,12 @@ public sealed partial class BlockServiceImpl
                     $"step_id '{Clip(step.StepId)}' was already applied and is not the last step; a step is never applied twice");
 
             long maxElements = (long)batch * open.MaxLength * HiddenSize;
-            using var hidden = RequestValidator.DecodeHidden(step.Hidden, "hidden", HiddenSize, maxElements, allowEmptySequence: true);
+            using var hidden = RequestValidator.DecodeHidden(step.Hidden, "hidden", HiddenSize, maxElements, allowEmptySequence: true);  // [B, T, H]
             if (hidden.shape[0] != batch)
                 throw new WireException($"hidden: batch {hidden.shape[0]} does not match the session's batch {batch}");
             int tokens = (int)hidden.shape[1];
-            using var hypoIds = RequestValidator.DecodeHypoIds(step.HypoIds, batch);
-            using var prompts = PromptValidator.Decode(step.Prompts, open.EndBlock - open.StartBlock, batch, tokens, HiddenSize, maxElements);
+            using var hypoIds = RequestValidator.DecodeHypoIds(step.HypoIds, batch);                       // [B] int64, or null
+            using var prompts = PromptValidator.Decode(step.Prompts, open.EndBlock - open.StartBlock, batch, tokens, HiddenSize, maxElements);  // [blocks, B or 1, P, H]
             if (prompts is not null && step.NextServers.Count > 0)
                 throw new WireException("prompts: a step with deep prompts cannot be pushed (they belong to this server's blocks only)");
             int start = session.Position;
@@ -171,7 +171,7 @@ public sealed partial class BlockServiceImpl
                 {
                     using var scope = NewDisposeScope();
                     using var noGrad = no_grad();
-                    var result = session.Step(hidden, new StepOptions(hypoIds, step.HasStartFromPosition ? start : null, Prompts: prompts));
+                    var result = session.Step(hidden, new StepOptions(hypoIds, step.HasStartFromPosition ? start : null, Prompts: prompts));  // [B, T, H]
                     return TensorCodec.Encode(result, open.OutputCompression);
                 }, ct);
 
@@ -195,6 +195,7 @@ public sealed partial class BlockServiceImpl
         RequestValidator.CheckId(next.SessionId, "next_servers.session_id");
         RequestValidator.CheckId(next.StepId, "next_servers.step_id");
         if (next.Address.Length is 0 or > 256) throw new WireException("next_servers.address must be HOST:PORT");
+        // This hop's output [B, T, H] is the next hop's input; the cache rows move the same way on every hop.
         var pushed = new InferenceStep { StepId = next.StepId, Hidden = output, HypoIds = step.HypoIds };
         if (step.HasStartFromPosition) pushed.StartFromPosition = step.StartFromPosition;
         pushed.NextServers.AddRange(step.NextServers.Skip(1));

@@ -59,12 +59,12 @@ public sealed partial class BlockServiceImpl : BlockService.BlockServiceBase
     {
         using var memory = _server.RequestMemory.Open();
         var (header, tensors) = await ReadCallAsync(requestStream, ["hidden"], memory, ct);
-        using var hidden = RequestValidator.DecodeHidden(tensors["hidden"], "hidden", HiddenSize, MaxElements, allowEmptySequence: false);
-        using var prompts = DecodePrompts(tensors, header, hidden);
+        using var hidden = RequestValidator.DecodeHidden(tensors["hidden"], "hidden", HiddenSize, MaxElements, allowEmptySequence: false);  // [B, T, H]
+        using var prompts = DecodePrompts(tensors, header, hidden);                                  // [blocks, B or 1, P, H]
         var reply = await RunOnSpanAsync(header, hidden, (slice, padding, adapter) =>
         {
             using var noGrad = no_grad();
-            return [slice.Forward(hidden, new ForwardOptions(padding, Prompts: prompts) { Adapter = adapter })];
+            return [slice.Forward(hidden, new ForwardOptions(padding, Prompts: prompts) { Adapter = adapter })];   // [B, T, H]
         }, ct);
         await WriteChunksAsync(responseStream, "hidden", reply[0], ct);
     });
@@ -75,18 +75,19 @@ public sealed partial class BlockServiceImpl : BlockService.BlockServiceBase
     {
         using var memory = _server.RequestMemory.Open();
         var (header, tensors) = await ReadCallAsync(requestStream, ["hidden", "grad_output"], memory, ct);
-        using var hidden = RequestValidator.DecodeHidden(tensors["hidden"], "hidden", HiddenSize, MaxElements, allowEmptySequence: false);
-        using var gradOutput = RequestValidator.DecodeHidden(tensors["grad_output"], "grad_output", HiddenSize, MaxElements, allowEmptySequence: false);
+        using var hidden = RequestValidator.DecodeHidden(tensors["hidden"], "hidden", HiddenSize, MaxElements, allowEmptySequence: false);  // [B, T, H]
+        using var gradOutput = RequestValidator.DecodeHidden(tensors["grad_output"], "grad_output", HiddenSize, MaxElements, allowEmptySequence: false);  // [B, T, H]
         if (!hidden.shape.SequenceEqual(gradOutput.shape))
             throw new WireException($"grad_output: shape [{string.Join(", ", gradOutput.shape)}] differs from hidden [{string.Join(", ", hidden.shape)}]");
-        using var prompts = DecodePrompts(tensors, header, hidden);
+        using var prompts = DecodePrompts(tensors, header, hidden);                                  // [blocks, B or 1, P, H]
         var reply = await RunOnSpanAsync(header, hidden, (slice, padding, adapter) =>
         {
             // Servers keep no activations between calls (as in Petals): backward recomputes the forward pass.
             using var grad = enable_grad();
-            var input = hidden.detach().requires_grad_(true);
-            var p = prompts?.detach().requires_grad_(true);
-            var output = slice.Forward(input, new ForwardOptions(padding, Prompts: p) { Adapter = adapter });
+            var input = hidden.detach().requires_grad_(true);                                         // [B, T, H]
+            var p = prompts?.detach().requires_grad_(true);                                           // [blocks, B or 1, P, H]
+            var output = slice.Forward(input, new ForwardOptions(padding, Prompts: p) { Adapter = adapter });   // [B, T, H]
+            // grad_input [B, T, H], then grad_prompts [blocks, B or 1, P, H] when prompts came
             return autograd.grad([output], p is null ? [input] : [input, p], [gradOutput]).ToArray();
         }, ct);
         await WriteChunksAsync(responseStream, "grad_input", reply[0], ct);

@@ -1,9 +1,7 @@
-using System.Collections.Concurrent;
 using System.Diagnostics;
-using Grpc.Net.Client;
-using PetalsSharp.Client;
 using PetalsSharp.Dht;
 using PetalsSharp.Swarm;
+using PetalsSharp.Wire;
 using PetalsSharp.Wire.V1;
 
 namespace PetalsSharp.Server;
@@ -13,9 +11,9 @@ namespace PetalsSharp.Server;
 /// its span), so clients can weigh server-to-server hops (Petals' next_pings). Kept as a moving average by
 /// address, which is how clients know servers.
 /// </summary>
-internal sealed class NextPinger(ServerOptions options) : IDisposable
+internal sealed class NextPinger(ServerOptions options, PeerChannels peers)
 {
-    readonly ConcurrentDictionary<string, (GrpcChannel Channel, BlockService.BlockServiceClient Client)> _peers = new();
+    readonly Lock _lock = new();
     RttEstimator _rtts = RttEstimator.Empty;
 
     /// <summary>Pings every ONLINE server whose span holds block <paramref name="end"/>; returns address → seconds.</summary>
@@ -26,27 +24,18 @@ internal sealed class NextPinger(ServerOptions options) : IDisposable
         var next = snapshot.Online.Where(s => s.Start <= end && end < s.End && s.Address != self).Select(s => s.Address).Distinct().Take(8);
         await Task.WhenAll(next.Select(async address =>
         {
-            var client = _peers.GetOrAdd(address, a =>
-            {
-                var channel = ServerConnection.CreateChannel(a, options.MaxMessageBytes);
-                return (channel, new BlockService.BlockServiceClient(SwarmAuth.Apply(channel, options.SwarmKey)));
-            }).Client;
+            var client = new BlockService.BlockServiceClient(SwarmAuth.Apply(peers.Get(address), options.SwarmKey));
             var sw = Stopwatch.StartNew();
             try
             {
                 await client.InfoAsync(new InfoRequest(), deadline: DateTime.UtcNow.AddSeconds(2), cancellationToken: ct);
-                lock (_peers) _rtts = _rtts.Observe(address, sw.Elapsed.TotalSeconds, DateTimeOffset.UtcNow);
+                lock (_lock) _rtts = _rtts.Observe(address, sw.Elapsed.TotalSeconds, DateTimeOffset.UtcNow);
             }
             catch (Exception) when (!ct.IsCancellationRequested)
             {
-                lock (_peers) _rtts = _rtts.ObserveFailure(address, DateTimeOffset.UtcNow);
+                lock (_lock) _rtts = _rtts.ObserveFailure(address, DateTimeOffset.UtcNow);
             }
         }));
-        lock (_peers) return _rtts.Snapshot(DateTimeOffset.UtcNow);
-    }
-
-    public void Dispose()
-    {
-        foreach (var p in _peers.Values) p.Channel.Dispose();
+        lock (_lock) return _rtts.Snapshot(DateTimeOffset.UtcNow);
     }
 }

@@ -1,5 +1,4 @@
 using Microsoft.Extensions.Logging;
-using PetalsSharp.Client;
 using PetalsSharp.Dht;
 using PetalsSharp.Swarm;
 

@@ -1,8 +1,9 @@
 using System.Collections.Concurrent;
 using System.Threading.Channels;
 using Grpc.Core;
-using Grpc.Net.Client;
 using Microsoft.Extensions.Logging;
+using PetalsSharp.Dht;
+using PetalsSharp.Wire;
 using PetalsSharp.Wire.V1;
 
 namespace PetalsSharp.Server;
@@ -11,10 +12,9 @@ namespace PetalsSharp.Server;
 /// Open inference sessions by id, each with an inbox that merges the client's own messages and steps pushed by
 /// the previous server of the chain, and the outgoing side of push: channels to next servers.
 /// </summary>
-internal sealed class SessionInboxes(ServerOptions options, ILogger logger) : IDisposable
+internal sealed class SessionInboxes(ServerOptions options, PeerChannels peers, ILogger logger)
 {
     readonly ConcurrentDictionary<string, Channel<InferenceRequest>> _inboxes = new();
-    readonly ConcurrentDictionary<string, (GrpcChannel Channel, BlockService.BlockServiceClient Client)> _peers = new();
 
     /// <summary>A session's inbox: bounded, so neither a client nor a pushing server can queue without limit.</summary>
     public static Channel<InferenceRequest> CreateInbox() =>
@@ -50,11 +50,7 @@ internal sealed class SessionInboxes(ServerOptions options, ILogger logger) : ID
         {
             try
             {
-                var client = _peers.GetOrAdd(next.Address, a =>
-                {
-                    var channel = PetalsSharp.Client.ServerConnection.CreateChannel(a, options.MaxMessageBytes);
-                    return (channel, new BlockService.BlockServiceClient(PetalsSharp.Dht.SwarmAuth.Apply(channel, options.SwarmKey)));
-                }).Client;
+                var client = new BlockService.BlockServiceClient(SwarmAuth.Apply(peers.Get(next.Address), options.SwarmKey));
                 await client.PushAsync(new PushRequest { SessionId = next.SessionId, Step = step }, deadline: DateTime.UtcNow.AddSeconds(30));
             }
             catch (Exception e)
@@ -65,10 +61,4 @@ internal sealed class SessionInboxes(ServerOptions options, ILogger logger) : ID
     }
 
     static string Clip(string s) => s.Length <= 64 ? s : s[..64] + "...";
-
-    public void Dispose()
-    {
-        foreach (var p in _peers.Values) p.Channel.Dispose();
-        _peers.Clear();
-    }
 }

@@ -1,4 +1,3 @@
-using PetalsSharp.Client;
 using PetalsSharp.Models;
 using TorchSharp;
 using TorchSharp.Modules;
@@ -120,15 +119,8 @@ public sealed class TunedModel : nn.Module
         return F.cross_entropy(scores, targets, ignore_index: IgnoreIndex);
     }
 
-    /// <summary>
-    /// <c>loss.backward()</c>, surfacing a failed remote Backward as an exception (libtorch cannot carry one out of
-    /// an autograd node, see <see cref="RemoteSequential.Backward"/>).
-    /// </summary>
-    public void Backward(Tensor loss)
-    {
-        if (Model.Blocks is RemoteSequential remote) remote.Backward(loss);
-        else loss.backward();
-    }
+    /// <summary><c>loss.backward()</c>, surfacing a failed remote Backward as an exception (see <see cref="IBlockStack.Backward"/>).</summary>
+    public void Backward(Tensor loss) => Model.Blocks.Backward(loss);
 
     /// <summary>What generation needs to apply the tuning (values copied: later training does not change them).</summary>
     public Generation.GenerationTuning ForGeneration()

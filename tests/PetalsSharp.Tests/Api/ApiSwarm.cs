@@ -46,7 +46,7 @@ public sealed class ApiSwarm : IAsyncLifetime
         var left = new long[Servers.Length];
         for (int i = 0; i < Servers.Length; i++)
         {
-            using var channel = ServerConnection.CreateChannel(Servers[i].Address, Protocol.DefaultMaxMessageBytes);
+            using var channel = PeerChannels.Create(Servers[i].Address, new PeerChannelOptions(Protocol.DefaultMaxMessageBytes));
             left[i] = (await new BlockService.BlockServiceClient(channel).InfoAsync(new InfoRequest())).CacheTokensLeft;
         }
         return left;

@@ -1,5 +1,5 @@
 using Grpc.Core;
-using PetalsSharp.Client;
+using PetalsSharp.Swarm;
 using PetalsSharp.Dht;
 using PetalsSharp.Models;
 using PetalsSharp.Server;

@@ -1,9 +1,8 @@
 using Google.Protobuf;
 using PetalsSharp.Dht;
-using PetalsSharp.Swarm;
 using PetalsSharp.Wire.V1;
 
-namespace PetalsSharp.Client;
+namespace PetalsSharp.Swarm;
 
 /// <summary>Reads a model's swarm from the DHT into an immutable <see cref="SwarmSnapshot"/>.</summary>
 public static class SwarmReader
