@@ -68,6 +68,11 @@ public static class Cli
     /// <summary>Loads <c>--swarm-key FILE</c>, or null for a public swarm.</summary>
     public static Dht.SwarmKey? LoadSwarmKey(string? path) => path is null ? null : Dht.SwarmKey.Load(path);
 
+    /// <summary>The value of a <c>--join-timeout</c> option, in seconds.</summary>
+    public static TimeSpan JoinTimeout(double seconds) =>
+        double.IsFinite(seconds) && seconds is >= 0 and <= 86400 ? TimeSpan.FromSeconds(seconds)
+            : throw new CliException($"--join-timeout must be between 0 and 86400 seconds, not {seconds}");
+
     /// <summary>Parses <c>"1,2,3;4,5,6"</c>: rows split by ';', ids by ','.</summary>
     public static List<IReadOnlyList<int>> ParseInputIds(string text)
     {

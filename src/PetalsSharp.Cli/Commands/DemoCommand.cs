@@ -19,29 +19,37 @@ public static class DemoCommand
     public static Command Create()
     {
         var model = Cli.ModelOption(required: false);
-        model.Description = "Use this checkpoint folder instead of the built-in random-weight model";
-        var prompt = new Option<string>("--prompt", "-p") { Description = "Prompt", DefaultValueFactory = _ => "Once upon a time" };
-        var maxNew = new Option<int>("--max-new-tokens", "-n") { Description = "Tokens to generate", DefaultValueFactory = _ => 24 };
-        var servers = new Option<int>("--servers") { Description = "Server processes to start", DefaultValueFactory = _ => 3 };
-        var cmd = new Command("demo", "Run a local swarm (a DHT node and servers on 127.0.0.1) over a small built-in model and generate through it.\n\nExamples:\n  petals demo\n  petals demo --model ./stories260K --prompt \"Once upon a time\"")
+        model.Description = $"Use this checkpoint folder instead of the built-in {DemoModel.Name} model";
+        var prompt = new Option<string>("--prompt", "-p") { Description = "Prompt", DefaultValueFactory = _ => DemoModel.Prompt };
+        var maxNew = new Option<int>("--max-new-tokens", "-n") { Description = "Tokens to generate", DefaultValueFactory = _ => DemoModel.MaxNewTokens };
+        var temperature = new Option<double>("--temperature", "-t")
         {
-            model, prompt, maxNew, servers,
+            Description = "0 (the default) picks the most likely token each step; above 0 samples",
+            DefaultValueFactory = _ => 0,
+        };
+        var servers = new Option<int>("--servers") { Description = "Server processes to start", DefaultValueFactory = _ => 3 };
+        var cmd = new Command("demo", $"Run a local swarm (a DHT node and servers on 127.0.0.1) over a small built-in model ({DemoModel.Name}, trained on children's stories) and generate through it.\n\nExamples:\n  petals demo\n  petals demo --prompt \"The little dog\" --temperature 0.8\n  petals demo --model ./my-model --prompt \"Hello\"")
+        {
+            model, prompt, maxNew, temperature, servers,
         };
         cmd.SetAction(async (pr, ct) =>
         {
             var dir = pr.GetValue(model);
             if (dir is null)
             {
-                dir = EnsureBuiltInModel();
-                AnsiConsole.MarkupLine("[yellow]The built-in demo model has RANDOM weights: expect gibberish. Pass --model DIR for a real checkpoint.[/]");
+                dir = DemoModel.Ensure();
+                AnsiConsole.MarkupLine($"built-in model: [bold]{DemoModel.Name}[/] (llama2.c, MIT; license in {Markup.Escape(dir)})");
             }
             else dir = (await ModelSource.ResolveAsync(dir, PetalsSharp.Hub.WeightSelection.All, ct)).Directory;
-            return await RunSwarmAsync(Path.GetFullPath(dir), pr.GetValue(prompt)!, pr.GetValue(maxNew), pr.GetValue(servers), ct);
+            var t = pr.GetValue(temperature);
+            if (t < 0) throw new CliException("--temperature must not be negative");
+            var generation = new GenerationOptions { MaxNewTokens = pr.GetValue(maxNew), DoSample = t > 0, Temperature = t > 0 ? t : 1.0 };
+            return await RunSwarmAsync(Path.GetFullPath(dir), pr.GetValue(prompt)!, generation, pr.GetValue(servers), ct);
         });
         return cmd;
     }
 
-    static async Task<int> RunSwarmAsync(string dir, string prompt, int maxNew, int serverCount, CancellationToken ct)
+    static async Task<int> RunSwarmAsync(string dir, string prompt, GenerationOptions generation, int serverCount, CancellationToken ct)
     {
         var config = ModelConfigLoader.Load(dir);
         if (serverCount < 1 || serverCount > config.NumLayers) throw new CliException($"--servers must be in [1, {config.NumLayers}]");
@@ -70,14 +78,14 @@ public static class DemoCommand
             var started = DateTime.UtcNow;
             int tokens = 0;
             Console.Write(prompt);
-            await foreach (var step in lm.StreamAsync([prompt], new GenerationOptions { MaxNewTokens = maxNew }, ct))
+            await foreach (var step in lm.StreamAsync([prompt], generation, ct))
             {
                 Console.Write(step.TextDeltas[0]);
                 tokens++;
             }
             Console.WriteLine();
             var seconds = (DateTime.UtcNow - started).TotalSeconds;
-            AnsiConsole.MarkupLine($"[grey]{tokens} tokens in {seconds:F2} s ({tokens / Math.Max(seconds, 1e-9):F1} tok/s), greedy, through {serverCount} servers[/]");
+            AnsiConsole.MarkupLine($"[grey]{tokens} tokens in {seconds:F2} s ({tokens / Math.Max(seconds, 1e-9):F1} tok/s), {(generation.DoSample ? $"sampled at temperature {generation.Temperature}" : "greedy")}, through {serverCount} servers[/]");
         }
         finally
         {
@@ -90,30 +98,13 @@ public static class DemoCommand
 
     static async Task<SwarmSnapshot> WaitForCoverageAsync(DhtNode dht, string prefix, int blocks, int servers, CancellationToken ct)
     {
-        var deadline = DateTime.UtcNow.AddSeconds(60);
+        var deadline = DateTime.UtcNow.AddSeconds(120);
         while (true)
         {
             var snapshot = await SwarmReader.ReadAsync(dht, prefix, blocks, ct);
             if (snapshot.Online.Count >= servers && snapshot.Uncovered().Count == 0) return snapshot;
-            if (DateTime.UtcNow > deadline) throw new CliException($"servers did not announce themselves within 60 s ({snapshot.Online.Count}/{servers} online)");
+            if (DateTime.UtcNow > deadline) throw new CliException($"servers did not announce themselves within 120 s ({snapshot.Online.Count}/{servers} online)");
             await Task.Delay(200, ct);
         }
-    }
-
-    /// <summary>Creates the demo checkpoint once under the user's cache folder and reuses it afterwards.</summary>
-    public static string EnsureBuiltInModel()
-    {
-        var root = Environment.GetEnvironmentVariable("PETALS_CACHE")
-                   ?? Path.Combine(Environment.GetFolderPath(Environment.SpecialFolder.UserProfile), ".cache", "petals-sharp");
-        var dir = Path.Combine(root, "demo-llama-v1");
-        if (File.Exists(Path.Combine(dir, "model.safetensors")) && File.Exists(Path.Combine(dir, "tokenizer.json"))) return dir;
-        var tmp = dir + ".tmp-" + Environment.ProcessId;
-        var config = CreateModelCommand.BuildConfig("llama", hidden: 128, layers: 6, heads: 4, kvHeads: 2, intermediate: 352,
-            vocab: 50257, maxPositions: 1024, tie: true);
-        AnsiConsole.MarkupLine($"creating the built-in demo model in {Markup.Escape(dir)} ...");
-        CreateModelCommand.Write(config, tmp, seed: 7, TorchSharp.torch.ScalarType.Float32, quiet: true);
-        try { Directory.Move(tmp, dir); }
-        catch (IOException) when (Directory.Exists(dir)) { Directory.Delete(tmp, recursive: true); }
-        return dir;
     }
 }

@@ -122,10 +122,10 @@ public sealed partial class DhtNode
     async Task RefreshAsync(CancellationToken ct)
     {
         // A node that lost every contact (a network outage, all its peers restarted) would otherwise stay alone
-        // until someone happens to call it: join again through the initial peers.
+        // until someone happens to call it: join again through the initial peers. One attempt: this loop is the retry.
         if (_table.Count == 0 && _initialPeers.Length > 0)
         {
-            await BootstrapAsync(_initialPeers, ct).ConfigureAwait(false);
+            await JoinAsync(_initialPeers, TimeSpan.Zero, ct).ConfigureAwait(false);
             return;
         }
         var now = DateTimeOffset.UtcNow;

@@ -182,37 +182,6 @@ public sealed partial class DhtNode : IAsyncDisposable
     }
 
     /// <summary>
-    /// Joins the swarm through <paramref name="initialPeers"/> ("HOST:PORT", or "HOST:PORT/ID_HEX" to also check
-    /// the peer's id), then looks up its own id to fill its buckets. Throws when peers were given but none answered.
-    /// </summary>
-    public async Task BootstrapAsync(IEnumerable<string> initialPeers, CancellationToken cancellationToken = default)
-    {
-        var given = initialPeers.ToArray();
-        var peers = given.Select(DhtAddress.Parse).ToList();
-        if (given.Length > 0) _initialPeers = given;
-        var errors = new ConcurrentBag<string>();
-        int answered = 0;
-        await Task.WhenAll(peers.Select(async p =>
-        {
-            try
-            {
-                Seen(await _rpc.PingAsync(p.Address, p.Id, cancellationToken).ConfigureAwait(false));
-                Interlocked.Increment(ref answered);
-            }
-            catch (Exception e) when (e is Grpc.Core.RpcException or DhtException)
-            {
-                var why = $"{p.Address}: {(e is Grpc.Core.RpcException r ? $"{r.StatusCode} {r.Status.Detail}" : e.Message)}";
-                _log.LogWarning("initial peer did not answer: {Reason}", why);
-                errors.Add(why);
-            }
-        })).ConfigureAwait(false);
-        if (peers.Count > 0 && answered == 0)
-            throw new DhtException($"could not join the DHT: no initial peer answered ({string.Join("; ", errors)})");
-        await LookupAsync(Id, null, cancellationToken).ConfigureAwait(false);
-        _log.LogInformation("DHT node {Id} joined through {Answered}/{Peers} initial peers; {Contacts} contacts known", Id, answered, peers.Count, _table.Count);
-    }
-
-    /// <summary>
     /// Signs <paramref name="value"/> under <paramref name="key"/> with this node's key (subkey = its id) and stores
     /// it on the k closest nodes (and here if this node is one of them). The record is republished every
     /// RepublishPeriod until it expires or <see cref="Forget"/>. Returns how many nodes accepted it.

@@ -27,6 +27,13 @@ public sealed record DhtNodeOptions
     /// <summary>Deadline of one RPC; a peer slower than this counts as dead for that lookup.</summary>
     public TimeSpan RpcTimeout { get; init; } = TimeSpan.FromSeconds(2);
 
+    /// <summary>
+    /// How long joining (<see cref="DhtNode.BootstrapAsync"/>) keeps retrying initial peers that cannot be reached,
+    /// with exponential backoff and a longer RPC deadline on each attempt. Zero tries once. Peers that answer and
+    /// refuse (wrong swarm key, wrong id) fail at once whatever this is.
+    /// </summary>
+    public TimeSpan JoinTimeout { get; init; } = TimeSpan.FromSeconds(60);
+
     /// <summary>Latest expiration a stored record may have, measured from now.</summary>
     public TimeSpan MaxTtl { get; init; } = TimeSpan.FromHours(1);
 
@@ -60,6 +67,7 @@ public sealed record DhtNodeOptions
         if (MaxSubkeysPerKey is < 1 or > DhtLimits.MaxEntriesPerReply)
             throw new ArgumentException($"MaxSubkeysPerKey must be in 1..{DhtLimits.MaxEntriesPerReply}");
         if (MaxStoredBytes < 0) throw new ArgumentException("MaxStoredBytes must not be negative");
+        if (JoinTimeout < TimeSpan.Zero) throw new ArgumentException("JoinTimeout must not be negative");
         if (PublicAddress is not null && !DhtAddress.TryParse(PublicAddress, out _, out _))
             throw new ArgumentException($"public address '{PublicAddress}' is not HOST:PORT");
         foreach (var (name, value) in new[] { (nameof(RpcTimeout), RpcTimeout), (nameof(MaxTtl), MaxTtl), (nameof(RepublishPeriod), RepublishPeriod),

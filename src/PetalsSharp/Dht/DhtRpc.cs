@@ -15,7 +15,8 @@ sealed class DhtRpc(NodeIdentity identity, Func<V1.Contact> self, SwarmKey? swar
 
     static ByteString Nonce() => ByteString.CopyFrom(RandomNumberGenerator.GetBytes(16));
 
-    CallOptions Options(CancellationToken ct) => new(deadline: DateTime.UtcNow + timeout, cancellationToken: ct);
+    CallOptions Options(CancellationToken ct, TimeSpan? deadline = null) =>
+        new(deadline: DateTime.UtcNow + (deadline ?? timeout), cancellationToken: ct);
 
     /// <summary>The answering node as a contact reachable at <paramref name="address"/>, after checking its signature.</summary>
     Contact Verify(string method, string address, ByteString nonce, V1.Contact? responder, ByteString signature, NodeId? expected)
@@ -37,10 +38,11 @@ sealed class DhtRpc(NodeIdentity identity, Func<V1.Contact> self, SwarmKey? swar
         return nodes.Select(n => DhtWire.ParseContact(n, requireAddress: true)).OfType<Contact>().ToList();
     }
 
-    public async Task<Contact> PingAsync(string address, NodeId? expected, CancellationToken ct)
+    /// <summary>Pings <paramref name="address"/>; <paramref name="deadline"/> replaces the usual RPC timeout (joining waits longer).</summary>
+    public async Task<Contact> PingAsync(string address, NodeId? expected, CancellationToken ct, TimeSpan? deadline = null)
     {
         var nonce = Nonce();
-        var reply = await Client(address).PingAsync(new PingRequest { Sender = self(), Nonce = nonce }, Options(ct)).ConfigureAwait(false);
+        var reply = await Client(address).PingAsync(new PingRequest { Sender = self(), Nonce = nonce }, Options(ct, deadline)).ConfigureAwait(false);
         return Verify("Ping", address, nonce, reply.Responder, reply.Signature, expected);
     }
 

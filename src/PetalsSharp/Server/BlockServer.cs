@@ -199,6 +199,7 @@ public sealed partial class BlockServer : IAsyncDisposable
             _dht = PetalsSharp.Dht.DhtNode.Create(new PetalsSharp.Dht.DhtNodeOptions
             {
                 Host = Options.Host, Port = Options.Port, PublicAddress = Options.PublicAddress, SwarmKey = Options.SwarmKey,
+                JoinTimeout = Options.JoinTimeout,
                 Identity = Options.IdentityPath is null ? null : PetalsSharp.Dht.NodeIdentity.LoadOrCreate(Options.IdentityPath),
                 Logger = _loggerFactory.CreateLogger("petals.dht"),
             });

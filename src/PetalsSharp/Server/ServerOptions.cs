@@ -122,6 +122,9 @@ public sealed record ServerOptions
     /// <summary>Private swarm secret: only nodes with the same key can join, store or be served.</summary>
     public Dht.SwarmKey? SwarmKey { get; init; }
 
+    /// <summary>How long joining keeps retrying initial peers that cannot be reached (see <see cref="Dht.DhtNodeOptions.JoinTimeout"/>).</summary>
+    public TimeSpan JoinTimeout { get; init; } = TimeSpan.FromSeconds(60);
+
     /// <summary>How often the server re-announces itself; records expire after twice this.</summary>
     public TimeSpan UpdatePeriod { get; init; } = TimeSpan.FromSeconds(60);
 
@@ -186,6 +189,7 @@ public sealed record ServerOptions
         if (MaxRequestMemoryBytes <= 0) throw new ArgumentException("request memory limit must be positive");
         if (MaxMessageBytes < 1024) throw new ArgumentException($"max message bytes {MaxMessageBytes} is too small");
         if (MaxBatchSize < 1 || MaxRequestTokens < 1) throw new ArgumentException("batch and token limits must be positive");
+        if (JoinTimeout < TimeSpan.Zero) throw new ArgumentException("join timeout must not be negative");
         if (UpdatePeriod < TimeSpan.FromMilliseconds(100)) throw new ArgumentException("update period must be at least 0.1 s");
         if (NewSwarm && InitialPeers.Count > 0) throw new ArgumentException("--new-swarm starts a swarm alone: give it or --initial-peers, not both");
         if (ResolvedDhtPrefix.Length == 0 || ResolvedDhtPrefix.Contains('.') || ResolvedDhtPrefix.Contains(' '))

@@ -65,4 +65,21 @@ public sealed class DhtCliTests
         var help = await CliRunner.RunAsync("dht", "--help");
         Assert.Contains("initial peers: HOST:PORT/ID", help.Stdout);
     }
+
+    [Fact]
+    public async Task With_no_join_timeout_an_unreachable_peer_fails_after_one_try()
+    {
+        var listener = new System.Net.Sockets.TcpListener(System.Net.IPAddress.Loopback, 0);
+        listener.Start();
+        int closed = ((System.Net.IPEndPoint)listener.LocalEndpoint).Port;
+        listener.Stop();
+        var r = await CliRunner.RunAsync("dht", "--host", "127.0.0.1", "--port", "0", "--initial-peers", $"127.0.0.1:{closed}", "--join-timeout", "0");
+        Assert.NotEqual(0, r.ExitCode);
+        Assert.Contains($"could not join the DHT: no initial peer answered (127.0.0.1:{closed}: Unavailable", r.Stderr);
+        Assert.DoesNotContain("could not join the DHT yet", r.Stderr);   // no retry was scheduled
+
+        var negative = await CliRunner.RunAsync("dht", "--port", "0", "--join-timeout", "-1");
+        Assert.NotEqual(0, negative.ExitCode);
+        Assert.Contains("--join-timeout must be between 0 and 86400 seconds", negative.Stderr);
+    }
 }

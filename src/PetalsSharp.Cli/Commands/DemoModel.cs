@@ -1,0 +1,63 @@
+using System.Security.Cryptography;
+
+namespace PetalsSharp.Cli.Commands;
+
+/// <summary>
+/// The demo's built-in model: the trained "stories260K" from llama2.c (Andrej Karpathy, MIT License; its LICENSE is
+/// written beside the weights), embedded in petals.dll. Servers memory-map weights from a folder, so the files are
+/// written once under the cache and reused.
+/// </summary>
+public static class DemoModel
+{
+    /// <summary>The folder name, which is also the model's name in the DHT.</summary>
+    public const string Name = "stories260K";
+
+    /// <summary>The prompt whose greedy continuation is the one llama2.c documents for this model.</summary>
+    public const string Prompt = "Once upon a time";
+
+    /// <summary>Tokens in that documented continuation.</summary>
+    public const int MaxNewTokens = 40;
+
+    const string ResourcePrefix = "DemoModel/" + Name + "/";
+
+    /// <summary>The model folder in the cache, written from the embedded files if this build's copy is not there yet.</summary>
+    public static string Ensure()
+    {
+        var assembly = typeof(DemoModel).Assembly;
+        var names = assembly.GetManifestResourceNames().Where(n => n.StartsWith(ResourcePrefix, StringComparison.Ordinal))
+            .Order(StringComparer.Ordinal).ToList();
+        if (!names.Contains(ResourcePrefix + "model.safetensors"))
+            throw new CliException("this build of petals has no built-in demo model; pass --model DIR");
+        var files = names.Select(n => (Name: n[ResourcePrefix.Length..], Bytes: Read(assembly, n))).ToList();
+        // Named by content: another PetalsSharp version with other files never reads a stale or half-updated copy.
+        using var hash = IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
+        foreach (var (name, bytes) in files)
+        {
+            hash.AppendData(System.Text.Encoding.UTF8.GetBytes(name + "\n"));
+            hash.AppendData(bytes);
+        }
+        var version = Convert.ToHexStringLower(hash.GetHashAndReset())[..16];
+        var home = Path.Combine(CacheRoot(), "demo-models", version);
+        var dir = Path.Combine(home, Name);
+        if (File.Exists(Path.Combine(dir, "model.safetensors"))) return dir;
+
+        // Written aside and moved in whole, so a concurrent demo or an interrupted one never leaves a partial folder.
+        var tmp = $"{home}.tmp-{Environment.ProcessId}";
+        Directory.CreateDirectory(Path.Combine(tmp, Name));
+        foreach (var (name, bytes) in files) File.WriteAllBytes(Path.Combine(tmp, Name, name), bytes);
+        try { Directory.Move(tmp, home); }
+        catch (IOException) when (Directory.Exists(home)) { Directory.Delete(tmp, recursive: true); }
+        return dir;
+    }
+
+    static string CacheRoot() => Environment.GetEnvironmentVariable("PETALS_CACHE") is { Length: > 0 } env ? env
+        : Path.Combine(Environment.GetFolderPath(Environment.SpecialFolder.UserProfile), ".cache", "petals-sharp");
+
+    static byte[] Read(System.Reflection.Assembly assembly, string name)
+    {
+        using var stream = assembly.GetManifestResourceStream(name)!;
+        using var copy = new MemoryStream();
+        stream.CopyTo(copy);
+        return copy.ToArray();
+    }
+}
