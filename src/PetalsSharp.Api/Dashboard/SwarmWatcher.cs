@@ -1,7 +1,7 @@
 using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Logging.Abstractions;
-using PetalsSharp.Swarm;
 using PetalsSharp.Dht;
+using PetalsSharp.Swarm;
 
 namespace PetalsSharp.Api.Dashboard;
 

@@ -1,8 +1,8 @@
 using System.CommandLine;
-using PetalsSharp.Api.Chat;
-using PetalsSharp.Api.OpenAi;
-using PetalsSharp.Api.Dashboard;
 using Microsoft.Extensions.Hosting;
+using PetalsSharp.Api.Chat;
+using PetalsSharp.Api.Dashboard;
+using PetalsSharp.Api.OpenAi;
 
 namespace PetalsSharp.Cli.Commands;
 

@@ -92,7 +92,8 @@ internal sealed class GenerationRun
             throw new NotSupportedException(prefix == 0 ? "deep prompts need the prefix embeddings too"
                 : "deep prompts with prompts of unequal lengths (left padding) are not supported; generate them one at a time");
         var session = _model.Blocks.OpenSession(new SessionOptions(Batch, prefix + _promptLength + _o.MaxNewTokens,
-            _leftPad.Any(p => p > 0) ? _leftPad : null) { Routing = _o.Routing });
+            _leftPad.Any(p => p > 0) ? _leftPad : null)
+        { Routing = _o.Routing });
         await using var _ = session;
         var input = new long[Batch * _promptLength];
         for (int b = 0; b < Batch; b++)

@@ -45,8 +45,10 @@ public abstract record RotaryConfig : ModelConfig
             NumKvHeads = r.Int("num_key_value_heads", kvHeads ?? c.NumHeads),
             // transformers 4.45 derives Mixtral's head_dim; later versions read it when present, as Llama's does.
             HeadDim = r.Int("head_dim", c.HeadDim),
-            RmsNormEps = r.Double("rms_norm_eps", eps), RopeTheta = r.Double("rope_theta", theta),
-            RopeScaling = RopeScaling.Parse(r), HiddenAct = r.String("hidden_act") ?? "silu",
+            RmsNormEps = r.Double("rms_norm_eps", eps),
+            RopeTheta = r.Double("rope_theta", theta),
+            RopeScaling = RopeScaling.Parse(r),
+            HiddenAct = r.String("hidden_act") ?? "silu",
         });
     }
 }

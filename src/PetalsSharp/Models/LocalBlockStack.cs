@@ -82,7 +82,9 @@ public sealed class LocalBlockStack : IBlockStack
 
     static long ElementSize(ScalarType t) => t switch
     {
-        ScalarType.Float32 => 4, ScalarType.BFloat16 or ScalarType.Float16 => 2, ScalarType.Float64 => 8,
+        ScalarType.Float32 => 4,
+        ScalarType.BFloat16 or ScalarType.Float16 => 2,
+        ScalarType.Float64 => 8,
         _ => throw new ArgumentException($"unsupported cache dtype {t}"),
     };
 

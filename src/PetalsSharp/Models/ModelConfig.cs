@@ -66,11 +66,19 @@ public abstract record ModelConfig
         if (heads <= 0) throw new ConfigException($"{r.Source}: {(d.ShortNames ? "n_head" : "num_attention_heads")} must be positive");
         return (T)((ModelConfig)config with
         {
-            ModelType = d.ModelType, VocabSize = r.Int("vocab_size", d.Vocab), HiddenSize = hidden,
-            NumLayers = Short("n_layer") ?? r.Int("num_hidden_layers", d.Layers), NumHeads = heads, NumKvHeads = heads, HeadDim = hidden / heads,
-            MaxPositionEmbeddings = r.Int("max_position_embeddings", d.MaxPositions), TieWordEmbeddings = r.Bool("tie_word_embeddings", d.Tie),
-            BosTokenId = r.IntOrNull("bos_token_id") ?? d.Bos, EosTokenIds = r.Has("eos_token_id") ? r.IntList("eos_token_id") : [d.Eos],
-            PadTokenId = r.IntOrNull("pad_token_id"), TorchDtype = r.String("torch_dtype"),
+            ModelType = d.ModelType,
+            VocabSize = r.Int("vocab_size", d.Vocab),
+            HiddenSize = hidden,
+            NumLayers = Short("n_layer") ?? r.Int("num_hidden_layers", d.Layers),
+            NumHeads = heads,
+            NumKvHeads = heads,
+            HeadDim = hidden / heads,
+            MaxPositionEmbeddings = r.Int("max_position_embeddings", d.MaxPositions),
+            TieWordEmbeddings = r.Bool("tie_word_embeddings", d.Tie),
+            BosTokenId = r.IntOrNull("bos_token_id") ?? d.Bos,
+            EosTokenIds = r.Has("eos_token_id") ? r.IntList("eos_token_id") : [d.Eos],
+            PadTokenId = r.IntOrNull("pad_token_id"),
+            TorchDtype = r.String("torch_dtype"),
         });
     }
 
@@ -79,10 +87,17 @@ public abstract record ModelConfig
     /// </summary>
     internal static T FromShape<T>(T config, string modelType, ModelShape s) where T : ModelConfig => (T)((ModelConfig)config with
     {
-        ModelType = modelType, VocabSize = s.VocabSize, HiddenSize = s.HiddenSize, NumLayers = s.NumLayers,
-        NumHeads = s.NumHeads, NumKvHeads = s.NumKvHeads ?? s.NumHeads, HeadDim = s.HiddenSize / s.NumHeads,
-        MaxPositionEmbeddings = s.MaxPositions, TieWordEmbeddings = s.TieEmbeddings,
-        BosTokenId = s.SpecialTokenId, EosTokenIds = [s.SpecialTokenId],
+        ModelType = modelType,
+        VocabSize = s.VocabSize,
+        HiddenSize = s.HiddenSize,
+        NumLayers = s.NumLayers,
+        NumHeads = s.NumHeads,
+        NumKvHeads = s.NumKvHeads ?? s.NumHeads,
+        HeadDim = s.HiddenSize / s.NumHeads,
+        MaxPositionEmbeddings = s.MaxPositions,
+        TieWordEmbeddings = s.TieEmbeddings,
+        BosTokenId = s.SpecialTokenId,
+        EosTokenIds = [s.SpecialTokenId],
     });
 
     /// <summary>Query heads per KV head (1 for plain multi-head attention).</summary>

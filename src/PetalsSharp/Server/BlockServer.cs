@@ -141,7 +141,9 @@ public sealed partial class BlockServer : IAsyncDisposable
     /// <summary>"float32", "bfloat16" or "float16": how the weights are held.</summary>
     public string WeightsDtypeName => Options.WeightDtype switch
     {
-        ScalarType.BFloat16 => "bfloat16", ScalarType.Float16 => "float16", _ => "float32",
+        ScalarType.BFloat16 => "bfloat16",
+        ScalarType.Float16 => "float16",
+        _ => "float32",
     };
 
     /// <summary>The DHT node this server hosts on its own port, when it joined a swarm.</summary>

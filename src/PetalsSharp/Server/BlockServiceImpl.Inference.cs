@@ -61,7 +61,8 @@ public sealed partial class BlockServiceImpl
         using var lease = span.CacheBudget.Allocate(open.BatchSize, open.MaxLength, open.EndBlock - open.StartBlock);
         using var slice = span.Stack.Slice(open.StartBlock, open.EndBlock);
         var options = new SessionOptions(open.BatchSize, open.MaxLength,
-            RequestValidator.CheckLeftPadding(open.LeftPadding, open.BatchSize, open.MaxLength)) { Adapter = FindAdapter(open.ActiveAdapter) };
+            RequestValidator.CheckLeftPadding(open.LeftPadding, open.BatchSize, open.MaxLength))
+        { Adapter = FindAdapter(open.ActiveAdapter) };
         if (!_server.Inboxes.TryRegister(open.SessionId, inbox))
             throw RequestValidator.Error(StatusCode.AlreadyExists, $"session '{Clip(open.SessionId)}' is already open on this server");
         var session = await _server.Scheduler.RunAsync(ComputeScheduler.InferencePriority, () => new LocalBlockSession(slice, options), ct);

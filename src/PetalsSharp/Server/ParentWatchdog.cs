@@ -25,7 +25,8 @@ public static class ParentWatchdog
                 if (parent.WaitForExit(1000))
                     Environment.Exit(0);
             }
-        }) { IsBackground = true, Name = "petals-parent-watchdog" };
+        })
+        { IsBackground = true, Name = "petals-parent-watchdog" };
         thread.Start();
     }
 }

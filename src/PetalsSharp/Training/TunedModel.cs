@@ -132,7 +132,8 @@ public sealed class TunedModel : nn.Module
         {
             using var _ = no_grad();
             return Logits(normed);
-        } : null;
+        }
+        : null;
         return new Generation.GenerationTuning(prefix, deep, logits);
     }
 }

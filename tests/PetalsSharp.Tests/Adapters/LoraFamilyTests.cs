@@ -44,7 +44,7 @@ public sealed class LoraFamilyTests
             TensorAssert.Close(mergedSession.Step(x.narrow(1, 4, 1)), session.Step(x.narrow(1, 4, 1)), 1e-4, 1e-4, $"{fixture}: decode");
         }
 
-                using var grad = enable_grad();
+        using var grad = enable_grad();
         var upstream = randn(2, 5, model.HiddenSize);                                  // [B, T, H]
         var xa = x.clone().requires_grad_(true);                                        // [B, T, H]
         (plain.Forward(xa, options) * upstream).sum().backward();

@@ -116,7 +116,7 @@ public static class Layering
             foreach (var n in Names(spec.ElementType)) yield return n;
             if (t is GenericInstanceType g)
                 foreach (var a in g.GenericArguments)
-                foreach (var n in Names(a)) yield return n;
+                    foreach (var n in Names(a)) yield return n;
             yield break;
         }
         yield return Outermost(t).FullName;

@@ -1,8 +1,8 @@
 using Grpc.Core;
-using PetalsSharp.Swarm;
 using PetalsSharp.Dht;
 using PetalsSharp.Models;
 using PetalsSharp.Server;
+using PetalsSharp.Swarm;
 using PetalsSharp.Tests.Server;
 using PetalsSharp.Wire.V1;
 using Xunit;

@@ -1,8 +1,8 @@
 using PetalsSharp.Client;
 using PetalsSharp.Generation;
 using PetalsSharp.Models;
-using PetalsSharp.Wire.V1;
 using PetalsSharp.Tests.Swarm;
+using PetalsSharp.Wire.V1;
 using Xunit;
 using static TorchSharp.torch;
 using Tensor = TorchSharp.torch.Tensor;

@@ -1,6 +1,6 @@
-using Xunit;
 using System.Text;
 using PetalsSharp.Dht;
+using Xunit;
 
 namespace PetalsSharp.Tests.Dht;
 

@@ -1,5 +1,5 @@
-using Xunit;
 using PetalsSharp.Dht;
+using Xunit;
 
 namespace PetalsSharp.Tests.Dht;
 

@@ -36,7 +36,8 @@ public sealed class RoutePlannerTests
         // a runs [0,3) at 100 steps/s, b [3,5) at 50: client→a 0.2/2 + 0.018, 3/100, a→b 0.04/2 + 0.018, 2/50, b→client 0.1/2.
         var inputs = Inputs(0, 5, Srv("a", 0, 3, rps: 100), Srv("b", 2, 5, rps: 50)) with
         {
-            ClientRtts = Rtts(("a", 0.2), ("b", 0.1)), NextPings = Pings(("a", "b", 0.04)),
+            ClientRtts = Rtts(("a", 0.2), ("b", 0.1)),
+            NextPings = Pings(("a", "b", 0.04)),
         };
         var route = RoutePlanner.MinLatency(inputs);
         Assert.Equal("a[0:3] b[3:5]", Route(route));
@@ -65,7 +66,8 @@ public sealed class RoutePlannerTests
         // The penalty applies to the next hop too, and a full server is still used when nothing else holds the blocks.
         var middle = Inputs(0, 4, Srv("x", 0, 2), Srv("y", 2, 4, cache: 10), Srv("z", 2, 4)) with
         {
-            NextPings = Pings(("x", "y", 0.001), ("x", "z", 0.5)), CacheTokensNeeded = 100,
+            NextPings = Pings(("x", "y", 0.001), ("x", "z", 0.5)),
+            CacheTokensNeeded = 100,
         };
         Assert.Equal("x[0:2] z[2:4]", Route(RoutePlanner.MinLatency(middle)));
         var only = RoutePlanner.MinLatency(Inputs(0, 2, Srv("full", 0, 2, cache: 0)) with { CacheTokensNeeded = 1 });
@@ -86,7 +88,8 @@ public sealed class RoutePlannerTests
 
         var ex = Assert.Throws<SwarmException>(() => RoutePlanner.MinLatency(inputs with
         {
-            AllowedPeers = new HashSet<string> { "a", "c", "d" }, BlockedPeers = new HashSet<string> { "a", "d" },
+            AllowedPeers = new HashSet<string> { "a", "c", "d" },
+            BlockedPeers = new HashSet<string> { "a", "d" },
         }));
         Assert.Contains("blocks 2, 3", ex.Message);
         Assert.Throws<SwarmException>(() => RoutePlanner.MaxThroughput(inputs with { AllowedPeers = new HashSet<string>() }, new Random(1)));
@@ -112,7 +115,8 @@ public sealed class RoutePlannerTests
     public void IgnoresServersThatAreNotOnline()
     {
         var inputs = Inputs(0, 2, Srv("joining", 0, 2, state: ServerState.Joining), Srv("off", 0, 2, state: ServerState.Offline), Srv("on", 0, 2))
-            with { ClientRtts = Rtts(("joining", 0.001), ("off", 0.001), ("on", 1)) };
+            with
+        { ClientRtts = Rtts(("joining", 0.001), ("off", 0.001), ("on", 1)) };
         Assert.Equal("on[0:2]", Route(RoutePlanner.MinLatency(inputs)));
         var ex = Assert.Throws<SwarmException>(() => RoutePlanner.MinLatency(inputs with { Servers = inputs.Servers.Take(2).ToList() }));
         Assert.Contains("blocks 0, 1", ex.Message);

@@ -1,7 +1,7 @@
 using PetalsSharp.Models.Weights;
 using Xunit;
-using static TorchSharp.torch;
 using static PetalsSharp.Tests.Weights.SafeTensorsTestSupport;
+using static TorchSharp.torch;
 
 namespace PetalsSharp.Tests.Weights;
 

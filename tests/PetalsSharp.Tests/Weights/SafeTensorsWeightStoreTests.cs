@@ -1,8 +1,8 @@
 using System.Text.Json;
 using PetalsSharp.Models.Weights;
 using Xunit;
-using static TorchSharp.torch;
 using static PetalsSharp.Tests.Weights.SafeTensorsTestSupport;
+using static TorchSharp.torch;
 
 namespace PetalsSharp.Tests.Weights;
 

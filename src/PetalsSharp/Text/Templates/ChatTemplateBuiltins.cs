@@ -88,10 +88,23 @@ internal static class ChatTemplateBuiltins
                 return v is Undefined || (Truthy(Arg(1, "boolean", false)) && !Truthy(v)) ? Arg(0, "default_value", "") : v;
             case "string": return Str(v);
             case "safe": return v;
-            case "int": return v switch { long li => li, double d => (long)Math.Truncate(d), bool b => b ? 1L : 0L,
-                string s when long.TryParse(s.Trim(), CultureInfo.InvariantCulture, out var p) => p, _ => Arg(0, "default", 0L) };
-            case "float": return v switch { long lf => (double)lf, double d => d,
-                string s when double.TryParse(s.Trim(), CultureInfo.InvariantCulture, out var p) => p, _ => Arg(0, "default", 0.0) };
+            case "int":
+                return v switch
+                {
+                    long li => li,
+                    double d => (long)Math.Truncate(d),
+                    bool b => b ? 1L : 0L,
+                    string s when long.TryParse(s.Trim(), CultureInfo.InvariantCulture, out var p) => p,
+                    _ => Arg(0, "default", 0L)
+                };
+            case "float":
+                return v switch
+                {
+                    long lf => (double)lf,
+                    double d => d,
+                    string s when double.TryParse(s.Trim(), CultureInfo.InvariantCulture, out var p) => p,
+                    _ => Arg(0, "default", 0.0)
+                };
             case "abs": return v is long l2 ? Math.Abs(l2) : (object)Math.Abs(ToDouble(v));
             case "round": return Math.Round(ToDouble(v), (int)Int(Arg(0, "precision", 0L)), MidpointRounding.ToEven);
             case "list": return v is Undefined ? new List<object?>() : Iterate(v).ToList();

@@ -188,8 +188,12 @@ internal sealed class ChatTemplateRenderer
             if (dy == 0 && b.Op is "/" or "//" or "%") throw new ChatTemplateException("division by zero");
             return b.Op switch
             {
-                "+" => dx + dy, "-" => dx - dy, "*" => dx * dy, "/" => dx / dy,
-                "//" => Math.Floor(dx / dy), "%" => dx - dy * Math.Floor(dx / dy),
+                "+" => dx + dy,
+                "-" => dx - dy,
+                "*" => dx * dy,
+                "/" => dx / dy,
+                "//" => Math.Floor(dx / dy),
+                "%" => dx - dy * Math.Floor(dx / dy),
                 _ => throw new ChatTemplateException($"unsupported operator '{b.Op}'"),
             };
         }
@@ -197,8 +201,11 @@ internal sealed class ChatTemplateRenderer
         if (iy == 0 && b.Op is "//" or "%") throw new ChatTemplateException("division by zero");
         return b.Op switch
         {
-            "+" => ix + iy, "-" => ix - iy, "*" => ix * iy,
-            "//" => (long)Math.Floor((double)ix / iy), "%" => ((ix % iy) + iy) % iy,
+            "+" => ix + iy,
+            "-" => ix - iy,
+            "*" => ix * iy,
+            "//" => (long)Math.Floor((double)ix / iy),
+            "%" => ((ix % iy) + iy) % iy,
             _ => throw new ChatTemplateException($"unsupported operator '{b.Op}'"),
         };
     }
