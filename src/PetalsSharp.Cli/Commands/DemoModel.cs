@@ -39,15 +39,29 @@ public static class DemoModel
         var version = Convert.ToHexStringLower(hash.GetHashAndReset())[..16];
         var home = Path.Combine(CacheRoot(), "demo-models", version);
         var dir = Path.Combine(home, Name);
-        if (File.Exists(Path.Combine(dir, "model.safetensors"))) return dir;
+        if (IsComplete(dir, files)) return dir;
+        // A damaged copy (a file deleted or truncated by hand) is replaced, never reused.
+        if (Directory.Exists(home)) TryDelete(home);
 
-        // Written aside and moved in whole, so a concurrent demo or an interrupted one never leaves a partial folder.
-        var tmp = $"{home}.tmp-{Environment.ProcessId}";
+        // Written aside under a unique name and renamed in whole (atomic on one file system), so concurrent demos
+        // or an interrupted one never leave a partial folder: the first rename wins, the others drop their copy.
+        var tmp = $"{home}.tmp-{Guid.NewGuid():N}";
         Directory.CreateDirectory(Path.Combine(tmp, Name));
         foreach (var (name, bytes) in files) File.WriteAllBytes(Path.Combine(tmp, Name, name), bytes);
         try { Directory.Move(tmp, home); }
-        catch (IOException) when (Directory.Exists(home)) { Directory.Delete(tmp, recursive: true); }
+        catch (IOException) { TryDelete(tmp); }
+        if (!IsComplete(dir, files)) throw new CliException($"could not write the demo model to {home}");
         return dir;
+    }
+
+    static bool IsComplete(string dir, List<(string Name, byte[] Bytes)> files) =>
+        files.All(f => new FileInfo(Path.Combine(dir, f.Name)) is { Exists: true } info && info.Length == f.Bytes.Length);
+
+    static void TryDelete(string path)
+    {
+        try { Directory.Delete(path, recursive: true); }
+        catch (IOException) { }
+        catch (UnauthorizedAccessException) { }
     }
 
     static string CacheRoot() => Environment.GetEnvironmentVariable("PETALS_CACHE") is { Length: > 0 } env ? env

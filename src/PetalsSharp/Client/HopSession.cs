@@ -61,7 +61,6 @@ internal sealed class HopSession(ServerConnection server, ChainHop hop, SessionO
             throw new SwarmException($"{server.Address} did not confirm the session");
     }
 
-    /// <summary>Sends one step (split along T when it would not fit in a message) and returns the outputs.</summary>
     /// <summary>Most tokens of <paramref name="hidden"/>'s shape that fit in half a message.</summary>
     int MaxTokens(Tensor hidden) =>
         (int)Math.Max(1, remote.MaxMessageBytes / 2 / Math.Max(1, hidden.shape[0] * hidden.shape[2] * 4));

@@ -1,5 +1,6 @@
 using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Logging.Abstractions;
+using PetalsSharp.Swarm;
 using PetalsSharp.Wire;
 using PetalsSharp.Wire.V1;
 
@@ -55,6 +56,9 @@ public sealed record RemoteOptions
     /// inference session); only servers that announce it are routed through. Null or empty = base weights.
     /// </summary>
     public string? ActiveAdapter { get; init; }
+
+    /// <summary>How long joining the DHT retries unreachable initial peers (zero = one try).</summary>
+    public TimeSpan JoinTimeout { get; init; } = SwarmReader.ClientJoinTimeout;
 
     /// <summary>Called with the <c>route: ...</c> line whenever a chain is chosen.</summary>
     public Action<string>? OnRoute { get; init; }

@@ -21,7 +21,7 @@ internal static class RemoteRange
             {
                 var p = Slice(prompts, start, hop);                                    // [hop blocks, B or 1, P, H]
                 var next = await Retries.Attempt(swarm, hop, () =>
-                    RemoteCalls.ForwardAsync(swarm.Server(hop), hop, h, p, leftPadding, swarm.Options, ct));   // [B, T, H]
+                    RemoteCalls.ForwardAsync(swarm.Server(hop), hop, h, p, leftPadding, swarm.Options, ct), ct);   // [B, T, H]
                 if (!ReferenceEquals(h, input)) h.Dispose();
                 h = next;
             }
@@ -39,7 +39,7 @@ internal static class RemoteRange
             {
                 var p = Slice(prompts, start, chain[i]);
                 inputs.Add(await Retries.Attempt(swarm, chain[i], () =>
-                    RemoteCalls.ForwardAsync(swarm.Server(chain[i]), chain[i], inputs[i], p, leftPadding, swarm.Options, ct)));
+                    RemoteCalls.ForwardAsync(swarm.Server(chain[i]), chain[i], inputs[i], p, leftPadding, swarm.Options, ct), ct));
             }
             var grad = gradOutput;                                                     // [B, T, H]
             var promptGrads = new Tensor?[chain.Count];                                // each [hop blocks, B or 1, P, H]
@@ -48,7 +48,7 @@ internal static class RemoteRange
                 var hop = chain[i];
                 var p = Slice(prompts, start, hop);
                 (grad, promptGrads[i]) = await Retries.Attempt(swarm, hop, () =>
-                    RemoteCalls.BackwardAsync(swarm.Server(hop), hop, inputs[i], p, grad, leftPadding, swarm.Options, ct));
+                    RemoteCalls.BackwardAsync(swarm.Server(hop), hop, inputs[i], p, grad, leftPadding, swarm.Options, ct), ct);
             }
             return (grad, prompts is null ? null : promptGrads.Length == 1 ? promptGrads[0] : cat(promptGrads.Select(g => g!).ToList(), 0));
         });

@@ -52,7 +52,8 @@ public sealed class RemoteSequential : IBlockStack, IAsyncDisposable
         RemoteOptions? options = null, Checkpoint? localCheckpoint = null, CancellationToken cancellationToken = default)
     {
         options ??= new RemoteOptions();
-        var dht = await SwarmReader.JoinAsClientAsync(initialPeers, options.SwarmKey, cancellationToken).ConfigureAwait(false);
+        var dht = await SwarmReader.JoinAsClientAsync(initialPeers, options.SwarmKey, cancellationToken, options.JoinTimeout,
+            options.Logger).ConfigureAwait(false);
         try
         {
             async Task<IReadOnlyList<ServerInfo>> Discover(CancellationToken ct) =>
@@ -164,8 +165,9 @@ public sealed class RemoteSequential : IBlockStack, IAsyncDisposable
 
     public IBlockSession OpenSession(SessionOptions options)
     {
-        // A session's own routing (one request's) replaces this view's.
-        var swarm = options.Routing is null ? _swarm : new SwarmContext(Pool, options.Routing);
+        // A session's own routing (one request's) overrides this view's field by field: a request that only watches
+        // the route keeps the view's server lists and adapter.
+        var swarm = options.Routing is null ? _swarm : new SwarmContext(Pool, options.Routing.Over(_swarm.Routing));
         return new RemoteSession(swarm, Chain(swarm, (long)options.Batch * options.MaxLength), options);
     }
 

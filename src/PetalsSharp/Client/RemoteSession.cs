@@ -17,6 +17,7 @@ internal sealed class RemoteSession : IBlockSession
     readonly SwarmContext _swarm;
     readonly List<HopSession> _hops;
     readonly CancellationTokenSource _cts = new();
+    int _disposed;
     readonly int _start;
     bool _opened;
 
@@ -67,7 +68,7 @@ internal sealed class RemoteSession : IBlockSession
             {
                 output = await Retries.Attempt(_swarm, hop.Hop, () => pushed
                     ? hop.ReceiveAsync(ids[hop], input, start, hypoIds, ct)
-                    : hop.StepAsync(input, start, hypoIds, ct, ids.GetValueOrDefault(hop), HopPrompts(prompts, hop.Hop))).ConfigureAwait(false);
+                    : hop.StepAsync(input, start, hypoIds, ct, ids.GetValueOrDefault(hop), HopPrompts(prompts, hop.Hop)), ct).ConfigureAwait(false);
             }
             catch (HopFailure failure)
             {
@@ -99,7 +100,7 @@ internal sealed class RemoteSession : IBlockSession
             {
                 await first.SendAsync(hidden, start, hypoIds, ids[first], next, ct).ConfigureAwait(false);
                 return 0;
-            }).ConfigureAwait(false);
+            }, ct).ConfigureAwait(false);
             return true;
         }
         catch (HopFailure)
@@ -153,7 +154,7 @@ internal sealed class RemoteSession : IBlockSession
                         await session.OpenAsync(ct).ConfigureAwait(false);
                         return await session.StepAsync(input, 0, null, ct, null,
                             replayPrompts?.narrow(0, hop.Start - failed.Hop.Start, hop.End - hop.Start)).ConfigureAwait(false);
-                    }).ConfigureAwait(false);
+                    }, ct).ConfigureAwait(false);
                     if (!ReferenceEquals(input, replay)) input.Dispose();
                 }
                 await failed.DisposeAsync().ConfigureAwait(false);
@@ -175,6 +176,7 @@ internal sealed class RemoteSession : IBlockSession
 
     public void Dispose()
     {
+        if (Interlocked.Exchange(ref _disposed, 1) != 0) return;
         _cts.Cancel();
         foreach (var hop in _hops) hop.Dispose();
         _cts.Dispose();
@@ -183,6 +185,7 @@ internal sealed class RemoteSession : IBlockSession
     /// <summary>Closes every hop's stream concurrently, so a long chain does not wait 1 s per silent server.</summary>
     public async ValueTask DisposeAsync()
     {
+        if (Interlocked.Exchange(ref _disposed, 1) != 0) return;
         _cts.Cancel();
         await Task.WhenAll(_hops.Select(h => h.DisposeAsync().AsTask())).ConfigureAwait(false);
         _cts.Dispose();

@@ -10,14 +10,21 @@ namespace PetalsSharp.Client;
 /// </summary>
 internal static class Retries
 {
-    /// <summary>Runs one call; a failure bans its server and is rethrown as a <see cref="HopFailure"/>.</summary>
-    public static async Task<T> Attempt<T>(SwarmContext swarm, ChainHop hop, Func<Task<T>> call)
+    /// <summary>
+    /// Runs one call; a failure bans its server and is rethrown as a <see cref="HopFailure"/>. Once
+    /// <paramref name="ct"/> is cancelled, whatever the call throws is our cancellation, never the server's fault.
+    /// </summary>
+    public static async Task<T> Attempt<T>(SwarmContext swarm, ChainHop hop, Func<Task<T>> call, CancellationToken ct = default)
     {
         try
         {
             var result = await call().ConfigureAwait(false);
             swarm.Pool.Success(hop.Server.Address);
             return result;
+        }
+        catch (Exception) when (ct.IsCancellationRequested)
+        {
+            throw new OperationCanceledException(ct);
         }
         catch (Exception e) when (IsServerFailure(e))
         {
@@ -36,6 +43,7 @@ internal static class Retries
         var options = swarm.Pool.Options;
         for (int attempt = 0; ; attempt++)
         {
+            ct.ThrowIfCancellationRequested();
             IReadOnlyList<ChainHop> chain;
             if (attempt == 0) chain = await swarm.PlanAsync(start, end, ct, forInference: false).ConfigureAwait(false);
             else

@@ -79,6 +79,10 @@ public sealed record RouteOverrides(IReadOnlySet<string>? AllowedServers = null,
 {
     /// <summary>Whether these overrides change which servers are used (as opposed to only observing the route).</summary>
     public bool ChoosesServers => AllowedServers is not null || BlockedServers is not null || Adapter is not null;
+
+    /// <summary>These overrides where they say something, <paramref name="under"/>'s elsewhere (a request's routing over its view's).</summary>
+    public RouteOverrides Over(RouteOverrides? under) => under is null ? this : new(AllowedServers ?? under.AllowedServers,
+        BlockedServers ?? under.BlockedServers, OnRoute ?? under.OnRoute, Adapter ?? under.Adapter);
 }
 
 /// <summary>Options of one inference step.</summary>

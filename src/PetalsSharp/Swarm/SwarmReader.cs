@@ -45,10 +45,20 @@ public static class SwarmReader
         return result.Values.OrderBy(m => m.DhtPrefix, StringComparer.Ordinal).ToList();
     }
 
+    /// <summary>How long a client keeps retrying unreachable initial peers by default: long enough for a busy
+    /// machine or a slow link, short enough that a mistyped address fails while the user still waits.</summary>
+    public static readonly TimeSpan ClientJoinTimeout = TimeSpan.FromSeconds(20);
+
     /// <summary>A client-mode DHT node (reads and writes, stores nothing) joined through <paramref name="initialPeers"/>.</summary>
-    public static async Task<DhtNode> JoinAsClientAsync(IEnumerable<string> initialPeers, SwarmKey? swarmKey, CancellationToken ct = default)
+    /// <param name="initialPeers">Bootstrap peers (HOST:PORT, optionally /NODE_ID).</param>
+    /// <param name="swarmKey">The private swarm's key, or null.</param>
+    /// <param name="ct">Cancels the join.</param>
+    /// <param name="joinTimeout">How long to retry unreachable peers (default <see cref="ClientJoinTimeout"/>; zero = one try).</param>
+    /// <param name="logger">Where failed attempts are reported.</param>
+    public static async Task<DhtNode> JoinAsClientAsync(IEnumerable<string> initialPeers, SwarmKey? swarmKey, CancellationToken ct = default,
+        TimeSpan? joinTimeout = null, Microsoft.Extensions.Logging.ILogger? logger = null)
     {
-        var dht = DhtNode.Create(new DhtNodeOptions { SwarmKey = swarmKey });
+        var dht = DhtNode.Create(new DhtNodeOptions { SwarmKey = swarmKey, JoinTimeout = joinTimeout ?? ClientJoinTimeout, Logger = logger });
         try
         {
             await dht.BootstrapAsync(initialPeers, ct).ConfigureAwait(false);

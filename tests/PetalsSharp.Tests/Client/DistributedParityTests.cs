@@ -49,6 +49,20 @@ public sealed class DistributedParityTests(LlamaSwarm swarm)
     }
 
     [Fact]
+    public async Task The_async_forward_equals_the_blocking_one_and_honours_cancellation()
+    {
+        using var lm = await swarm.ConnectAsync(swarm.ThreePeers);
+        using var noGrad = no_grad();
+        using var hidden = lm.Ends.Embed(Ref.Longs("input_ids"));                              // [B, T, H]
+        using var blocking = lm.Blocks.Forward(hidden);                                         // [B, T, H]
+        using var awaited = await lm.Blocks.ForwardAsync(hidden);                               // [B, T, H]
+        Assert.Equal(0, TensorAssert.MaxAbsDiff(blocking, awaited));
+        using var cancelled = new CancellationTokenSource();
+        cancelled.Cancel();
+        await Assert.ThrowsAnyAsync<OperationCanceledException>(async () => (await lm.Blocks.ForwardAsync(hidden, null, cancelled.Token)).Dispose());
+    }
+
+    [Fact]
     public async Task Hidden_states_between_spans_are_visible()
     {
         using var lm = await swarm.ConnectAsync(swarm.ThreePeers);

@@ -20,7 +20,9 @@ public sealed class DhtTestSwarm : IAsyncDisposable
         Host = "127.0.0.1",
         Port = 0,
         SwarmKey = key,
-        RpcTimeout = TimeSpan.FromSeconds(2),
+        // Generous: a node on a busy 2-core machine can take seconds to answer, and dead nodes fail at once anyway
+        // (their port is closed), so only a hung peer ever waits this long.
+        RpcTimeout = TimeSpan.FromSeconds(6),
         RepublishPeriod = TimeSpan.FromSeconds(30),
         ReplicatePeriod = TimeSpan.FromSeconds(2),
         RefreshPeriod = TimeSpan.FromSeconds(30),

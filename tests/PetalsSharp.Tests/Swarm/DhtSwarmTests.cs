@@ -23,7 +23,7 @@ public sealed class DhtSwarmTests
     static Task<DhtNode> BootstrapAsync(SwarmKey? key = null) =>
         DhtNode.StartAsync(new DhtNodeOptions { Host = "127.0.0.1", Port = 0, SwarmKey = key });
 
-    static async Task<SwarmSnapshot> WaitAsync(DhtNode dht, Func<SwarmSnapshot, bool> done, double seconds = 30)
+    static async Task<SwarmSnapshot> WaitAsync(DhtNode dht, Func<SwarmSnapshot, bool> done, double seconds = 120)
     {
         var deadline = DateTime.UtcNow.AddSeconds(seconds);
         while (true)

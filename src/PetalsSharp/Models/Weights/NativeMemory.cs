@@ -11,8 +11,4 @@ internal static unsafe class NativeMemory
 
     /// <summary>Pointer to the first element (storage offset included). The tensor must be contiguous and on the CPU.</summary>
     public static T* Pointer<T>(Tensor t) where T : unmanaged => (T*)THSTensor_data(t.Handle);
-
-    /// <summary>The elements of a contiguous CPU tensor as a span (valid while the tensor lives).</summary>
-    public static Span<T> Span<T>(Tensor t) where T : unmanaged =>
-        new(Pointer<T>(t), checked((int)t.NumberOfElements));
 }
