@@ -1,6 +1,7 @@
 using System.Net;
 using Grpc.Core;
 using PetalsSharp.Server;
+using PetalsSharp.Tests.Cli;
 using PetalsSharp.Wire.V1;
 using Xunit;
 using static TorchSharp.torch;
@@ -46,6 +47,18 @@ public sealed class CacheShareTests
         await WaitForCacheLeftAsync(greedy, 4096);
         using var back = await greedy.OpenAsync(ServerClient.Open(16, 256, id: "back"));
         Assert.Equal(0, back.Opened.CacheTokensLeft);
+    }
+
+    [Theory]
+    [InlineData("0")]
+    [InlineData("1.5")]
+    [InlineData("NaN")]
+    public async Task A_share_outside_0_to_1_is_one_line_on_stderr_and_a_non_zero_exit(string share)
+    {
+        var r = await CliRunner.RunAsync("server", "--model", Model, "--blocks", "0:3", "--port", "0", "--max-cache-share", share);
+        Assert.NotEqual(0, r.ExitCode);
+        var line = Assert.Single(r.Stderr.Split('\n', StringSplitOptions.RemoveEmptyEntries));
+        Assert.Contains("--max-cache-share must be in (0, 1]", line);
     }
 
     static void AssertShareRefusal(RpcException e)
