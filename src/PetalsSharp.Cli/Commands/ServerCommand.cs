@@ -26,7 +26,8 @@ public static class ServerCommand
         var cacheTokens = new Option<long?>("--cache-tokens") { Description = $"KV-cache room in tokens of one row across the span (default {ServerOptions.DefaultCacheTokens})" };
         var cacheBytes = new Option<long?>("--cache-bytes") { Description = "KV-cache room in bytes (instead of --cache-tokens)" };
         var maxSession = new Option<int?>("--max-session-length") { Description = "Largest max_length a session may ask for (default min(max_position_embeddings, 8192))" };
-        var idle = new Option<double>("--session-idle-timeout") { Description = "Seconds without a message before a session is closed", DefaultValueFactory = _ => 300 };
+        var idle = new Option<double>("--session-idle-timeout") { Description = "Seconds without a step that runs tokens before a session is closed and its cache freed (steps without tokens do not count)", DefaultValueFactory = _ => 300 };
+        var cacheShare = new Option<double>("--max-cache-share") { Description = "Fraction of the KV cache the sessions of one client IP address (IPv6: its /64) may hold together, in (0, 1]; 1 = no cap", DefaultValueFactory = _ => 0.5 };
         var requestMemory = new Option<long?>("--max-request-memory") { Description = "Bytes all Forward/Backward calls together may hold in received tensors (default 2 GiB); a call past it gets RESOURCE_EXHAUSTED" };
         var readTimeout = new Option<double>("--request-read-timeout") { Description = "Seconds a Forward/Backward call may go without sending a message while it sends its tensors (at most 86400)", DefaultValueFactory = _ => 120 };
         var initialPeers = new Option<string?>("--initial-peers") { Description = "Join the swarm through these DHT nodes: ADDR[,ADDR], ADDR = HOST:PORT or HOST:PORT/ID" };
@@ -41,7 +42,7 @@ public static class ServerCommand
         var dhtPrefix = new Option<string?>("--dht-prefix") { Description = "DHT key prefix (default: the model folder's name, '.' and ' ' as '-')" };
         var cmd = new Command("server", "Serve a span of a model's transformer blocks over gRPC.\n\nExamples:\n  petals server -m ./my-model --blocks 0:12 --port 31330 --new-swarm\n  petals server -m ./my-model --blocks 12:24 --port 31331 --initial-peers 10.0.0.5:31330\n  petals server -m ./my-model --num-blocks 8 --initial-peers 10.0.0.5:31330")
         {
-            model, blocks, numBlocks, memoryBudget, placementDelay, rebalancePeriod, balanceThreshold, throughput, host, port, publicAddress, dtype, cacheTokens, cacheBytes, maxSession, idle, readTimeout, requestMemory,
+            model, blocks, numBlocks, memoryBudget, placementDelay, rebalancePeriod, balanceThreshold, throughput, host, port, publicAddress, dtype, cacheTokens, cacheBytes, maxSession, idle, cacheShare, readTimeout, requestMemory,
             initialPeers, joinTimeout, newSwarm, identity, swarmKey, updatePeriod, publicName, dhtPrefix, metricsPort, adapters,
         };
         cmd.SetAction(async (pr, ct) =>
@@ -62,6 +63,8 @@ public static class ServerCommand
             double idleSeconds = pr.GetValue(idle);
             if (!(idleSeconds > 0) || idleSeconds > TimeSpan.MaxValue.TotalSeconds / 2)
                 throw new CliException($"--session-idle-timeout must be a positive number of seconds (got {idleSeconds})");
+            double share = pr.GetValue(cacheShare);
+            if (!(share > 0 && share <= 1)) throw new CliException($"--max-cache-share must be in (0, 1] (got {share})");
             double readSeconds = pr.GetValue(readTimeout);
             if (!(readSeconds > 0) || readSeconds > 86400)
                 throw new CliException($"--request-read-timeout must be a positive number of seconds up to 86400 (got {readSeconds})");
@@ -75,6 +78,7 @@ public static class ServerCommand
                 WeightDtype = Cli.ParseDtype(pr.GetValue(dtype)!),
                 CacheTokens = pr.GetValue(cacheTokens), CacheBytes = pr.GetValue(cacheBytes),
                 MaxSessionLength = pr.GetValue(maxSession), SessionIdleTimeout = TimeSpan.FromSeconds(idleSeconds),
+                MaxCacheShare = share,
                 RequestReadTimeout = TimeSpan.FromSeconds(readSeconds),
                 MaxRequestMemoryBytes = pr.GetValue(requestMemory) ?? 2L << 30,
                 InitialPeers = Cli.SplitList(pr.GetValue(initialPeers)), NewSwarm = pr.GetValue(newSwarm),

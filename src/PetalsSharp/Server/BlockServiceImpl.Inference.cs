@@ -24,15 +24,15 @@ public sealed partial class BlockServiceImpl
         _ = PumpAsync(requestStream, inbox.Writer, pumpStop.Token);   // catches everything; stopped below
         try
         {
-            await ServeAsync(inbox, responseStream, ct);
+            await ServeAsync(inbox, responseStream, ClientKey.FromPeer(context.Peer), ct);
         }
         finally { pumpStop.Cancel(); }
     });
 
     async Task ServeAsync(System.Threading.Channels.Channel<InferenceRequest> inbox, IServerStreamWriter<InferenceReply> responseStream,
-        CancellationToken ct)
+        string client, CancellationToken ct)
     {
-        var first = await ReadInboxAsync(inbox.Reader, ct);
+        var first = await ReadInboxAsync(inbox.Reader, _server.Options.SessionIdleTimeout, ct);
         if (first is null) return;
         if (first.KindCase != InferenceRequest.KindOneofCase.Open)
             throw RequestValidator.Error(StatusCode.FailedPrecondition, "no session: send OpenSession first");
@@ -45,7 +45,7 @@ public sealed partial class BlockServiceImpl
             using var linked = CancellationTokenSource.CreateLinkedTokenSource(ct, span.Retiring);
             try
             {
-                await RunSessionAsync(span, open, inbox, responseStream, linked.Token);
+                await RunSessionAsync(span, open, client, inbox, responseStream, linked.Token);
             }
             catch (OperationCanceledException) when (span.Retiring.IsCancellationRequested && !ct.IsCancellationRequested)
             {
@@ -55,10 +55,10 @@ public sealed partial class BlockServiceImpl
         finally { span.Exit(); }
     }
 
-    async Task RunSessionAsync(ServedSpan span, OpenSession open, System.Threading.Channels.Channel<InferenceRequest> inbox,
+    async Task RunSessionAsync(ServedSpan span, OpenSession open, string client, System.Threading.Channels.Channel<InferenceRequest> inbox,
         IServerStreamWriter<InferenceReply> responseStream, CancellationToken ct)
     {
-        using var lease = span.CacheBudget.Allocate(open.BatchSize, open.MaxLength, open.EndBlock - open.StartBlock);
+        using var lease = span.CacheBudget.Allocate(open.BatchSize, open.MaxLength, open.EndBlock - open.StartBlock, client);
         using var slice = span.Stack.Slice(open.StartBlock, open.EndBlock);
         var options = new SessionOptions(open.BatchSize, open.MaxLength,
             RequestValidator.CheckLeftPadding(open.LeftPadding, open.BatchSize, open.MaxLength))
@@ -122,7 +122,11 @@ public sealed partial class BlockServiceImpl
         var seen = new HashSet<string>();
         var seenOrder = new Queue<string>();
         int batch = open.BatchSize;
-        while (await ReadInboxAsync(requests, ct) is { } message)
+        // The idle clock runs from the last step that ran tokens: a zero-token step or a replay costs its sender
+        // nothing, so counting them would let one client keep its cache for ever with a message every few seconds.
+        long active = System.Diagnostics.Stopwatch.GetTimestamp();
+        var idleTimeout = _server.Options.SessionIdleTimeout;
+        while (await ReadInboxAsync(requests, idleTimeout - System.Diagnostics.Stopwatch.GetElapsedTime(active), ct) is { } message)
         {
             long started = ServerMetrics.Now();
             if (message.KindCase == InferenceRequest.KindOneofCase.Open)
@@ -180,6 +184,7 @@ public sealed partial class BlockServiceImpl
             if (step.NextServers.Count > 0) Push(step, output);
             await replies.WriteAsync(reply, ct);
             _server.Metrics.Served("inference", System.Diagnostics.Stopwatch.GetElapsedTime(started));
+            if (tokens > 0) active = System.Diagnostics.Stopwatch.GetTimestamp();
             lastId = step.StepId;
             lastReply = reply;
             seen.Add(step.StepId);
@@ -212,13 +217,16 @@ public sealed partial class BlockServiceImpl
     });
 
     /// <summary>
-    /// The next message, or null when the client closed its side. Waiting longer than the idle timeout ends the
-    /// session with DEADLINE_EXCEEDED (the caller's using/finally blocks then free the cache).
+    /// The next message, or null when the client closed its side. Waiting longer than <paramref name="wait"/> (what
+    /// is left of the idle timeout) ends the session with DEADLINE_EXCEEDED (the caller's using/finally blocks then
+    /// free the cache).
     /// </summary>
-    async Task<InferenceRequest?> ReadInboxAsync(System.Threading.Channels.ChannelReader<InferenceRequest> inbox, CancellationToken ct)
+    async Task<InferenceRequest?> ReadInboxAsync(System.Threading.Channels.ChannelReader<InferenceRequest> inbox, TimeSpan wait,
+        CancellationToken ct)
     {
+        if (wait <= TimeSpan.Zero) throw IdleError();
         using var timer = CancellationTokenSource.CreateLinkedTokenSource(ct);
-        timer.CancelAfter(_server.Options.SessionIdleTimeout);
+        timer.CancelAfter(wait);
         try
         {
             if (!await inbox.WaitToReadAsync(timer.Token)) return null;
@@ -226,10 +234,12 @@ public sealed partial class BlockServiceImpl
         }
         catch (OperationCanceledException) when (!ct.IsCancellationRequested)
         {
-            throw RequestValidator.Error(StatusCode.DeadlineExceeded,
-                $"session idle for {_server.Options.SessionIdleTimeout.TotalSeconds:0.###} s (session_idle_timeout); its cache was freed");
+            throw IdleError();
         }
     }
+
+    RpcException IdleError() => RequestValidator.Error(StatusCode.DeadlineExceeded,
+        $"session idle for {_server.Options.SessionIdleTimeout.TotalSeconds:0.###} s (session_idle_timeout; steps without new tokens do not count); its cache was freed");
 
     WireTensor EmptyHidden(int batch, Compression compression)
     {

@@ -17,13 +17,13 @@ internal sealed class ServedSpan
     int _users;
     bool _retired;
 
-    ServedSpan(LocalBlockStack stack, IReadOnlyList<string> fingerprints, long cacheTokens)
+    ServedSpan(LocalBlockStack stack, IReadOnlyList<string> fingerprints, long cacheTokens, double maxCacheShare)
     {
         Stack = stack;
         BlockFingerprints = fingerprints;
         WeightsFingerprint = Checkpoint.SpanFingerprint(fingerprints);
         WeightBytes = stack.Blocks.Sum(b => b.parameters().Sum(p => p.NumberOfElements * p.ElementSize));
-        CacheBudget = new CacheBudget(cacheTokens, Length);
+        CacheBudget = new CacheBudget(cacheTokens, Length, maxCacheShare);
     }
 
     /// <summary>Reads blocks [start, end) from the checkpoint (reporting each loaded block to <paramref name="progress"/>).</summary>
@@ -37,7 +37,7 @@ internal sealed class ServedSpan
         try
         {
             // Sessions always keep float32 caches (LocalBlockSession), whatever dtype holds the weights.
-            return new ServedSpan(stack, fingerprints, options.ResolveCacheTokens(stack.CacheBytesPerToken(ScalarType.Float32)));
+            return new ServedSpan(stack, fingerprints, options.ResolveCacheTokens(stack.CacheBytesPerToken(ScalarType.Float32)), options.MaxCacheShare);
         }
         catch
         {

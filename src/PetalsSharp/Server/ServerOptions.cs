@@ -67,10 +67,21 @@ public sealed record ServerOptions
     /// <summary>KV-cache room in bytes; converted to tokens with the span's cache bytes per token. Wins over <see cref="CacheTokens"/>.</summary>
     public long? CacheBytes { get; init; }
 
+    /// <summary>
+    /// Fraction of the KV cache that the sessions of one client (one IP address, see <see cref="ClientKey"/>) may
+    /// hold together; a session past it gets RESOURCE_EXHAUSTED. Default 0.5: one client can never lock the others
+    /// out, and clients behind one NAT still have half the cache between them. 1 turns the cap off.
+    /// </summary>
+    public double MaxCacheShare { get; init; } = 0.5;
+
     /// <summary>Largest max_length a session may ask for; default min(max_position_embeddings, 8192).</summary>
     public int? MaxSessionLength { get; init; }
 
-    /// <summary>A session that sends nothing for this long ends with DEADLINE_EXCEEDED and frees its cache.</summary>
+    /// <summary>
+    /// A session that runs no new tokens for this long ends with DEADLINE_EXCEEDED and frees its cache. Steps
+    /// without tokens and replays of the last step do not count: they cost the client nothing and would otherwise
+    /// keep a session's cache for ever.
+    /// </summary>
     public TimeSpan SessionIdleTimeout { get; init; } = TimeSpan.FromSeconds(300);
 
     /// <summary>
@@ -182,6 +193,7 @@ public sealed record ServerOptions
         if (CacheTokens is < 0) throw new ArgumentException($"cache tokens {CacheTokens} is negative");
         if (CacheBytes is < 0) throw new ArgumentException($"cache bytes {CacheBytes} is negative");
         if (MaxSessionLength is < 1) throw new ArgumentException($"max session length {MaxSessionLength} must be at least 1");
+        if (!(MaxCacheShare > 0 && MaxCacheShare <= 1)) throw new ArgumentException($"max cache share {MaxCacheShare} must be in (0, 1]");
         if (SessionIdleTimeout <= TimeSpan.Zero) throw new ArgumentException("session idle timeout must be positive");
         // CancelAfter takes at most ~49 days; a day is already far past any real gap between chunks.
         if (RequestReadTimeout <= TimeSpan.Zero || RequestReadTimeout > TimeSpan.FromDays(1))

@@ -42,10 +42,13 @@ public class ServerFixture : Xunit.IAsyncLifetime
     }
 }
 
-/// <summary>A server with a small cache (64 tokens across the span), for budget tests.</summary>
+/// <summary>
+/// A server with a small cache (64 tokens across the span), for budget tests. Its tests play one client filling the
+/// whole cache, so the per-client share is off (CacheShareTests covers it).
+/// </summary>
 public sealed class SmallCacheFixture : ServerFixture
 {
-    protected override ServerOptions Options => base.Options with { CacheTokens = 64 };
+    protected override ServerOptions Options => base.Options with { CacheTokens = 64, MaxCacheShare = 1 };
 }
 
 /// <summary>A raw gRPC client with helpers that speak the chunked Forward/Backward protocol.</summary>
@@ -53,16 +56,40 @@ public sealed class ServerClient : IDisposable
 {
     readonly GrpcChannel _channel;
 
-    public ServerClient(string address)
+    /// <param name="source">
+    /// Local address to connect from, e.g. 127.0.0.2: Linux routes all of 127/8 on lo, so one machine can play
+    /// clients at different peer addresses.
+    /// </param>
+    public ServerClient(string address, System.Net.IPAddress? source = null)
     {
         _channel = GrpcChannel.ForAddress($"http://{address}", new GrpcChannelOptions
         {
             MaxReceiveMessageSize = 64 << 20,
             MaxSendMessageSize = 64 << 20,
             InitialReconnectBackoff = TimeSpan.FromMilliseconds(50),
+            HttpHandler = source is null ? null : BoundHandler(source),
         });
         Raw = new BlockService.BlockServiceClient(_channel);
     }
+
+    static System.Net.Http.SocketsHttpHandler BoundHandler(System.Net.IPAddress source) => new()
+    {
+        ConnectCallback = async (context, ct) =>
+        {
+            var socket = new System.Net.Sockets.Socket(source.AddressFamily, System.Net.Sockets.SocketType.Stream, System.Net.Sockets.ProtocolType.Tcp) { NoDelay = true };
+            try
+            {
+                socket.Bind(new System.Net.IPEndPoint(source, 0));
+                await socket.ConnectAsync(context.DnsEndPoint, ct);
+                return new System.Net.Sockets.NetworkStream(socket, ownsSocket: true);
+            }
+            catch
+            {
+                socket.Dispose();
+                throw;
+            }
+        },
+    };
 
     public BlockService.BlockServiceClient Raw { get; }
     public GrpcChannel Channel => _channel;
