@@ -113,6 +113,36 @@ public sealed class ApiHostileInputTests : IAsyncLifetime
         Assert.Equal("request_too_large", (string?)JsonNode.Parse(await res.Content.ReadAsStringAsync())!["error"]!["code"]);
     }
 
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public async Task A_client_that_disconnects_stops_its_generation(bool stream)
+    {
+        var body = $$"""{"model":"stories260K","prompt":"Once","max_tokens":500,"temperature":0,"stream":{{(stream ? "true" : "false")}},"petals":{"ignore_eos":true} }""";
+        using var cts = new CancellationTokenSource();
+        var start = CpuTime();
+        var request = _http.PostAsync("/v1/completions", new ByteArrayContent(Json(body)) { Headers = { { "Content-Type", "application/json" } } },
+            cts.Token);
+        // 500 tokens take many seconds of CPU here: wait until the generation is clearly running, then hang up.
+        var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(60);
+        while (CpuTime() - start < TimeSpan.FromSeconds(0.5) && !request.IsCompleted && DateTime.UtcNow < deadline) await Task.Delay(50);
+        Assert.False(request.IsCompleted, "the generation finished before the client could hang up");
+        cts.Cancel();
+        await Assert.ThrowsAnyAsync<OperationCanceledException>(() => request);
+
+        // Idle means under 50 ms of CPU in a second; a generation left running would keep a core busy for half a minute.
+        var idleBy = DateTime.UtcNow + TimeSpan.FromSeconds(30);
+        var last = CpuTime();
+        while (true)
+        {
+            await Task.Delay(1000);
+            var now = CpuTime();
+            if (now - last < TimeSpan.FromMilliseconds(50)) break;
+            Assert.True(DateTime.UtcNow < idleBy, $"the api still uses {(now - last).TotalMilliseconds} ms of CPU a second after the client left");
+            last = now;
+        }
+    }
+
     public static TheoryData<string, string> BadText() => new()
     {
         { "/v1/completions", "invalid UTF-8 in prompt" },
