@@ -28,7 +28,7 @@ public sealed record GenerationRequest(IReadOnlyList<int> PromptIds, GenerationO
         if (promptIds.Count == 0) throw new ArgumentException("the prompt is empty");
         int context = model.Config.MaxPositionEmbeddings;
         int room = context - promptIds.Count;
-        if (room <= 0) throw new ArgumentException($"the prompt has {promptIds.Count} tokens, the model's context is {context}");
+        if (room <= 0) throw new PromptTooLongException($"the prompt has {promptIds.Count} tokens, the model's context is {context}");
         int max = chat?.MaxOutputTokens ?? Math.Min(defaultMaxOutputTokens, room);
         if (max < 0) throw new ArgumentOutOfRangeException(nameof(chat), "max_tokens must be >= 0");
         if (max > room)

@@ -14,6 +14,9 @@ namespace PetalsSharp.Api.Chat;
 /// <param name="Route">The session's route line when <see cref="GenerationRequest.ShowRoute"/> was asked (distributed models).</param>
 public sealed record TextCompletion(string Text, ChatFinishReason FinishReason, int PromptTokens, int CompletionTokens, string? Route);
 
+/// <summary>A prompt longer than the model's context; answered as OpenAI's <c>context_length_exceeded</c>.</summary>
+public sealed class PromptTooLongException(string message) : ArgumentException(message);
+
 /// <summary>One streamed piece: new text, and on the last piece the finished generation.</summary>
 public sealed record TextUpdate(string Delta, TextCompletion? Final = null);
 
@@ -31,7 +34,36 @@ public sealed class TextEngine(CausalLM model, string modelId)
     public ITextTokenizer Tokenizer => Model.Tokenizer
         ?? throw new NotSupportedException($"model '{ModelId}' has no tokenizer (tokenizer.json or tokenizer.model), so it cannot take text");
 
-    public IReadOnlyList<int> Encode(string text, bool? addBos = null) => Tokenizer.Encode(text, addBos);
+    /// <summary>
+    /// Encodes a prompt, refusing text that cannot fit the context before tokenizing it (tokenizing is the costly
+    /// part, and a hostile prompt can be megabytes): see <see cref="MaxPromptBytes"/>.
+    /// </summary>
+    /// <exception cref="PromptTooLongException">The text has more UTF-8 bytes than any prompt that fits.</exception>
+    public IReadOnlyList<int> Encode(string text, bool? addBos = null)
+    {
+        // Every UTF-16 char is at least one UTF-8 byte, so the length alone settles most hostile prompts.
+        if (text.Length > MaxPromptBytes || System.Text.Encoding.UTF8.GetByteCount(text) > MaxPromptBytes)
+            throw new PromptTooLongException($"the prompt has more than {MaxPromptBytes} bytes of UTF-8, which cannot fit the model's context of {Model.Config.MaxPositionEmbeddings} tokens");
+        return Tokenizer.Encode(text, addBos);
+    }
+
+    /// <summary>
+    /// The most UTF-8 bytes a prompt that fits the context can have. One token covers at most as many input bytes as
+    /// its vocabulary string has (sentencepiece's ▁, byte-level's Ġ and byte pieces like &lt;0xE2&gt; are longer than
+    /// what they stand for), so a text of B bytes needs at least B / longest tokens. The bound is that times the
+    /// context, times 4 for normalizers that shrink text (composing Hangul jamo takes 9 bytes to 3).
+    /// </summary>
+    public long MaxPromptBytes => _maxPromptBytes ??= ComputeMaxPromptBytes();
+    long? _maxPromptBytes;
+
+    long ComputeMaxPromptBytes()
+    {
+        var tok = Tokenizer;
+        int longest = 1;
+        for (int id = 0; id < tok.VocabSize; id++)
+            if (tok.TokenToString(id) is { } s) longest = Math.Max(longest, System.Text.Encoding.UTF8.GetByteCount(s));
+        return 4L * longest * Math.Max(1, Model.Config.MaxPositionEmbeddings);
+    }
 
     /// <summary>Generates the whole completion.</summary>
     public async Task<TextCompletion> GenerateAsync(GenerationRequest request, CancellationToken cancellationToken = default)

@@ -23,6 +23,9 @@ public sealed class OpenAiError(int status, string message, string type = "inval
         return e switch
         {
             OpenAiError o => o,
+            Chat.PromptTooLongException => Invalid(e.Message, code: "context_length_exceeded"),
+            // Kestrel's own refusals while the body is read, such as 413 for a body over the size limit.
+            BadHttpRequestException bad => new(bad.StatusCode, e.Message, code: bad.StatusCode == 413 ? "request_too_large" : null),
             ArgumentException or NotSupportedException or PetalsSharp.Text.Templates.ChatTemplateException => Invalid(e.Message),
             Grpc.Core.RpcException { StatusCode: Grpc.Core.StatusCode.InvalidArgument } rpc => Invalid($"a server refused the request: {rpc.Status.Detail}"),
             Swarm.SwarmException => new(503, e.Message, "server_error", code: "swarm_unavailable"),

@@ -18,8 +18,40 @@ internal sealed class OpenAiRequest
         JsonDocument doc;
         try { doc = await JsonDocument.ParseAsync(body, cancellationToken: ct); }
         catch (JsonException e) { throw OpenAiError.Invalid($"the request body is not valid JSON: {e.Message}"); }
-        if (doc.RootElement.ValueKind != JsonValueKind.Object) throw OpenAiError.Invalid("the request body must be a JSON object");
-        return new OpenAiRequest(doc.RootElement.Clone());
+        using (doc)
+        {
+            if (doc.RootElement.ValueKind != JsonValueKind.Object) throw OpenAiError.Invalid("the request body must be a JSON object");
+            CheckText(doc.RootElement, "");
+            return new OpenAiRequest(doc.RootElement.Clone());
+        }
+    }
+
+    /// <summary>
+    /// The parser leaves strings undecoded, so invalid UTF-8 or an unpaired surrogate escape (<c>"\ud800"</c>) would
+    /// only throw where a field is read, as a 500. Every name and string is decoded once here, to answer 400 instead.
+    /// </summary>
+    static void CheckText(JsonElement e, string at)
+    {
+        switch (e.ValueKind)
+        {
+            case JsonValueKind.String:
+                try { e.GetString(); }
+                catch (InvalidOperationException) { throw OpenAiError.Invalid($"{(at.Length == 0 ? "a string" : at)} is not valid text: invalid UTF-8 or an unpaired surrogate", at.Length == 0 ? null : at); }
+                break;
+            case JsonValueKind.Array:
+                int i = 0;
+                foreach (var item in e.EnumerateArray()) CheckText(item, $"{at}[{i++}]");
+                break;
+            case JsonValueKind.Object:
+                foreach (var p in e.EnumerateObject())
+                {
+                    string name;
+                    try { name = p.Name; }
+                    catch (InvalidOperationException) { throw OpenAiError.Invalid("a field name is not valid text: invalid UTF-8 or an unpaired surrogate"); }
+                    CheckText(p.Value, at.Length == 0 ? name : $"{at}.{name}");
+                }
+                break;
+        }
     }
 
     /// <summary>A field of the body, null when absent or JSON null (also for endpoints with fields of their own).</summary>

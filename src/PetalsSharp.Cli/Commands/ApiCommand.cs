@@ -17,10 +17,11 @@ public static class ApiCommand
         var port = new Option<int>("--port") { Description = "Port to listen on (0 = any free port)", DefaultValueFactory = _ => 8000 };
         var local = new Option<bool>("--local") { Description = "Run every block in this process instead of on a swarm" };
         var name = new Option<string>("--model-name") { Description = "Model id clients must send (default: the model folder's name)" };
+        var maxRequest = new Option<long>("--max-request-bytes") { Description = "Largest request body accepted; larger ones get HTTP 413", DefaultValueFactory = _ => OpenAiServer.DefaultMaxRequestBytes };
         var remote = new ModelOpener.RemoteOptionSet();
         var cmd = new Command("api", "Serve an OpenAI-compatible API (/v1/models, /v1/completions, /v1/chat/completions) over a model.\n\nExamples:\n  petals api --model ./my-model --initial-peers 127.0.0.1:31337 --port 8000\n  petals api --model ./my-model --local --port 8000")
         {
-            model, dtype, host, port, local, name,
+            model, dtype, host, port, local, name, maxRequest,
         };
         remote.AddTo(cmd);
         cmd.SetAction(async (pr, ct) =>
@@ -38,7 +39,7 @@ public static class ApiCommand
                 : source.SwarmName is { } hubName
                     ? new PetalsChatClient(lm, hubName, Text.Templates.ChatTemplate.TryLoad(dir))
                     : PetalsChatClient.ForFolder(lm, dir);
-            await using var app = OpenAiServer.Build(chat, pr.GetValue(host)!, pr.GetValue(port));
+            await using var app = OpenAiServer.Build(chat, pr.GetValue(host)!, pr.GetValue(port), pr.GetValue(maxRequest));
             // With a DHT, the same server shows the swarm's dashboard at / (JSON at /api/v1/swarm).
             await using var watcher = string.IsNullOrWhiteSpace(where.InitialPeers) ? null
                 : await Api.Dashboard.SwarmWatcher.StartAsync(Cli.SplitList(where.InitialPeers), Cli.LoadSwarmKey(where.SwarmKeyPath),

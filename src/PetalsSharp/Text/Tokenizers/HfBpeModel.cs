@@ -1,24 +1,28 @@
 using System.Text;
 using System.Text.Json;
-using Microsoft.ML.Tokenizers;
 
 namespace PetalsSharp.Text.Tokenizers;
 
 /// <summary>
-/// The BPE model of a <c>tokenizer.json</c>. Merging is delegated to <see cref="BpeTokenizer"/>; this class adds what
-/// it lacks: <c>byte_fallback</c>, <c>ignore_merges</c> and HF's handling of characters missing from the vocabulary.
+/// The BPE model of a <c>tokenizer.json</c>: HF's merge loop (word.rs <c>merge_all</c>), with <c>byte_fallback</c>,
+/// <c>ignore_merges</c> and HF's handling of characters missing from the vocabulary.
 /// </summary>
+/// <remarks>
+/// Merging keeps a priority queue of candidate pairs over a linked list of symbols, so one word costs
+/// O(n log n). Microsoft.ML.Tokenizers' BpeTokenizer, used before, was quadratic in the word's length, and a
+/// tokenizer without a pre-tokenizer (SentencePiece-style, like stories260K's) hands it a whole prompt as one word.
+/// </remarks>
 internal sealed class HfBpeModel
 {
     private readonly Dictionary<string, int> _vocab;
     private readonly Dictionary<string, int>.AlternateLookup<ReadOnlySpan<char>> _lookup;
-    private readonly BpeTokenizer _engine;
+    private readonly Dictionary<(int Left, int Right), (int Rank, int Id)> _merges;
     private readonly int? _unkId;
     private readonly bool _fuseUnk;
     private readonly bool _ignoreMerges;
     private readonly int[]? _byteIds; // id of <0xHH> per byte when byte_fallback is on and all 256 exist
 
-    private HfBpeModel(Dictionary<string, int> vocab, List<string> merges, JsonElement model, string file)
+    private HfBpeModel(Dictionary<string, int> vocab, List<(string Left, string Right)> merges, JsonElement model, string file)
     {
         _vocab = vocab;
         _lookup = vocab.GetAlternateLookup<ReadOnlySpan<char>>();
@@ -43,13 +47,17 @@ internal sealed class HfBpeModel
             _byteIds = ids;
         }
 
-        try
+        // As HF builds its merge map: the rank is the merge's index, and a repeated pair keeps its last rank.
+        _merges = new Dictionary<(int, int), (int, int)>(merges.Count);
+        for (int rank = 0; rank < merges.Count; rank++)
         {
-            _engine = BpeTokenizer.Create(new BpeOptions(vocab) { Merges = merges, PreTokenizer = new WholeText() });
-        }
-        catch (Exception ex) when (ex is not OutOfMemoryException)
-        {
-            throw HfJson.Invalid(file, $"the BPE vocabulary or merges were rejected ({ex.Message})");
+            var (left, right) = merges[rank];
+            if (!vocab.TryGetValue(left, out int l) || !vocab.TryGetValue(right, out int r) || !vocab.TryGetValue(left + right, out int merged))
+            {
+                throw HfJson.Invalid(file, $"the BPE vocabulary or merges were rejected (merge '{left} {right}' names a token missing from the vocabulary)");
+            }
+
+            _merges[(l, r)] = (rank, merged);
         }
     }
 
@@ -88,7 +96,7 @@ internal sealed class HfBpeModel
             vocab[p.Name] = p.Value.GetInt32();
         }
 
-        var merges = new List<string>();
+        var merges = new List<(string, string)>();
         foreach (var m in HfJson.Array(model, "merges", file, "model"))
         {
             (string left, string right) = m.ValueKind switch
@@ -99,11 +107,11 @@ internal sealed class HfBpeModel
             };
             if (left.Contains(' ') || right.Contains(' '))
             {
-                // BpeTokenizer only takes "left right" strings, which cannot express a space inside a token.
+                // The "left right" string form cannot express a space inside a token; refused in both forms alike.
                 throw HfJson.Unsupported(file, "BPE merge", $"[{left}, {right}] containing a space", "merges of tokens without spaces");
             }
 
-            merges.Add(left + " " + right);
+            merges.Add((left, right));
         }
 
         return new HfBpeModel(vocab, merges, model, file);
@@ -134,7 +142,7 @@ internal sealed class HfBpeModel
 
             if (i > runStart)
             {
-                ids.AddRange(_engine.EncodeToIds(word[runStart..i]));
+                Merge(word.AsSpan(runStart, i - runStart), ids);
                 lastWasUnk = false;
             }
 
@@ -160,17 +168,71 @@ internal sealed class HfBpeModel
 
         if (word.Length > runStart)
         {
-            ids.AddRange(_engine.EncodeToIds(runStart == 0 ? word : word[runStart..]));
+            Merge(word.AsSpan(runStart), ids);
         }
     }
 
-    /// <summary>Keeps each word whole: splitting is done by the <c>tokenizer.json</c> pre-tokenizer, not by the engine.</summary>
-    private sealed class WholeText : PreTokenizer
+    /// <summary>
+    /// Merges a run of characters that are all in the vocabulary: repeatedly the pair with the lowest merge rank,
+    /// the leftmost winning ties, as HF's <c>Word::merge_all</c> does (stale queue entries are skipped).
+    /// </summary>
+    private void Merge(ReadOnlySpan<char> run, List<int> ids)
     {
-        public override IEnumerable<(int Offset, int Length)> PreTokenize(string text) =>
-            text.Length == 0 ? [] : [(0, text.Length)];
+        int n = 0;
+        var id = new int[run.Length];
+        for (int i = 0; i < run.Length; n++)
+        {
+            int length = char.IsHighSurrogate(run[i]) && i + 1 < run.Length && char.IsLowSurrogate(run[i + 1]) ? 2 : 1;
+            id[n] = _lookup[run.Slice(i, length)];
+            i += length;
+        }
 
-        public override IEnumerable<(int Offset, int Length)> PreTokenize(ReadOnlySpan<char> text) =>
-            text.Length == 0 ? [] : [(0, text.Length)];
+        var prev = new int[n];
+        var next = new int[n];
+        for (int i = 0; i < n; i++)
+        {
+            prev[i] = i - 1;
+            next[i] = i + 1 < n ? i + 1 : -1;
+        }
+
+        var queue = new PriorityQueue<(int Pos, int Id), (int Rank, int Pos)>();
+        void Consider(int left)
+        {
+            if (left >= 0 && next[left] >= 0 && _merges.TryGetValue((id[left], id[next[left]]), out var m))
+            {
+                queue.Enqueue((left, m.Id), (m.Rank, left));
+            }
+        }
+
+        for (int i = 0; i + 1 < n; i++)
+        {
+            Consider(i);
+        }
+
+        while (queue.TryDequeue(out var top, out _))
+        {
+            // Stale: the left symbol was merged away, or either side changed since the pair was queued.
+            int right = next[top.Pos];
+            if (id[top.Pos] < 0 || right < 0 || !_merges.TryGetValue((id[top.Pos], id[right]), out var m) || m.Id != top.Id)
+            {
+                continue;
+            }
+
+            id[top.Pos] = top.Id;
+            id[right] = -1;
+            next[top.Pos] = next[right];
+            if (next[right] >= 0)
+            {
+                prev[next[right]] = top.Pos;
+            }
+
+            Consider(prev[top.Pos]);
+            Consider(top.Pos);
+        }
+
+        for (int s = n > 0 ? 0 : -1; s >= 0; s = next[s])
+        {
+            ids.Add(id[s]);
+        }
     }
 }
