@@ -40,6 +40,11 @@ internal sealed class PushTargets(BlockServer server)
             {
                 return $"the DHT did not answer in time to confirm {address}";
             }
+            catch (Exception e) when (e is not OperationCanceledException)
+            {
+                // A DHT failure costs this step its push, never the session.
+                return $"could not read the DHT to confirm {address}: {e.Message}";
+            }
         }
         return known?.Contains(address) == true ? null : $"{address} is not announced in the DHT for block {end}";
     }
