@@ -25,7 +25,7 @@ public static class SwarmBenchmark
             (localSeconds, localPrefill) = Measure(local, prompt, options);
 
         var spans = Enumerable.Range(0, servers).Select(i => (config.NumLayers * i / servers, config.NumLayers * (i + 1) / servers)).ToList();
-        var procs = await Task.WhenAll(spans.Select(s => ServerProcess.StartAsync(dir, s.Item1, s.Item2)));
+        var procs = await Task.WhenAll(spans.Select(s => ServerProcess.StartAsync(dir, s.Item1, s.Item2, "--push-peers", "127.0.0.1")));
         try
         {
             bool push = args.Get("no-push") is null;

@@ -28,7 +28,7 @@ public static class WanBenchmark
             compute = await MedianStepAsync(local.Blocks, x, steps);
 
         var spans = Enumerable.Range(0, servers).Select(i => (config.NumLayers * i / servers, config.NumLayers * (i + 1) / servers)).ToList();
-        var procs = await Task.WhenAll(spans.Select(s => ServerProcess.StartAsync(dir, s.Item1, s.Item2)));
+        var procs = await Task.WhenAll(spans.Select(s => ServerProcess.StartAsync(dir, s.Item1, s.Item2, "--push-peers", "127.0.0.1")));
         var shapers = await Task.WhenAll(procs.Select(p => LinkShaper.StartAsync(p.Address, TimeSpan.FromMilliseconds(delayMs))));
         try
         {

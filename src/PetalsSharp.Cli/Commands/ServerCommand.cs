@@ -31,6 +31,7 @@ public static class ServerCommand
         var requestMemory = new Option<long?>("--max-request-memory") { Description = "Bytes all Forward/Backward calls together may hold in received tensors (default 2 GiB); a call past it gets RESOURCE_EXHAUSTED" };
         var readTimeout = new Option<double>("--request-read-timeout") { Description = "Seconds a Forward/Backward call may go without sending a message while it sends its tensors (at most 86400)", DefaultValueFactory = _ => 120 };
         var initialPeers = new Option<string?>("--initial-peers") { Description = "Join the swarm through these DHT nodes: ADDR[,ADDR], ADDR = HOST:PORT or HOST:PORT/ID" };
+        var pushPeers = new Option<string?>("--push-peers") { Description = "Servers this one may push step outputs to besides those the DHT announces: HOST:PORT or HOST (any port), comma-separated; needed for push without a DHT" };
         var joinTimeout = new Option<double>("--join-timeout") { Description = "Seconds to keep retrying initial peers that cannot be reached before giving up (0 = one try)", DefaultValueFactory = _ => 60 };
         var newSwarm = new Option<bool>("--new-swarm") { Description = "Start a new swarm (this server is its first DHT node)" };
         var identity = new Option<string?>("--identity") { Description = "Key pair file (created on first use): a restarted server keeps its node id" };
@@ -43,7 +44,7 @@ public static class ServerCommand
         var cmd = new Command("server", "Serve a span of a model's transformer blocks over gRPC.\n\nExamples:\n  petals server -m ./my-model --blocks 0:12 --port 31330 --new-swarm\n  petals server -m ./my-model --blocks 12:24 --port 31331 --initial-peers 10.0.0.5:31330\n  petals server -m ./my-model --num-blocks 8 --initial-peers 10.0.0.5:31330")
         {
             model, blocks, numBlocks, memoryBudget, placementDelay, rebalancePeriod, balanceThreshold, throughput, host, port, publicAddress, dtype, cacheTokens, cacheBytes, maxSession, idle, cacheShare, readTimeout, requestMemory,
-            initialPeers, joinTimeout, newSwarm, identity, swarmKey, updatePeriod, publicName, dhtPrefix, metricsPort, adapters,
+            initialPeers, pushPeers, joinTimeout, newSwarm, identity, swarmKey, updatePeriod, publicName, dhtPrefix, metricsPort, adapters,
         };
         cmd.SetAction(async (pr, ct) =>
         {
@@ -82,6 +83,7 @@ public static class ServerCommand
                 RequestReadTimeout = TimeSpan.FromSeconds(readSeconds),
                 MaxRequestMemoryBytes = pr.GetValue(requestMemory) ?? 2L << 30,
                 InitialPeers = Cli.SplitList(pr.GetValue(initialPeers)), NewSwarm = pr.GetValue(newSwarm),
+                PushPeers = Cli.SplitList(pr.GetValue(pushPeers)),
                 JoinTimeout = Cli.JoinTimeout(pr.GetValue(joinTimeout)),
                 IdentityPath = pr.GetValue(identity), SwarmKey = Cli.LoadSwarmKey(pr.GetValue(swarmKey)),
                 UpdatePeriod = TimeSpan.FromSeconds(pr.GetValue(updatePeriod)), PublicName = pr.GetValue(publicName),

@@ -17,6 +17,12 @@ internal sealed class HopSession(ServerConnection server, ChainHop hop, SessionO
     public ChainHop Hop { get; } = hop;
     public string SessionId { get; } = Guid.NewGuid().ToString("N");
 
+    /// <summary>The secret a push into this session must carry; only the server before this hop is told it.</summary>
+    public string PushToken { get; } = Convert.ToHexString(System.Security.Cryptography.RandomNumberGenerator.GetBytes(16));
+
+    /// <summary>Why the last step read from this hop was not pushed on (null: it was, or it was not asked to be).</summary>
+    public string? PushRefused { get; private set; }
+
     /// <summary>Inputs sent so far, in order (rolled back together with the position).</summary>
     public IReadOnlyList<Tensor> History => _history;
 
@@ -53,6 +59,7 @@ internal sealed class HopSession(ServerConnection server, ChainHop hop, SessionO
         {
             SessionId = SessionId, StartBlock = Hop.Start, EndBlock = Hop.End, BatchSize = options.Batch,
             MaxLength = options.MaxLength, OutputCompression = remote.Compression, ActiveAdapter = remote.ActiveAdapter ?? "",
+            PushToken = PushToken,
         };
         if (options.LeftPadding is not null) open.LeftPadding.AddRange(options.LeftPadding);
         await WriteAsync(new InferenceRequest { Open = open }, ct).ConfigureAwait(false);
@@ -173,6 +180,7 @@ internal sealed class HopSession(ServerConnection server, ChainHop hop, SessionO
                 throw new SwarmException($"{server.Address} answered step {reply.Result.StepId}, expected {stepId}");
             _answered.Add(stepId);
             if (_answered.Count > 1024) _answered.Clear();
+            PushRefused = reply.Result.PushRefused.Length > 0 ? reply.Result.PushRefused : null;
             return RemoteCalls.Expect(TensorCodec.Decode(reply.Result.Hidden, "hidden"), shape, server, "hidden");
         }
     }

@@ -20,6 +20,7 @@ internal sealed class RemoteSession : IBlockSession
     int _disposed;
     readonly int _start;
     bool _opened;
+    bool _pushRefused;   // a server declined to push on once: later steps are driven hop by hop
 
     public RemoteSession(SwarmContext swarm, IReadOnlyList<ChainHop> chain, SessionOptions options)
     {
@@ -56,7 +57,7 @@ internal sealed class RemoteSession : IBlockSession
         // Every hop gets its own step id up front, so a step that was pushed and is later resent is deduplicated.
         var ids = _hops.ToDictionary(hop => hop, _ => HopSession.NewStepId());
         // Deep prompts differ per server, so a step carrying them is driven hop by hop.
-        bool pushed = _swarm.Options.UseServerToServer && _hops.Count > 1 && prompts is null && _hops[0].FitsOneMessage(hidden)
+        bool pushed = _swarm.Options.UseServerToServer && !_pushRefused && _hops.Count > 1 && prompts is null && _hops[0].FitsOneMessage(hidden)
                       && await TrySendWithPushAsync(hidden, start, hypoIds, ids, ct).ConfigureAwait(false);
         for (int i = 0; i < _hops.Count; i++)
         {
@@ -77,6 +78,13 @@ internal sealed class RemoteSession : IBlockSession
                 i += replacements - 1;   // the replacement hops already ran this step
                 pushed = false;          // later hops may have missed the push: drive them from here (same step ids)
             }
+            if (pushed && hop.PushRefused is { } why && i < _hops.Count - 1)
+            {
+                // The next server never got this step: send it ourselves (same step ids), and for the rest of the session.
+                _swarm.Options.Logger.LogInformation("{Hop} does not push on ({Why}); the client drives the next hops itself", hop.Hop, why);
+                pushed = false;
+                _pushRefused = true;
+            }
             if (!ReferenceEquals(h, hidden)) h.Dispose();
             h = output;
             options?.OnBlockOutput?.Invoke(end - 1, h.detach().clone().DetachFromDisposeScope());
@@ -93,7 +101,7 @@ internal sealed class RemoteSession : IBlockSession
     async Task<bool> TrySendWithPushAsync(Tensor hidden, int start, Tensor? hypoIds, Dictionary<HopSession, string> ids, CancellationToken ct)
     {
         var first = _hops[0];
-        var next = _hops.Skip(1).Select(h => new NextServer { Address = h.Address, SessionId = h.SessionId, StepId = ids[h] });
+        var next = _hops.Skip(1).Select(h => new NextServer { Address = h.Address, SessionId = h.SessionId, StepId = ids[h], PushToken = h.PushToken });
         try
         {
             await Retries.Attempt(_swarm, first.Hop, async () =>

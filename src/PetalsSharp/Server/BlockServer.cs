@@ -49,6 +49,7 @@ public sealed partial class BlockServer : IAsyncDisposable
         RequestMemory = new RequestMemory(options.MaxRequestMemoryBytes);
         Peers = new PeerChannels(new PeerChannelOptions(options.MaxMessageBytes));
         Inboxes = new SessionInboxes(options, Peers, _logger);
+        PushTargets = new PushTargets(this);
         Metrics = new ServerMetrics(this);
     }
 
@@ -162,6 +163,7 @@ public sealed partial class BlockServer : IAsyncDisposable
     internal ServedSpan? Current => Volatile.Read(ref _span);
     internal ComputeScheduler Scheduler { get; }
     internal SessionInboxes Inboxes { get; }
+    internal PushTargets PushTargets { get; }
 
     /// <summary>Channels to other servers (push targets, next-ping targets), one per address.</summary>
     internal PeerChannels Peers { get; }

@@ -63,13 +63,15 @@ public sealed partial class BlockServiceImpl
         var options = new SessionOptions(open.BatchSize, open.MaxLength,
             RequestValidator.CheckLeftPadding(open.LeftPadding, open.BatchSize, open.MaxLength))
         { Adapter = FindAdapter(open.ActiveAdapter) };
-        if (!_server.Inboxes.TryRegister(open.SessionId, inbox))
+        if (!_server.Inboxes.TryRegister(open.SessionId, inbox, open.PushToken))
             throw RequestValidator.Error(StatusCode.AlreadyExists, $"session '{Clip(open.SessionId)}' is already open on this server");
+        _server.PushTargets.Prefetch(open.EndBlock);   // the first pushed step then finds the next servers known
         var session = await _server.Scheduler.RunAsync(ComputeScheduler.InferencePriority, () => new LocalBlockSession(slice, options), ct);
         _server.SessionOpened();
         try
         {
-            _logger.LogInformation("session {Session} opened: blocks [{Start}, {End}), batch {Batch}, max_length {MaxLength}",
+            // Debug only: with the id, whoever reads the log could at least try the session (pushes also need its token).
+            _logger.LogDebug("session {Session} opened: blocks [{Start}, {End}), batch {Batch}, max_length {MaxLength}",
                 open.SessionId, open.StartBlock, open.EndBlock, open.BatchSize, open.MaxLength);
             await responseStream.WriteAsync(new InferenceReply
             {
@@ -83,7 +85,7 @@ public sealed partial class BlockServiceImpl
             // The step (if any) has finished by now: RunAsync never completes while its work is running.
             session.Dispose();
             _server.SessionClosed();
-            _logger.LogInformation("session {Session} closed", open.SessionId);
+            _logger.LogDebug("session {Session} closed", open.SessionId);
         }
     }
 
@@ -98,6 +100,8 @@ public sealed partial class BlockServiceImpl
         RequestValidator.CheckCompression(open.OutputCompression, "output_compression");
         FindAdapter(open.ActiveAdapter);
         RequestValidator.CheckLeftPadding(open.LeftPadding, open.BatchSize, open.MaxLength);
+        if (open.PushToken.Length > RequestValidator.MaxIdLength)
+            throw new WireException($"push_token has {open.PushToken.Length} characters; the limit is {RequestValidator.MaxIdLength}");
     }
 
     static async Task PumpAsync(IAsyncStreamReader<InferenceRequest> requests, System.Threading.Channels.ChannelWriter<InferenceRequest> inbox,
@@ -154,6 +158,7 @@ public sealed partial class BlockServiceImpl
             using var prompts = PromptValidator.Decode(step.Prompts, open.EndBlock - open.StartBlock, batch, tokens, HiddenSize, maxElements);  // [blocks, B or 1, P, H]
             if (prompts is not null && step.NextServers.Count > 0)
                 throw new WireException("prompts: a step with deep prompts cannot be pushed (they belong to this server's blocks only)");
+            CheckNextServers(open, step);
             int start = session.Position;
             if (step.HasStartFromPosition)
             {
@@ -181,7 +186,9 @@ public sealed partial class BlockServiceImpl
                 }, ct);
 
             var reply = new InferenceReply { Result = new StepResult { StepId = step.StepId, Hidden = output, Position = session.Position } };
-            if (step.NextServers.Count > 0) Push(step, output);
+            if (step.NextServers.Count > 0 && await PushRefusalAsync(open, step, ct) is { } refusal)
+                reply.Result.PushRefused = refusal;
+            else if (step.NextServers.Count > 0) Push(step, output);
             await replies.WriteAsync(reply, ct);
             _server.Metrics.Served("inference", System.Diagnostics.Stopwatch.GetElapsedTime(started));
             if (tokens > 0) active = System.Diagnostics.Stopwatch.GetTimestamp();
@@ -193,14 +200,39 @@ public sealed partial class BlockServiceImpl
         }
     }
 
+    /// <summary>
+    /// A chain after this session's span has at most one hop per remaining block, so a longer list is no client's
+    /// route: it would only multiply the work one step buys.
+    /// </summary>
+    void CheckNextServers(OpenSession open, InferenceStep step)
+    {
+        int most = Math.Min(16, _server.Config.NumLayers - open.EndBlock);
+        if (step.NextServers.Count > most)
+            throw new WireException($"next_servers has {step.NextServers.Count} entries; a session ending at block {open.EndBlock} of " +
+                                    $"{_server.Config.NumLayers} can have at most {most} servers after it");
+        foreach (var next in step.NextServers)
+        {
+            RequestValidator.CheckId(next.SessionId, "next_servers.session_id");
+            RequestValidator.CheckId(next.StepId, "next_servers.step_id");
+            if (next.Address.Length is 0 or > 256) throw new WireException("next_servers.address must be HOST:PORT");
+            if (next.PushToken.Length > RequestValidator.MaxIdLength)
+                throw new WireException($"next_servers.push_token has {next.PushToken.Length} characters; the limit is {RequestValidator.MaxIdLength}");
+        }
+    }
+
+    /// <summary>Why this step's output is not pushed on, or null to push it (see <see cref="PushTargets"/>).</summary>
+    async Task<string?> PushRefusalAsync(OpenSession open, InferenceStep step, CancellationToken ct)
+    {
+        // A session of this very server later in the chain would run the step here again (a loop, whatever address names it).
+        if (step.NextServers.FirstOrDefault(n => n.SessionId == open.SessionId || _server.Inboxes.IsOpen(n.SessionId)) is { } loop)
+            return $"next_servers names session '{Clip(loop.SessionId)}', which is open on this server: no push back into it";
+        return await _server.PushTargets.RefusalAsync(step.NextServers[0].Address, open.EndBlock, ct);
+    }
+
     /// <summary>Hands the output to the next server of the chain with the rest of the chain.</summary>
     void Push(InferenceStep step, WireTensor output)
     {
-        if (step.NextServers.Count > 16) throw new WireException($"next_servers has {step.NextServers.Count} entries (at most 16)");
         var next = step.NextServers[0];
-        RequestValidator.CheckId(next.SessionId, "next_servers.session_id");
-        RequestValidator.CheckId(next.StepId, "next_servers.step_id");
-        if (next.Address.Length is 0 or > 256) throw new WireException("next_servers.address must be HOST:PORT");
         // This hop's output [B, T, H] is the next hop's input; the cache rows move the same way on every hop.
         var pushed = new InferenceStep { StepId = next.StepId, Hidden = output, HypoIds = step.HypoIds };
         if (step.HasStartFromPosition) pushed.StartFromPosition = step.StartFromPosition;

@@ -124,6 +124,13 @@ public sealed record ServerOptions
     /// <summary>DHT peers to join ("HOST:PORT" or "HOST:PORT/ID"); empty with <see cref="NewSwarm"/> false = no DHT.</summary>
     public IReadOnlyList<string> InitialPeers { get; init; } = [];
 
+    /// <summary>
+    /// Where server-to-server push may go besides the servers the DHT announces for the block after this span:
+    /// <c>HOST:PORT</c>, or <c>HOST</c> for any port of it. Without a DHT this list is the only way to push; empty
+    /// (the default) then means clients drive every hop themselves.
+    /// </summary>
+    public IReadOnlyList<string> PushPeers { get; init; } = [];
+
     /// <summary>Start a new swarm: host a DHT node without joining anyone.</summary>
     public bool NewSwarm { get; init; }
 

@@ -21,6 +21,9 @@ public sealed class ServerProcess : IDisposable
     /// <summary><c>127.0.0.1:PORT</c> as the server printed it.</summary>
     public string Address { get; }
 
+    /// <summary>The child's process id (tests read its /proc/PID/status and fd table).</summary>
+    public int ProcessId => _process.Id;
+
     /// <summary>Everything the server printed so far (it keeps growing while the server runs).</summary>
     public string Log
     {

@@ -14,30 +14,46 @@ namespace PetalsSharp.Server;
 /// </summary>
 internal sealed class SessionInboxes(ServerOptions options, PeerChannels peers, ILogger logger)
 {
-    readonly ConcurrentDictionary<string, Channel<InferenceRequest>> _inboxes = new();
+    readonly ConcurrentDictionary<string, (Channel<InferenceRequest> Inbox, byte[] PushToken)> _inboxes = new();
 
     /// <summary>A session's inbox: bounded, so neither a client nor a pushing server can queue without limit.</summary>
     public static Channel<InferenceRequest> CreateInbox() =>
         Channel.CreateBounded<InferenceRequest>(new BoundedChannelOptions(64) { FullMode = BoundedChannelFullMode.Wait });
 
-    /// <summary>Makes a session reachable by pushes; false when the id is already open here.</summary>
-    public bool TryRegister(string sessionId, Channel<InferenceRequest> inbox) => _inboxes.TryAdd(sessionId, inbox);
+    /// <summary>
+    /// Makes a session reachable by pushes that carry <paramref name="pushToken"/> (empty: by none); false when the
+    /// id is already open here.
+    /// </summary>
+    public bool TryRegister(string sessionId, Channel<InferenceRequest> inbox, string pushToken) =>
+        _inboxes.TryAdd(sessionId, (inbox, System.Text.Encoding.UTF8.GetBytes(pushToken)));
+
+    /// <summary>Whether a session with this id is open here (a push to it would loop back into this server).</summary>
+    public bool IsOpen(string sessionId) => _inboxes.ContainsKey(sessionId);
 
     public void Close(string sessionId)
     {
-        if (_inboxes.TryRemove(sessionId, out var inbox)) inbox.Writer.TryComplete();
+        if (_inboxes.TryRemove(sessionId, out var entry)) entry.Inbox.Writer.TryComplete();
     }
 
-    /// <summary>Delivers a pushed step; NOT_FOUND when no such session is open here.</summary>
+    /// <summary>
+    /// Delivers a pushed step. A session id is logged and guessable, so it is no credential: the push must carry the
+    /// session's push token, which its client gave only to the server before this one in its chain.
+    /// </summary>
     public async Task DeliverAsync(PushRequest request, CancellationToken ct)
     {
         if (request.Step is null) throw new RpcException(new Status(StatusCode.InvalidArgument, "push without a step"));
-        if (!_inboxes.TryGetValue(request.SessionId, out var inbox))
-            throw new RpcException(new Status(StatusCode.NotFound, $"no open session '{Clip(request.SessionId)}' on this server"));
+        // One answer for "no such session" and "wrong token", so a push reveals nothing about which ids are open.
+        var denied = new RpcException(new Status(StatusCode.PermissionDenied,
+            "push refused: no open session here accepts this push_token (only the previous server of the session's chain holds it)"));
+        if (!_inboxes.TryGetValue(request.SessionId, out var entry) || entry.PushToken.Length == 0) throw denied;
+        var given = System.Text.Encoding.UTF8.GetBytes(request.PushToken);
+        if (!System.Security.Cryptography.CryptographicOperations.FixedTimeEquals(given, entry.PushToken)) throw denied;
+        var inbox = entry.Inbox;
         using var timeout = CancellationTokenSource.CreateLinkedTokenSource(ct);
         timeout.CancelAfter(TimeSpan.FromSeconds(10));
         try { await inbox.Writer.WriteAsync(new InferenceRequest { Step = request.Step }, timeout.Token); }
-        catch (ChannelClosedException) { throw new RpcException(new Status(StatusCode.NotFound, $"session '{Clip(request.SessionId)}' closed")); }
+        // No id in the message: the pushing server logs it at warning level.
+        catch (ChannelClosedException) { throw new RpcException(new Status(StatusCode.NotFound, "the session closed before the push arrived")); }
     }
 
     /// <summary>
@@ -50,8 +66,10 @@ internal sealed class SessionInboxes(ServerOptions options, PeerChannels peers, 
         {
             try
             {
-                var client = new BlockService.BlockServiceClient(SwarmAuth.Apply(peers.Get(next.Address), options.SwarmKey));
-                await client.PushAsync(new PushRequest { SessionId = next.SessionId, Step = step }, deadline: DateTime.UtcNow.AddSeconds(30));
+                using var lease = peers.Rent(next.Address);
+                var client = new BlockService.BlockServiceClient(SwarmAuth.Apply(lease.Channel, options.SwarmKey));
+                await client.PushAsync(new PushRequest { SessionId = next.SessionId, Step = step, PushToken = next.PushToken },
+                    deadline: DateTime.UtcNow.AddSeconds(30));
             }
             catch (Exception e)
             {
@@ -59,6 +77,4 @@ internal sealed class SessionInboxes(ServerOptions options, PeerChannels peers, 
             }
         });
     }
-
-    static string Clip(string s) => s.Length <= 64 ? s : s[..64] + "...";
 }

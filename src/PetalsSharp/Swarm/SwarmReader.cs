@@ -29,6 +29,22 @@ public static class SwarmReader
         return SwarmSnapshot.FromRecords(prefix, numBlocks, records);
     }
 
+    /// <summary>The servers announced under block <paramref name="block"/>'s key alone (one DHT lookup instead of one per block).</summary>
+    public static async Task<IReadOnlyList<ServerInfo>> ReadBlockAsync(DhtNode dht, string prefix, int numBlocks, int block,
+        CancellationToken ct = default)
+    {
+        var records = new List<ServerInfo>();
+        foreach (var e in await dht.GetAsync(ModelNames.BlockKey(prefix, block), ct).ConfigureAwait(false))
+        {
+            ServerAnnouncement a;
+            try { a = ServerAnnouncement.Parser.ParseFrom(e.Value); }
+            catch (InvalidProtocolBufferException) { continue; }
+            var info = ServerInfo.FromAnnouncement(e.Subkey, a, numBlocks, e.Expiration);
+            if (info is not null && info.Start <= block && block < info.End) records.Add(info);
+        }
+        return records;
+    }
+
     /// <summary>The models listed in the DHT's model index.</summary>
     public static async Task<IReadOnlyList<ModelIndexEntry>> ReadModelsAsync(DhtNode dht, CancellationToken ct = default)
     {

@@ -1,4 +1,3 @@
-using System.Collections.Concurrent;
 using Grpc.Net.Client;
 
 namespace PetalsSharp.Wire;
@@ -22,36 +21,140 @@ public sealed record PeerChannelOptions(int MaxMessageBytes)
 
 /// <summary>
 /// One HTTP/2 channel per peer address, and the one place channels to peers are made. Authentication is applied per
-/// call (see <c>SwarmAuth</c>), so one channel serves every caller. Peers come and go (and DHT replies may name
-/// addresses that never answer), so channels idle for a while are dropped once the cache grows large.
+/// call (see <c>SwarmAuth</c>), so one channel serves every caller. Peers come and go, and DHT replies or clients may
+/// name addresses that never answer, so the cache is bounded: at most <see cref="MaxChannels"/> channels (the least
+/// recently used go first) and none idle longer than <see cref="IdleTimeout"/>. A channel leaves the cache at once
+/// but is disposed only when no call holds it: a <see cref="Rent"/> lease until it is disposed, a <see cref="Get"/>
+/// for <see cref="GetGrace"/> after it (callers of Get give every call a shorter deadline).
 /// </summary>
-public sealed class PeerChannels(PeerChannelOptions options) : IDisposable
+public sealed class PeerChannels : IDisposable
 {
-    const int SweepAbove = 1024;
-    static readonly TimeSpan IdleAfter = TimeSpan.FromMinutes(5);
-    readonly ConcurrentDictionary<string, (GrpcChannel Channel, long LastUsedTicks)> _channels = new(StringComparer.OrdinalIgnoreCase);
+    /// <summary>Most channels kept; a new address past it evicts the least recently used one.</summary>
+    public const int MaxChannels = 256;
+
+    /// <summary>A channel unused this long is dropped.</summary>
+    public static readonly TimeSpan IdleTimeout = TimeSpan.FromMinutes(2);
+
+    /// <summary>How long a channel handed out by <see cref="Get"/> stays usable after it left the cache.</summary>
+    public static readonly TimeSpan GetGrace = TimeSpan.FromSeconds(60);
+
+    internal sealed class Entry(GrpcChannel channel)
+    {
+        public readonly GrpcChannel Channel = channel;
+        public int Leases;            // Rent leases not yet disposed
+        public long LastUsedTicks;    // Environment.TickCount64 of the last Get or Rent
+        public long LastUse;          // order of the last use (ticks tie within a few ms)
+    }
+
+    readonly Lock _lock = new();
+    readonly Dictionary<string, Entry> _channels = new(StringComparer.OrdinalIgnoreCase);
+    readonly List<Entry> _retired = [];   // out of the cache, waiting for their last call
+    readonly Timer _sweeper;
+    long _uses;
     bool _disposed;
 
-    public PeerChannelOptions Options { get; } = options;
+    public PeerChannels(PeerChannelOptions options)
+    {
+        Options = options;
+        _sweeper = new Timer(_ => Sweep(), null, TimeSpan.FromSeconds(15), TimeSpan.FromSeconds(15));
+    }
 
-    /// <summary>The cached channel to <paramref name="address"/> (<c>HOST:PORT</c> or a URL), created on first use.</summary>
+    public PeerChannelOptions Options { get; }
+
+    /// <summary>Channels in the cache (retired ones still finishing calls are not counted).</summary>
+    public int Count
+    {
+        get { lock (_lock) return _channels.Count; }
+    }
+
+    /// <summary>
+    /// The cached channel to <paramref name="address"/> (<c>HOST:PORT</c> or a URL), created on first use. Every call
+    /// on it must end within <see cref="GetGrace"/>; longer users take a <see cref="Rent"/> lease.
+    /// </summary>
     public GrpcChannel Get(string address)
+    {
+        lock (_lock) return Touch(address).Channel;
+    }
+
+    /// <summary>The cached channel to <paramref name="address"/>, kept from disposal until the lease is disposed.</summary>
+    public Lease Rent(string address)
+    {
+        lock (_lock)
+        {
+            var entry = Touch(address);
+            entry.Leases++;
+            return new Lease(this, entry);
+        }
+    }
+
+    /// <summary>A use of one channel; dispose it when the call has ended.</summary>
+    public sealed class Lease : IDisposable
+    {
+        readonly PeerChannels _owner;
+        readonly Entry _entry;
+        int _released;
+
+        internal Lease(PeerChannels owner, Entry entry)
+        {
+            _owner = owner;
+            _entry = entry;
+        }
+
+        public GrpcChannel Channel => _entry.Channel;
+
+        public void Dispose()
+        {
+            if (Interlocked.Exchange(ref _released, 1) != 0) return;
+            lock (_owner._lock)
+            {
+                _entry.Leases--;
+                _entry.LastUsedTicks = Environment.TickCount64;
+            }
+        }
+    }
+
+    Entry Touch(string address)
     {
         ObjectDisposedException.ThrowIf(_disposed, this);
         long now = Environment.TickCount64;
-        var entry = _channels.AddOrUpdate(address, a => (Create(a, Options), now), (_, e) => (e.Channel, now));
-        if (_channels.Count > SweepAbove) Sweep(now);
-        return entry.Channel;
+        if (!_channels.TryGetValue(address, out var entry))
+        {
+            if (_channels.Count >= MaxChannels)
+            {
+                var oldest = _channels.MinBy(kv => kv.Value.LastUse);
+                _channels.Remove(oldest.Key);
+                _retired.Add(oldest.Value);
+            }
+            entry = new Entry(Create(address, Options));
+            _channels[address] = entry;
+        }
+        entry.LastUsedTicks = now;
+        entry.LastUse = ++_uses;
+        return entry;
     }
 
-    void Sweep(long now)
+    /// <summary>Drops idle channels and disposes retired ones that no call can still be using.</summary>
+    internal void Sweep()
     {
-        foreach (var (address, entry) in _channels)
+        var free = new List<GrpcChannel>();
+        lock (_lock)
         {
-            if (now - entry.LastUsedTicks < IdleAfter.TotalMilliseconds || !_channels.TryRemove(new(address, entry))) continue;
-            // A call that took the channel just before the sweep gets 30 s to finish; DHT calls have 2 s deadlines.
-            _ = Task.Delay(TimeSpan.FromSeconds(30)).ContinueWith(_ => entry.Channel.Dispose(), TaskScheduler.Default);
+            if (_disposed) return;
+            long now = Environment.TickCount64;
+            foreach (var (address, entry) in _channels.Where(kv => now - kv.Value.LastUsedTicks >= IdleTimeout.TotalMilliseconds).ToList())
+            {
+                if (entry.Leases > 0) continue;
+                _channels.Remove(address);
+                _retired.Add(entry);
+            }
+            _retired.RemoveAll(entry =>
+            {
+                if (entry.Leases > 0 || now - entry.LastUsedTicks < GetGrace.TotalMilliseconds) return false;
+                free.Add(entry.Channel);
+                return true;
+            });
         }
+        foreach (var channel in free) channel.Dispose();
     }
 
     /// <summary>
@@ -82,8 +185,16 @@ public sealed class PeerChannels(PeerChannelOptions options) : IDisposable
     /// <summary>Closes every channel; calls still running on them fail.</summary>
     public void Dispose()
     {
-        _disposed = true;
-        foreach (var entry in _channels.Values) entry.Channel.Dispose();
-        _channels.Clear();
+        List<Entry> all;
+        lock (_lock)
+        {
+            if (_disposed) return;
+            _disposed = true;
+            all = [.. _channels.Values, .. _retired];
+            _channels.Clear();
+            _retired.Clear();
+        }
+        _sweeper.Dispose();
+        foreach (var entry in all) entry.Channel.Dispose();
     }
 }

@@ -7,7 +7,8 @@ namespace PetalsSharp.Tests.Swarm;
 
 /// <summary>
 /// Five server processes over the llama-gqa fixture (3 blocks): a 2-server chain [0:2] [2:3] and a 3-server
-/// chain [0:1] [1:2] [2:3]. Started once for every test of the collection and killed afterwards.
+/// chain [0:1] [1:2] [2:3]. Started once for every test of the collection and killed afterwards. There is no DHT,
+/// so each may push to any server on 127.0.0.1 (--push-peers); the other static swarms test the client's fallback.
 /// </summary>
 public sealed class LlamaSwarm : IAsyncLifetime
 {
@@ -22,7 +23,7 @@ public sealed class LlamaSwarm : IAsyncLifetime
     public async Task InitializeAsync()
     {
         var starts = new[] { (0, 2), (2, 3), (0, 1), (1, 2), (2, 3) }
-            .Select(s => ServerProcess.StartAsync(ModelDir, s.Item1, s.Item2)).ToArray();
+            .Select(s => ServerProcess.StartAsync(ModelDir, s.Item1, s.Item2, "--push-peers", "127.0.0.1")).ToArray();
         var servers = await Task.WhenAll(starts);
         TwoServers = servers[..2];
         ThreeServers = servers[2..];
