@@ -123,15 +123,17 @@ public sealed class ForgedAnnouncementTests(Xunit.Abstractions.ITestOutputHelper
     }
 
     /// <summary>Connects through the DHT in this process and generates greedily; the route must avoid <paramref name="hang"/>.</summary>
-    static async Task<double> GenerateInProcessAsync(DhtNode bootstrap, Reference r, params string[] hang)
+    /// <returns>Seconds to connect (where forged records cost time) and in all.</returns>
+    async Task<(double Connect, double Total)> GenerateInProcessAsync(DhtNode bootstrap, Reference r, params string[] hang)
     {
         var sw = Stopwatch.StartNew();
         using var model = await DistributedModel.ConnectViaDhtAsync(Model, [bootstrap.Address]);
+        var connect = sw.Elapsed.TotalSeconds;
         var result = await model.GenerateAsync(r.IdRows("generation.prompt_ids"), new GenerationOptions { MaxNewTokens = 12, IgnoreEos = true });
         sw.Stop();
         Assert.Equal(r.IdRows("generation.new_tokens"), result.NewTokens);
         Assert.DoesNotContain(((RemoteSequential)model.Blocks).Servers, s => hang.Contains(s.Address));
-        return sw.Elapsed.TotalSeconds;
+        return (connect, sw.Elapsed.TotalSeconds);
     }
 
     [Fact]
@@ -154,7 +156,9 @@ public sealed class ForgedAnnouncementTests(Xunit.Abstractions.ITestOutputHelper
         await ForgeAsync(bootstrap, 1, _ => hang.Address);
         await WaitOnlineAsync(bootstrap, s => s.Online.Count == 2);
         var one = await GenerateInProcessAsync(bootstrap, r, hang.Address);
-        Assert.True(one <= baseline + 2, $"one forged record: {one:F1} s vs {baseline:F1} s without");
+        // Generation itself never touches the forged records, so their cost is in connecting: timing that alone keeps
+        // the bound meaningful when a generation on this shared box varies by seconds.
+        Assert.True(one.Connect <= baseline.Connect + 2, $"one forged record: connect {one.Connect:F1} s vs {baseline.Connect:F1} s without");
         Assert.Equal(1, hang.Accepted);
 
         // Later clients of the same process remember the failure: no dial, no wait.
@@ -173,12 +177,13 @@ public sealed class ForgedAnnouncementTests(Xunit.Abstractions.ITestOutputHelper
         await ForgeAsync(bootstrap, 998, _ => hang2.Address);
         await WaitOnlineAsync(bootstrap, s => s.Online.Count >= 1000);
         var many = await GenerateInProcessAsync(bootstrap, r, hang.Address, hang2.Address);
-        Assert.True(many <= baseline + 5, $"999 forged records: {many:F1} s vs {baseline:F1} s without");
+        Assert.True(many.Connect <= baseline.Connect + 5, $"999 forged records: connect {many.Connect:F1} s vs {baseline.Connect:F1} s without");
         Assert.Equal(1, hang2.Accepted);
         var cliMany = await GenerateAsync(bootstrap, ids);
         Assert.Equal(expected, cliMany.Tokens);
         // Wall-clock numbers of whole CLI processes on a shared box are for the report, not for asserting.
-        output.WriteLine($"in-process: {baseline:F2} s, one forged {one:F2} s, 999 forged {many:F2} s; " +
+        output.WriteLine($"in-process connect/total: {baseline.Connect:F2}/{baseline.Total:F2} s, one forged {one.Connect:F2}/{one.Total:F2} s, " +
+            $"999 forged {many.Connect:F2}/{many.Total:F2} s; " +
             $"CLI: {cliBaseline.Seconds:F2} s, one forged {cliOne.Seconds:F2} s, 999 forged {cliMany.Seconds:F2} s");
 
         // petals swarm: the forged records are listed but not counted as coverage; existing fields keep their names.
