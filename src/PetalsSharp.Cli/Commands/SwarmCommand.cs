@@ -1,6 +1,7 @@
 using System.CommandLine;
 using System.Text.Json;
 using System.Text.Json.Nodes;
+using PetalsSharp.Client;
 using PetalsSharp.Swarm;
 using Spectre.Console;
 
@@ -26,23 +27,35 @@ public static class SwarmCommand
             var models = await SwarmReader.ReadModelsAsync(dht, ct);
             var snapshots = new List<SwarmSnapshot>();
             foreach (var m in models) snapshots.Add(await SwarmReader.ReadAsync(dht, m.DhtPrefix, m.NumBlocks, ct));
-            if (pr.GetValue(json)) Console.WriteLine(ToJson(snapshots).ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
-            else Render(snapshots);
+            // Records are claims anyone can sign: coverage counts only servers that answered Info as announced.
+            var probeTimeout = new RemoteOptions().ProbeTimeout;
+            var verified = await Task.WhenAll(snapshots.Select(s => SwarmVerifier.VerifyAsync(s, Cli.LoadSwarmKey(pr.GetValue(swarmKey)), probeTimeout, ct)));
+            if (pr.GetValue(json)) Console.WriteLine(ToJson(snapshots, verified).ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
+            else Render(snapshots, verified);
             return 0;
         });
         return cmd;
     }
 
-    public static JsonObject ToJson(IEnumerable<SwarmSnapshot> snapshots) => new()
+    /// <summary>
+    /// The swarm as JSON. <c>coverage</c> and <c>uncovered_blocks</c> count only <paramref name="verified"/> servers
+    /// (one per address); <c>announced_servers</c> counts every ONLINE record, and each server says whether it was
+    /// verified.
+    /// </summary>
+    public static JsonObject ToJson(IReadOnlyList<SwarmSnapshot> snapshots, IReadOnlyList<IReadOnlySet<ServerInfo>> verified) => new()
     {
-        ["models"] = new JsonArray(snapshots.Select(s => (JsonNode)new JsonObject
+        ["models"] = new JsonArray(snapshots.Select((s, k) => (JsonNode)new JsonObject
         {
             ["dht_prefix"] = s.DhtPrefix,
             ["num_blocks"] = s.NumBlocks,
-            ["coverage"] = new JsonArray(s.Coverage().Select(c => (JsonNode)new JsonObject { ["servers"] = c.Servers, ["throughput"] = c.Throughput }).ToArray()),
-            ["uncovered_blocks"] = new JsonArray(s.Uncovered().Select(i => (JsonNode)i).ToArray()),
+            ["coverage"] = new JsonArray(SwarmVerifier.Verified(s, verified[k]).Coverage().Zip(s.Coverage()).Select(c => (JsonNode)new JsonObject
+            {
+                ["servers"] = c.First.Servers, ["throughput"] = c.First.Throughput, ["announced_servers"] = c.Second.Servers,
+            }).ToArray()),
+            ["uncovered_blocks"] = new JsonArray(SwarmVerifier.Verified(s, verified[k]).Uncovered().Select(i => (JsonNode)i).ToArray()),
             ["servers"] = new JsonArray(s.Servers.Select(v => (JsonNode)new JsonObject
             {
+                ["verified"] = verified[k].Contains(v),
                 ["peer_id"] = v.PeerId, ["address"] = v.Address, ["start"] = v.Start, ["end"] = v.End,
                 ["state"] = v.State.ToString().ToUpperInvariant(), ["throughput"] = v.Throughput,
                 ["inference_rps"] = v.InferenceRps, ["cache_tokens_left"] = v.CacheTokensLeft,
@@ -52,17 +65,21 @@ public static class SwarmCommand
         }).ToArray()),
     };
 
-    static void Render(IReadOnlyList<SwarmSnapshot> snapshots)
+    static void Render(IReadOnlyList<SwarmSnapshot> snapshots, IReadOnlyList<IReadOnlySet<ServerInfo>> verified)
     {
         if (snapshots.Count == 0) AnsiConsole.MarkupLine("[yellow]no models announced in this swarm[/]");
-        foreach (var s in snapshots)
+        foreach (var (s, k) in snapshots.Select((s, k) => (s, k)))
         {
             AnsiConsole.MarkupLine($"[bold]{Markup.Escape(s.DhtPrefix)}[/] ({s.NumBlocks} blocks)");
-            var coverage = s.Coverage();
-            AnsiConsole.MarkupLine("coverage: " + string.Join(" ", coverage.Select(c => c.Servers == 0 ? "[red]0[/]" : $"[green]{c.Servers}[/]")));
-            var table = new Table().AddColumns("state", "address", "span", "throughput tok/s", "cache tokens", "name", "peer id");
+            var coverage = SwarmVerifier.Verified(s, verified[k]).Coverage();
+            AnsiConsole.MarkupLine("coverage: " + string.Join(" ", coverage.Select(c => c.Servers == 0 ? "[red]0[/]" : $"[green]{c.Servers}[/]"))
+                + " (servers that answered)");
+            var unverified = s.Online.Count(v => !verified[k].Contains(v));
+            if (unverified > 0) AnsiConsole.MarkupLine($"[yellow]{unverified} ONLINE record(s) did not answer as announced[/]");
+            var table = new Table().AddColumns("state", "verified", "address", "span", "throughput tok/s", "cache tokens", "name", "peer id");
             foreach (var v in s.Servers)
-                table.AddRow(v.State.ToString().ToUpperInvariant(), Markup.Escape(v.Address), $"{v.Start}:{v.End}", $"{v.Throughput:F0}",
+                table.AddRow(v.State.ToString().ToUpperInvariant(), verified[k].Contains(v) ? "yes" : "[red]no[/]", Markup.Escape(v.Address),
+                    $"{v.Start}:{v.End}", $"{v.Throughput:F0}",
                     v.CacheTokensLeft.ToString(), Markup.Escape(v.PublicName), v.PeerId[..Math.Min(12, v.PeerId.Length)]);
             AnsiConsole.Write(table);
         }

@@ -39,6 +39,29 @@ public sealed record RemoteOptions
     /// </summary>
     public bool UseServerToServer { get; init; } = true;
 
+    /// <summary>
+    /// Deadline of the Info call that proves a server discovered in the DHT is alive before it is routed through. A
+    /// record is only a signed claim (anyone can sign one with a fresh key), so an address that never answers must not
+    /// cost more than this. Servers given explicitly, and the last-resort retry when the quick probes leave blocks
+    /// uncovered, get <see cref="ConnectTimeout"/>.
+    /// </summary>
+    public TimeSpan ProbeTimeout { get; init; } = TimeSpan.FromSeconds(2);
+
+    /// <summary>Deadline of the Info call to servers given explicitly (and to every candidate when nothing else covers).</summary>
+    public TimeSpan ConnectTimeout { get; init; } = TimeSpan.FromSeconds(10);
+
+    /// <summary>
+    /// Once the servers that answered cover every block, how much longer connecting waits for the other probes
+    /// (they go on in the background and join the pool when they answer).
+    /// </summary>
+    public TimeSpan ProbeGrace { get; init; } = TimeSpan.FromMilliseconds(500);
+
+    /// <summary>
+    /// How long an address that failed its probe is skipped by every client in this process (doubling with each
+    /// failure in a row, up to 16×), unless the blocks cannot be covered without it.
+    /// </summary>
+    public TimeSpan UnreachableMemory { get; init; } = TimeSpan.FromSeconds(60);
+
     /// <summary>How often the client re-measures RTTs and looks for new servers in the background (0 = never).</summary>
     public TimeSpan RefreshPeriod { get; init; } = TimeSpan.FromSeconds(60);
 

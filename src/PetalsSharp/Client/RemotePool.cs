@@ -9,11 +9,14 @@ namespace PetalsSharp.Client;
 /// The servers a remote stack (and its slices) may use: their connections, temporary bans of servers that failed,
 /// and, for a DHT-backed pool, a way to discover more. Chains are planned from a snapshot of the usable servers.
 /// </summary>
-internal sealed class RemotePool : IDisposable, IAsyncDisposable
+internal sealed partial class RemotePool : IDisposable, IAsyncDisposable
 {
     readonly ConcurrentDictionary<string, ServerConnection> _servers = new();
     // Connections the swarm stopped listing as they were; open sessions may still run on them until the pool ends.
     readonly ConcurrentBag<ServerConnection> _retired = [];
+    // Info probes in flight, so a discovery during a slow probe joins it instead of dialing again.
+    readonly ConcurrentDictionary<string, Task<Exception?>> _probing = new();
+    volatile bool _closed;
     readonly Lock _memory = new();
     BanList _bans = BanList.Empty;
     RttEstimator _rtts = RttEstimator.Empty;
@@ -47,7 +50,9 @@ internal sealed class RemotePool : IDisposable, IAsyncDisposable
 
     /// <summary>
     /// Connects to every reachable address; unreachable ones are skipped (a swarm always has some dead entries)
-    /// unless none answers. <paramref name="discover"/> lists current server addresses when a chain can't be found.
+    /// unless none answers. <paramref name="discover"/> lists current server addresses when a chain can't be found;
+    /// with it, <paramref name="peers"/> came from the DHT and are only claims, so they are probed (see
+    /// <see cref="ProbeAsync"/>) rather than waited for.
     /// </summary>
     public static async Task<RemotePool> ConnectAsync(ModelConfig config, IEnumerable<string> peers, RemoteOptions options,
         Checkpoint? local, CancellationToken ct, Func<CancellationToken, Task<IReadOnlyList<ServerInfo>>>? discover = null)
@@ -55,7 +60,9 @@ internal sealed class RemotePool : IDisposable, IAsyncDisposable
         var addresses = peers.Select(p => p.Trim()).Where(p => p.Length > 0).Distinct().ToList();
         if (addresses.Count == 0) throw new ArgumentException("no peers given");
         var pool = new RemotePool(config, options, new LocalFingerprints(options.VerifyWeights ? local : null), discover);
-        var errors = await pool.AddAsync(addresses, ct).ConfigureAwait(false);
+        var errors = discover is null
+            ? await pool.AddAsync(addresses, options.ConnectTimeout, untilCovered: false, ct).ConfigureAwait(false)
+            : await pool.ProbeAsync(addresses, ct).ConfigureAwait(false);
         if (pool._servers.IsEmpty)
         {
             await pool.DisposeAsync().ConfigureAwait(false);
@@ -63,33 +70,6 @@ internal sealed class RemotePool : IDisposable, IAsyncDisposable
         }
         if (options.RefreshPeriod > TimeSpan.Zero) pool._refresh = pool.RefreshLoopAsync(options.RefreshPeriod);
         return pool;
-    }
-
-    async Task<List<Exception>> AddAsync(IEnumerable<string> addresses, CancellationToken ct)
-    {
-        var errors = new List<Exception>();
-        var tasks = addresses.Where(a => !_servers.ContainsKey(a))
-            .Select(a => ServerConnection.ConnectAsync(a, Config, Options, ct)).ToList();
-        foreach (var task in tasks)
-        {
-            try
-            {
-                var server = await task.ConfigureAwait(false);
-                try { server.VerifyWeights(_fingerprints.Get); }
-                catch
-                {
-                    server.Dispose();
-                    throw;
-                }
-                if (!_servers.TryAdd(server.Address, server)) server.Dispose();
-                else ObserveRtt(server.Address, server.ConnectRtt.TotalSeconds);
-            }
-            catch (Exception e) when (e is not OperationCanceledException || !ct.IsCancellationRequested)
-            {
-                errors.Add(e);
-            }
-        }
-        return errors;
     }
 
     /// <summary>Bans a failed server for 15 s, doubling with every consecutive failure (capped at 5 min).</summary>
@@ -134,7 +114,7 @@ internal sealed class RemotePool : IDisposable, IAsyncDisposable
         var servers = await _discover(ct).ConfigureAwait(false);
         Learn(servers);
         if (servers.Count > 0) Retire(servers);   // an empty read is more likely a DHT hiccup than an empty swarm
-        await AddAsync(servers.Select(s => s.Address).Distinct(), ct).ConfigureAwait(false);
+        await ProbeAsync(servers.Select(s => s.Address).Distinct().ToList(), ct).ConfigureAwait(false);
     }
 
     /// <summary>
@@ -276,6 +256,7 @@ internal sealed class RemotePool : IDisposable, IAsyncDisposable
 
     void CloseConnections()
     {
+        _closed = true;
         _stop.Dispose();
         foreach (var s in _servers.Values.Concat(_retired)) s.Dispose();
         _servers.Clear();

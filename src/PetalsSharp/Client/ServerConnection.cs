@@ -45,14 +45,14 @@ public sealed class ServerConnection : IDisposable
 
     /// <summary>Connects, asks Info and checks that the server serves this model with a compatible protocol.</summary>
     public static async Task<ServerConnection> ConnectAsync(string address, ModelConfig config, RemoteOptions options,
-        CancellationToken cancellationToken = default)
+        CancellationToken cancellationToken = default, TimeSpan? timeout = null)
     {
         var channel = PeerChannels.Create(address, new PeerChannelOptions(options.MaxMessageBytes));
         try
         {
             var client = new BlockService.BlockServiceClient(PetalsSharp.Dht.SwarmAuth.Apply(channel, options.SwarmKey));
             var sw = System.Diagnostics.Stopwatch.StartNew();
-            var info = await client.InfoAsync(new InfoRequest(), deadline: DateTime.UtcNow.AddSeconds(10),
+            var info = await client.InfoAsync(new InfoRequest(), deadline: DateTime.UtcNow + (timeout ?? options.ConnectTimeout),
                 cancellationToken: cancellationToken).ConfigureAwait(false);
             if (info.ProtocolVersion != Protocol.Version)
                 throw new SwarmException($"{address} speaks protocol v{info.ProtocolVersion}, this client v{Protocol.Version}");
