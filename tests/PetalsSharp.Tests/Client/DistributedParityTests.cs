@@ -52,8 +52,9 @@ public sealed class DistributedParityTests(LlamaSwarm swarm)
     public async Task The_async_forward_equals_the_blocking_one_and_honours_cancellation()
     {
         using var lm = await swarm.ConnectAsync(swarm.ThreePeers);
-        using var noGrad = no_grad();
-        using var hidden = lm.Ends.Embed(Ref.Longs("input_ids"));                              // [B, T, H]
+        // Detached rather than under no_grad(): grad mode is per thread, and an await may resume on another one.
+        using var embedded = lm.Ends.Embed(Ref.Longs("input_ids"));                            // [B, T, H]
+        using var hidden = embedded.detach();                                                   // [B, T, H]
         using var blocking = lm.Blocks.Forward(hidden);                                         // [B, T, H]
         using var awaited = await lm.Blocks.ForwardAsync(hidden);                               // [B, T, H]
         Assert.Equal(0, TensorAssert.MaxAbsDiff(blocking, awaited));
