@@ -10,7 +10,6 @@ using Microsoft.AspNetCore.Routing;
 using Microsoft.AspNetCore.Server.Kestrel.Core;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Logging;
-using PetalsSharp.Wire;
 
 namespace PetalsSharp.Dht;
 
@@ -95,7 +94,6 @@ public sealed partial class DhtNode : IAsyncDisposable
             builder.WebHost.ConfigureKestrel(k => k.Listen(ip, options.Port, l => l.Protocols = HttpProtocols.Http2));
             node.ConfigureServices(builder.Services);
             var app = builder.Build();
-            app.UseGrpcFrameGuard(DhtLimits.MaxMessageBytes);
             node.MapService(app);
             node._app = app;
             await app.StartAsync(cancellationToken).ConfigureAwait(false);

@@ -208,8 +208,7 @@ public sealed partial class BlockServer : IAsyncDisposable
             _dht.ConfigureServices(builder.Services);
         }
         var app = builder.Build();
-        // Above both services' own limits (the DHT's may be larger), below what would break the framework.
-        app.UseGrpcFrameGuard(Math.Max(Options.MaxMessageBytes, PetalsSharp.Dht.DhtLimits.MaxMessageBytes));
+        app.UseGrpcFrameGuard(Options.MaxMessageBytes, "/petals.v1.BlockService");
         app.MapGrpcService<BlockServiceImpl>();
         _dht?.MapService(app);
         await app.StartAsync(cancellationToken);

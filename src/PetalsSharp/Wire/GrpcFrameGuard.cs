@@ -16,10 +16,15 @@ namespace PetalsSharp.Wire;
 /// </summary>
 public static class GrpcFrameGuard
 {
-    /// <summary>Adds the check to every gRPC request of <paramref name="app"/>; run it before the endpoints.</summary>
-    public static void UseGrpcFrameGuard(this IApplicationBuilder app, long maxMessageBytes) => app.Use(async (context, next) =>
+    /// <summary>Adds the check to the gRPC requests of <paramref name="app"/> under <paramref name="pathPrefix"/>; run it before the endpoints.</summary>
+    /// <remarks>
+    /// Only for the block service for now: on standalone DHT nodes it made DhtChurnTests.KeysSurviveChurnOf30Percent
+    /// fail (stores accepted by 1–2 nodes instead of 3), for a reason not yet found.
+    /// </remarks>
+    public static void UseGrpcFrameGuard(this IApplicationBuilder app, long maxMessageBytes, string pathPrefix) => app.Use(async (context, next) =>
     {
-        if (context.Request.ContentType?.StartsWith("application/grpc", StringComparison.OrdinalIgnoreCase) == true
+        if (context.Request.Path.StartsWithSegments(pathPrefix, StringComparison.Ordinal)
+            && context.Request.ContentType?.StartsWith("application/grpc", StringComparison.OrdinalIgnoreCase) == true
             && context.Features.Get<IRequestBodyPipeFeature>() is { } body)
             context.Features.Set<IRequestBodyPipeFeature>(new Feature(new Reader(body.Reader, maxMessageBytes)));
         await next(context);
