@@ -210,6 +210,7 @@ public sealed partial class BlockServer : IAsyncDisposable
             _dht.ConfigureServices(builder.Services);
         }
         var app = builder.Build();
+        app.UseGrpcFrameGuard(Options.MaxMessageBytes, "/petals.v1.BlockService");
         app.MapGrpcService<BlockServiceImpl>();
         _dht?.MapService(app);
         await app.StartAsync(cancellationToken);

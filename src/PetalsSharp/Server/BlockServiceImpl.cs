@@ -59,7 +59,7 @@ public sealed partial class BlockServiceImpl : BlockService.BlockServiceBase
     {
         using var memory = _server.RequestMemory.Open();
         var (header, tensors) = await ReadCallAsync(requestStream, ["hidden"], memory, ct);
-        using var hidden = RequestValidator.DecodeHidden(tensors["hidden"], "hidden", HiddenSize, MaxElements, allowEmptySequence: false);  // [B, T, H]
+        using var hidden = RequestValidator.DecodeHidden(Take(tensors, "hidden"), "hidden", HiddenSize, MaxElements, allowEmptySequence: false);  // [B, T, H]
         using var prompts = DecodePrompts(tensors, header, hidden);                                  // [blocks, B or 1, P, H]
         var reply = await RunOnSpanAsync(header, hidden, (slice, padding, adapter) =>
         {
@@ -75,8 +75,8 @@ public sealed partial class BlockServiceImpl : BlockService.BlockServiceBase
     {
         using var memory = _server.RequestMemory.Open();
         var (header, tensors) = await ReadCallAsync(requestStream, ["hidden", "grad_output"], memory, ct);
-        using var hidden = RequestValidator.DecodeHidden(tensors["hidden"], "hidden", HiddenSize, MaxElements, allowEmptySequence: false);  // [B, T, H]
-        using var gradOutput = RequestValidator.DecodeHidden(tensors["grad_output"], "grad_output", HiddenSize, MaxElements, allowEmptySequence: false);  // [B, T, H]
+        using var hidden = RequestValidator.DecodeHidden(Take(tensors, "hidden"), "hidden", HiddenSize, MaxElements, allowEmptySequence: false);  // [B, T, H]
+        using var gradOutput = RequestValidator.DecodeHidden(Take(tensors, "grad_output"), "grad_output", HiddenSize, MaxElements, allowEmptySequence: false);  // [B, T, H]
         if (!hidden.shape.SequenceEqual(gradOutput.shape))
             throw new WireException($"grad_output: shape [{string.Join(", ", gradOutput.shape)}] differs from hidden [{string.Join(", ", hidden.shape)}]");
         using var prompts = DecodePrompts(tensors, header, hidden);                                  // [blocks, B or 1, P, H]
@@ -95,8 +95,8 @@ public sealed partial class BlockServiceImpl : BlockService.BlockServiceBase
     });
 
     /// <summary>The optional deep prompts of a Forward/Backward call, checked against its blocks and hidden states.</summary>
-    TorchSharp.torch.Tensor? DecodePrompts(IReadOnlyDictionary<string, WireTensor> tensors, CallHeader header, TorchSharp.torch.Tensor hidden) =>
-        PromptValidator.Decode(tensors.GetValueOrDefault("prompts"), Math.Max(0, header.EndBlock - header.StartBlock),
+    TorchSharp.torch.Tensor? DecodePrompts(Dictionary<string, WireTensor> tensors, CallHeader header, TorchSharp.torch.Tensor hidden) =>
+        PromptValidator.Decode(Take(tensors, "prompts"), Math.Max(0, header.EndBlock - header.StartBlock),
             (int)hidden.shape[0], (int)hidden.shape[1], HiddenSize, MaxElements);
 
     /// <summary>
@@ -119,6 +119,29 @@ public sealed partial class BlockServiceImpl : BlockService.BlockServiceBase
             }, ct);
         }
         finally { span.Exit(); }
+    }
+
+    /// <summary>
+    /// Removes a received tensor from the call's set as it is decoded, so its bytes can be collected while the call
+    /// goes on: a call holds its payload once (as bytes, then as a decoded tensor), not twice.
+    /// </summary>
+    static WireTensor? Take(Dictionary<string, WireTensor> tensors, string name) => tensors.Remove(name, out var t) ? t : null;
+
+    /// <summary>Bytes of Tensor framing (shape, dtype, field tags) allowed on top of the values.</summary>
+    const long TensorFramingBytes = 1024;
+
+    /// <summary>
+    /// The largest serialized tensor a Forward/Backward call can use, from the model rather than a fixed size:
+    /// hidden and grad_output hold at most MaxRequestTokens rows of the hidden size in float32 (compressed ones are
+    /// smaller), deep prompts one such set per block of the model.
+    /// </summary>
+    (long Bytes, string Why) TensorLimit(string name)
+    {
+        long tokens = _server.Options.MaxRequestTokens, rowBytes = (long)HiddenSize * sizeof(float);
+        return name == "prompts"
+            ? (_server.Config.NumLayers * tokens * rowBytes + TensorFramingBytes,
+                $"{_server.Config.NumLayers} blocks × this server's {tokens} tokens per request × {HiddenSize} hidden × 4 B, plus framing")
+            : (tokens * rowBytes + TensorFramingBytes, $"this server's {tokens} tokens per request × {HiddenSize} hidden × 4 B, plus framing");
     }
 
     /// <summary>Elements a Forward/Backward tensor may have once decoded to float32.</summary>
@@ -147,7 +170,7 @@ public sealed partial class BlockServiceImpl : BlockService.BlockServiceBase
     }
 
     /// <summary>Reads a CallHeader and then the chunks of the named tensors.</summary>
-    async Task<(CallHeader, IReadOnlyDictionary<string, WireTensor>)> ReadCallAsync(IAsyncStreamReader<CallMessage> stream,
+    async Task<(CallHeader, Dictionary<string, WireTensor>)> ReadCallAsync(IAsyncStreamReader<CallMessage> stream,
         string[] names, RequestMemory.Lease memory, CancellationToken ct)
     {
         var timeout = _server.Options.RequestReadTimeout;
@@ -166,7 +189,7 @@ public sealed partial class BlockServiceImpl : BlockService.BlockServiceBase
         }
     }
 
-    async Task<(CallHeader, IReadOnlyDictionary<string, WireTensor>)> ReadCallCoreAsync(IAsyncStreamReader<CallMessage> stream,
+    async Task<(CallHeader, Dictionary<string, WireTensor>)> ReadCallCoreAsync(IAsyncStreamReader<CallMessage> stream,
         string[] names, RequestMemory.Lease memory, Action received, CancellationToken ct)
     {
         if (!await stream.MoveNext(ct)) throw new WireException("empty request: a CallHeader must come first");
@@ -176,7 +199,7 @@ public sealed partial class BlockServiceImpl : BlockService.BlockServiceBase
         // The header says whether deep prompts come, so they are required then and refused otherwise; no tensor is
         // ever silently ignored because of the order it was sent in.
         var assembler = new TensorAssembler(header.WithPrompts ? [.. names, "prompts"] : names, _server.Options.MaxTensorBytes,
-            reserve: memory.Reserve);
+            reserve: memory.Reserve, limitOf: TensorLimit);
         // Stop as soon as every tensor is whole: the reply need not wait for the client to close its side.
         while (!assembler.IsComplete && await stream.MoveNext(ct))
         {
@@ -190,7 +213,7 @@ public sealed partial class BlockServiceImpl : BlockService.BlockServiceBase
             }
         }
         assembler.RequireComplete();
-        return (header, assembler.Completed);
+        return (header, new Dictionary<string, WireTensor>(assembler.Completed));
     }
 
     static async Task WriteChunksAsync(IServerStreamWriter<CallMessage> stream, string name, WireTensor tensor, CancellationToken ct)
@@ -230,10 +253,16 @@ public sealed partial class BlockServiceImpl : BlockService.BlockServiceBase
     RpcException Translate(Exception e, ServerCallContext context) => e switch
     {
         RpcException r => r,
+        TensorTooLargeException t => RequestValidator.Error(StatusCode.ResourceExhausted, t.Message),
         WireException w => RequestValidator.Error(StatusCode.InvalidArgument, w.Message),
         OperationCanceledException when _server.Stopping.IsCancellationRequested =>
             RequestValidator.Error(StatusCode.Unavailable, "server is stopping"),
-        OperationCanceledException when context.CancellationToken.IsCancellationRequested =>
+        // A client that resets its stream or hangs up is a normal event, whatever exception its absence caused here
+        // (a cancelled read, "the client reset the request stream", a write to a finished call).
+        _ when context.CancellationToken.IsCancellationRequested =>
+            RequestValidator.Error(StatusCode.Cancelled, "call cancelled by the client"),
+        // Kestrel may throw "the client reset the request stream" a moment before it cancels the call's token.
+        IOException when context.CancellationToken.WaitHandle.WaitOne(TimeSpan.FromMilliseconds(250)) =>
             RequestValidator.Error(StatusCode.Cancelled, "call cancelled by the client"),
         ObjectDisposedException when _server.Stopping.IsCancellationRequested =>
             RequestValidator.Error(StatusCode.Unavailable, "server is stopping"),

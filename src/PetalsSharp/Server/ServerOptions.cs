@@ -94,7 +94,10 @@ public sealed record ServerOptions
     /// <summary>Largest single gRPC message, both directions.</summary>
     public int MaxMessageBytes { get; init; } = Protocol.DefaultMaxMessageBytes;
 
-    /// <summary>Largest tensor assembled from Forward/Backward chunks.</summary>
+    /// <summary>
+    /// Ceiling on any tensor assembled from Forward/Backward chunks. Below it each tensor is also held to what the
+    /// model can use (MaxRequestTokens × hidden size × 4 B; deep prompts that per block), checked on its first chunk.
+    /// </summary>
     public long MaxTensorBytes { get; init; } = Protocol.DefaultMaxTensorBytes;
 
     /// <summary>

@@ -18,6 +18,9 @@ public sealed class ServerProcess : IDisposable
         _log = log;
     }
 
+    /// <summary>The child's process id (for /proc readings such as its resident memory).</summary>
+    public int Id => _process.Id;
+
     /// <summary><c>127.0.0.1:PORT</c> as the server printed it.</summary>
     public string Address { get; }
 

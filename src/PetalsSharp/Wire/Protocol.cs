@@ -21,4 +21,4 @@ public static class Protocol
 }
 
 /// <summary>A message that breaks the protocol: wrong shape, size, dtype, values or order. Maps to INVALID_ARGUMENT.</summary>
-public sealed class WireException(string message) : Exception(message);
+public class WireException(string message) : Exception(message);

@@ -32,15 +32,21 @@ public static class TensorChunks
     }
 }
 
+/// <summary>A well-formed tensor bigger than the receiver agreed to take (a server: RESOURCE_EXHAUSTED, try another).</summary>
+public sealed class TensorTooLargeException(string message) : WireException(message);
+
 /// <summary>
 /// Reassembles chunked tensors, refusing anything out of order, oversized or truncated before it buffers it.
 /// Only the names the caller expects (or allows) are accepted, each once. Optional tensors must arrive before the
 /// last expected one: the assembler is complete as soon as every expected tensor is whole.
 /// Buffers grow with the bytes that actually arrive (a declared size is a promise, not a reason to allocate), and
 /// <paramref name="reserve"/> is told of every growth first, so a caller can cap memory over many streams.
+/// <paramref name="limitOf"/> may lower the limit per tensor name (the bytes, and why, for the error message).
+/// The assembled bytes are parsed without a copy: the tensor's data is a view of the one buffer.
 /// </summary>
 public sealed class TensorAssembler(IReadOnlyCollection<string> expectedNames, long maxTensorBytes,
-    IReadOnlyCollection<string>? optionalNames = null, Action<long>? reserve = null)
+    IReadOnlyCollection<string>? optionalNames = null, Action<long>? reserve = null,
+    Func<string, (long Bytes, string Why)>? limitOf = null)
 {
     const int InitialBytes = 1 << 20;
 
@@ -61,8 +67,11 @@ public sealed class TensorAssembler(IReadOnlyCollection<string> expectedNames, l
             if (!expectedNames.Contains(chunk.Name) && optionalNames?.Contains(chunk.Name) != true)
                 throw new WireException($"unexpected tensor '{chunk.Name}' (expected {string.Join(", ", expectedNames.Concat(optionalNames ?? []))})");
             if (_done.ContainsKey(chunk.Name)) throw new WireException($"tensor '{chunk.Name}' sent twice");
+            // Refused on the first chunk, before a byte is buffered: a declared size is checked, never trusted.
             if (chunk.TotalBytes < 0 || chunk.TotalBytes > maxTensorBytes || chunk.TotalBytes > Array.MaxLength)
                 throw new WireException($"tensor '{chunk.Name}' declares {chunk.TotalBytes} bytes; the limit is {maxTensorBytes}");
+            if (limitOf?.Invoke(chunk.Name) is (long limit, string why) && chunk.TotalBytes > limit)
+                throw new TensorTooLargeException($"tensor '{chunk.Name}' declares {chunk.TotalBytes} bytes; the limit is {limit} ({why})");
             _current = chunk.Name;
             _declared = chunk.TotalBytes;
             _buffer = [];
@@ -80,8 +89,7 @@ public sealed class TensorAssembler(IReadOnlyCollection<string> expectedNames, l
         if (!chunk.Last) return;
         if (_filled != _declared)
             throw new WireException($"tensor '{_current}' is truncated: {_filled} of {_declared} bytes");
-        try { _done[_current] = WireTensor.Parser.ParseFrom(_buffer.AsSpan(0, (int)_filled)); }
-        catch (InvalidProtocolBufferException e) { throw new WireException($"tensor '{_current}' is not a valid Tensor message: {e.Message}"); }
+        _done[_current] = TensorMessage.ParseWithoutCopy(_buffer.AsMemory(0, (int)_filled), _current);
         _current = null;
         _buffer = null;
     }
