@@ -34,6 +34,14 @@ public sealed class DhtTestSwarm : IAsyncDisposable
         var node = await DhtNode.StartAsync(options ?? Options());
         Nodes.Add(node);
         await node.BootstrapAsync(peers ?? (Nodes.Count > 1 ? [Nodes[0].PeerAddress] : []));
+        // The bootstrap node adds a caller only after dialing it back (so nobody plants an address), which happens
+        // after the join returns: wait for it, or a store made right away can miss the newcomer on a busy machine.
+        if (peers is null && Nodes.Count > 1)
+        {
+            var deadline = DateTime.UtcNow.AddSeconds(60);
+            while (!Nodes[0].ClosestContacts(node.Id).Any(c => c.Id == node.Id) && DateTime.UtcNow < deadline)
+                await Task.Delay(10);
+        }
         return node;
     }
 
