@@ -1,6 +1,6 @@
-using System.Diagnostics;
 using PetalsSharp.Generation;
 using PetalsSharp.Models;
+using PetalsSharp.Models.Bench;
 using static TorchSharp.torch;
 using F = TorchSharp.torch.nn.functional;
 
@@ -19,7 +19,7 @@ public static class EngineBenchmark
         int promptLen = args.Int("prompt", 64), newTokens = args.Int("new", 128);
         Console.WriteLine($"model: {dir}; prompt {promptLen} tokens, {newTokens} new tokens; torch threads {get_num_threads()}");
         var bandwidth = MeasureBandwidth();
-        Console.WriteLine($"memory bandwidth (streaming sum over 1 GiB): {bandwidth / 1e9:F1} GB/s");
+        Console.WriteLine($"memory bandwidth (streaming read of 512 MiB): {bandwidth / 1e9:F1} GB/s");
         Console.WriteLine();
         Console.WriteLine("| weights | prefill tok/s | decode tok/s | decode ms/token | weight bytes/token | decode GB/s | ÷ bandwidth |");
         Console.WriteLine("|---|---|---|---|---|---|---|");
@@ -48,47 +48,15 @@ public static class EngineBenchmark
         lm.Ends.Logits(lm.Ends.FinalNorm(h.narrow(1, prompt.Length - 1, 1)));
     }
 
-    /// <summary>
-    /// Bytes a decode step must read: every block weight and the LM head, in their stored dtype; of a mixture of
-    /// experts only the k experts a token is routed to.
-    /// </summary>
-    static long DecodeBytesPerToken(CausalLM lm)
-    {
-        double expertShare = lm.Config is MixtralConfig m ? (double)m.NumExpertsPerTok / m.NumLocalExperts : 1.0;
-        long blocks = ((LocalBlockStack)lm.Blocks).Blocks.Sum(b => b.named_parameters().Sum(p =>
-            (long)(p.parameter.NumberOfElements * p.parameter.ElementSize * (p.name.Contains(".experts.") ? expertShare : 1.0))));
-        var head = lm.Ends.EmbeddingWeight;   // untied heads are the same size
-        return blocks + head.NumberOfElements * head.ElementSize;
-    }
+    /// <summary>Bytes a decode step must read: the blocks' weights and the LM head, of a mixture only the k experts a token is routed to.</summary>
+    static long DecodeBytesPerToken(CausalLM lm) => WeightReads.PerDecodedToken(lm.Config, ((LocalBlockStack)lm.Blocks).Blocks, lm.Ends);
 
-    /// <summary>Streaming read rate: summing a 1 GiB float tensor with all torch threads; best of 5.</summary>
+    /// <summary>The streaming read rate, measured as <c>petals bench</c> measures it.</summary>
     static double MeasureBandwidth()
     {
-        using var big = ones(256L * 1024 * 1024);   // 1 GiB of float32
-        double best = double.MaxValue;
-        for (int i = 0; i < 6; i++)
-        {
-            var sw = Stopwatch.StartNew();
-            using var s = big.sum();
-            s.item<float>();
-            if (i > 0) best = Math.Min(best, sw.Elapsed.TotalSeconds);
-        }
-        var torchRate = big.NumberOfElements * 4 / best;
-        // Also a plain two-thread read in C#, in case libtorch's reduction is not the fastest reader here.
-        var host = new float[128L * 1024 * 1024];   // 512 MiB
-        Array.Fill(host, 1f);
-        double bestHost = double.MaxValue;
-        for (int i = 0; i < 6; i++)
-        {
-            var sw = Stopwatch.StartNew();
-            int threads = Math.Max(1, get_num_threads());
-            var chunk = host.Length / threads;
-            Parallel.For(0, threads, t => System.Numerics.Tensors.TensorPrimitives.Sum(host.AsSpan(t * chunk, chunk)));
-            if (i > 0) bestHost = Math.Min(bestHost, sw.Elapsed.TotalSeconds);
-        }
-        var hostRate = host.LongLength * 4 / bestHost;
-        Console.WriteLine($"read bandwidth: torch sum {torchRate / 1e9:F1} GB/s, C# TensorPrimitives.Sum {hostRate / 1e9:F1} GB/s");
-        return Math.Max(torchRate, hostRate);
+        var bandwidth = MemoryBandwidth.Measure(EngineBench.Threads);
+        Console.WriteLine($"read bandwidth: torch sum {bandwidth.TorchSum / 1e9:F1} GB/s, C# TensorPrimitives.Sum {bandwidth.HostRead / 1e9:F1} GB/s");
+        return bandwidth.Best;
     }
 
     /// <summary>Where a decode step's time goes: the blocks, the LM head, and everything else.</summary>
