@@ -61,6 +61,22 @@ public static class Cli
         _ => throw new CliException($"--dtype must be f32, bf16 or f16 (got '{value}')"),
     };
 
+    /// <summary>
+    /// The dtype a command stores <paramref name="config"/>'s weights in: <c>--dtype</c> when given, else the default.
+    /// The default lives only here, so making it the checkpoint's <c>torch_dtype</c> is a change of one line.
+    /// </summary>
+    public static ScalarType WeightDtype(ParseResult pr, Option<string> dtype, ModelConfig config) =>
+        pr.GetResult(dtype) is { Implicit: false } ? ParseDtype(pr.GetValue(dtype)!) : ScalarType.Float32;
+
+    /// <summary>The short name <c>--dtype</c> takes: f32, bf16 or f16.</summary>
+    public static string DtypeName(ScalarType dtype) => dtype switch
+    {
+        ScalarType.Float32 => "f32",
+        ScalarType.BFloat16 => "bf16",
+        ScalarType.Float16 => "f16",
+        _ => dtype.ToString().ToLowerInvariant(),
+    };
+
     /// <summary>Splits a comma-separated option value; null or blank gives an empty list.</summary>
     public static IReadOnlyList<string> SplitList(string? value) =>
         string.IsNullOrWhiteSpace(value) ? [] : value.Split(',', StringSplitOptions.TrimEntries | StringSplitOptions.RemoveEmptyEntries);

@@ -13,6 +13,7 @@ var root = new RootCommand("petals: run large language models collaboratively, B
     InspectCommand.Create(),
     CreateModelCommand.Create(),
     ServerCommand.Create(),
+    BenchCommand.Create(),
     DhtCommand.Create(),
     SwarmCommand.Create(),
     DashboardCommand.Create(),
