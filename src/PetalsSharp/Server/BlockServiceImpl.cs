@@ -146,6 +146,11 @@ public sealed partial class BlockServiceImpl : BlockService.BlockServiceBase
             return;
         }
         RequestValidator.CheckHidden(meta, name, HiddenSize, allowEmptySequence: false);
+        // The codec's element limit first (its message), then the server's token limit; dimensions are ≥ 0 here.
+        long elements = 1;
+        foreach (var d in meta.Shape)
+            if (d > MaxElements || (elements *= d) > MaxElements)
+                throw new WireException($"{name}: shape [{string.Join(", ", meta.Shape)}] exceeds the limit of {MaxElements} elements");
         long batch = meta.Shape[0], tokens = meta.Shape[1], limit = _server.Options.MaxRequestTokens;
         if (batch > limit || tokens > limit || batch * tokens > limit)
             throw RequestValidator.Error(StatusCode.ResourceExhausted,

@@ -35,6 +35,10 @@ public sealed class TensorStreamDecoder(string what, long maxElements, Action<Wi
     TorchSharp.torch.Tensor? _result;
     byte[]? _scales;
     byte _carry;              // the first byte of a 2-byte value split between two parts
+    long _reservedAhead;      // decoded bytes reserved when the destination was allocated and not yet written
+
+    /// <summary>Reserved when the destination is allocated (at most its size), as the framed bytes once were.</summary>
+    const long ReserveAhead = 1 << 20;
 
     /// <summary>Feeds the next bytes of the serialized tensor.</summary>
     public void Write(ReadOnlySpan<byte> bytes)
@@ -179,7 +183,18 @@ public sealed class TensorStreamDecoder(string what, long maxElements, Action<Wi
         Expect(length, _elements * perElement);
         _dataSeen = true;
         _field = WireTensor.DataFieldNumber;
+        // A first slice is reserved with the allocation, so a call that stalls after its first chunk still counts.
+        _reservedAhead = Math.Min(_elements * (_meta.Dtype == DType.Int64 ? 8 : 4), ReserveAhead);
+        if (_reservedAhead > 0) reserve?.Invoke(_reservedAhead);
         _result = empty(_meta.Shape.ToArray(), _meta.Dtype == DType.Int64 ? ScalarType.Int64 : ScalarType.Float32).DetachFromDisposeScope();
+    }
+
+    /// <summary>Reserves the decoded bytes a part fills, beyond those reserved ahead.</summary>
+    void Reserve(long decoded)
+    {
+        long ahead = Math.Min(_reservedAhead, decoded);
+        _reservedAhead -= ahead;
+        if (decoded > ahead) reserve?.Invoke(decoded - ahead);
     }
 
     void StartScales(long length)
@@ -208,20 +223,20 @@ public sealed class TensorStreamDecoder(string what, long maxElements, Action<Wi
         var bytes = _result!.bytes;
         if (_meta.Dtype == DType.Int64 || _meta.Compression == Compression.None)
         {
-            reserve?.Invoke(part.Length);
+            Reserve(part.Length);
             part.CopyTo(bytes[(int)_offset..]);
             return;
         }
         var dst = MemoryMarshal.Cast<byte, float>(bytes);
         if (_meta.Compression == Compression.Int8Blockwise)
         {
-            reserve?.Invoke(part.Length * 4L);
+            Reserve(part.Length * 4L);
             int first = (int)_offset;
             for (int i = 0; i < part.Length; i++) dst[first + i] = (sbyte)part[i];
             if (_scalesReady) Scale(dst, first, first + part.Length);
             return;
         }
-        reserve?.Invoke(part.Length * 2L);
+        Reserve(part.Length * 2L);
         bool bf16 = _meta.Compression == Compression.Bfloat16;
         long at = _offset;
         if ((at & 1) == 1)
