@@ -10,6 +10,7 @@ using Microsoft.AspNetCore.Routing;
 using Microsoft.AspNetCore.Server.Kestrel.Core;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Logging;
+using PetalsSharp.Wire;
 
 namespace PetalsSharp.Dht;
 
@@ -94,6 +95,7 @@ public sealed partial class DhtNode : IAsyncDisposable
             builder.WebHost.ConfigureKestrel(k => k.Listen(ip, options.Port, l => l.Protocols = HttpProtocols.Http2));
             node.ConfigureServices(builder.Services);
             var app = builder.Build();
+            UseFrameGuard(app);
             node.MapService(app);
             node._app = app;
             await app.StartAsync(cancellationToken).ConfigureAwait(false);
@@ -118,6 +120,13 @@ public sealed partial class DhtNode : IAsyncDisposable
             SwarmAuth.Protect(o, _options.SwarmKey);
         });
     }
+
+    /// <summary>
+    /// Checks the length prefix of every gRPC message sent to the DHT service before the framework reads it (see
+    /// <see cref="GrpcFrameGuard"/>); add it to the app before <see cref="MapService"/>.
+    /// </summary>
+    public static void UseFrameGuard(IApplicationBuilder app) =>
+        app.UseGrpcFrameGuard(DhtLimits.MaxMessageBytes, "/" + V1.DhtService.Descriptor.FullName);
 
     /// <summary>Maps the DHT gRPC service into an app configured with <see cref="ConfigureServices"/>.</summary>
     public void MapService(IEndpointRouteBuilder endpoints) => endpoints.MapGrpcService<DhtGrpcService>();

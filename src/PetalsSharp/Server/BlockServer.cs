@@ -210,7 +210,8 @@ public sealed partial class BlockServer : IAsyncDisposable
             _dht.ConfigureServices(builder.Services);
         }
         var app = builder.Build();
-        app.UseGrpcFrameGuard(Options.MaxMessageBytes, "/petals.v1.BlockService");
+        app.UseGrpcFrameGuard(Options.MaxMessageBytes, "/" + Wire.V1.BlockService.Descriptor.FullName);
+        if (_dht is not null) PetalsSharp.Dht.DhtNode.UseFrameGuard(app);
         app.MapGrpcService<BlockServiceImpl>();
         _dht?.MapService(app);
         await app.StartAsync(cancellationToken);

@@ -59,8 +59,9 @@ public sealed partial class BlockServiceImpl : BlockService.BlockServiceBase
     {
         using var memory = _server.RequestMemory.Open();
         var (header, tensors) = await ReadCallAsync(requestStream, ["hidden"], memory, ct);
-        using var hidden = RequestValidator.DecodeHidden(Take(tensors, "hidden"), "hidden", HiddenSize, MaxElements, allowEmptySequence: false);  // [B, T, H]
-        using var prompts = DecodePrompts(tensors, header, hidden);                                  // [blocks, B or 1, P, H]
+        using var received = tensors;
+        using var hidden = TakeHidden(received, "hidden");                                           // [B, T, H]
+        using var prompts = PromptValidator.Check(received.Take("prompts"), (int)hidden.shape[0], (int)hidden.shape[1]);   // [blocks, B or 1, P, H]
         var reply = await RunOnSpanAsync(header, hidden, (slice, padding, adapter) =>
         {
             using var noGrad = no_grad();
@@ -75,11 +76,12 @@ public sealed partial class BlockServiceImpl : BlockService.BlockServiceBase
     {
         using var memory = _server.RequestMemory.Open();
         var (header, tensors) = await ReadCallAsync(requestStream, ["hidden", "grad_output"], memory, ct);
-        using var hidden = RequestValidator.DecodeHidden(Take(tensors, "hidden"), "hidden", HiddenSize, MaxElements, allowEmptySequence: false);  // [B, T, H]
-        using var gradOutput = RequestValidator.DecodeHidden(Take(tensors, "grad_output"), "grad_output", HiddenSize, MaxElements, allowEmptySequence: false);  // [B, T, H]
+        using var received = tensors;
+        using var hidden = TakeHidden(received, "hidden");                                           // [B, T, H]
+        using var gradOutput = TakeHidden(received, "grad_output");                                  // [B, T, H]
         if (!hidden.shape.SequenceEqual(gradOutput.shape))
             throw new WireException($"grad_output: shape [{string.Join(", ", gradOutput.shape)}] differs from hidden [{string.Join(", ", hidden.shape)}]");
-        using var prompts = DecodePrompts(tensors, header, hidden);                                  // [blocks, B or 1, P, H]
+        using var prompts = PromptValidator.Check(received.Take("prompts"), (int)hidden.shape[0], (int)hidden.shape[1]);   // [blocks, B or 1, P, H]
         var reply = await RunOnSpanAsync(header, hidden, (slice, padding, adapter) =>
         {
             // Servers keep no activations between calls (as in Petals): backward recomputes the forward pass.
@@ -93,11 +95,6 @@ public sealed partial class BlockServiceImpl : BlockService.BlockServiceBase
         await WriteChunksAsync(responseStream, "grad_input", reply[0], ct);
         if (reply.Length > 1) await WriteChunksAsync(responseStream, "grad_prompts", reply[1], ct);
     });
-
-    /// <summary>The optional deep prompts of a Forward/Backward call, checked against its blocks and hidden states.</summary>
-    TorchSharp.torch.Tensor? DecodePrompts(Dictionary<string, WireTensor> tensors, CallHeader header, TorchSharp.torch.Tensor hidden) =>
-        PromptValidator.Decode(Take(tensors, "prompts"), Math.Max(0, header.EndBlock - header.StartBlock),
-            (int)hidden.shape[0], (int)hidden.shape[1], HiddenSize, MaxElements);
 
     /// <summary>
     /// Checks a Forward/Backward call against the span served now and runs <paramref name="compute"/> on the blocks
@@ -121,11 +118,44 @@ public sealed partial class BlockServiceImpl : BlockService.BlockServiceBase
         finally { span.Exit(); }
     }
 
+    /// <summary>A required hidden-state tensor of the call (its shape was checked as it arrived), checked finite.</summary>
+    static TorchSharp.torch.Tensor TakeHidden(TensorDecodingAssembler tensors, string name)
+    {
+        var t = tensors.Take(name) ?? throw new WireException($"{name}: missing tensor");
+        try
+        {
+            TensorCodec.RequireFinite(t, name);
+            return t;
+        }
+        catch
+        {
+            t.Dispose();
+            throw;
+        }
+    }
+
     /// <summary>
-    /// Removes a received tensor from the call's set as it is decoded, so its bytes can be collected while the call
-    /// goes on: a call holds its payload once (as bytes, then as a decoded tensor), not twice.
+    /// Checks a tensor's header as soon as it arrives, before its values are allocated: shapes against the model and
+    /// the call, and B × T against the per-request token limit (which compressed values could otherwise pass).
     /// </summary>
-    static WireTensor? Take(Dictionary<string, WireTensor> tensors, string name) => tensors.Remove(name, out var t) ? t : null;
+    void CheckHeader(string name, WireTensor meta, CallHeader header)
+    {
+        if (name == "prompts")
+        {
+            PromptValidator.CheckHeader(meta, Math.Max(0, header.EndBlock - header.StartBlock), HiddenSize);
+            return;
+        }
+        RequestValidator.CheckHidden(meta, name, HiddenSize, allowEmptySequence: false);
+        // The codec's element limit first (its message), then the server's token limit; dimensions are ≥ 0 here.
+        long elements = 1;
+        foreach (var d in meta.Shape)
+            if (d > MaxElements || (elements *= d) > MaxElements)
+                throw new WireException($"{name}: shape [{string.Join(", ", meta.Shape)}] exceeds the limit of {MaxElements} elements");
+        long batch = meta.Shape[0], tokens = meta.Shape[1], limit = _server.Options.MaxRequestTokens;
+        if (batch > limit || tokens > limit || batch * tokens > limit)
+            throw RequestValidator.Error(StatusCode.ResourceExhausted,
+                $"{name}: {batch} × {tokens} tokens exceed this server's limit of {limit} per request");
+    }
 
     /// <summary>Bytes of Tensor framing (shape, dtype, field tags) allowed on top of the values.</summary>
     const long TensorFramingBytes = 1024;
@@ -170,7 +200,7 @@ public sealed partial class BlockServiceImpl : BlockService.BlockServiceBase
     }
 
     /// <summary>Reads a CallHeader and then the chunks of the named tensors.</summary>
-    async Task<(CallHeader, Dictionary<string, WireTensor>)> ReadCallAsync(IAsyncStreamReader<CallMessage> stream,
+    async Task<(CallHeader, TensorDecodingAssembler)> ReadCallAsync(IAsyncStreamReader<CallMessage> stream,
         string[] names, RequestMemory.Lease memory, CancellationToken ct)
     {
         var timeout = _server.Options.RequestReadTimeout;
@@ -189,7 +219,7 @@ public sealed partial class BlockServiceImpl : BlockService.BlockServiceBase
         }
     }
 
-    async Task<(CallHeader, Dictionary<string, WireTensor>)> ReadCallCoreAsync(IAsyncStreamReader<CallMessage> stream,
+    async Task<(CallHeader, TensorDecodingAssembler)> ReadCallCoreAsync(IAsyncStreamReader<CallMessage> stream,
         string[] names, RequestMemory.Lease memory, Action received, CancellationToken ct)
     {
         if (!await stream.MoveNext(ct)) throw new WireException("empty request: a CallHeader must come first");
@@ -198,22 +228,32 @@ public sealed partial class BlockServiceImpl : BlockService.BlockServiceBase
         var header = stream.Current.Header;
         // The header says whether deep prompts come, so they are required then and refused otherwise; no tensor is
         // ever silently ignored because of the order it was sent in.
-        var assembler = new TensorAssembler(header.WithPrompts ? [.. names, "prompts"] : names, _server.Options.MaxTensorBytes,
-            reserve: memory.Reserve, limitOf: TensorLimit);
-        // Stop as soon as every tensor is whole: the reply need not wait for the client to close its side.
-        while (!assembler.IsComplete && await stream.MoveNext(ct))
+        // Each tensor is decoded as its chunks arrive, into a tensor allocated once from its checked header: a call
+        // holds its payload once, as values, and the chunks are dropped as soon as they are copied.
+        var assembler = new TensorDecodingAssembler(header.WithPrompts ? [.. names, "prompts"] : names, _server.Options.MaxTensorBytes,
+            name => new TensorStreamDecoder(name, MaxElements, meta => CheckHeader(name, meta, header), memory.Reserve), TensorLimit);
+        try
         {
-            received();
-            var message = stream.Current;
-            switch (message.KindCase)
+            // Stop as soon as every tensor is whole: the reply need not wait for the client to close its side.
+            while (!assembler.IsComplete && await stream.MoveNext(ct))
             {
-                case CallMessage.KindOneofCase.Chunk: assembler.Add(message.Chunk); break;
-                case CallMessage.KindOneofCase.Header: throw new WireException("CallHeader sent twice");
-                default: throw new WireException("empty CallMessage (neither header nor chunk)");
+                received();
+                var message = stream.Current;
+                switch (message.KindCase)
+                {
+                    case CallMessage.KindOneofCase.Chunk: assembler.Add(message.Chunk); break;
+                    case CallMessage.KindOneofCase.Header: throw new WireException("CallHeader sent twice");
+                    default: throw new WireException("empty CallMessage (neither header nor chunk)");
+                }
             }
+            assembler.RequireComplete();
+            return (header, assembler);
         }
-        assembler.RequireComplete();
-        return (header, new Dictionary<string, WireTensor>(assembler.Completed));
+        catch
+        {
+            assembler.Dispose();
+            throw;
+        }
     }
 
     static async Task WriteChunksAsync(IServerStreamWriter<CallMessage> stream, string name, WireTensor tensor, CancellationToken ct)

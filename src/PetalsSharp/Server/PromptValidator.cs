@@ -13,16 +13,52 @@ public static class PromptValidator
     public static TorchSharp.torch.Tensor? Decode(WireTensor? msg, int blocks, int batch, int tokens, int hiddenSize, long maxElements)
     {
         if (msg is null) return null;
+        CheckHeader(msg, blocks, hiddenSize, batch.ToString(System.Globalization.CultureInfo.InvariantCulture));
+        CheckAgainstCall(msg.Shape, batch, tokens);
+        var t = TensorCodec.Decode(msg, "prompts", maxElements).DetachFromDisposeScope();
+        return Finite(t);
+    }
+
+    /// <summary>
+    /// The checks of <see cref="Decode"/> that need neither the data nor the call's hidden states (a streamed
+    /// Forward/Backward may send prompts first); <see cref="Check"/> does the rest once both are decoded.
+    /// </summary>
+    public static void CheckHeader(WireTensor msg, int blocks, int hiddenSize, string batch = "B")
+    {
         var shape = $"[{string.Join(", ", msg.Shape)}]";
         if (msg.Shape.Count != 4)
             throw new WireException($"prompts: expected shape [{blocks}, {batch} or 1, prefix, {hiddenSize}], got rank {msg.Shape.Count} {shape}");
         if (msg.Dtype != Wire.V1.DType.Float32) throw new WireException($"prompts: dtype {msg.Dtype} is not accepted (float32)");
         if (msg.Shape[0] != blocks) throw new WireException($"prompts {shape}: {msg.Shape[0]} blocks, the call runs {blocks}");
-        if (msg.Shape[1] != 1 && msg.Shape[1] != batch) throw new WireException($"prompts {shape}: batch must be 1 or {batch}");
-        if (msg.Shape[2] < 1 || msg.Shape[2] > tokens)
-            throw new WireException($"prompts {shape}: prefix length must be in [1, {tokens}] (the tokens of this call)");
         if (msg.Shape[3] != hiddenSize) throw new WireException($"prompts {shape}: hidden size must be {hiddenSize}");
-        var t = TensorCodec.Decode(msg, "prompts", maxElements).DetachFromDisposeScope();
+    }
+
+    /// <summary>Checks decoded prompts against the call's batch and tokens and that they are finite; disposes them on failure.</summary>
+    public static TorchSharp.torch.Tensor? Check(TorchSharp.torch.Tensor? prompts, int batch, int tokens)
+    {
+        if (prompts is null) return null;
+        try
+        {
+            CheckAgainstCall(prompts.shape, batch, tokens);
+        }
+        catch
+        {
+            prompts.Dispose();
+            throw;
+        }
+        return Finite(prompts);
+    }
+
+    static void CheckAgainstCall(IReadOnlyList<long> dims, int batch, int tokens)
+    {
+        var shape = $"[{string.Join(", ", dims)}]";
+        if (dims[1] != 1 && dims[1] != batch) throw new WireException($"prompts {shape}: batch must be 1 or {batch}");
+        if (dims[2] < 1 || dims[2] > tokens)
+            throw new WireException($"prompts {shape}: prefix length must be in [1, {tokens}] (the tokens of this call)");
+    }
+
+    static TorchSharp.torch.Tensor Finite(TorchSharp.torch.Tensor t)
+    {
         try
         {
             TensorCodec.RequireFinite(t, "prompts");

@@ -56,17 +56,7 @@ public static class RequestValidator
     public static TorchSharp.torch.Tensor DecodeHidden(WireTensor? msg, string what, int hiddenSize, long maxElements, bool allowEmptySequence)
     {
         if (msg is null) throw new WireException($"{what}: missing tensor");
-        if (msg.Shape.Count != 3)
-            throw new WireException($"{what}: expected shape [batch, tokens, {hiddenSize}], got rank {msg.Shape.Count} [{string.Join(", ", msg.Shape)}]");
-        foreach (var d in msg.Shape)
-            if (d < 0) throw new WireException($"{what}: negative dimension {d} in shape [{string.Join(", ", msg.Shape)}]");
-        if (msg.Dtype != DType.Float32)
-            throw new WireException($"{what}: dtype {msg.Dtype} is not accepted for hidden states (float32)");
-        if (msg.Shape[2] != hiddenSize)
-            throw new WireException($"{what}: hidden size {msg.Shape[2]} does not match the model's {hiddenSize}");
-        if (msg.Shape[0] < 1) throw new WireException($"{what}: batch {msg.Shape[0]} must be at least 1");
-        if (msg.Shape[1] < (allowEmptySequence ? 0 : 1))
-            throw new WireException($"{what}: {msg.Shape[1]} tokens; at least {(allowEmptySequence ? 0 : 1)} needed");
+        CheckHidden(msg, what, hiddenSize, allowEmptySequence);
         // Detached: a request thread may carry someone else's dispose scope, and the caller owns this tensor.
         var t = TensorCodec.Decode(msg, what, maxElements).DetachFromDisposeScope();
         try
@@ -79,6 +69,22 @@ public static class RequestValidator
             t.Dispose();
             throw;
         }
+    }
+
+    /// <summary>The checks of <see cref="DecodeHidden"/> that need only the header (shape, dtype), not the data.</summary>
+    public static void CheckHidden(WireTensor msg, string what, int hiddenSize, bool allowEmptySequence)
+    {
+        if (msg.Shape.Count != 3)
+            throw new WireException($"{what}: expected shape [batch, tokens, {hiddenSize}], got rank {msg.Shape.Count} [{string.Join(", ", msg.Shape)}]");
+        foreach (var d in msg.Shape)
+            if (d < 0) throw new WireException($"{what}: negative dimension {d} in shape [{string.Join(", ", msg.Shape)}]");
+        if (msg.Dtype != DType.Float32)
+            throw new WireException($"{what}: dtype {msg.Dtype} is not accepted for hidden states (float32)");
+        if (msg.Shape[2] != hiddenSize)
+            throw new WireException($"{what}: hidden size {msg.Shape[2]} does not match the model's {hiddenSize}");
+        if (msg.Shape[0] < 1) throw new WireException($"{what}: batch {msg.Shape[0]} must be at least 1");
+        if (msg.Shape[1] < (allowEmptySequence ? 0 : 1))
+            throw new WireException($"{what}: {msg.Shape[1]} tokens; at least {(allowEmptySequence ? 0 : 1)} needed");
     }
 
     /// <summary>Decodes optional beam-search ids: int64 <c>[batch]</c>, each in [0, batch).</summary>

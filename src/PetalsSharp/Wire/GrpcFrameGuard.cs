@@ -17,10 +17,6 @@ namespace PetalsSharp.Wire;
 public static class GrpcFrameGuard
 {
     /// <summary>Adds the check to the gRPC requests of <paramref name="app"/> under <paramref name="pathPrefix"/>; run it before the endpoints.</summary>
-    /// <remarks>
-    /// Only for the block service for now: on standalone DHT nodes it made DhtChurnTests.KeysSurviveChurnOf30Percent
-    /// fail (stores accepted by 1–2 nodes instead of 3), for a reason not yet found.
-    /// </remarks>
     public static void UseGrpcFrameGuard(this IApplicationBuilder app, long maxMessageBytes, string pathPrefix) => app.Use(async (context, next) =>
     {
         if (context.Request.Path.StartsWithSegments(pathPrefix, StringComparison.Ordinal)

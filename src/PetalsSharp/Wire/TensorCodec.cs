@@ -125,8 +125,31 @@ public static unsafe class TensorCodec
     public static void RequireFinite(TorchSharp.torch.Tensor t, string what)
     {
         if (!t.is_floating_point() || t.NumberOfElements == 0) return;
+        if (t.dtype == ScalarType.Float32 && t.device_type == TorchSharp.DeviceType.CPU && t.is_contiguous())
+        {
+            // Read in place: isfinite() would allocate a bool per value, a quarter of a received tensor again.
+            if (!AllFinite(System.Runtime.InteropServices.MemoryMarshal.Cast<byte, uint>(t.bytes)))
+                throw new WireException($"{what}: contains NaN or infinite values");
+            return;
+        }
         using var finite = t.isfinite().all();
         if (!finite.item<bool>()) throw new WireException($"{what}: contains NaN or infinite values");
+    }
+
+    /// <summary>True when no float32 (given as its bits) has an all-ones exponent (NaN or ±Inf).</summary>
+    static bool AllFinite(ReadOnlySpan<uint> bits)
+    {
+        const uint exponent = 0x7F800000u;
+        int i = 0;
+        if (System.Numerics.Vector.IsHardwareAccelerated)
+        {
+            var mask = new System.Numerics.Vector<uint>(exponent);
+            for (int step = System.Numerics.Vector<uint>.Count; i <= bits.Length - step; i += step)
+                if (System.Numerics.Vector.EqualsAny(new System.Numerics.Vector<uint>(bits[i..]) & mask, mask)) return false;
+        }
+        for (; i < bits.Length; i++)
+            if ((bits[i] & exponent) == exponent) return false;
+        return true;
     }
 
     static void ExpectBytes(string what, long actual, long expected, Compression c)

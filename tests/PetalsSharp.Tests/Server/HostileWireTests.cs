@@ -117,10 +117,11 @@ public sealed class HostileWireTests(Xunit.Abstractions.ITestOutputHelper output
     }
 
     /// <summary>Posts one hand-made gRPC frame over HTTP/2 without TLS (prior knowledge); returns grpc-status and grpc-message.</summary>
-    static async Task<(int Status, string Message)> PostFrameAsync(string address, string method, byte[] frame)
+    internal static async Task<(int Status, string Message)> PostFrameAsync(string address, string method, byte[] frame,
+        string service = "petals.v1.BlockService")
     {
         using var http = new HttpClient(new SocketsHttpHandler()) { Timeout = TimeSpan.FromSeconds(60) };
-        using var request = new HttpRequestMessage(HttpMethod.Post, $"http://{address}/petals.v1.BlockService/{method}")
+        using var request = new HttpRequestMessage(HttpMethod.Post, $"http://{address}/{service}/{method}")
         {
             Version = HttpVersion.Version20, VersionPolicy = HttpVersionPolicy.RequestVersionExact,
             Content = new ByteArrayContent(frame),
