@@ -28,6 +28,7 @@ public static class MemoryBenchmark
             .SelectMany(i => config.Family.BlockTensors(config, i))
             .Sum(t => t.Shape.Aggregate(1L, (a, d) => a * d)) * elementSize;
 
+        ServerProcess.StartTimeout = TimeSpan.FromMinutes(10);   // gigabytes to load, on a box that may be busy
         var sw = Stopwatch.StartNew();
         using var server = await ServerProcess.StartAsync(dir, 0, config.NumLayers,
             "--dtype", dtype, "--cache-bytes", cacheBytes.ToString(), "--throughput", "1");

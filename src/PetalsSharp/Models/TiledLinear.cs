@@ -28,10 +28,13 @@ internal static class TiledLinear
         var shape = x.shape.ToArray();
         shape[^1] = outF;
         var y = empty(shape, x.dtype, x.device);                                              // [..., out]
+        // One buffer for every tile: a fresh allocation per tile would page-fault 16 MB in each time.
+        using var buffer = empty([rows, inF], x.dtype, x.device);                             // [rows, in]
         for (long start = 0; start < outF; start += rows)
         {
             long n = Math.Min(rows, outF - start);
-            using var tile = w.narrow(0, start, n).to(x.dtype);                              // [n, in]
+            using var tile = buffer.narrow(0, 0, n);                                          // [n, in]
+            using (var source = w.narrow(0, start, n)) tile.copy_(source);                    // upcast [n, in]
             using var tileBias = b?.narrow(0, start, n).to(x.dtype);                         // [n]
             using var part = F.linear(x, tile, tileBias);                                     // [..., n]
             using var slot = y.narrow(-1, start, n);                                          // [..., n] view of y
