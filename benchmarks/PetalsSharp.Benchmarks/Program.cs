@@ -4,6 +4,7 @@ using PetalsSharp.Benchmarks;
 //   dotnet run --project benchmarks/PetalsSharp.Benchmarks -c Release -- engine [--model DIR | --family llama|mixtral|...] [--prompt 64] [--new 128]
 //   dotnet run --project benchmarks/PetalsSharp.Benchmarks -c Release -- swarm [--model DIR] [--servers 3] [--no-push]
 //   dotnet run --project benchmarks/PetalsSharp.Benchmarks -c Release -- wan [--model DIR] [--delay-ms 50]
+//   dotnet run --project benchmarks/PetalsSharp.Benchmarks -c Release -- memory --model DIR [--dtype bf16] [--cache-bytes 270000000] [--prompt 64] [--new 64]
 PetalsSharp.Runtime.Configure();
 var command = args.FirstOrDefault() ?? "engine";
 var options = BenchArgs.Parse(args.Skip(1).ToArray());
@@ -21,7 +22,10 @@ switch (command)
     case "swarm":
         await SwarmBenchmark.RunAsync(options);
         return 0;
+    case "memory":
+        await MemoryBenchmark.RunAsync(options);
+        return 0;
     default:
-        Console.Error.WriteLine($"unknown benchmark '{command}' (available: engine, swarm, hop, wan)");
+        Console.Error.WriteLine($"unknown benchmark '{command}' (available: engine, swarm, hop, wan, memory)");
         return 2;
 }

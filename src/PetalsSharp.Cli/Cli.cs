@@ -47,11 +47,18 @@ public static class Cli
         Required = required,
     };
 
-    public static Option<string> DtypeOption() => new("--dtype")
+    public static Option<string?> DtypeOption() => new("--dtype")
     {
-        Description = "How weights are stored in memory: f32 (default), bf16 or f16. Compute is f32 on CPU.",
-        DefaultValueFactory = _ => "f32",
+        Description = "How weights are stored in memory: f32, bf16 or f16 (default: the checkpoint's torch_dtype in config.json, " +
+            "f32 when it has none). Compute is f32 on CPU.",
     };
+
+    /// <summary>An explicit <c>--dtype</c>, or null to take the checkpoint's (see <see cref="ResolveDtype"/>).</summary>
+    public static ScalarType? ParseDtypeOrDefault(string? value) => value is null ? null : ParseDtype(value);
+
+    /// <summary>The dtype to hold a model's weights in: the one asked for, else the checkpoint's <c>torch_dtype</c>.</summary>
+    public static ScalarType ResolveDtype(ScalarType? requested, string modelDir) =>
+        requested ?? ModelConfigLoader.Load(modelDir).CheckpointDtype;
 
     public static ScalarType ParseDtype(string value) => value.ToLowerInvariant() switch
     {

@@ -29,7 +29,7 @@ public static class ApiCommand
             var where = remote.Read(pr);
             bool swarm = !string.IsNullOrWhiteSpace(where.Peers) || !string.IsNullOrWhiteSpace(where.InitialPeers);
             if (swarm == pr.GetValue(local)) throw new CliException("give --initial-peers (or --peers) to use a swarm, or --local to run the whole model here");
-            var (opened, source) = await ModelOpener.OpenWithSourceAsync(pr.GetValue(model)!, Cli.ParseDtype(pr.GetValue(dtype)!), where, ct);
+            var (opened, source) = await ModelOpener.OpenWithSourceAsync(pr.GetValue(model)!, Cli.ParseDtypeOrDefault(pr.GetValue(dtype)), where, ct);
             using var lm = opened;
             var dir = source.Directory;
             if (lm.Tokenizer is null) throw new CliException($"the model folder {dir} has no tokenizer (tokenizer.json or tokenizer.model)");

@@ -27,7 +27,8 @@ public static class CreateModelCommand
         };
         var seed = new Option<int>("--seed") { Description = "Seed of the random weights", DefaultValueFactory = _ => 0 };
         var dtype = Cli.DtypeOption();
-        dtype.Description = "dtype written to model.safetensors: f32 (default), bf16 or f16";
+        dtype.Description = "dtype written to model.safetensors (and config.json's torch_dtype): f32 (default), bf16 or f16";
+        dtype.DefaultValueFactory = _ => "f32";
         var output = new Option<string>("--out", "-o") { Description = "Output folder", Required = true };
         var cmd = new Command("create-model", "Write a random-weight Hugging Face checkpoint (config.json, model.safetensors, tokenizer.json).\n\nExamples:\n  petals create-model --family llama --hidden-size 768 --layers 12 --heads 12 --kv-heads 4 --intermediate-size 2048 --vocab-size 32000 --seed 1 --out ./m100\n  petals create-model --family mixtral --hidden-size 256 --layers 4 --heads 8 --kv-heads 2 --set num_local_experts=8 --set sliding_window=4096 --out ./moe")
         {

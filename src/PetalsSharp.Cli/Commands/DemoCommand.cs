@@ -72,8 +72,9 @@ public static class DemoCommand
             AnsiConsole.Write(table);
 
             var routes = new List<string>();
+            // The servers hold their blocks in the checkpoint's dtype (their --dtype default); the client's ends match.
             using var lm = await DistributedModel.ConnectViaDhtAsync(dir, [bootstrap.PeerAddress], new RemoteOptions { OnRoute = routes.Add },
-                cancellationToken: ct);
+                new ModelLoadOptions(config.CheckpointDtype), cancellationToken: ct);
             AnsiConsole.MarkupLine($"client found the servers through the DHT alone; {Markup.Escape(routes.LastOrDefault() ?? "")}");
             var started = DateTime.UtcNow;
             int tokens = 0;

@@ -50,7 +50,7 @@ public static class GenerateCommand
             };
             var tunedPath = pr.GetValue(tuned);
             if (tunedPath is not null && !File.Exists(tunedPath)) throw new CliException($"--tuned: file not found: {tunedPath}");
-            using var lm = await ModelOpener.OpenAsync(pr.GetValue(model)!, Cli.ParseDtype(pr.GetValue(dtype)!),
+            using var lm = await ModelOpener.OpenAsync(pr.GetValue(model)!, Cli.ParseDtypeOrDefault(pr.GetValue(dtype)),
                 remote.Read(pr), ct);
             using var tunedModel = tunedPath is null ? null : Training.TunedFile.Load(lm, tunedPath);
             if (tunedModel is not null) options = options with { Tuning = tunedModel.ForGeneration() };

@@ -24,7 +24,7 @@ public static class InspectCommand
         cmd.SetAction(async (pr, ct) =>
         {
             var rows = Cli.ParseInputIds(pr.GetValue(inputIds)!);
-            using var lm = await ModelOpener.OpenAsync(pr.GetValue(model)!, Cli.ParseDtype(pr.GetValue(dtype)!),
+            using var lm = await ModelOpener.OpenAsync(pr.GetValue(model)!, Cli.ParseDtypeOrDefault(pr.GetValue(dtype)),
                 remote.Read(pr), ct);
             var (ids, pad) = Cli.ToTensor(rows, lm.Config.PadTokenId ?? 0);
             using var result = lm.Inspect(ids, pad.Any(p => p > 0) ? pad : null);

@@ -79,11 +79,12 @@ public static class ModelOpener
             pr.GetValue(Compression)!, pr.GetValue(ShowRoute), pr.GetValue(NoPush), pr.GetValue(Adapter));
     }
 
-    public static async Task<CausalLM> OpenAsync(string model, ScalarType dtype, Remote? remote = null, CancellationToken ct = default) =>
+    /// <summary>Opens a model locally or over a swarm; a null <paramref name="dtype"/> holds weights in the checkpoint's own.</summary>
+    public static async Task<CausalLM> OpenAsync(string model, ScalarType? dtype, Remote? remote = null, CancellationToken ct = default) =>
         (await OpenWithSourceAsync(model, dtype, remote, ct)).Model;
 
     /// <summary>Like <see cref="OpenAsync"/>, also giving the folder the model was loaded from (a hub snapshot for a hub id).</summary>
-    public static async Task<(CausalLM Model, ModelSource.Resolved Source)> OpenWithSourceAsync(string model, ScalarType dtype,
+    public static async Task<(CausalLM Model, ModelSource.Resolved Source)> OpenWithSourceAsync(string model, ScalarType? requestedDtype,
         Remote? remote = null, CancellationToken ct = default)
     {
         remote ??= new Remote();
@@ -92,6 +93,7 @@ public static class ModelOpener
         // A hub model is fetched here: all of it to run locally, only the client's ends when servers run the blocks.
         var source = await ModelSource.ResolveAsync(model, viaPeers || viaDht ? Hub.WeightSelection.ClientEnds : Hub.WeightSelection.All, ct);
         string modelDir = source.Directory;
+        var dtype = Cli.ResolveDtype(requestedDtype, modelDir);
         if (!viaPeers && !viaDht)
         {
             if (!string.IsNullOrEmpty(remote.Adapter))

@@ -70,6 +70,7 @@ public static class ServerCommand
             double readSeconds = pr.GetValue(readTimeout);
             if (!(readSeconds > 0) || readSeconds > 86400)
                 throw new CliException($"--request-read-timeout must be a positive number of seconds up to 86400 (got {readSeconds})");
+            var requestedDtype = Cli.ParseDtypeOrDefault(pr.GetValue(dtype));
             // A fixed span downloads only its blocks' shards; a swarm-chosen span may land anywhere, so it needs them all.
             var source = await ModelSource.ResolveAsync(pr.GetValue(model)!,
                 blocksText is null ? PetalsSharp.Hub.WeightSelection.All : PetalsSharp.Hub.WeightSelection.Blocks(start, end), ct);
@@ -77,7 +78,7 @@ public static class ServerCommand
             {
                 ModelDir = source.Directory, ModelName = source.SwarmName, StartBlock = start, EndBlock = end,
                 Host = pr.GetValue(host)!, Port = pr.GetValue(port), PublicAddress = pr.GetValue(publicAddress),
-                WeightDtype = Cli.ParseDtype(pr.GetValue(dtype)!),
+                WeightDtype = Cli.ResolveDtype(requestedDtype, source.Directory),
                 CacheTokens = pr.GetValue(cacheTokens), CacheBytes = pr.GetValue(cacheBytes),
                 MaxSessionLength = pr.GetValue(maxSession), SessionIdleTimeout = TimeSpan.FromSeconds(idleSeconds),
                 MaxCacheShare = share,

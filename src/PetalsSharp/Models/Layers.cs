@@ -15,9 +15,18 @@ public static class Ops
     /// <summary>Frozen parameter over a loaded tensor (autograd flows to inputs, never to served weights).</summary>
     public static Parameter Frozen(Tensor t) => new(t, requires_grad: false);
 
-    /// <summary><c>x [..., in] @ w[out, in]^T + b</c>, upcasting a 16-bit stored weight to x's dtype.</summary>
-    public static Tensor Linear(Tensor x, Tensor w, Tensor? b = null) =>
-        Gemv.TryLinear(x, w, b, out var y) ? y : F.linear(x, Cast(w, x), b is null ? null : Cast(b, x));
+    /// <summary>
+    /// <c>x [..., in] @ w[out, in]^T + b</c>, upcasting a 16-bit stored weight to x's dtype one tile at a time
+    /// (<see cref="TiledLinear"/>). Under autograd the whole weight is upcast at once as before: backward keeps
+    /// every upcast tile alive until it runs, so tiling would save nothing there.
+    /// </summary>
+    public static Tensor Linear(Tensor x, Tensor w, Tensor? b = null)
+    {
+        if (Gemv.TryLinear(x, w, b, out var y)) return y;
+        if (w.dtype == x.dtype || x.requires_grad || w.requires_grad || (b is not null && b.requires_grad))
+            return F.linear(x, Cast(w, x), b is null ? null : Cast(b, x));                    // [..., out]
+        return TiledLinear.Forward(x, w, b);                                                  // [..., out]
+    }
 
     public static Tensor Cast(Tensor w, Tensor like) => w.dtype == like.dtype ? w : w.to(like.dtype);
 

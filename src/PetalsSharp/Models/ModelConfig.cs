@@ -25,8 +25,19 @@ public abstract record ModelConfig
     public int? BosTokenId { get; init; }
     public IReadOnlyList<int> EosTokenIds { get; init; } = [];
     public int? PadTokenId { get; init; }
-    /// <summary>HF <c>torch_dtype</c> as written in the config (informational; compute dtype is chosen at load).</summary>
+    /// <summary>HF <c>torch_dtype</c> as written in the config (compute dtype is chosen at load).</summary>
     public string? TorchDtype { get; init; }
+
+    /// <summary>
+    /// The dtype the checkpoint was published in (<see cref="TorchDtype"/>): the default for holding its weights,
+    /// since real models ship bf16 and serving them in f32 doubles the memory. f32 when absent or unknown.
+    /// </summary>
+    public TorchSharp.torch.ScalarType CheckpointDtype => TorchDtype?.ToLowerInvariant() switch
+    {
+        "bfloat16" => TorchSharp.torch.ScalarType.BFloat16,
+        "float16" => TorchSharp.torch.ScalarType.Float16,
+        _ => TorchSharp.torch.ScalarType.Float32,
+    };
 
     /// <summary>The family implementation that builds blocks for this config.</summary>
     public abstract IModelFamily Family { get; }

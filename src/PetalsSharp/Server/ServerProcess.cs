@@ -33,6 +33,12 @@ public sealed class ServerProcess : IDisposable
         get { lock (_log) return _log.ToString(); }
     }
 
+    /// <summary>
+    /// How long a child may take to print its address. A minute covers tests; a benchmark loading gigabytes of
+    /// weights on a busy box sets more before starting its server.
+    /// </summary>
+    public static TimeSpan StartTimeout { get; set; } = TimeSpan.FromSeconds(60);
+
     /// <summary>Where petals.dll is: next to the running program unless told otherwise.</summary>
     public static string DefaultPetalsDll => Path.Combine(AppContext.BaseDirectory, "petals.dll");
 
@@ -78,11 +84,12 @@ public sealed class ServerProcess : IDisposable
         process.BeginErrorReadLine();
         process.EnableRaisingEvents = true;
         process.Exited += (_, _) => listening.TrySetException(new InvalidOperationException($"server {label} exited early:\n{log}"));
-        var done = await Task.WhenAny(listening.Task, Task.Delay(TimeSpan.FromSeconds(60)));
+        var timeout = StartTimeout;
+        var done = await Task.WhenAny(listening.Task, Task.Delay(timeout));
         if (done != listening.Task)
         {
             process.Kill(entireProcessTree: true);
-            throw new TimeoutException($"server {label} did not start in 60 s:\n{log}");
+            throw new TimeoutException($"server {label} did not start in {timeout.TotalSeconds:F0} s:\n{log}");
         }
         return new ServerProcess(process, await listening.Task, log);
     }

@@ -14,6 +14,9 @@ namespace PetalsSharp.Models.Weights;
 /// writing into them never changes the file, but later loads of the same tensor from this instance
 /// see the write. Treat them as read-only. Returned tensors stay valid after this object is disposed
 /// (libtorch reference-counts the mapping).
+/// A tensor asked for in another dtype is read and converted in chunks without touching the mapping: converted
+/// from a mapping, the source pages would stay resident beside the copy for as long as anything holds the mapping
+/// (an f32 checkpoint served in bf16 would cost three times its bf16 weights).
 /// </remarks>
 public sealed class SafeTensorsFile : IDisposable
 {
@@ -82,6 +85,9 @@ public sealed class SafeTensorsFile : IDisposable
     /// <summary>The optional <c>__metadata__</c> string map (empty when absent).</summary>
     public IReadOnlyDictionary<string, string> Metadata { get; }
 
+    /// <summary>Bytes of stored data read per chunk by a converting load: bounds its transient memory.</summary>
+    internal long ConvertChunkBytes { get; init; } = 16L << 20;
+
     /// <summary>Loads served from the memory mapping rather than by copying; tests use it to prove the mapped path runs.</summary>
     internal int MappedLoadCount => Volatile.Read(ref mappedLoads);
 
@@ -113,6 +119,10 @@ public sealed class SafeTensorsFile : IDisposable
         if (entry.ByteLength == 0)
         {
             raw = empty(entry.Shape, stored);
+        }
+        else if (stored != dtype)
+        {
+            return ReadConverted(entry, stored, elementSize, absolute, dtype).MoveToOuterDisposeScope();
         }
         else if (absolute % elementSize == 0 && TryGetMapping(stored, elementSize) is Tensor mapping)
         {
@@ -173,21 +183,45 @@ public sealed class SafeTensorsFile : IDisposable
     private Tensor ReadCopy(TensorEntry entry, ScalarType stored, long absolute)
     {
         var tensor = empty(entry.Shape, stored);
-        TensorBytes.ForEachChunk(tensor, (span, offset) =>
-        {
-            int read = 0;
-            while (read < span.Length)
-            {
-                int n = RandomAccess.Read(handle, span[read..], absolute + offset + read);
-                if (n == 0)
-                {
-                    throw new CheckpointException(Path,
-                        $"truncated safetensors file {Path}: tensor '{entry.Name}' needs bytes up to {DataOffset + entry.End}, file ended at {absolute + offset + read}",
-                        entry.Name);
-                }
-                read += n;
-            }
-        });
+        TensorBytes.ForEachChunk(tensor, (span, offset) => ReadExactly(entry, span, absolute + offset));
         return tensor;
+    }
+
+    /// <summary>
+    /// Reads a tensor stored as <paramref name="stored"/> into a new <paramref name="dtype"/> tensor, one bounded
+    /// chunk at a time: the transient is one chunk, and no page of the file is mapped into this process.
+    /// </summary>
+    private Tensor ReadConverted(TensorEntry entry, ScalarType stored, int elementSize, long absolute, ScalarType dtype)
+    {
+        var result = empty(entry.Shape, dtype);                                         // [shape] in dtype
+        long count = entry.ByteLength / elementSize;
+        long perChunk = Math.Max(1, Math.Min(ConvertChunkBytes, TensorBytes.DefaultChunkBytes) / elementSize);
+        using var flat = result.view(-1);                                               // [N]
+        using var staging = empty(Math.Min(perChunk, count), stored);                   // [chunk] as stored
+        for (long start = 0; start < count; start += perChunk)
+        {
+            long n = Math.Min(perChunk, count - start);
+            using var source = staging.narrow(0, 0, n);                                 // [n] as stored
+            ReadExactly(entry, source.bytes, absolute + start * elementSize);
+            using var target = flat.narrow(0, start, n);                                // [n] in dtype
+            target.copy_(source);
+        }
+        return result;
+    }
+
+    private void ReadExactly(TensorEntry entry, Span<byte> span, long fileOffset)
+    {
+        int read = 0;
+        while (read < span.Length)
+        {
+            int n = RandomAccess.Read(handle, span[read..], fileOffset + read);
+            if (n == 0)
+            {
+                throw new CheckpointException(Path,
+                    $"truncated safetensors file {Path}: tensor '{entry.Name}' needs bytes up to {DataOffset + entry.End}, file ended at {fileOffset + read}",
+                    entry.Name);
+            }
+            read += n;
+        }
     }
 }
