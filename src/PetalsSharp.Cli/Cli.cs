@@ -68,12 +68,9 @@ public static class Cli
         _ => throw new CliException($"--dtype must be f32, bf16 or f16 (got '{value}')"),
     };
 
-    /// <summary>
-    /// The dtype a command stores <paramref name="config"/>'s weights in: <c>--dtype</c> when given, else the default.
-    /// The default lives only here, so making it the checkpoint's <c>torch_dtype</c> is a change of one line.
-    /// </summary>
-    public static ScalarType WeightDtype(ParseResult pr, Option<string> dtype, ModelConfig config) =>
-        pr.GetResult(dtype) is { Implicit: false } ? ParseDtype(pr.GetValue(dtype)!) : ScalarType.Float32;
+    /// <summary>The dtype a command stores <paramref name="config"/>'s weights in: <c>--dtype</c> when given, else the checkpoint's <c>torch_dtype</c>.</summary>
+    public static ScalarType WeightDtype(ParseResult pr, Option<string?> dtype, ModelConfig config) =>
+        ParseDtypeOrDefault(pr.GetValue(dtype)) ?? config.CheckpointDtype;
 
     /// <summary>The short name <c>--dtype</c> takes: f32, bf16 or f16.</summary>
     public static string DtypeName(ScalarType dtype) => dtype switch
