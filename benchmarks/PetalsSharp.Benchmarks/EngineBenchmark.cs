@@ -62,7 +62,7 @@ public static class EngineBenchmark
     }
 
     /// <summary>Streaming read rate: summing a 1 GiB float tensor with all torch threads; best of 5.</summary>
-    static double MeasureBandwidth()
+    internal static double MeasureBandwidth()
     {
         using var big = ones(256L * 1024 * 1024);   // 1 GiB of float32
         double best = double.MaxValue;
@@ -122,7 +122,7 @@ public static class EngineBenchmark
                 foreach (var p in b.parameters().Where(p => p.dim() == 2)) Ops.Linear(ones(1, 1, p.shape[1]), p);
         }, repeats: 21, warmup: 3);
         long matBytes = stack.Blocks.Sum(b => b.parameters().Where(p => p.dim() == 2).Sum(p => p.NumberOfElements * p.ElementSize));
-        Console.WriteLine($"|   breakdown ({dtype}) | blocks {blocks * 1000:F2} ms | their matmuls: C# GEMV {fast * 1000:F2} ms ({matBytes / fast / 1e9:F1} GB/s), F.linear {gemv * 1000:F2} ms ({matBytes / gemv / 1e9:F1} GB/s) | head+norm {head * 1000:F2} ms | | | |");
+        Console.WriteLine($"|   breakdown ({dtype}) | blocks {blocks * 1000:F2} ms | their matmuls: MatRows {fast * 1000:F2} ms ({matBytes / fast / 1e9:F1} GB/s), F.linear {gemv * 1000:F2} ms ({matBytes / gemv / 1e9:F1} GB/s) | head+norm {head * 1000:F2} ms | | | |");
     }
 
     /// <summary>

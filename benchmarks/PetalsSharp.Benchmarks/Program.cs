@@ -2,6 +2,7 @@ using PetalsSharp.Benchmarks;
 
 // Benchmarks measure; they never assert. Usage:
 //   dotnet run --project benchmarks/PetalsSharp.Benchmarks -c Release -- engine [--model DIR | --family llama|mixtral|...] [--prompt 64] [--new 128]
+//   dotnet run --project benchmarks/PetalsSharp.Benchmarks -c Release -- matrows [--ms 300]
 //   dotnet run --project benchmarks/PetalsSharp.Benchmarks -c Release -- swarm [--model DIR] [--servers 3] [--no-push]
 //   dotnet run --project benchmarks/PetalsSharp.Benchmarks -c Release -- wan [--model DIR] [--delay-ms 50]
 PetalsSharp.Runtime.Configure();
@@ -11,6 +12,9 @@ switch (command)
 {
     case "engine":
         await EngineBenchmark.RunAsync(options);
+        return 0;
+    case "matrows":
+        await MatRowsBenchmark.RunAsync(options);
         return 0;
     case "hop":
         await HopBenchmark.RunAsync(options);
@@ -22,6 +26,6 @@ switch (command)
         await SwarmBenchmark.RunAsync(options);
         return 0;
     default:
-        Console.Error.WriteLine($"unknown benchmark '{command}' (available: engine, swarm, hop, wan)");
+        Console.Error.WriteLine($"unknown benchmark '{command}' (available: engine, matrows, swarm, hop, wan)");
         return 2;
 }

@@ -17,7 +17,7 @@ public static class Ops
 
     /// <summary><c>x [..., in] @ w[out, in]^T + b</c>, upcasting a 16-bit stored weight to x's dtype.</summary>
     public static Tensor Linear(Tensor x, Tensor w, Tensor? b = null) =>
-        Gemv.TryLinear(x, w, b, out var y) ? y : F.linear(x, Cast(w, x), b is null ? null : Cast(b, x));
+        Kernels.MatRowsLinear.TryLinear(x, w, b, out var y) ? y : F.linear(x, Cast(w, x), b is null ? null : Cast(b, x));
 
     public static Tensor Cast(Tensor w, Tensor like) => w.dtype == like.dtype ? w : w.to(like.dtype);
 
