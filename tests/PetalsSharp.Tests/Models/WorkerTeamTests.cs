@@ -100,4 +100,42 @@ public sealed class WorkerTeamTests
         }));
         await Task.WhenAll(callers);
     }
+
+    sealed class ChunkJob(WorkerTeam team, int chunks, bool barrier = false) : ITeamJob
+    {
+        public readonly int[] Done = new int[chunks];
+        int _next;
+
+        public void Execute(int worker, int workers)
+        {
+            if (barrier) team.Barrier();
+            int c;
+            while ((c = Interlocked.Increment(ref _next) - 1) < chunks) Interlocked.Increment(ref Done[c]);
+        }
+    }
+
+    [Theory]
+    [InlineData(2, 50)]
+    [InlineData(3, 0)]   // workers asleep: the caller may do every chunk, and late workers must skip cleanly
+    public void Elastic_jobs_do_every_chunk_once_whoever_joins(int size, int spinMicroseconds)
+    {
+        using var team = new WorkerTeam(size) { SpinMicroseconds = spinMicroseconds };
+        for (int run = 0; run < 2000; run++)
+        {
+            var job = new ChunkJob(team, chunks: 1 + run % 17);
+            if (run % 3 == 0) team.Run(job);
+            else team.RunElastic(job);
+            Assert.All(job.Done, d => Assert.Equal(1, d));
+        }
+        var phases = new PhaseJob(team, phases: 10);   // a full-team job right after elastic ones still gets every worker
+        team.Run(phases);
+        Assert.Equal(0, phases.Errors);
+    }
+
+    [Fact]
+    public void Elastic_jobs_refuse_barriers()
+    {
+        using var team = new WorkerTeam(2);
+        Assert.Throws<InvalidOperationException>(() => team.RunElastic(new ChunkJob(team, 4, barrier: true)));
+    }
 }

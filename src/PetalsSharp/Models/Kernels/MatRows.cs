@@ -102,27 +102,34 @@ public static unsafe partial class MatRows
         }
         // One job object per calling thread: Run is synchronous and not reentrant, so it is never in use twice.
         var job = t_job ??= new Job();
-        job.Set(w, x, rows, y, ldy, bias);
+        job.Set(w, x, rows, y, ldy, bias, team.Size);
         try
         {
-            team.Run(job);
+            team.RunElastic(job);
         }
         finally
         {
-            job.Set(default, null, 0, null, 0, null);
+            job.Set(default, null, 0, null, 0, null, 1);
         }
     }
 
     [ThreadStatic] static Job? t_job;
 
+    /// <summary>
+    /// Output rows in chunks (about eight per worker) claimed from a shared counter, so a worker that joins late takes
+    /// what is left instead of holding up a fixed slice.
+    /// </summary>
     sealed class Job : ITeamJob
     {
         WeightMatrix _w;
         float* _x, _y, _bias;
-        int _rows, _ldy;
+        int _rows, _ldy, _chunkRows, _chunks, _next;
 
-        public void Set(WeightMatrix w, float* x, int rows, float* y, int ldy, float* bias)
+        public void Set(WeightMatrix w, float* x, int rows, float* y, int ldy, float* bias, int workers)
         {
+            _chunkRows = Math.Max(8, ((w.Rows + 8 * workers - 1) / (8 * workers) + 7) & ~7);
+            _chunks = (w.Rows + _chunkRows - 1) / _chunkRows;
+            _next = 0;
             _w = w;
             _x = x;
             _rows = rows;
@@ -133,8 +140,12 @@ public static unsafe partial class MatRows
 
         public void Execute(int worker, int workers)
         {
-            var (start, end) = Slice(_w.Rows, worker, workers);
-            MultiplyRange(_w, _x, _rows, _y, _ldy, _bias, start, end);
+            int chunk;
+            while ((chunk = Interlocked.Increment(ref _next) - 1) < _chunks)
+            {
+                int start = chunk * _chunkRows;
+                MultiplyRange(_w, _x, _rows, _y, _ldy, _bias, start, Math.Min(_w.Rows, start + _chunkRows));
+            }
         }
     }
 }

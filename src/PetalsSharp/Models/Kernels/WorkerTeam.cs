@@ -48,7 +48,9 @@ public sealed class WorkerTeam : IDisposable
     int _sleepers;        // workers blocked on _gate (Run pulses only when there are some)
     int _done;            // workers other than the caller that finished the current job
     int _arrived, _generation;
-    volatile bool _faulted;
+    long _entry;          // job number << 32 | workers that joined it (| Closed once an elastic job stops taking them)
+    const long Closed = 1L << 31;
+    volatile bool _elastic, _faulted;
     Exception? _error;
     volatile bool _disposed;
     long _spinTicks;
@@ -81,23 +83,38 @@ public sealed class WorkerTeam : IDisposable
     /// One job at a time: concurrent callers queue. The first exception of any worker is rethrown here. A job may not
     /// call <see cref="Run"/> on its own team.
     /// </summary>
-    public void Run(ITeamJob job)
+    public void Run(ITeamJob job) => Post(job, elastic: false);
+
+    /// <summary>
+    /// Runs <paramref name="job"/> on the caller and on the workers that join before the caller's own
+    /// <see cref="ITeamJob.Execute"/> returns; later ones skip it. For jobs without barriers that claim their work
+    /// dynamically (a shared counter of chunks): a worker that is asleep or descheduled (a busy server, gRPC threads
+    /// on the same cores) then delays nothing, and a worker that wakes late still takes the chunks left.
+    /// </summary>
+    public void RunElastic(ITeamJob job) => Post(job, elastic: true);
+
+    void Post(ITeamJob job, bool elastic)
     {
         if (t_inJob == this) throw new InvalidOperationException("a team job cannot start another job on its own team");
         lock (_runLock)
         {
             ObjectDisposedException.ThrowIf(_disposed, this);
             _job = job;
+            _elastic = elastic;
             _error = null;
             _faulted = false;
             _arrived = 0;
             _done = 0;
+            int number = _posted + 1;
+            Volatile.Write(ref _entry, (long)number << 32);
             Interlocked.Increment(ref _posted);   // a full fence: workers that see the new number see the fields above
             if (Volatile.Read(ref _sleepers) > 0)
                 lock (_gate) Monitor.PulseAll(_gate);
             Execute(0);
+            // An elastic job closes its door now and waits only for the workers that came in.
+            int expected = elastic ? (int)(Interlocked.Or(ref _entry, Closed) & (Closed - 1)) : Size - 1;
             var spin = new SpinWait();
-            while (Volatile.Read(ref _done) < Size - 1) spin.SpinOnce(sleep1Threshold: -1);
+            while (Volatile.Read(ref _done) < expected) spin.SpinOnce(sleep1Threshold: -1);
             _job = null;
             if (_error is { } e) ExceptionDispatchInfo.Throw(e);
         }
@@ -110,6 +127,7 @@ public sealed class WorkerTeam : IDisposable
     public void Barrier()
     {
         if (Size == 1) return;
+        if (_elastic) throw new InvalidOperationException("an elastic job cannot use barriers: not every worker runs it");
         int generation = Volatile.Read(ref _generation);
         if (Interlocked.Increment(ref _arrived) == Size)
         {
@@ -155,8 +173,20 @@ public sealed class WorkerTeam : IDisposable
         {
             seen = WaitForJob(seen);
             if (_disposed) return;
+            if (!Enter(seen)) continue;
             Execute(worker);
             Interlocked.Increment(ref _done);
+        }
+    }
+
+    /// <summary>Joins job <paramref name="number"/>; false when an elastic job closed (or a newer one was posted) first.</summary>
+    bool Enter(int number)
+    {
+        while (true)
+        {
+            long entry = Volatile.Read(ref _entry);
+            if ((int)(entry >> 32) != number || (entry & Closed) != 0) return false;
+            if (Interlocked.CompareExchange(ref _entry, entry + 1, entry) == entry) return true;
         }
     }
 
