@@ -52,7 +52,7 @@ public static class EngineBenchmark
     static long DecodeBytesPerToken(CausalLM lm) => WeightReads.PerDecodedToken(lm.Config, ((LocalBlockStack)lm.Blocks).Blocks, lm.Ends);
 
     /// <summary>The streaming read rate, measured as <c>petals bench</c> measures it.</summary>
-    static double MeasureBandwidth()
+    internal static double MeasureBandwidth()
     {
         var bandwidth = MemoryBandwidth.Measure(EngineBench.Threads);
         Console.WriteLine($"read bandwidth: torch sum {bandwidth.TorchSum / 1e9:F1} GB/s, C# TensorPrimitives.Sum {bandwidth.HostRead / 1e9:F1} GB/s");
@@ -90,7 +90,7 @@ public static class EngineBenchmark
                 foreach (var p in b.parameters().Where(p => p.dim() == 2)) Ops.Linear(ones(1, 1, p.shape[1]), p);
         }, repeats: 21, warmup: 3);
         long matBytes = stack.Blocks.Sum(b => b.parameters().Where(p => p.dim() == 2).Sum(p => p.NumberOfElements * p.ElementSize));
-        Console.WriteLine($"|   breakdown ({dtype}) | blocks {blocks * 1000:F2} ms | their matmuls: C# GEMV {fast * 1000:F2} ms ({matBytes / fast / 1e9:F1} GB/s), F.linear {gemv * 1000:F2} ms ({matBytes / gemv / 1e9:F1} GB/s) | head+norm {head * 1000:F2} ms | | | |");
+        Console.WriteLine($"|   breakdown ({dtype}) | blocks {blocks * 1000:F2} ms | their matmuls: MatRows {fast * 1000:F2} ms ({matBytes / fast / 1e9:F1} GB/s), F.linear {gemv * 1000:F2} ms ({matBytes / gemv / 1e9:F1} GB/s) | head+norm {head * 1000:F2} ms | | | |");
     }
 
     /// <summary>

@@ -2,6 +2,7 @@ using PetalsSharp.Benchmarks;
 
 // Benchmarks measure; they never assert. Usage:
 //   dotnet run --project benchmarks/PetalsSharp.Benchmarks -c Release -- engine [--model DIR | --family llama|mixtral|...] [--prompt 64] [--new 128]
+//   dotnet run --project benchmarks/PetalsSharp.Benchmarks -c Release -- matrows [--ms 300]
 //   dotnet run --project benchmarks/PetalsSharp.Benchmarks -c Release -- swarm [--model DIR] [--servers 3] [--no-push]
 //   dotnet run --project benchmarks/PetalsSharp.Benchmarks -c Release -- wan [--model DIR] [--delay-ms 50]
 //   dotnet run --project benchmarks/PetalsSharp.Benchmarks -c Release -- memory --model DIR [--dtype bf16] [--cache-bytes 270000000] [--prompt 64] [--new 64]
@@ -12,6 +13,9 @@ switch (command)
 {
     case "engine":
         await EngineBenchmark.RunAsync(options);
+        return 0;
+    case "matrows":
+        await MatRowsBenchmark.RunAsync(options);
         return 0;
     case "hop":
         await HopBenchmark.RunAsync(options);
@@ -26,6 +30,6 @@ switch (command)
         await MemoryBenchmark.RunAsync(options);
         return 0;
     default:
-        Console.Error.WriteLine($"unknown benchmark '{command}' (available: engine, swarm, hop, wan, memory)");
+        Console.Error.WriteLine($"unknown benchmark '{command}' (available: engine, matrows, swarm, hop, wan, memory)");
         return 2;
 }

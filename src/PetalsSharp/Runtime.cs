@@ -5,7 +5,7 @@ public static class Runtime
 {
     /// <summary>
     /// Raises the thread pool's minimum. With 2 cores the pool starts with 2 threads and adds one only every
-    /// ~0.5 s when they are blocked; gRPC continuations, the decode GEMV's Parallel.For and sync-over-async
+    /// ~0.5 s when they are blocked; gRPC continuations and sync-over-async
     /// autograd calls then stall for up to a second (measured through the link shaper). 16 threads cost nothing.
     /// </summary>
     public static void Configure()

@@ -22,7 +22,7 @@ public static class Ops
     /// </summary>
     public static Tensor Linear(Tensor x, Tensor w, Tensor? b = null)
     {
-        if (Gemv.TryLinear(x, w, b, out var y)) return y;
+        if (Kernels.MatRowsLinear.TryLinear(x, w, b, out var y)) return y;
         if (w.dtype == x.dtype || x.requires_grad || w.requires_grad || (b is not null && b.requires_grad))
             return F.linear(x, Cast(w, x), b is null ? null : Cast(b, x));                    // [..., out]
         return TiledLinear.Forward(x, w, b);                                                  // [..., out]

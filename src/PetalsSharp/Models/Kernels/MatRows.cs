@@ -18,6 +18,12 @@ public readonly unsafe struct WeightMatrix(void* data, WeightType type, int rows
     public int Rows { get; } = rows;
     public int Cols { get; } = cols;
 
+    /// <summary>Bytes of one stored element (4 for f32, 2 for bf16 and f16).</summary>
+    public int ElementSize => Type == WeightType.F32 ? 4 : 2;
+
+    /// <summary>Bytes the whole matrix occupies: what one product must read.</summary>
+    public long Bytes => (long)Rows * Cols * ElementSize;
+
     /// <summary>Views <paramref name="w"/> <c>[out, in]</c>; null when its dtype, device or layout cannot be read in place.</summary>
     public static WeightMatrix? TryFrom(Tensor w)
     {
@@ -39,31 +45,40 @@ public readonly unsafe struct WeightMatrix(void* data, WeightType type, int rows
 /// weight read once from memory, in its stored dtype, accumulating in f32. Output rows are split across a
 /// <see cref="WorkerTeam"/>; inside a fused job each worker calls <see cref="MultiplyRange"/> on its own slice.
 /// </summary>
-public static unsafe class MatRows
+/// <remarks>
+/// A tile of four weight rows is read once and dotted with every activation row while it sits in L1/L2, so a
+/// 16-row step costs one pass over the weight, not sixteen. One row converts 16-bit weights in registers; several
+/// rows convert each tile once into a per-thread f32 scratch and reuse it. Without 256-bit SIMD (Arm64) a portable
+/// path converts a row at a time and uses <see cref="System.Numerics.Tensors.TensorPrimitives.Dot(ReadOnlySpan{float}, ReadOnlySpan{float})"/>.
+/// </remarks>
+public static unsafe partial class MatRows
 {
     /// <summary>Most activation rows one call takes: a weight row is read once and dotted with every one of them.</summary>
     public const int MaxRows = 16;
 
+    /// <summary>Below this many weights a product runs on the calling thread: waking the team would cost more.</summary>
+    public const long SerialWeights = 1 << 16;
+
     /// <summary>
     /// Output rows [<paramref name="o0"/>, <paramref name="o1"/>) of the product, for every one of <paramref name="rows"/>
     /// activation rows. <paramref name="x"/> is <c>[rows, Cols]</c> (row stride Cols); <paramref name="y"/> has row stride
-    /// <paramref name="ldy"/>; <paramref name="bias"/> may be null.
+    /// <paramref name="ldy"/>; <paramref name="bias"/> may be null. Allocates nothing (after a thread's first 16-bit
+    /// multi-row call, which sizes its scratch).
     /// </summary>
     public static void MultiplyRange(in WeightMatrix w, float* x, int rows, float* y, int ldy, float* bias, int o0, int o1)
     {
-        int n = w.Cols;
-        for (int o = o0; o < o1; o++)
+        if (o1 <= o0 || rows <= 0) return;
+        if (!Vector256.IsHardwareAccelerated)
         {
-            for (int r = 0; r < rows; r++)
-            {
-                float dot = w.Type switch
-                {
-                    WeightType.F32 => DotF32((float*)w.Data + (long)o * n, x + (long)r * n, n),
-                    WeightType.BF16 => DotBf16((ushort*)w.Data + (long)o * n, x + (long)r * n, n),
-                    _ => DotF16((Half*)w.Data + (long)o * n, x + (long)r * n, n),
-                };
-                y[(long)r * ldy + o] = bias is null ? dot : dot + bias[o];
-            }
+            Portable(w, x, rows, y, ldy, bias, o0, o1);
+            return;
+        }
+        var data = (byte*)w.Data;
+        switch (w.Type)
+        {
+            case WeightType.F32: Range<F32>(data, w.Cols, x, rows, y, ldy, bias, o0, o1); break;
+            case WeightType.BF16: Range<Bf16>(data, w.Cols, x, rows, y, ldy, bias, o0, o1); break;
+            default: Range<F16>(data, w.Cols, x, rows, y, ldy, bias, o0, o1); break;
         }
     }
 
@@ -76,65 +91,61 @@ public static unsafe class MatRows
         return (start, Math.Min(count, start + per));
     }
 
-    /// <summary>The whole product on <paramref name="team"/>.</summary>
+    /// <summary>The whole product on <paramref name="team"/> (on the calling thread alone when it is small).</summary>
     public static void Multiply(in WeightMatrix w, float* x, int rows, float* y, int ldy, float* bias, WorkerTeam team)
     {
         if (rows < 1 || rows > MaxRows) throw new ArgumentOutOfRangeException(nameof(rows), $"1 to {MaxRows} rows (got {rows})");
-        team.Run(new Job(w, x, rows, y, ldy, bias));
+        if ((long)w.Rows * w.Cols < SerialWeights || team.Size == 1)
+        {
+            MultiplyRange(w, x, rows, y, ldy, bias, 0, w.Rows);
+            return;
+        }
+        // One job object per calling thread: Run is synchronous and not reentrant, so it is never in use twice.
+        var job = t_job ??= new Job();
+        job.Set(w, x, rows, y, ldy, bias, team.Size);
+        try
+        {
+            team.RunElastic(job);
+        }
+        finally
+        {
+            job.Set(default, null, 0, null, 0, null, 1);
+        }
     }
 
-    sealed class Job(WeightMatrix w, float* x, int rows, float* y, int ldy, float* bias) : ITeamJob
+    [ThreadStatic] static Job? t_job;
+
+    /// <summary>
+    /// Output rows in chunks (about eight per worker) claimed from a shared counter, so a worker that joins late takes
+    /// what is left instead of holding up a fixed slice.
+    /// </summary>
+    sealed class Job : ITeamJob
     {
+        WeightMatrix _w;
+        float* _x, _y, _bias;
+        int _rows, _ldy, _chunkRows, _chunks, _next;
+
+        public void Set(WeightMatrix w, float* x, int rows, float* y, int ldy, float* bias, int workers)
+        {
+            _chunkRows = Math.Max(8, ((w.Rows + 8 * workers - 1) / (8 * workers) + 7) & ~7);
+            _chunks = (w.Rows + _chunkRows - 1) / _chunkRows;
+            _next = 0;
+            _w = w;
+            _x = x;
+            _rows = rows;
+            _y = y;
+            _ldy = ldy;
+            _bias = bias;
+        }
+
         public void Execute(int worker, int workers)
         {
-            var (start, end) = Slice(w.Rows, worker, workers);
-            MultiplyRange(w, x, rows, y, ldy, bias, start, end);
-        }
-    }
-
-    static float DotF32(float* w, float* x, int n)
-    {
-        int i = 0;
-        float sum = 0;
-        if (Vector256.IsHardwareAccelerated && n >= 32)
-        {
-            Vector256<float> a0 = default, a1 = default, a2 = default, a3 = default;
-            for (; i <= n - 32; i += 32)
+            int chunk;
+            while ((chunk = Interlocked.Increment(ref _next) - 1) < _chunks)
             {
-                a0 += Vector256.Load(w + i) * Vector256.Load(x + i);
-                a1 += Vector256.Load(w + i + 8) * Vector256.Load(x + i + 8);
-                a2 += Vector256.Load(w + i + 16) * Vector256.Load(x + i + 16);
-                a3 += Vector256.Load(w + i + 24) * Vector256.Load(x + i + 24);
+                int start = chunk * _chunkRows;
+                MultiplyRange(_w, _x, _rows, _y, _ldy, _bias, start, Math.Min(_w.Rows, start + _chunkRows));
             }
-            sum = Vector256.Sum((a0 + a1) + (a2 + a3));
         }
-        for (; i < n; i++) sum += w[i] * x[i];
-        return sum;
-    }
-
-    static float DotBf16(ushort* w, float* x, int n)
-    {
-        int i = 0;
-        float sum = 0;
-        if (Vector256.IsHardwareAccelerated && n >= 16)
-        {
-            Vector256<float> a0 = default, a1 = default;
-            for (; i <= n - 16; i += 16)
-            {
-                var (lo, hi) = Vector256.Widen(Vector256.Load(w + i));         // 2 × 8 × uint32
-                a0 += Vector256.ShiftLeft(lo, 16).AsSingle() * Vector256.Load(x + i);
-                a1 += Vector256.ShiftLeft(hi, 16).AsSingle() * Vector256.Load(x + i + 8);
-            }
-            sum = Vector256.Sum(a0 + a1);
-        }
-        for (; i < n; i++) sum += BitConverter.Int32BitsToSingle(w[i] << 16) * x[i];
-        return sum;
-    }
-
-    static float DotF16(Half* w, float* x, int n)
-    {
-        float sum = 0;
-        for (int i = 0; i < n; i++) sum += (float)w[i] * x[i];
-        return sum;
     }
 }

@@ -1,6 +1,14 @@
+using System.Diagnostics;
+using System.Runtime.ExceptionServices;
+
 namespace PetalsSharp.Models.Kernels;
 
 /// <summary>One phase-structured piece of work that every worker of a <see cref="WorkerTeam"/> runs at once.</summary>
+/// <remarks>
+/// What a job must do so that a failure cannot hang the team: wait for other workers only through
+/// <see cref="WorkerTeam.Barrier"/> (never a lock, event or spin of its own), call it the same number of times on
+/// every worker, and let exceptions propagate (a catch-all around a barrier would swallow the team's abort).
+/// </remarks>
 public interface ITeamJob
 {
     /// <summary>
@@ -12,10 +20,18 @@ public interface ITeamJob
 
 /// <summary>
 /// A fixed team of threads, created once and sized to the cores, that runs a job on every worker and meets at a
-/// spin-then-wait barrier between phases. A decode step has dozens of small phases per block; a task hand-off per
-/// phase (<c>Parallel.For</c>) costs more than the phase itself, while a spinning barrier costs well under a
-/// microsecond. Workers spin briefly and then block, so an idle team costs nothing.
+/// spin barrier between phases. A decode step has dozens of small phases per block; a task hand-off per phase
+/// (<c>Parallel.For</c>) costs more than the phase itself, while a spinning barrier costs well under a microsecond.
 /// </summary>
+/// <remarks>
+/// <para>Idle workers spin for <see cref="SpinMicroseconds"/> after a job (the next op of a decode step follows within
+/// microseconds), then block on a monitor, so an idle team costs no CPU and leaves the cores to gRPC and the rest of
+/// the server. The team has one worker per core, the caller included: a server's other threads only run while the
+/// team is idle or blocked, which is what decode wants (the step is the work).</para>
+/// <para>Failure: when a worker's job throws, the team is marked faulted, every other worker's next (or current)
+/// <see cref="Barrier"/> throws an internal abort that unwinds it, and <see cref="Run"/> rethrows the first exception
+/// once all workers are back. The team stays usable.</para>
+/// </remarks>
 public sealed class WorkerTeam : IDisposable
 {
     static readonly Lazy<WorkerTeam> _shared = new(() => new WorkerTeam(Environment.ProcessorCount));
@@ -23,23 +39,30 @@ public sealed class WorkerTeam : IDisposable
     /// <summary>The process-wide team, one worker per core.</summary>
     public static WorkerTeam Shared => _shared.Value;
 
+    [ThreadStatic] static WorkerTeam? t_inJob;   // the team whose job this thread is running, to refuse nested Runs
+
     readonly Thread[] _threads;
-    readonly SemaphoreSlim[] _wake;
-    readonly object _runLock = new();
+    readonly object _runLock = new(), _gate = new();
     ITeamJob? _job;
-    int _arrived, _generation, _done;
+    int _posted;          // job sequence number; idle workers wait for it to move
+    int _sleepers;        // workers blocked on _gate (Run pulses only when there are some)
+    int _done;            // workers other than the caller that finished the current job
+    int _arrived, _generation;
+    long _entry;          // job number << 32 | workers that joined it (| Closed once an elastic job stops taking them)
+    const long Closed = 1L << 31;
+    volatile bool _elastic, _faulted;
     Exception? _error;
     volatile bool _disposed;
+    long _spinTicks;
 
     public WorkerTeam(int size)
     {
         Size = Math.Max(1, size);
+        SpinMicroseconds = 50;
         _threads = new Thread[Size - 1];
-        _wake = new SemaphoreSlim[Size - 1];
         for (int i = 0; i < _threads.Length; i++)
         {
             int worker = i + 1;
-            _wake[i] = new SemaphoreSlim(0);
             _threads[i] = new Thread(() => Loop(worker)) { IsBackground = true, Name = $"petals-team-{worker}" };
             _threads[i].Start();
         }
@@ -48,33 +71,63 @@ public sealed class WorkerTeam : IDisposable
     /// <summary>Workers in the team, the caller included.</summary>
     public int Size { get; }
 
+    /// <summary>How long an idle worker keeps spinning for the next job before it blocks (0: block at once).</summary>
+    public int SpinMicroseconds
+    {
+        get => (int)(Volatile.Read(ref _spinTicks) * 1_000_000 / Stopwatch.Frequency);
+        set => Volatile.Write(ref _spinTicks, Math.Max(0, value) * Stopwatch.Frequency / 1_000_000);
+    }
+
     /// <summary>
     /// Runs <paramref name="job"/> on every worker and returns when all have finished; the calling thread is worker 0.
-    /// One job at a time: concurrent callers queue. An exception on any worker is rethrown here.
+    /// One job at a time: concurrent callers queue. The first exception of any worker is rethrown here. A job may not
+    /// call <see cref="Run"/> on its own team.
     /// </summary>
-    public void Run(ITeamJob job)
+    public void Run(ITeamJob job) => Post(job, elastic: false);
+
+    /// <summary>
+    /// Runs <paramref name="job"/> on the caller and on the workers that join before the caller's own
+    /// <see cref="ITeamJob.Execute"/> returns; later ones skip it. For jobs without barriers that claim their work
+    /// dynamically (a shared counter of chunks): a worker that is asleep or descheduled (a busy server, gRPC threads
+    /// on the same cores) then delays nothing, and a worker that wakes late still takes the chunks left.
+    /// </summary>
+    public void RunElastic(ITeamJob job) => Post(job, elastic: true);
+
+    void Post(ITeamJob job, bool elastic)
     {
+        if (t_inJob == this) throw new InvalidOperationException("a team job cannot start another job on its own team");
         lock (_runLock)
         {
             ObjectDisposedException.ThrowIf(_disposed, this);
             _job = job;
+            _elastic = elastic;
             _error = null;
-            Volatile.Write(ref _done, 0);
-            foreach (var w in _wake) w.Release();
+            _faulted = false;
+            _arrived = 0;
+            _done = 0;
+            int number = _posted + 1;
+            Volatile.Write(ref _entry, (long)number << 32);
+            Interlocked.Increment(ref _posted);   // a full fence: workers that see the new number see the fields above
+            if (Volatile.Read(ref _sleepers) > 0)
+                lock (_gate) Monitor.PulseAll(_gate);
             Execute(0);
+            // An elastic job closes its door now and waits only for the workers that came in.
+            int expected = elastic ? (int)(Interlocked.Or(ref _entry, Closed) & (Closed - 1)) : Size - 1;
             var spin = new SpinWait();
-            while (Volatile.Read(ref _done) < Size - 1) spin.SpinOnce(sleep1Threshold: -1);
+            while (Volatile.Read(ref _done) < expected) spin.SpinOnce(sleep1Threshold: -1);
             _job = null;
-            if (_error is { } e) throw new AggregateException("a worker of the kernel team failed", e);
+            if (_error is { } e) ExceptionDispatchInfo.Throw(e);
         }
     }
 
     /// <summary>
     /// Waits until every worker of the running job has arrived. Call it the same number of times on every worker.
+    /// Throws (to unwind this worker) when another worker's job has failed.
     /// </summary>
     public void Barrier()
     {
         if (Size == 1) return;
+        if (_elastic) throw new InvalidOperationException("an elastic job cannot use barriers: not every worker runs it");
         int generation = Volatile.Read(ref _generation);
         if (Interlocked.Increment(ref _arrived) == Size)
         {
@@ -83,38 +136,91 @@ public sealed class WorkerTeam : IDisposable
             return;
         }
         var spin = new SpinWait();
-        while (Volatile.Read(ref _generation) == generation) spin.SpinOnce(sleep1Threshold: -1);
+        while (Volatile.Read(ref _generation) == generation)
+        {
+            if (_faulted) throw new TeamAborted();
+            spin.SpinOnce(sleep1Threshold: -1);
+        }
     }
 
     void Execute(int worker)
     {
+        var outer = t_inJob;
+        t_inJob = this;
         try
         {
             _job!.Execute(worker, Size);
         }
+        catch (TeamAborted)
+        {
+            // Another worker failed first; its exception is the one Run reports.
+        }
         catch (Exception e)
         {
-            // A failed worker still leaves the barrier protocol consistent only if every worker fails alike; jobs are
-            // expected to validate before their first barrier, so this records the first error for the caller.
             Interlocked.CompareExchange(ref _error, e, null);
+            _faulted = true;
+        }
+        finally
+        {
+            t_inJob = outer;
         }
     }
 
     void Loop(int worker)
     {
-        var wake = _wake[worker - 1];
+        int seen = 0;
         while (true)
         {
-            wake.Wait();
+            seen = WaitForJob(seen);
             if (_disposed) return;
+            if (!Enter(seen)) continue;
             Execute(worker);
             Interlocked.Increment(ref _done);
         }
     }
 
+    /// <summary>Joins job <paramref name="number"/>; false when an elastic job closed (or a newer one was posted) first.</summary>
+    bool Enter(int number)
+    {
+        while (true)
+        {
+            long entry = Volatile.Read(ref _entry);
+            if ((int)(entry >> 32) != number || (entry & Closed) != 0) return false;
+            if (Interlocked.CompareExchange(ref _entry, entry + 1, entry) == entry) return true;
+        }
+    }
+
+    /// <summary>Spins, then blocks, until a job newer than <paramref name="seen"/> is posted; returns its number.</summary>
+    int WaitForJob(int seen)
+    {
+        long start = Stopwatch.GetTimestamp();
+        while (Volatile.Read(ref _posted) == seen && !_disposed)
+        {
+            if (Stopwatch.GetTimestamp() - start < Volatile.Read(ref _spinTicks))
+            {
+                Thread.SpinWait(16);
+                continue;
+            }
+            lock (_gate)
+            {
+                // Interlocked on both sides (here and in Run) orders the count against the job number: either Run
+                // sees a sleeper and pulses, or this loop sees the new job before waiting.
+                Interlocked.Increment(ref _sleepers);
+                while (Volatile.Read(ref _posted) == seen && !_disposed) Monitor.Wait(_gate);
+                Interlocked.Decrement(ref _sleepers);
+            }
+        }
+        return Volatile.Read(ref _posted);
+    }
+
     public void Dispose()
     {
         _disposed = true;
-        foreach (var w in _wake) w.Release();
+        lock (_gate) Monitor.PulseAll(_gate);
+    }
+
+    sealed class TeamAborted : Exception
+    {
+        public TeamAborted() : base("another worker of the kernel team failed") { }
     }
 }
