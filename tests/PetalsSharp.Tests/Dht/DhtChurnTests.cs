@@ -42,7 +42,7 @@ public sealed class DhtChurnTests(ITestOutputHelper output)
         output.WriteLine($"churn done at {clock.Elapsed.TotalSeconds:F1} s");
 
         // Replication pushes replicas to the newcomers that are now among the k closest.
-        await Task.Delay(TimeSpan.FromSeconds(5));
+        await WaitUntil(() => fresh.Sum(n => n.Records.KeyCount) > 0, TimeSpan.FromSeconds(60));
         int onNewcomers = fresh.Sum(n => n.Records.KeyCount);
         output.WriteLine($"newcomers hold {onNewcomers} key replicas at {clock.Elapsed.TotalSeconds:F1} s");
         Assert.True(onNewcomers > 0, "replication gave the new nodes nothing");
@@ -81,7 +81,11 @@ public sealed class DhtChurnTests(ITestOutputHelper output)
             await Task.WhenAll(swarm.Nodes.OrderBy(_ => random.Next()).Take(12).ToList().Select(swarm.StopAsync));
             var survivors = swarm.Nodes.ToList();
             for (int i = 0; i < 12; i++) await swarm.AddAsync(options, [survivors[random.Next(survivors.Count)].PeerAddress]);
-            await Task.Delay(TimeSpan.FromSeconds(4));
+            // Replication runs every 2 s; on a busy machine a round can take much longer, so wait for its effect
+            // (every key back on several live nodes) instead of a fixed time. A key that lost every replica never
+            // gets there: the wait then ends at its deadline and the count below fails.
+            await WaitUntil(() => keys.All(k => swarm.Nodes.Count(n => n.Records.Get(k, DateTimeOffset.UtcNow).Count > 0) >= 3),
+                TimeSpan.FromSeconds(45));
             output.WriteLine($"wave {wave + 1} done at {clock.Elapsed.TotalSeconds:F1} s; {swarm.Nodes.Count(original.Contains)} original nodes left");
         }
         int found = 0;
@@ -89,5 +93,11 @@ public sealed class DhtChurnTests(ITestOutputHelper output)
             if ((await swarm.Nodes[random.Next(swarm.Nodes.Count)].GetAsync(key)).Any(e => BitConverter.ToInt32(e.Value) == i)) found++;
         output.WriteLine($"{found}/60 keys readable after 3 waves; total {clock.Elapsed.TotalSeconds:F1} s");
         Assert.True(found >= 59, $"only {found}/60 keys survived");
+    }
+
+    static async Task WaitUntil(Func<bool> condition, TimeSpan deadline)
+    {
+        var clock = Stopwatch.StartNew();
+        while (!condition() && clock.Elapsed < deadline) await Task.Delay(100);
     }
 }
