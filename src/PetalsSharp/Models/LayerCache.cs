@@ -28,6 +28,7 @@ public sealed class LayerCache : IDisposable
         Keys = _keys.permute(0, 2, 1, 3);                                        // [B, kvH, max, D] view
         Values = _values.permute(0, 2, 1, 3);                                    // [B, kvH, max, D] view
         (Batch, MaxLength, KvHeads, HeadDim) = (batch, maxLength, kvHeads, headDim);
+        (DType, Device) = (dtype, device);
     }
 
     /// <summary>Keys as the reference path and HF see them: a strided view of the token-major storage.</summary>
@@ -38,8 +39,8 @@ public sealed class LayerCache : IDisposable
     public int Batch { get; }
     public int KvHeads { get; }
     public int HeadDim { get; }
-    public ScalarType DType => _keys.dtype;
-    public Device Device => _keys.device;
+    public ScalarType DType { get; }
+    public Device Device { get; }
 
     /// <summary>Writes k/v for the new tokens at [past, past+T) and returns views of [0, past+T).</summary>
     public (Tensor Keys, Tensor Values) Append(Tensor k, Tensor v, int past)

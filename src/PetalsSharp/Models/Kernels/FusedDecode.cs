@@ -39,8 +39,8 @@ public static class FusedDecode
         if (hidden.requires_grad && is_grad_enabled()) return false;
         int rows = ctx.Batch * ctx.NewTokens;
         if (rows < 1 || rows > MatRows.MaxRows) return false;
-        foreach (var c in caches)
-            if (c.DType != ScalarType.Float32 || c.Device.type != DeviceType.CPU) return false;
+        for (int i = 0; i < caches.Count; i++)   // not foreach: an interface enumerator would allocate every step
+            if (caches[i].DType != ScalarType.Float32 || caches[i].Device.type != DeviceType.CPU) return false;
         return true;
     }
 
