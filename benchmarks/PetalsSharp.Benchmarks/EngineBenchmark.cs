@@ -21,21 +21,29 @@ public static class EngineBenchmark
         var bandwidth = MeasureBandwidth();
         Console.WriteLine($"memory bandwidth (streaming read of 512 MiB): {bandwidth / 1e9:F1} GB/s");
         Console.WriteLine();
-        Console.WriteLine("| weights | prefill tok/s | decode tok/s | decode ms/token | weight bytes/token | decode GB/s | ÷ bandwidth |");
-        Console.WriteLine("|---|---|---|---|---|---|---|");
+        // Fused (C# kernels) and reference (TorchSharp) decode, interleaved round by round on a noisy shared machine.
+        var paths = (args.Get("paths") ?? "fused,reference").Split(',', StringSplitOptions.RemoveEmptyEntries);
+        int rounds = args.Int("rounds", 1);
+        Console.WriteLine("| weights | path | prefill tok/s | decode tok/s | decode ms/token | weight bytes/token | decode GB/s | ÷ bandwidth |");
+        Console.WriteLine("|---|---|---|---|---|---|---|---|");
         foreach (var dtype in new[] { ScalarType.Float32, ScalarType.BFloat16 })
         {
             using var lm = CausalLM.Load(dir, new ModelLoadOptions(dtype));
             var bytesPerToken = DecodeBytesPerToken(lm);
             var prompt = Enumerable.Range(0, promptLen).Select(i => (i * 7919) % (lm.Config.VocabSize - 1)).ToArray();
-            var prefill = Timing.Median(() => Prefill(lm, prompt), repeats: 3);
-            // Decode time = (prefill + N steps) - prefill, so the prompt's cost is not counted twice.
-            var total = Timing.Median(() => lm.GenerateAsync([prompt], new GenerationOptions { MaxNewTokens = newTokens, IgnoreEos = true })
-                .GetAwaiter().GetResult(), repeats: 3);
-            var decodeSeconds = (total - prefill) / (newTokens - 1);
-            var gbps = bytesPerToken / decodeSeconds;
-            Console.WriteLine($"| {dtype} | {promptLen / prefill:F0} | {1 / decodeSeconds:F1} | {decodeSeconds * 1000:F2} | {bytesPerToken / 1e6:F0} MB | {gbps / 1e9:F1} | {gbps / bandwidth:F2} |");
-            Breakdown(lm, dtype);
+            for (int round = 0; round < rounds; round++)
+                foreach (var path in paths)
+                {
+                    using var reference = path == "reference" ? PetalsSharp.Models.Kernels.FusedDecode.Disable() : null;
+                    var prefill = Timing.Median(() => Prefill(lm, prompt), repeats: 3);
+                    // Decode time = (prefill + N steps) - prefill, so the prompt's cost is not counted twice.
+                    var total = Timing.Median(() => lm.GenerateAsync([prompt], new GenerationOptions { MaxNewTokens = newTokens, IgnoreEos = true })
+                        .GetAwaiter().GetResult(), repeats: 3);
+                    var decodeSeconds = (total - prefill) / (newTokens - 1);
+                    var gbps = bytesPerToken / decodeSeconds;
+                    Console.WriteLine($"| {dtype} | {path} | {promptLen / prefill:F0} | {1 / decodeSeconds:F1} | {decodeSeconds * 1000:F2} | {bytesPerToken / 1e6:F0} MB | {gbps / 1e9:F1} | {gbps / bandwidth:F2} |");
+                }
+            if (args.Get("breakdown") != "false") Breakdown(lm, dtype);
         }
         await Task.CompletedTask;
     }

@@ -98,6 +98,10 @@ public sealed class BlockLinear : nn.Module
         RegisterComponents();
     }
 
+    /// <summary>The stored weight <c>[out, in]</c> and bias <c>[out]</c>, for kernels that read them in place.</summary>
+    internal Tensor Weight => weight;
+    internal Tensor? Bias => bias;
+
     /// <summary>Block index and module path, as <see cref="Lora.ILinearAdapter.Delta"/> looks them up.</summary>
     public int Block { get; }
     public string Module { get; }
@@ -131,6 +135,14 @@ public sealed class RotaryAttention : nn.Module
         (_rotary, _heads, _kvHeads, _slidingWindow) = (rotary, c.NumHeads, c.NumKvHeads, slidingWindow);
         RegisterComponents();
     }
+
+    internal BlockLinear QProj => q_proj;
+    internal BlockLinear KProj => k_proj;
+    internal BlockLinear VProj => v_proj;
+    internal BlockLinear OProj => o_proj;
+    internal Rotary Rotary => _rotary;
+    internal int Heads => _heads;
+    internal int? SlidingWindow => _slidingWindow;
 
     /// <summary><c>x [B, T, H]</c> to <c>[B, T, H]</c>.</summary>
     public Tensor Forward(Tensor x, StepContext ctx, LayerCache? cache)
@@ -195,6 +207,7 @@ public sealed record RopeScaling(
 public sealed class Rotary(int headDim, double theta, RopeScaling? scaling, int maxPositionEmbeddings)
 {
     public int HeadDim { get; } = headDim;
+    public RopeScaling? Scaling => scaling;
 
     /// <summary>Inverse frequencies <c>[D/2]</c> in double, for a sequence of <paramref name="seqLen"/> tokens.</summary>
     public double[] InverseFrequencies(int seqLen = 0)

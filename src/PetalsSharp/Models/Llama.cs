@@ -132,6 +132,10 @@ public abstract class RotaryBlock : DecoderBlock
 
     public override (int KvHeads, int HeadDim) CacheShape => (_c.NumKvHeads, _c.HeadDim);
 
+    internal Norm InputNorm => input_layernorm;
+    internal RotaryAttention Attention => self_attn;
+    internal Norm PostNorm => post_attention_layernorm;
+
     /// <summary>The family's MLP: <c>y [B, T, H]</c> to <c>[B, T, H]</c>.</summary>
     protected abstract Tensor Mlp(Tensor y, StepContext ctx);
 
@@ -159,4 +163,10 @@ public sealed class LlamaBlock : RotaryBlock
     }
 
     protected override Tensor Mlp(Tensor y, StepContext ctx) => SwiGlu.Forward(y, gate_proj, up_proj, down_proj, ctx.Adapter); // [B, T, H]
+
+    Lazy<Kernels.IFusedBlock?>? _fused;
+
+    /// <summary>Built on first use: the weights are viewed in place, so the plan lives as long as the block.</summary>
+    public override Kernels.IFusedBlock? TryFuse() =>
+        (_fused ??= new(() => FusedLlama.From(InputNorm, Attention, PostNorm, gate_proj, up_proj, down_proj))).Value;
 }

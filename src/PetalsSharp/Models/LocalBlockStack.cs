@@ -99,6 +99,9 @@ public sealed class LocalBlockSession : IBlockSession
 {
     readonly LocalBlockStack _stack;
     readonly LayerCache[] _caches;
+    Kernels.IFusedBlock[]? _plans;
+    bool _plansResolved;
+    Kernels.FusedStep? _fused;
 
     public LocalBlockSession(LocalBlockStack stack, SessionOptions options)
     {
@@ -112,6 +115,9 @@ public sealed class LocalBlockSession : IBlockSession
 
     public int Position { get; private set; }
     public SessionOptions Options { get; }
+
+    /// <summary>Steps that ran on the fused kernels (tests check the dispatch with it).</summary>
+    internal int FusedSteps { get; private set; }
 
     /// <summary>Caches of each block, for parity tests against HF's past_key_values.</summary>
     public IReadOnlyList<LayerCache> Caches => _caches;
@@ -135,13 +141,38 @@ public sealed class LocalBlockSession : IBlockSession
         if (options?.Prompts is { } prompts) BlockPrompts.Check(prompts, _stack.Blocks.Count, hidden);
         using var scope = NewDisposeScope();
         var ctx = new StepContext(Options.Batch, t, start, Options.LeftPadding, hidden.device) { Adapter = Options.Adapter };
-        var output = _stack.Run(hidden, ctx, _caches, options?.OnBlockOutput, options?.Prompts);
+        var output = Kernels.FusedDecode.Applies(hidden, ctx, _caches, options?.Prompts is not null) && Plans() is { } plans
+            ? RunFused(plans, hidden, ctx, options?.OnBlockOutput)
+            : _stack.Run(hidden, ctx, _caches, options?.OnBlockOutput, options?.Prompts);
         Position = start + t;
         return output.MoveToOuterDisposeScope();
     }
 
+    Kernels.IFusedBlock[]? Plans()
+    {
+        if (!_plansResolved) (_plans, _plansResolved) = (Kernels.FusedDecode.Plans(_stack.Blocks), true);
+        return _plans;
+    }
+
+    /// <summary>The step on the fused kernels: one copy of the hidden rows, updated in place block after block.</summary>
+    unsafe Tensor RunFused(Kernels.IFusedBlock[] plans, Tensor hidden, StepContext ctx, Action<int, Tensor>? onBlockOutput)
+    {
+        FusedSteps++;
+        var h = hidden.contiguous().clone();                                   // [B, T, H]
+        _fused ??= new Kernels.FusedStep(Kernels.WorkerTeam.Shared, Options.Adapter as Lora.LoraAdapter);
+        _fused.Begin(ctx, Weights.NativeMemory.Pointer<float>(h));
+        var blocks = _stack.Blocks;
+        for (int i = 0; i < plans.Length; i++)
+        {
+            _fused.RunBlock(plans[i], blocks[i], _caches[i]);
+            if (onBlockOutput is not null) onBlockOutput(blocks[i].Index, h.clone().DetachFromDisposeScope());
+        }
+        return h;
+    }
+
     public void Dispose()
     {
+        _fused?.Dispose();
         foreach (var c in _caches) c.Dispose();
     }
 

@@ -21,6 +21,11 @@ public sealed class Norm : nn.Module
         RegisterComponents();
     }
 
+    internal Tensor Weight => weight;
+    internal Tensor? Bias => bias;
+    internal double Eps => _eps;
+    internal bool IsRms => _rms;
+
     /// <summary><c>x [..., H]</c> to <c>[..., H]</c>.</summary>
     public Tensor Forward(Tensor x) => _rms ? Ops.RmsNorm(x, weight, _eps) : Ops.LayerNorm(x, weight, bias, _eps);
 }

@@ -39,6 +39,17 @@ public sealed class LoraAdapter : ILinearAdapter, IDisposable
         return F.linear(down, Ops.Cast(w.ScaledB, x));             // [..., out]
     }
 
+    /// <summary>
+    /// The factors for one module: <c>A [r, in]</c> and <c>scale · B [out, r]</c>, float32 (the fused decode path
+    /// applies them as two small products). False when the adapter leaves the module alone.
+    /// </summary>
+    public bool TryGetFactors(int block, string module, out Tensor a, out Tensor scaledB)
+    {
+        var found = _weights.TryGetValue((block, module), out var w);
+        (a, scaledB) = found ? (w.A, w.ScaledB) : (null!, null!);
+        return found;
+    }
+
     /// <summary><c>W + scale · B A</c>: the base weight <c>[out, in]</c> with this adapter merged (tests compare against it).</summary>
     public Tensor Merge(int block, string module, Tensor weight) =>
         _weights.TryGetValue((block, module), out var w) ? weight + w.ScaledB.matmul(w.A) : weight.clone();

@@ -1,0 +1,64 @@
+using System.Numerics.Tensors;
+
+namespace PetalsSharp.Models.Kernels;
+
+/// <summary>
+/// Attention of the step's queries over the KV cache, one (batch row, query head) per work item, as
+/// <see cref="Ops.Attention"/> computes it: causal, left padding hidden (a query always sees itself), an optional
+/// sliding window, grouped-query heads sharing a KV head. Scores live in the worker's slice of <see cref="Slot.Scores"/>.
+/// </summary>
+public static unsafe class CacheAttention
+{
+    /// <summary>Sizes the score buffers: one cache length per worker.</summary>
+    public static void Prepare(FusedStep step) => step.Ensure(Slot.Scores, (long)step.Team.Size * step.Cache.MaxLength);
+
+    /// <summary>
+    /// This worker's share of <c>out [R, heads·D] = softmax(q kᵀ / √D) v</c> for <c>q [R, heads·D]</c> (row stride
+    /// <paramref name="ldq"/>), after the step's keys and values are in the cache.
+    /// </summary>
+    public static void Phase(FusedStep step, float* q, int ldq, int heads, int? slidingWindow, float* output, int ldo, int worker, int workers)
+    {
+        var cache = step.Cache;
+        int d = cache.HeadDim, group = heads / cache.KvHeads;
+        float* scores = step.Buffer(Slot.Scores) + (long)worker * cache.MaxLength;
+        var (i0, i1) = MatRows.Slice(step.Batch * heads, worker, workers, align: 1);
+        for (int item = i0; item < i1; item++)
+        {
+            int b = item / heads, head = item % heads;
+            for (int t = 0; t < step.Tokens; t++)
+            {
+                long r = (long)b * step.Tokens + t;
+                Query(q + r * ldq + head * d, cache, b, head / group, step.Past + t, step.PadOf(b), slidingWindow, scores, output + r * ldo + head * d);
+            }
+        }
+    }
+
+    /// <summary>One query head at absolute cache index <paramref name="qpos"/> of batch row <paramref name="row"/>.</summary>
+    public static void Query(float* q, in KvPages cache, int row, int kvHead, int qpos, int pad, int? slidingWindow, float* scores, float* output)
+    {
+        int d = cache.HeadDim;
+        int lo = slidingWindow is { } w ? Math.Max(0, qpos - w + 1) : 0;
+        float scale = 1f / MathF.Sqrt(d);
+        var qs = new ReadOnlySpan<float>(q, d);
+        float max = float.NegativeInfinity;
+        for (int j = lo; j <= qpos; j++)
+        {
+            float s = j < pad && j != qpos ? float.NegativeInfinity
+                : TensorPrimitives.Dot(qs, new ReadOnlySpan<float>(cache.Key(row, j, kvHead), d)) * scale;
+            scores[j - lo] = s;
+            if (s > max) max = s;
+        }
+        var outSpan = new Span<float>(output, d);
+        outSpan.Clear();
+        float sum = 0;
+        for (int j = lo; j <= qpos; j++)
+        {
+            float s = scores[j - lo];
+            if (float.IsNegativeInfinity(s)) continue;
+            float p = MathF.Exp(s - max);
+            sum += p;
+            TensorPrimitives.MultiplyAdd(new ReadOnlySpan<float>(cache.Value(row, j, kvHead), d), p, outSpan, outSpan);
+        }
+        TensorPrimitives.Multiply(outSpan, 1f / sum, outSpan);
+    }
+}

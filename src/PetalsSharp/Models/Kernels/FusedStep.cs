@@ -1,0 +1,140 @@
+using System.Runtime.InteropServices;
+using PetalsSharp.Models.Lora;
+
+namespace PetalsSharp.Models.Kernels;
+
+/// <summary>
+/// One family's fused decode plan for one block: the block's weights viewed in place, and the phases that run it on a
+/// <see cref="WorkerTeam"/>. A plan is immutable and shared by every session; what a step needs (positions, cache,
+/// scratch, adapter factors) lives in the session's <see cref="FusedStep"/>.
+/// </summary>
+public interface IFusedBlock
+{
+    /// <summary>Module paths (<c>self_attn.q_proj</c>) an adapter may change, in the order <see cref="FusedStep.LowRanks"/> indexes them.</summary>
+    IReadOnlyList<string> Modules { get; }
+
+    /// <summary>On the caller's thread before the team runs: sizes scratch and fills per-step tables.</summary>
+    void Prepare(FusedStep step);
+
+    /// <summary>The block on every worker; phases meet at <see cref="WorkerTeam.Barrier"/>. Updates <see cref="FusedStep.Hidden"/> in place.</summary>
+    void Execute(FusedStep step, int worker, int workers);
+}
+
+/// <summary>Scratch buffers a plan asks <see cref="FusedStep.Ensure"/> for, by slot.</summary>
+public static class Slot
+{
+    public const int Normed = 0, Q = 1, K = 2, V = 3, Attn = 4, Out = 5, Gate = 6, Up = 7, Scores = 8, LowRank = 9, Cos = 10, Sin = 11;
+
+    /// <summary>Slots left for families with more buffers (Mixtral's router, Falcon's second norm).</summary>
+    public const int FirstFree = 12, Count = 24;
+}
+
+/// <summary>
+/// A session's fused-decode state: the step's geometry, the hidden rows being updated in place, the block's cache,
+/// scratch buffers allocated once per session (and grown only when a step needs more), and the adapter's low-rank
+/// factors. It is also the team job, so a step allocates nothing.
+/// </summary>
+public sealed unsafe class FusedStep : ITeamJob, IDisposable
+{
+    readonly float*[] _buffers = new float*[Slot.Count];
+    readonly long[] _capacity = new long[Slot.Count];
+    readonly Dictionary<int, LowRank[]> _lowRanks = new();
+    readonly LoraAdapter? _adapter;
+    IFusedBlock? _plan;
+
+    /// <param name="team">Runs every block's phases.</param>
+    /// <param name="adapter">The session's adapter, or null; its factors must be float32 (<see cref="FusedDecode.Supports"/>).</param>
+    public FusedStep(WorkerTeam team, LoraAdapter? adapter)
+    {
+        Team = team;
+        _adapter = adapter;
+    }
+
+    public WorkerTeam Team { get; }
+
+    /// <summary>Batch rows B, new tokens T, rows R = B·T of <see cref="Hidden"/>, tokens already cached.</summary>
+    public int Batch { get; private set; }
+    public int Tokens { get; private set; }
+    public int Rows => Batch * Tokens;
+    public int Past { get; private set; }
+    public int Total => Past + Tokens;
+
+    /// <summary>Per-row left padding (null = none): keys before it are hidden, positions count from it.</summary>
+    public int[]? LeftPadding { get; private set; }
+
+    /// <summary><c>[R, H]</c> float32: the hidden rows every block updates in place.</summary>
+    public float* Hidden { get; private set; }
+
+    /// <summary>The running block's cache and absolute index.</summary>
+    public KvPages Cache { get; private set; }
+    public int Block { get; private set; }
+
+    /// <summary>The running block's adapter factors, one per <see cref="IFusedBlock.Modules"/> entry (unset = none).</summary>
+    public LowRank[] LowRanks { get; private set; } = [];
+
+    /// <summary>Starts a step over <paramref name="hidden"/> <c>[B·T, H]</c>.</summary>
+    public void Begin(StepContext ctx, float* hidden)
+    {
+        (Batch, Tokens, Past, LeftPadding) = (ctx.Batch, ctx.NewTokens, ctx.PastLength, ctx.LeftPadding);
+        Hidden = hidden;
+        if (_adapter is not null) Ensure(Slot.LowRank, (long)Team.Size * MatRows.MaxRows * _adapter.Config.R);
+    }
+
+    /// <summary>Runs one block: prepares on this thread, then one <see cref="WorkerTeam.Run"/>.</summary>
+    public void RunBlock(IFusedBlock plan, DecoderBlock block, LayerCache cache)
+    {
+        _plan = plan;
+        Block = block.Index;
+        Cache = cache.Pages();
+        LowRanks = _adapter is null ? [] : LowRanksOf(plan);
+        plan.Prepare(this);
+        Team.Run(this);
+    }
+
+    void ITeamJob.Execute(int worker, int workers) => _plan!.Execute(this, worker, workers);
+
+    /// <summary>Scratch buffer <paramref name="slot"/>, at least <paramref name="floats"/> long (grown on demand, zeroed when new).</summary>
+    public float* Ensure(int slot, long floats)
+    {
+        if (_capacity[slot] < floats)
+        {
+            NativeMemory.AlignedFree(_buffers[slot]);
+            _buffers[slot] = null;
+            _capacity[slot] = 0;
+            _buffers[slot] = (float*)NativeMemory.AlignedAlloc((nuint)(floats * sizeof(float)), 64);
+            NativeMemory.Clear(_buffers[slot], (nuint)(floats * sizeof(float)));
+            _capacity[slot] = floats;
+        }
+        return _buffers[slot];
+    }
+
+    /// <summary>Scratch buffer <paramref name="slot"/> as <see cref="Ensure"/> last sized it.</summary>
+    public float* Buffer(int slot) => _buffers[slot];
+
+    /// <summary>Worker <paramref name="worker"/>'s share of the low-rank scratch: <c>[R, rank]</c>.</summary>
+    public float* LowRankScratch(int worker) => _buffers[Slot.LowRank] + (long)worker * MatRows.MaxRows * (_adapter?.Config.R ?? 0);
+
+    /// <summary>Left padding of batch row <paramref name="b"/>.</summary>
+    public int PadOf(int b) => LeftPadding is null ? 0 : LeftPadding[b];
+
+    LowRank[] LowRanksOf(IFusedBlock plan)
+    {
+        if (_lowRanks.TryGetValue(Block, out var found)) return found;
+        var modules = plan.Modules;
+        var lowRanks = new LowRank[modules.Count];
+        for (int i = 0; i < modules.Count; i++)
+            if (_adapter!.TryGetFactors(Block, modules[i], out var a, out var b)) lowRanks[i] = LowRank.From(a, b);
+        _lowRanks[Block] = lowRanks;
+        return lowRanks;
+    }
+
+    public void Dispose()
+    {
+        for (int i = 0; i < _buffers.Length; i++)
+        {
+            NativeMemory.AlignedFree(_buffers[i]);
+            _buffers[i] = null;
+            _capacity[i] = 0;
+        }
+    }
+}

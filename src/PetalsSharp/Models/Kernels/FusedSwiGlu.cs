@@ -1,0 +1,44 @@
+namespace PetalsSharp.Models.Kernels;
+
+/// <summary>
+/// A SwiGLU MLP on the fused path (Llama's MLP; each Mixtral expert): gate and up in one phase with
+/// <c>silu(gate)·up</c> finished on the same slice, then down added to <see cref="FusedStep.Hidden"/>. Two phases.
+/// </summary>
+public sealed unsafe class FusedSwiGlu
+{
+    readonly FusedLinear _gate, _up, _down;
+
+    FusedSwiGlu(FusedLinear gate, FusedLinear up, FusedLinear down) => (_gate, _up, _down) = (gate, up, down);
+
+    /// <summary>Null when a weight cannot be read in place; the modules join <paramref name="modules"/> in order.</summary>
+    public static FusedSwiGlu? From(BlockLinear gate, BlockLinear up, BlockLinear down, List<string> modules)
+    {
+        FusedLinear? Take(BlockLinear l)
+        {
+            modules.Add(l.Module);
+            return FusedLinear.From(l, modules.Count - 1);
+        }
+        var (g, u, d) = (Take(gate), Take(up), Take(down));
+        return g is null || u is null || d is null ? null : new FusedSwiGlu(g, u, d);
+    }
+
+    public void Prepare(FusedStep step)
+    {
+        step.Ensure(Slot.Gate, (long)MatRows.MaxRows * _gate.Out);
+        step.Ensure(Slot.Up, (long)MatRows.MaxRows * _up.Out);
+        step.Ensure(Slot.Out, (long)MatRows.MaxRows * _down.Out);
+    }
+
+    /// <summary><c>Hidden += down(silu(gate(normed)) · up(normed))</c>; <paramref name="normed"/> is <c>[R, H]</c>.</summary>
+    public void Execute(FusedStep step, float* normed, int worker, int workers)
+    {
+        float* gate = step.Buffer(Slot.Gate), up = step.Buffer(Slot.Up), output = step.Buffer(Slot.Out);
+        int width = _gate.Out;
+        var (g0, g1) = _gate.Phase(step, normed, gate, worker, workers);
+        _up.Phase(step, normed, up, worker, workers);   // the same slice: both split Out alike
+        for (int r = 0; r < step.Rows; r++) RowKernels.SiluMul(gate + (long)r * width, up + (long)r * width, g0, g1);
+        step.Team.Barrier();
+        var (o0, o1) = _down.Phase(step, gate, output, worker, workers);
+        Residual.Add(step.Hidden, output, step.Rows, _down.Out, o0, o1);
+    }
+}
