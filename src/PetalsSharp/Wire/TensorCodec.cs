@@ -30,13 +30,13 @@ public static unsafe class TensorCodec
         {
             if (compression != Compression.None) throw new ArgumentException("int64 tensors travel uncompressed");
             msg.Dtype = DType.Int64;
-            msg.Data = ByteString.CopyFrom(c.bytes);
+            msg.Data = ByteString.CopyFrom(TensorSpan.Bytes(c));
             return msg;
         }
         if (c.dtype != ScalarType.Float32) c = c.to(ScalarType.Float32);
         msg.Dtype = DType.Float32;
-        // TorchSharp's `bytes` views the storage of a contiguous CPU tensor, so no copy is made here.
-        var values = System.Runtime.InteropServices.MemoryMarshal.Cast<byte, float>(c.bytes);
+        // A view of the contiguous CPU tensor's storage: no copy is made here.
+        var values = System.Runtime.InteropServices.MemoryMarshal.Cast<byte, float>(TensorSpan.Bytes(c));
         switch (compression)
         {
             case Compression.None:
@@ -88,12 +88,12 @@ public static unsafe class TensorCodec
             if (msg.Compression != Compression.None) throw new WireException($"{what}: int64 tensors must be uncompressed");
             ExpectBytes(what, data.Length, n * 8, msg.Compression);
             var t = empty(msg.Shape.ToArray(), ScalarType.Int64);
-            data.CopyTo(t.bytes);
+            data.CopyTo(TensorSpan.Bytes(t));
             return t;
         }
         if (msg.Dtype != DType.Float32) throw new WireException($"{what}: dtype {msg.Dtype} is not accepted (float32 or int64)");
         var result = empty(msg.Shape.ToArray(), ScalarType.Float32);
-        var dst = System.Runtime.InteropServices.MemoryMarshal.Cast<byte, float>(result.bytes);
+        var dst = System.Runtime.InteropServices.MemoryMarshal.Cast<byte, float>(TensorSpan.Bytes(result));
         switch (msg.Compression)
         {
             case Compression.None:
@@ -128,7 +128,7 @@ public static unsafe class TensorCodec
         if (t.dtype == ScalarType.Float32 && t.device_type == TorchSharp.DeviceType.CPU && t.is_contiguous())
         {
             // Read in place: isfinite() would allocate a bool per value, a quarter of a received tensor again.
-            if (!AllFinite(System.Runtime.InteropServices.MemoryMarshal.Cast<byte, uint>(t.bytes)))
+            if (!AllFinite(System.Runtime.InteropServices.MemoryMarshal.Cast<byte, uint>(TensorSpan.Bytes(t))))
                 throw new WireException($"{what}: contains NaN or infinite values");
             return;
         }

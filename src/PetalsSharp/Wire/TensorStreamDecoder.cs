@@ -220,7 +220,7 @@ public sealed class TensorStreamDecoder(string what, long maxElements, Action<Wi
     {
         if (_field == WireTensor.ScalesFieldNumber) { part.CopyTo(_scales.AsSpan((int)_offset)); return; }
         if (_field != WireTensor.DataFieldNumber) return;
-        var bytes = _result!.bytes;
+        var bytes = TensorSpan.Bytes(_result!);
         if (_meta.Dtype == DType.Int64 || _meta.Compression == Compression.None)
         {
             Reserve(part.Length);
@@ -270,7 +270,7 @@ public sealed class TensorStreamDecoder(string what, long maxElements, Action<Wi
         }
         // Fields never overlap: codes that came first are all written and scaled now, later ones as they arrive.
         // Either way each value is one float multiply of its code, as in TensorCodec.Decode.
-        if (_dataSeen) Scale(MemoryMarshal.Cast<byte, float>(_result!.bytes), 0, (int)_elements);
+        if (_dataSeen) Scale(MemoryMarshal.Cast<byte, float>(TensorSpan.Bytes(_result!)), 0, (int)_elements);
         _scalesReady = true;
     }
 
