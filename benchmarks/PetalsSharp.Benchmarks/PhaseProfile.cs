@@ -15,6 +15,7 @@ public static class PhaseProfile
 
     public static void Print(LocalBlockStack stack, ScalarType dtype, int steps = 30)
     {
+        FusedStep.OneRunPerStep = true;
         using var session = (LocalBlockSession)stack.OpenSession(new SessionOptions(1, 300));
         using (var scope = NewDisposeScope()) session.Step(randn(1, 64, stack.Config.HiddenSize));   // a 64-token past
         var x = randn(1, 1, stack.Config.HiddenSize);                                            // [1, 1, H]

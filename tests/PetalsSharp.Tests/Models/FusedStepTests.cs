@@ -75,10 +75,11 @@ public sealed unsafe class FusedStepTests
         for (int i = 0; i < count; i++) weights[i * cols + i % cols] = (ushort)i;
         var x = Enumerable.Repeat(1f, cols).ToArray();
         var y = new float[count];
-        bool saved = MatRows.UseVector512;
+        bool saved = MatRows.UseVector512, savedPairs = MatRows.UsePairs;
         try
         {
-            MatRows.UseVector512 = wide;   // either choice is exact, so a test running alongside sees no difference
+            // Either choice is exact, so a test running alongside sees no difference.
+            (MatRows.UsePairs, MatRows.UseVector512) = (true, wide);
             fixed (ushort* wp = weights)
             fixed (float* xp = x)
             fixed (float* yp = y)
@@ -86,7 +87,7 @@ public sealed unsafe class FusedStepTests
         }
         finally
         {
-            MatRows.UseVector512 = saved;
+            (MatRows.UsePairs, MatRows.UseVector512) = (savedPairs, saved);
         }
         for (int i = 0; i < count; i++)
         {

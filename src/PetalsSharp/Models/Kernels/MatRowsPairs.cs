@@ -11,12 +11,16 @@ public static unsafe partial class MatRows
 {
     /// <summary>
     /// Whether 1-row products (f32, and 16-bit with <see cref="UsePairs"/>) use 512-bit vectors where the runtime
-    /// accelerates them. Defaults to the hardware; a benchmark switch for A/B runs.
+    /// accelerates them. Off: on this EPYC (2026-12-02, quiet box) f32 streamed the same either way and the 512-bit
+    /// pair kernel was half as fast; a benchmark switch (<c>matrows --v512 true</c>).
     /// </summary>
-    public static bool UseVector512 { get; set; } = Vector512.IsHardwareAccelerated;
+    public static bool UseVector512 { get; set; }
 
-    /// <summary>Whether 1-row 16-bit products use the shift/mask kernel (else the widening one); a benchmark switch.</summary>
-    public static bool UsePairs { get; set; } = true;
+    /// <summary>
+    /// Whether 1-row 16-bit products use the shift/mask kernel (else the widening one). Off: it measured no faster
+    /// than widening loads on a 32000×768 weight (bf16 20.1 vs 21.6 GB/s); a benchmark switch (<c>matrows --pairs true</c>).
+    /// </summary>
+    public static bool UsePairs { get; set; }
 
     /// <summary>Rows [o, o1) in tiles of four for one activation row; returns the first row left for the scalar tail.</summary>
     static int PairRange<P>(byte* w, int n, float* x, float* y, float* bias, int o, int o1) where P : struct, IPair
