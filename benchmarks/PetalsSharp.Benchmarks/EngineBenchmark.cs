@@ -35,6 +35,8 @@ public static class EngineBenchmark
                 foreach (var path in paths)
                 {
                     using var reference = path == "reference" ? PetalsSharp.Models.Kernels.FusedDecode.Disable() : null;
+                    // "fused-base": the fused path as first merged (one team run per block), for A/B.
+                    PetalsSharp.Models.Kernels.FusedStep.OneRunPerStep = path != "fused-base";
                     var prefill = Timing.Median(() => Prefill(lm, prompt), repeats: 3);
                     // Decode time = (prefill + N steps) - prefill, so the prompt's cost is not counted twice.
                     var total = Timing.Median(() => lm.GenerateAsync([prompt], new GenerationOptions { MaxNewTokens = newTokens, IgnoreEos = true })
@@ -44,6 +46,7 @@ public static class EngineBenchmark
                     Console.WriteLine($"| {dtype} | {path} | {promptLen / prefill:F0} | {1 / decodeSeconds:F1} | {decodeSeconds * 1000:F2} | {bytesPerToken / 1e6:F0} MB | {gbps / 1e9:F1} | {gbps / bandwidth:F2} |");
                 }
             if (args.Get("breakdown") != "false") Breakdown(lm, dtype);
+            if (args.Get("phases") == "true") PhaseProfile.Print((LocalBlockStack)lm.Blocks, dtype);
         }
         await Task.CompletedTask;
     }
@@ -98,6 +101,9 @@ public static class EngineBenchmark
                 foreach (var p in b.parameters().Where(p => p.dim() == 2)) Ops.Linear(ones(1, 1, p.shape[1]), p);
         }, repeats: 21, warmup: 3);
         long matBytes = stack.Blocks.Sum(b => b.parameters().Where(p => p.dim() == 2).Sum(p => p.NumberOfElements * p.ElementSize));
+        PetalsSharp.Models.Kernels.FusedStep.OneRunPerStep = true;
+        long headBytes = (long)lm.Config.VocabSize * lm.Config.HiddenSize * (dtype == ScalarType.Float32 ? 4 : 2);
+        Console.WriteLine($"|   breakdown ({dtype}) | blocks {blocks * 1000:F2} ms ({matBytes / blocks / 1e9:F1} GB/s of block weights) | head+norm {head * 1000:F2} ms ({headBytes / head / 1e9:F1} GB/s, {head / (head + blocks):P0} of the step) | | | | |");
         Console.WriteLine($"|   breakdown ({dtype}) | blocks {blocks * 1000:F2} ms | their matmuls: MatRows {fast * 1000:F2} ms ({matBytes / fast / 1e9:F1} GB/s), F.linear {gemv * 1000:F2} ms ({matBytes / gemv / 1e9:F1} GB/s) | head+norm {head * 1000:F2} ms | | | |");
     }
 

@@ -16,7 +16,13 @@ public static unsafe class MatRowsBenchmark
     {
         var bandwidth = EngineBenchmark.MeasureBandwidth();
         double seconds = args.Int("ms", 300) / 1000.0;
-        Console.WriteLine($"memory bandwidth: {bandwidth / 1e9:F1} GB/s; team of {WorkerTeam.Shared.Size}");
+        if (args.Get("pairs") is { } pairs) MatRows.UsePairs = pairs != "false";
+        if (args.Get("v512") is { } v512) MatRows.UseVector512 = v512 != "false";
+        if (args.Get("wide") is { } wide) MatRows.UseWideTiles = wide != "false";
+        var rowCounts = (args.Get("rows") ?? "1,4,16").Split(',').Select(int.Parse).ToArray();
+        Console.WriteLine($"memory bandwidth: {bandwidth / 1e9:F1} GB/s; team of {WorkerTeam.Shared.Size}; " +
+                          $"Vector512 accelerated {System.Runtime.Intrinsics.Vector512.IsHardwareAccelerated}, Avx512F {System.Runtime.Intrinsics.X86.Avx512F.IsSupported}, " +
+                          $"Avx512BW {System.Runtime.Intrinsics.X86.Avx512BW.IsSupported}; pairs {MatRows.UsePairs}, 512-bit {MatRows.UseVector512}, wide tiles {MatRows.UseWideTiles}");
         Console.WriteLine();
         Console.WriteLine("| weight | dtype | rows | MatRows GB/s | ÷ bandwidth | GFLOP/s | F.linear (f32) GB/s |");
         Console.WriteLine("|---|---|---|---|---|---|---|");
@@ -29,7 +35,7 @@ public static unsafe class MatRowsBenchmark
                 var all = randn((long)copies * outF, inF).mul_(0.02).to(dtype);            // [copies*out, in]
                 var matrices = Enumerable.Range(0, copies)
                     .Select(c => WeightMatrix.TryFrom(all.narrow(0, (long)c * outF, outF))!.Value).ToArray();
-                foreach (var rows in new[] { 1, 4, 16 })
+                foreach (var rows in rowCounts)
                 {
                     var x = randn(rows, inF);                                              // [rows, in]
                     var y = empty(rows, outF);                                             // [rows, out]

@@ -162,6 +162,11 @@ public sealed class LocalBlockSession : IBlockSession
         _fused ??= new Kernels.FusedStep(Kernels.WorkerTeam.Shared, Options.Adapter as Lora.LoraAdapter);
         _fused.Begin(ctx, Weights.NativeMemory.Pointer<float>(h));
         var blocks = _stack.Blocks;
+        if (onBlockOutput is null && Kernels.FusedStep.OneRunPerStep)
+        {
+            _fused.RunBlocks(plans, blocks, _caches);
+            return h;
+        }
         for (int i = 0; i < plans.Length; i++)
         {
             _fused.RunBlock(plans[i], blocks[i], _caches[i]);

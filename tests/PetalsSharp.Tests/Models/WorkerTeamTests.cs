@@ -138,4 +138,58 @@ public sealed class WorkerTeamTests
         using var team = new WorkerTeam(2);
         Assert.Throws<InvalidOperationException>(() => team.RunElastic(new ChunkJob(team, 4, barrier: true)));
     }
+    /// <summary>Each worker counts phases; the serial step of the barrier between them must see every worker's count and run once.</summary>
+    sealed class SerialJob(WorkerTeam team, int phases, int failAt = -1) : ITeamJob
+    {
+        public readonly int[] Counts = new int[team.Size];
+        public int Serial, Errors;
+        Action? _serial;
+
+        public void Execute(int worker, int workers)
+        {
+            _serial ??= () =>
+            {
+                int expected = ++Serial;
+                for (int w = 0; w < Counts.Length; w++)
+                    if (Volatile.Read(ref Counts[w]) != expected) Interlocked.Increment(ref Errors);
+                if (expected == failAt) throw new InvalidOperationException("serial step failed");
+            };
+            for (int p = 0; p < phases; p++)
+            {
+                Interlocked.Increment(ref Counts[worker]);
+                var serial = Volatile.Read(ref _serial);
+                team.BarrierThen(serial);
+                if (Volatile.Read(ref Serial) != p + 1) Interlocked.Increment(ref Errors);   // released only after it ran
+            }
+        }
+    }
+
+    [Theory]
+    [InlineData(1)]
+    [InlineData(2)]
+    [InlineData(3)]
+    public void A_serial_barrier_step_runs_once_before_the_release(int size)
+    {
+        using var team = new WorkerTeam(size);
+        for (int run = 0; run < 20; run++)
+        {
+            var job = new SerialJob(team, phases: 100);
+            team.Run(job);
+            Assert.Equal(0, job.Errors);
+            Assert.Equal(100, job.Serial);
+        }
+    }
+
+    [Fact]
+    public void A_failing_serial_step_surfaces_and_the_team_stays_usable()
+    {
+        using var team = new WorkerTeam(3);
+        var job = new SerialJob(team, phases: 10, failAt: 4);
+        var e = Assert.Throws<InvalidOperationException>(() => team.Run(job));
+        Assert.Equal("serial step failed", e.Message);
+        Assert.Equal(4, job.Serial);
+        var next = new PhaseJob(team, phases: 10);
+        team.Run(next);
+        Assert.Equal(0, next.Errors);
+    }
 }

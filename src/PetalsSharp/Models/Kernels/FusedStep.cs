@@ -13,7 +13,11 @@ public interface IFusedBlock
     /// <summary>Module paths (<c>self_attn.q_proj</c>) an adapter may change, in the order <see cref="FusedStep.LowRanks"/> indexes them.</summary>
     IReadOnlyList<string> Modules { get; }
 
-    /// <summary>On the caller's thread before the team runs: sizes scratch and fills per-step tables.</summary>
+    /// <summary>
+    /// Before the block's phases: sizes scratch and fills per-step tables. Runs on one thread while the others wait: the
+    /// caller before the team starts, or (<see cref="FusedStep.RunBlocks"/>) whichever worker arrives last at the barrier
+    /// that ends the previous block. It must not start team jobs.
+    /// </summary>
     void Prepare(FusedStep step);
 
     /// <summary>The block on every worker; phases meet at <see cref="WorkerTeam.Barrier"/>. Updates <see cref="FusedStep.Hidden"/> in place.</summary>
@@ -48,6 +52,7 @@ public sealed unsafe class FusedStep : ITeamJob, IDisposable
     {
         Team = team;
         _adapter = adapter;
+        _advance = Advance;
     }
 
     public WorkerTeam Team { get; }
@@ -58,6 +63,12 @@ public sealed unsafe class FusedStep : ITeamJob, IDisposable
     public int Rows => Batch * Tokens;
     public int Past { get; private set; }
     public int Total => Past + Tokens;
+
+    /// <summary>Counts <see cref="Begin"/> calls: per-step tables (rotary) are filled once per step, not once per block.</summary>
+    public int StepNumber { get; private set; }
+
+    /// <summary>What <see cref="Slot.Cos"/>/<see cref="Slot.Sin"/> hold: the step and the inverse frequencies they were made for.</summary>
+    internal (int Step, float[]? Inverse) RotaryTables { get; set; } = (-1, null);
 
     /// <summary>Per-row left padding (null = none): keys before it are hidden, positions count from it.</summary>
     public int[]? LeftPadding { get; private set; }
@@ -77,21 +88,76 @@ public sealed unsafe class FusedStep : ITeamJob, IDisposable
     {
         (Batch, Tokens, Past, LeftPadding) = (ctx.Batch, ctx.NewTokens, ctx.PastLength, ctx.LeftPadding);
         Hidden = hidden;
+        StepNumber++;
         if (_adapter is not null) Ensure(Slot.LowRank, (long)Team.Size * MatRows.MaxRows * _adapter.Config.R);
     }
 
     /// <summary>Runs one block: prepares on this thread, then one <see cref="WorkerTeam.Run"/>.</summary>
     public void RunBlock(IFusedBlock plan, DecoderBlock block, LayerCache cache)
     {
+        Select(plan, block, cache);
+        Team.Run(this);
+    }
+
+    /// <summary>
+    /// Runs every block in one <see cref="WorkerTeam.Run"/>: the team wakes once per step, not once per block, and
+    /// the switch to the next block (its cache, adapter factors and <see cref="IFusedBlock.Prepare"/>) happens inside
+    /// the barrier that ends the previous one. Same result as <see cref="RunBlock"/> block after block.
+    /// </summary>
+    public void RunBlocks(IReadOnlyList<IFusedBlock> plans, IReadOnlyList<DecoderBlock> blocks, IReadOnlyList<LayerCache> caches)
+    {
+        if (plans.Count == 0) return;
+        (_plans, _blocks, _caches, _next) = (plans, blocks, caches, 0);
+        try
+        {
+            _advance();
+            Team.Run(this);
+        }
+        finally
+        {
+            (_plans, _blocks, _caches) = (null, null, null);
+        }
+    }
+
+    /// <summary>Whether a session runs a step through <see cref="RunBlocks"/> (else one run per block); a benchmark switch.</summary>
+    public static bool OneRunPerStep { get; set; } = true;
+
+    IReadOnlyList<IFusedBlock>? _plans;
+    IReadOnlyList<DecoderBlock>? _blocks;
+    IReadOnlyList<LayerCache>? _caches;
+    int _next;
+
+    /// <summary>Makes block <see cref="_next"/> of <see cref="RunBlocks"/> the current one (cached delegate: no allocation per step).</summary>
+    readonly Action _advance;
+
+    void Advance()
+    {
+        int i = _next++;
+        Select(_plans![i], _blocks![i], _caches![i]);
+    }
+
+    void Select(IFusedBlock plan, DecoderBlock block, LayerCache cache)
+    {
         _plan = plan;
         Block = block.Index;
         Cache = cache.Pages();
         LowRanks = _adapter is null ? [] : LowRanksOf(plan);
         plan.Prepare(this);
-        Team.Run(this);
     }
 
-    void ITeamJob.Execute(int worker, int workers) => _plan!.Execute(this, worker, workers);
+    void ITeamJob.Execute(int worker, int workers)
+    {
+        if (_plans is not { } plans)
+        {
+            _plan!.Execute(this, worker, workers);
+            return;
+        }
+        for (int i = 0; i < plans.Count; i++)
+        {
+            if (i > 0) Team.BarrierThen(_advance);   // the last block's residual slices are all written before the next norm reads rows
+            _plan!.Execute(this, worker, workers);
+        }
+    }
 
     /// <summary>Scratch buffer <paramref name="slot"/>, at least <paramref name="floats"/> long (grown on demand, zeroed when new).</summary>
     public float* Ensure(int slot, long floats)

@@ -19,6 +19,10 @@ public static unsafe partial class MatRows
         int o = o0;
         if (rows == 1)
         {
+            if (UsePairs && typeof(T) == typeof(Bf16)) o = PairRange<Bf16Pair>(w, n, x, y, bias, o, o1);
+            else if (UsePairs && typeof(T) == typeof(F16)) o = PairRange<F16Pair>(w, n, x, y, bias, o, o1);
+            else if (typeof(T) == typeof(F32) && UseVector512 && Vector512.IsHardwareAccelerated)
+                for (; o + Tile <= o1; o += Tile) Tile1Wide((float*)(w + o * rowBytes), n, x, y + o, bias is null ? null : bias + o);
             for (; o + Tile <= o1; o += Tile)
                 Tile1<T>(w + o * rowBytes, n, x, y + o, bias is null ? null : bias + o);
         }
@@ -26,6 +30,7 @@ public static unsafe partial class MatRows
         {
             // 16-bit tiles are converted once into an L1-resident f32 copy, then reused by every activation row pair.
             float* scratch = typeof(T) == typeof(F32) ? null : Scratch(Tile * n);
+            bool wide = UseWideTiles && Vector512.IsHardwareAccelerated;
             for (; o + Tile <= o1; o += Tile)
             {
                 float* t = (float*)(w + o * rowBytes);
@@ -36,6 +41,8 @@ public static unsafe partial class MatRows
                 }
                 float* b = bias is null ? null : bias + o;
                 int r = 0;
+                if (wide)
+                    for (; r + 4 <= rows; r += 4) Tile4Wide(t, n, x + (long)r * n, y + (long)r * ldy + o, ldy, b);
                 for (; r + 2 <= rows; r += 2) Tile2(t, n, x + (long)r * n, y + (long)r * ldy + o, ldy, b);
                 if (r < rows) Tile1<F32>((byte*)t, n, x + (long)r * n, y + (long)r * ldy + o, b);
             }

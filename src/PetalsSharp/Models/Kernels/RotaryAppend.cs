@@ -18,6 +18,11 @@ public static unsafe class RotaryAppend
         int half = rotary.HeadDim / 2;
         float* cos = step.Ensure(Slot.Cos, (long)MatRows.MaxRows * half);
         float* sin = step.Ensure(Slot.Sin, (long)MatRows.MaxRows * half);
+        // Every block of a model has the same tables: fill them once per step (a block may still differ, hence the compare).
+        if (fixedInverse is not null && step.RotaryTables.Step == step.StepNumber && step.RotaryTables.Inverse is { } made &&
+            (ReferenceEquals(made, fixedInverse) || made.AsSpan().SequenceEqual(fixedInverse)))
+            return;
+        step.RotaryTables = (-1, null);
         double[]? dynamic = null;
         if (fixedInverse is null)
         {
@@ -37,6 +42,7 @@ public static unsafe class RotaryAppend
                     sin[r * half + i] = MathF.Sin(f);
                 }
             }
+        if (fixedInverse is not null) step.RotaryTables = (step.StepNumber, fixedInverse);
     }
 
     /// <summary>Inverse frequencies of <paramref name="rotary"/> when they are fixed, or null for dynamic NTK.</summary>

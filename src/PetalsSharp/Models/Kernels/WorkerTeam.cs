@@ -32,7 +32,7 @@ public interface ITeamJob
 /// <see cref="Barrier"/> throws an internal abort that unwinds it, and <see cref="Run"/> rethrows the first exception
 /// once all workers are back. The team stays usable.</para>
 /// </remarks>
-public sealed class WorkerTeam : IDisposable
+public sealed partial class WorkerTeam : IDisposable
 {
     static readonly Lazy<WorkerTeam> _shared = new(() => new WorkerTeam(Environment.ProcessorCount));
 
@@ -110,11 +110,23 @@ public sealed class WorkerTeam : IDisposable
             Interlocked.Increment(ref _posted);   // a full fence: workers that see the new number see the fields above
             if (Volatile.Read(ref _sleepers) > 0)
                 lock (_gate) Monitor.PulseAll(_gate);
-            Execute(0);
+            var profile = Profile;
+            if (profile is not null) profile.BeginJob();
+            t_profile = profile;
+            try
+            {
+                Execute(0);
+            }
+            finally
+            {
+                t_profile = null;
+            }
+            profile?.Phase(waited: false);
             // An elastic job closes its door now and waits only for the workers that came in.
             int expected = elastic ? (int)(Interlocked.Or(ref _entry, Closed) & (Closed - 1)) : Size - 1;
-            var spin = new SpinWait();
-            while (Volatile.Read(ref _done) < expected) spin.SpinOnce(sleep1Threshold: -1);
+            var wait = new Waiter(this);
+            while (Volatile.Read(ref _done) < expected) wait.Pause();
+            profile?.Phase(waited: true);
             _job = null;
             if (_error is { } e) ExceptionDispatchInfo.Throw(e);
         }
@@ -124,22 +136,88 @@ public sealed class WorkerTeam : IDisposable
     /// Waits until every worker of the running job has arrived. Call it the same number of times on every worker.
     /// Throws (to unwind this worker) when another worker's job has failed.
     /// </summary>
-    public void Barrier()
+    public void Barrier() => BarrierThen(null);
+
+    /// <summary>
+    /// <see cref="Barrier"/>, and the last worker to arrive runs <paramref name="serial"/> before any is released: a
+    /// serial step between phases (switching a fused step to its next block) without a second barrier. When it
+    /// throws, the team is faulted and every worker unwinds.
+    /// </summary>
+    public void BarrierThen(Action? serial)
     {
-        if (Size == 1) return;
+        if (Size == 1)
+        {
+            serial?.Invoke();
+            return;
+        }
         if (_elastic) throw new InvalidOperationException("an elastic job cannot use barriers: not every worker runs it");
+        var profile = t_profile;   // set on the caller (worker 0) only, and only while profiling
+        profile?.Phase(waited: false);
+        try
+        {
+            Arrive(serial);
+        }
+        finally
+        {
+            profile?.Phase(waited: true);
+        }
+    }
+
+    void Arrive(Action? serial)
+    {
         int generation = Volatile.Read(ref _generation);
         if (Interlocked.Increment(ref _arrived) == Size)
         {
-            Volatile.Write(ref _arrived, 0);
-            Interlocked.Increment(ref _generation);
+            try
+            {
+                serial?.Invoke();
+            }
+            catch
+            {
+                _faulted = true;   // set before the release, so the others unwind instead of running on a half-made state
+                throw;
+            }
+            finally
+            {
+                Volatile.Write(ref _arrived, 0);
+                Interlocked.Increment(ref _generation);
+            }
             return;
         }
-        var spin = new SpinWait();
+        var wait = new Waiter(this);
         while (Volatile.Read(ref _generation) == generation)
         {
             if (_faulted) throw new TeamAborted();
-            spin.SpinOnce(sleep1Threshold: -1);
+            wait.Pause();
+        }
+        if (serial is not null && _faulted) throw new TeamAborted();
+    }
+
+    /// <summary>
+    /// How a worker waits for the others: a pure spin (no yield) for up to <see cref="SpinMicroseconds"/>, since a phase
+    /// imbalance is microseconds and a yield on a busy box can hand the core away for a whole time slice; past that,
+    /// <see cref="SpinWait.SpinOnce(int)"/> yields, so a worker that is not running (more workers than free cores) gets
+    /// the core.
+    /// </summary>
+    struct Waiter(WorkerTeam team)
+    {
+        SpinWait _spin;
+        long _start;
+        int _count;
+
+        public void Pause()
+        {
+            if (_spin.Count == 0)
+            {
+                long budget = Volatile.Read(ref team._spinTicks);
+                if (_count++ == 0) _start = Stopwatch.GetTimestamp();
+                if (budget > 0 && ((_count & 63) != 0 || Stopwatch.GetTimestamp() - _start < budget))
+                {
+                    Thread.SpinWait(8);
+                    return;
+                }
+            }
+            _spin.SpinOnce(sleep1Threshold: -1);
         }
     }
 
