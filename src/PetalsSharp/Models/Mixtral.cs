@@ -93,6 +93,12 @@ public sealed class MixtralBlock : RotaryBlock
     public SparseMoe Moe => block_sparse_moe;
 
     protected override Tensor Mlp(Tensor y, StepContext ctx) => block_sparse_moe.Forward(y, ctx.Adapter); // [B, T, H]
+
+    Lazy<Kernels.IFusedBlock?>? _fused;
+
+    /// <summary>Built on first use: the weights are viewed in place, so the plan lives as long as the block.</summary>
+    public override Kernels.IFusedBlock? TryFuse() =>
+        (_fused ??= new(() => FusedMixtral.From(InputNorm, Attention, PostNorm, block_sparse_moe))).Value;
 }
 
 /// <summary>One Mixtral expert: the SwiGLU MLP <c>w2(silu(w1·x) * w3·x)</c>.</summary>
@@ -108,6 +114,9 @@ public sealed class SwiGluExpert : nn.Module
         w3 = t.Linear(x + "w3", intermediate, hidden);
         RegisterComponents();
     }
+
+    /// <summary>The gate, up and down projections (HF's w1, w3, w2), for the fused path.</summary>
+    internal (BlockLinear Gate, BlockLinear Up, BlockLinear Down) Linears => (w1, w3, w2);
 
     /// <summary><c>x [N, H]</c> to <c>[N, H]</c>.</summary>
     public Tensor Forward(Tensor x, Lora.ILinearAdapter? adapter = null) => SwiGlu.Forward(x, w1, w3, w2, adapter); // [N, H]
@@ -134,6 +143,11 @@ public sealed class SparseMoe : nn.Module
     }
 
     public int NumExperts => experts.Count;
+
+    /// <summary>The router <c>[E, H]</c>, the experts and k, for the fused path.</summary>
+    internal BlockLinear Router => gate;
+    internal SwiGluExpert Expert(int e) => experts[e];
+    internal int TopK => _topK;
 
     /// <summary>Routing of <c>x [N, H]</c>: renormalised weights <c>[N, k]</c> (x's dtype) and expert ids <c>[N, k]</c>.</summary>
     public (Tensor Weights, Tensor Experts) Route(Tensor x, Lora.ILinearAdapter? adapter = null)

@@ -52,7 +52,7 @@ public sealed class FusedFixtureTests
     }
 
     /// <summary>Prefill then 12 greedy steps in one session; each step's last logits and chosen token.</summary>
-    static List<(Tensor Logits, long Token)> Greedy(CausalLM lm, long[] prompt, bool reference)
+    internal static List<(Tensor Logits, long Token)> Greedy(CausalLM lm, long[] prompt, bool reference)
     {
         using var session = (LocalBlockSession)lm.Blocks.OpenSession(new SessionOptions(1, 32));
         var steps = new List<(Tensor, long)>();

@@ -75,6 +75,18 @@ public sealed unsafe class FusedLinear
         if (step.LowRanks.Length > 0) step.LowRanks[ModuleIndex].AddTo(x, step.Rows, step.LowRankScratch(worker), y, Out, o0, o1);
         return (o0, o1);
     }
+
+    /// <summary>
+    /// Output columns [<paramref name="o0"/>, <paramref name="o1"/>) of the product for <paramref name="rows"/> rows of
+    /// <paramref name="x"/> (at most <see cref="MatRows.MaxRows"/>) that need not be the step's: a gathered subset, as
+    /// a Mixtral expert sees only the rows routed to it. The caller picks the slice.
+    /// </summary>
+    public void Range(FusedStep step, float* x, int rows, float* y, int o0, int o1, int worker)
+    {
+        if (o1 <= o0 || rows <= 0) return;
+        MatRows.MultiplyRange(_w, x, rows, y, Out, _bias is null ? null : _bias.Pointer, o0, o1);
+        if (step.LowRanks.Length > 0) step.LowRanks[ModuleIndex].AddTo(x, rows, step.LowRankScratch(worker), y, Out, o0, o1);
+    }
 }
 
 /// <summary>Residual adds on a worker's output slice.</summary>

@@ -41,4 +41,30 @@ public sealed unsafe class FusedSwiGlu
         var (o0, o1) = _down.Phase(step, gate, output, worker, workers);
         Residual.Add(step.Hidden, output, step.Rows, _down.Out, o0, o1);
     }
+
+    /// <summary>Intermediate width I (gate and up outputs) and output width H (down's).</summary>
+    public int Width => _gate.Out;
+    public int OutWidth => _down.Out;
+
+    /// <summary>
+    /// The first half on a gathered subset of <paramref name="rows"/> rows (a Mixtral expert's): this worker's slice of
+    /// <c>gate [n, I] = silu(gate(x)) · up(x)</c> for <c>x [n, H]</c>. No barrier inside, so a caller may run several
+    /// experts in one phase; it puts one barrier before <see cref="DownRows"/>.
+    /// </summary>
+    public void UpRows(FusedStep step, float* x, int rows, float* gate, float* up, int worker, int workers)
+    {
+        int width = _gate.Out;
+        var (g0, g1) = MatRows.Slice(width, worker, workers);
+        _gate.Range(step, x, rows, gate, g0, g1, worker);
+        _up.Range(step, x, rows, up, g0, g1, worker);
+        for (int r = 0; r < rows; r++) RowKernels.SiluMul(gate + (long)r * width, up + (long)r * width, g0, g1);
+    }
+
+    /// <summary>The second half: this worker's slice of <c>y [n, H] = down(act [n, I])</c>, which it returns (no residual).</summary>
+    public (int Start, int End) DownRows(FusedStep step, float* act, int rows, float* y, int worker, int workers)
+    {
+        var (o0, o1) = MatRows.Slice(_down.Out, worker, workers);
+        _down.Range(step, act, rows, y, o0, o1, worker);
+        return (o0, o1);
+    }
 }

@@ -1,0 +1,71 @@
+using PetalsSharp.Models;
+using PetalsSharp.Models.Kernels;
+using Xunit;
+using static TorchSharp.torch;
+using Native = PetalsSharp.Models.Weights.NativeMemory;
+
+namespace PetalsSharp.Tests.Models;
+
+/// <summary>
+/// The fused path's attention of one query head over the paged cache against a softmax written the plain way over
+/// exactly the keys the query may see: those within the sliding window (itself included) and not left padding
+/// (except itself), across page boundaries.
+/// </summary>
+public sealed unsafe class CacheAttentionTests
+{
+    const int Batch = 2, MaxLength = 2 * LayerCache.PageTokens + 8, KvHeads = 2, HeadDim = 8;
+
+    [Theory]
+    [InlineData(null, 0)]
+    [InlineData(null, 3)]
+    [InlineData(4, 0)]
+    [InlineData(4, 3)]
+    [InlineData(1, 0)]
+    [InlineData(20, 2)]
+    public void A_query_sees_its_window_of_keys_past_the_padding(int? window, int pad)
+    {
+        using var scope = NewDisposeScope();
+        manual_seed(3);
+        var keys = randn(Batch, MaxLength, KvHeads, HeadDim);                  // [B, max, kvH, D]: token-major, as KvPages reads it
+        var values = randn(Batch, MaxLength, KvHeads, HeadDim);                // [B, max, kvH, D]
+        var cache = new KvPages(Native.Pointer<float>(keys), Native.Pointer<float>(values), MaxLength, KvHeads, HeadDim);
+        var scores = new float[MaxLength];
+        var output = new float[HeadDim];
+        const int row = 1, kvHead = 1;
+        foreach (int qpos in new[] { 0, 2, 3, 5, LayerCache.PageTokens + 1, MaxLength - 1 })
+        {
+            var q = randn(HeadDim);                                            // [D]
+            fixed (float* s = scores, o = output)
+                CacheAttention.Query(Native.Pointer<float>(q), cache, row, kvHead, qpos, pad, window, s, o);
+
+            int lo = window is { } w ? Math.Max(0, qpos - w + 1) : 0;
+            var visible = Enumerable.Range(lo, qpos - lo + 1).Where(j => j >= pad || j == qpos).Select(j => (long)j).ToArray();
+            var index = tensor(visible);                                       // [n]
+            var k = keys[row].index_select(0, index).select(1, kvHead);        // [n, D]
+            var v = values[row].index_select(0, index).select(1, kvHead);      // [n, D]
+            var p = (k.matmul(q) / Math.Sqrt(HeadDim)).softmax(0);             // [n]
+            var expected = p.matmul(v);                                        // [D]
+            TensorAssert.Close(expected, tensor(output), 1e-5, 1e-5, $"window {window}, pad {pad}, query at {qpos}");
+        }
+    }
+
+    [Fact]
+    public void A_window_hides_keys_a_full_query_would_see()
+    {
+        using var scope = NewDisposeScope();
+        manual_seed(5);
+        var keys = randn(Batch, MaxLength, KvHeads, HeadDim);                  // [B, max, kvH, D]
+        var values = randn(Batch, MaxLength, KvHeads, HeadDim);                // [B, max, kvH, D]
+        var cache = new KvPages(Native.Pointer<float>(keys), Native.Pointer<float>(values), MaxLength, KvHeads, HeadDim);
+        var q = randn(HeadDim);                                                // [D]
+        var scores = new float[MaxLength];
+        float[] full = new float[HeadDim], windowed = new float[HeadDim];
+        const int qpos = LayerCache.PageTokens + 4;
+        fixed (float* s = scores, f = full, w = windowed)
+        {
+            CacheAttention.Query(Native.Pointer<float>(q), cache, 0, 0, qpos, 0, null, s, f);
+            CacheAttention.Query(Native.Pointer<float>(q), cache, 0, 0, qpos, 0, 3, s, w);
+        }
+        Assert.True(TensorAssert.MaxAbsDiff(tensor(full), tensor(windowed)) > 1e-3, "a 3-token window must change the output");
+    }
+}
