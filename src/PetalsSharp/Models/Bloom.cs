@@ -118,6 +118,12 @@ public sealed class BloomBlock : DecoderBlock
         return dense.Forward(o, ctx.Adapter);                                                  // [B, T, H]
     }
 
+    Lazy<Kernels.IFusedBlock?>? _fused;
+
+    /// <summary>Built on first use: the weights are viewed in place, so the plan lives as long as the block.</summary>
+    public override Kernels.IFusedBlock? TryFuse() => (_fused ??= new(() =>
+        FusedBloom.From(_c, input_layernorm, query_key_value, dense, post_attention_layernorm, dense_h_to_4h, dense_4h_to_h))).Value;
+
     /// <summary>BLOOM's GELU: the tanh approximation with HF's rounded constant √(2/π) ≈ 0.79788456.</summary>
     internal static Tensor GeluTanh(Tensor x) => x * 0.5 * (1.0 + (x * 0.79788456 * (1.0 + 0.044715 * x * x)).tanh());
 }

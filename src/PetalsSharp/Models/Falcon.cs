@@ -146,6 +146,16 @@ public sealed class FalconBlock : DecoderBlock
 
     Tensor Norm(string name, Tensor x) => _norms[name].Forward(x);                                 // [B, T, H]
 
+    Lazy<Kernels.IFusedBlock?>? _fused;
+
+    /// <summary>Built on first use: the weights are viewed in place, so the plan lives as long as the block.</summary>
+    public override Kernels.IFusedBlock? TryFuse() => (_fused ??= new(() =>
+    {
+        var attnNorm = _norms[_c.TwoInputNorms ? "ln_attn" : "input_layernorm"];
+        var mlpNorm = _c.TwoInputNorms ? _norms["ln_mlp"] : _c.ParallelAttn ? null : _norms["post_attention_layernorm"];
+        return FusedFalcon.From(_c, attnNorm, mlpNorm, _rotary, query_key_value, dense, dense_h_to_4h, dense_4h_to_h);
+    })).Value;
+
     public override Tensor Forward(Tensor hidden, StepContext ctx, LayerCache? cache = null)
     {
         if (!_c.ParallelAttn)

@@ -6,7 +6,7 @@ namespace PetalsSharp.Models.Kernels;
 /// Single-row float32 pieces the fused blocks share: norms, rotary, activations and residual adds. They run inside a
 /// team job on the caller's slice, allocate nothing and mirror the reference ops' arithmetic (f32 throughout).
 /// </summary>
-public static unsafe class RowKernels
+public static unsafe partial class RowKernels
 {
     static Span<float> S(float* p, int n) => new(p, n);
 
