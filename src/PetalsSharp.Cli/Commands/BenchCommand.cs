@@ -34,7 +34,7 @@ public static class BenchCommand
             if (options.PromptTokens < 1) throw new CliException($"--prompt must be at least 1 token (got {options.PromptTokens})");
             if (options.NewTokens < 1) throw new CliException($"--new must be at least 1 token (got {options.NewTokens})");
             if (options.Repeats < 1) throw new CliException($"--repeats must be at least 1 (got {options.Repeats})");
-            Cli.ParseDtype(pr.GetValue(dtype)!);   // a bad --dtype fails before any download
+            Cli.ParseDtypeOrDefault(pr.GetValue(dtype));   // a bad --dtype fails before any download
             var source = await ModelSource.ResolveAsync(pr.GetValue(model)!,
                 span is { } s ? Hub.WeightSelection.Blocks(s.Start, s.End) : Hub.WeightSelection.All, ct);
             var config = ModelConfigLoader.Load(source.Directory);

@@ -18,11 +18,14 @@ public static class Ops
     /// <summary>
     /// <c>x [..., in] @ w[out, in]^T + b</c>, upcasting a 16-bit stored weight to x's dtype one tile at a time
     /// (<see cref="TiledLinear"/>). Under autograd the whole weight is upcast at once as before: backward keeps
-    /// every upcast tile alive until it runs, so tiling would save nothing there.
+    /// every upcast tile alive until it runs, so tiling would save nothing there. Only a single row takes the C#
+    /// kernel here (cached steps of up to 16 rows run on the fused path): a cache-free forward of several rows must give
+    /// the activations a server's autograd recompute gives, or training gradients drift with the summation order
+    /// (1.6e-4 on DistributedParityTests when 2–16 rows went through MatRows).
     /// </summary>
     public static Tensor Linear(Tensor x, Tensor w, Tensor? b = null)
     {
-        if (Kernels.MatRowsLinear.TryLinear(x, w, b, out var y)) return y;
+        if (x.NumberOfElements == x.shape[^1] && Kernels.MatRowsLinear.TryLinear(x, w, b, out var y)) return y;
         if (w.dtype == x.dtype || x.requires_grad || w.requires_grad || (b is not null && b.requires_grad))
             return F.linear(x, Cast(w, x), b is null ? null : Cast(b, x));                    // [..., out]
         return TiledLinear.Forward(x, w, b);                                                  // [..., out]
