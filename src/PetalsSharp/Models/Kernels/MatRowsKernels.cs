@@ -12,6 +12,7 @@ public static unsafe partial class MatRows
 {
     const int Tile = 4;   // weight rows read together: 4 accumulators (× 2 activation rows) fit the 16 ymm registers
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     static void Range<T>(byte* w, int n, float* x, int rows, float* y, int ldy, float* bias, int o0, int o1)
         where T : struct, IElement
     {
@@ -56,14 +57,20 @@ public static unsafe partial class MatRows
     }
 
     /// <summary>Four weight rows against one activation row: <c>y[0..4)</c>.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     static void Tile1<T>(byte* w, int n, float* x, float* y, float* bias) where T : struct, IElement
     {
         long stride = (long)n * T.Size;
         byte* w0 = w, w1 = w + stride, w2 = w + 2 * stride, w3 = w + 3 * stride;
+        // The next tile, one line ahead per iteration. A 16-bit row costs three times the instructions per cache line
+        // of an f32 row, so the out-of-order window holds fewer lines in flight and the hardware prefetcher alone
+        // left bf16 at about half of f32's bytes per second (measured 5.9 -> 9.0-9.6 GB/s on one core).
+        byte* next = w + 4 * stride;
         Vector256<float> a0 = default, a1 = default, a2 = default, a3 = default;
         int i = 0;
         for (; i <= n - 8; i += 8)
         {
+            if (T.Size == 2 && Sse.IsSupported) Sse.Prefetch0(next + i * 8);
             var xv = Vector256.Load(x + i);
             a0 = Fmadd(T.Load8(w0, i), xv, a0);
             a1 = Fmadd(T.Load8(w1, i), xv, a1);
@@ -83,6 +90,7 @@ public static unsafe partial class MatRows
     }
 
     /// <summary>Four f32 weight rows against two activation rows: <c>y[0..4)</c> and <c>y[ldy..ldy+4)</c>.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     static void Tile2(float* w, int n, float* x, float* y, int ldy, float* bias)
     {
         float* w0 = w, w1 = w + n, w2 = w + 2 * n, w3 = w + 3 * n, x1 = x + n;
@@ -118,6 +126,7 @@ public static unsafe partial class MatRows
         Store4(y + ldy, bias, t0, t1, t2, t3);
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     static float Dot<T>(byte* w, float* x, int n) where T : struct, IElement
     {
         Vector256<float> a0 = default, a1 = default;
@@ -132,10 +141,16 @@ public static unsafe partial class MatRows
         return sum;
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     static void Convert<T>(byte* w, float* dst, int count) where T : struct, IElement
     {
+        byte* next = w + (long)count * T.Size;   // the next tile, as in Tile1
         int i = 0;
-        for (; i <= count - 8; i += 8) T.Load8(w, i).Store(dst + i);
+        for (; i <= count - 8; i += 8)
+        {
+            if (T.Size == 2 && Sse.IsSupported && (i & 31) == 0) Sse.Prefetch0(next + i * 2);
+            T.Load8(w, i).Store(dst + i);
+        }
         for (; i < count; i++) dst[i] = T.Load1(w, i);
     }
 
