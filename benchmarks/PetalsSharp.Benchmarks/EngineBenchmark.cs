@@ -37,6 +37,8 @@ public static class EngineBenchmark
                     using var reference = path == "reference" ? PetalsSharp.Models.Kernels.FusedDecode.Disable() : null;
                     // "fused-base": the fused path as first merged (one team run per block), for A/B.
                     PetalsSharp.Models.Kernels.FusedStep.OneRunPerStep = path != "fused-base";
+                    // "fused-static": every worker takes a fixed half of each phase, as before dynamic claiming.
+                    PetalsSharp.Models.Kernels.FusedStep.DynamicClaims = path != "fused-static";
                     var prefill = Timing.Median(() => Prefill(lm, prompt), repeats: 3);
                     // Decode time = (prefill + N steps) - prefill, so the prompt's cost is not counted twice.
                     var total = Timing.Median(() => lm.GenerateAsync([prompt], new GenerationOptions { MaxNewTokens = newTokens, IgnoreEos = true })

@@ -34,17 +34,21 @@ public sealed unsafe class FusedGeluMlp
     {
         float* up = step.Buffer(Slot.Up);
         int width = _up.Out;
-        var (u0, u1) = _up.Phase(step, normed, up, worker, workers);
-        for (int r = 0; r < step.Rows; r++)
+        var chunks = step.Claim(worker, width);
+        while (chunks.Next(out int u0, out int u1))
         {
-            if (_tanh) RowKernels.GeluTanh(up + (long)r * width, u0, u1);
-            else RowKernels.GeluErf(up + (long)r * width, u0, u1);
+            _up.Range(step, normed, step.Rows, up, u0, u1, worker);
+            for (int r = 0; r < step.Rows; r++)
+            {
+                if (_tanh) RowKernels.GeluTanh(up + (long)r * width, u0, u1);
+                else RowKernels.GeluErf(up + (long)r * width, u0, u1);
+            }
         }
     }
 
     /// <summary>Phase 2: this worker's columns of <c>out [R, H] = dense_4h_to_h(up)</c> in <paramref name="outputSlot"/>; returns them.</summary>
     public (int Start, int End) Down(FusedStep step, int outputSlot, int worker, int workers) =>
-        _down.Phase(step, step.Buffer(Slot.Up), step.Buffer(outputSlot), worker, workers);
+        _down.StaticPhase(step, step.Buffer(Slot.Up), step.Buffer(outputSlot), worker, workers);
 
     /// <summary>Both phases: <c>Hidden += mlp(normed)</c>, through <see cref="Slot.Out"/>.</summary>
     public void Execute(FusedStep step, float* normed, int worker, int workers)

@@ -76,7 +76,7 @@ public sealed unsafe class FusedMoe
         float* gathered = step.Buffer(GatheredSlot), expertOut = step.Buffer(ExpertOutSlot);   // [P, H] [P, H]
         float* gate = step.Buffer(Slot.Gate), up = step.Buffer(Slot.Up);               // [P, I] [P, I]
         float* output = step.Buffer(Slot.Out);                                         // [R, H]
-        _router.Phase(step, normed, logits, worker, workers);
+        _router.Phase(step, normed, logits, worker);
         step.Team.Barrier();
 
         var table = new Table(step.Buffer(TableSlot) + (long)worker * _tableStride, _experts.Length, MaxPairs);

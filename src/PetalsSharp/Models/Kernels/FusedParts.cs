@@ -63,11 +63,18 @@ public sealed unsafe class FusedLinear
     public static FusedLinear? From(BlockLinear linear, int moduleIndex) =>
         WeightMatrix.TryFrom(linear.Weight) is { } w ? new FusedLinear(w, PinnedVector.Of(linear.Bias), moduleIndex) : null;
 
+    /// <summary><c>y [R, Out] = x [R, In] Wᵀ + b (+ adapter)</c>, its output columns claimed in chunks by whichever worker is free.</summary>
+    public void Phase(FusedStep step, float* x, float* y, int worker)
+    {
+        var chunks = step.Claim(worker, Out);
+        while (chunks.Next(out int o0, out int o1)) Range(step, x, step.Rows, y, o0, o1, worker);
+    }
+
     /// <summary>
-    /// This worker's output columns of <c>y [R, Out] = x [R, In] Wᵀ + b (+ adapter)</c>; returns them so the caller may
-    /// finish its slice (an activation, a residual) before the next barrier.
+    /// This worker's static half of the output columns; returns them so the caller may finish its slice before the
+    /// next barrier. For phases that pair two products column by column (Falcon's parallel attention and MLP).
     /// </summary>
-    public (int Start, int End) Phase(FusedStep step, float* x, float* y, int worker, int workers)
+    public (int Start, int End) StaticPhase(FusedStep step, float* x, float* y, int worker, int workers)
     {
         var (o0, o1) = MatRows.Slice(Out, worker, workers);
         if (o1 <= o0) return (o0, o1);

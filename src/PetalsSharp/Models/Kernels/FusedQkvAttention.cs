@@ -64,7 +64,7 @@ public sealed unsafe class FusedQkvAttention
 
     /// <summary>Phase 1: this worker's columns of <c>qkv [R, (heads + 2·kvH)·D] = query_key_value(normed [R, H])</c>.</summary>
     public void Project(FusedStep step, float* normed, int worker, int workers) =>
-        _qkv.Phase(step, normed, step.Buffer(QkvSlot), worker, workers);
+        _qkv.Phase(step, normed, step.Buffer(QkvSlot), worker);
 
     /// <summary>
     /// Phase 2: query heads to <c>q [R, heads·D]</c>, keys and values to the cache at [past, past+T), rotating q and k
@@ -109,7 +109,7 @@ public sealed unsafe class FusedQkvAttention
 
     /// <summary>Phase 4: this worker's columns of <c>out [R, H] = dense(attn)</c> in <see cref="Slot.Out"/>; returns them.</summary>
     public (int Start, int End) Output(FusedStep step, int worker, int workers) =>
-        _dense.Phase(step, step.Buffer(Slot.Attn), step.Buffer(Slot.Out), worker, workers);
+        _dense.StaticPhase(step, step.Buffer(Slot.Attn), step.Buffer(Slot.Out), worker, workers);
 
     /// <summary>The four phases in sequence: <c>Hidden += dense(attention(normed))</c>; <paramref name="normed"/> is <c>[R, H]</c>.</summary>
     public void Execute(FusedStep step, float* normed, int worker, int workers)

@@ -52,15 +52,19 @@ public sealed unsafe class FusedRotaryAttention
     {
         float* q = step.Buffer(Slot.Q), k = step.Buffer(Slot.K), v = step.Buffer(Slot.V);
         float* attn = step.Buffer(Slot.Attn), output = step.Buffer(Slot.Out);
-        _q.Phase(step, normed, q, worker, workers);
-        _k.Phase(step, normed, k, worker, workers);
-        _v.Phase(step, normed, v, worker, workers);
+        _q.Phase(step, normed, q, worker);
+        _k.Phase(step, normed, k, worker);
+        _v.Phase(step, normed, v, worker);
         step.Team.Barrier();
         RotaryAppend.Phase(step, q, k, v, _heads, rotate: true, worker, workers);
         step.Team.Barrier();
         CacheAttention.Phase(step, q, _q.Out, _heads, _slidingWindow, attn, _o.In, worker, workers);
         step.Team.Barrier();
-        var (o0, o1) = _o.Phase(step, attn, output, worker, workers);
-        Residual.Add(step.Hidden, output, step.Rows, _o.Out, o0, o1);
+        var chunks = step.Claim(worker, _o.Out);
+        while (chunks.Next(out int o0, out int o1))
+        {
+            _o.Range(step, attn, step.Rows, output, o0, o1, worker);
+            Residual.Add(step.Hidden, output, step.Rows, _o.Out, o0, o1);
+        }
     }
 }

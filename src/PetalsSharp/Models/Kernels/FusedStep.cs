@@ -53,6 +53,7 @@ public sealed unsafe class FusedStep : ITeamJob, IDisposable
         Team = team;
         _adapter = adapter;
         _advance = Advance;
+        _phaseOf = new int[team.Size * Pad];
     }
 
     public WorkerTeam Team { get; }
@@ -95,6 +96,7 @@ public sealed unsafe class FusedStep : ITeamJob, IDisposable
     /// <summary>Runs one block: prepares on this thread, then one <see cref="WorkerTeam.Run"/>.</summary>
     public void RunBlock(IFusedBlock plan, DecoderBlock block, LayerCache cache)
     {
+        ResetClaims(1);
         Select(plan, block, cache);
         Team.Run(this);
     }
@@ -108,6 +110,7 @@ public sealed unsafe class FusedStep : ITeamJob, IDisposable
     {
         if (plans.Count == 0) return;
         (_plans, _blocks, _caches, _next) = (plans, blocks, caches, 0);
+        ResetClaims(plans.Count);
         try
         {
             _advance();
@@ -156,6 +159,68 @@ public sealed unsafe class FusedStep : ITeamJob, IDisposable
         {
             if (i > 0) Team.BarrierThen(_advance);   // the last block's residual slices are all written before the next norm reads rows
             _plan!.Execute(this, worker, workers);
+        }
+    }
+
+    // Dynamic work claiming. A phase's work (a linear's output columns) is cut into chunks that workers take from a
+    // shared counter, so a worker that lost its core for a moment (gRPC, another process, the OS) holds up the barrier
+    // by one chunk, not by its whole static half. Workers meet the same phases in the same order, so each counts its
+    // own phases and the n-th phase of every worker uses counter n; counters sit on their own cache lines.
+    const int Pad = 16;                       // ints per 64-byte line
+    const int ClaimPhasesPerBlock = 16;       // claimed phases one block may use (Llama uses 5)
+    readonly int[] _phaseOf;                  // [workers · Pad]: phases each worker has begun this run
+    int[] _claimed = new int[ClaimPhasesPerBlock * Pad];   // [phases · Pad]: chunks taken per phase
+
+    void ResetClaims(int blocks)
+    {
+        int needed = blocks * ClaimPhasesPerBlock * Pad;
+        if (_claimed.Length < needed) _claimed = new int[needed];
+        else Array.Clear(_claimed, 0, needed);
+        Array.Clear(_phaseOf);
+    }
+
+    /// <summary>
+    /// Begins this worker's next claimed phase over [0, <paramref name="count"/>): chunks of about an eighth of a
+    /// worker's share, multiples of <paramref name="align"/> (so 4-row tiles split exactly as in a static slice).
+    /// Every worker must begin the same claimed phases in the same order.
+    /// </summary>
+    public Chunks Claim(int worker, int count, int align = 8)
+    {
+        int workers = Team.Size;
+        int phase = _phaseOf[worker * Pad]++;
+        int size = Math.Max(align, ((count + 8 * workers - 1) / (8 * workers) + align - 1) / align * align);
+        if (!DynamicClaims || (phase + 1) * Pad > _claimed.Length)   // more phases than planned: a static slice
+        {
+            var (start, end) = MatRows.Slice(count, worker, workers, align);
+            return new Chunks(null, 0, end, end - start, start);
+        }
+        return new Chunks(_claimed, phase * Pad, count, size, 0);
+    }
+
+    /// <summary>Whether phases hand out chunks dynamically (else each worker takes a static slice); a benchmark switch.</summary>
+    public static bool DynamicClaims { get; set; } = true;
+
+    /// <summary>A phase's chunks as one worker takes them: <c>while (chunks.Next(out s, out e)) ...</c>.</summary>
+    public struct Chunks
+    {
+        readonly int[]? _counters;
+        readonly int _index, _count, _size;
+        int _static;   // without counters: the one static slice's start, then -1 once taken
+
+        internal Chunks(int[]? counters, int index, int count, int size, int staticStart) =>
+            (_counters, _index, _count, _size, _static) = (counters, index, count, size, staticStart);
+
+        public bool Next(out int start, out int end)
+        {
+            if (_counters is null)
+            {
+                (start, end) = (_static, _count);
+                _static = -1;
+                return start >= 0 && start < end;
+            }
+            start = (Interlocked.Increment(ref _counters[_index]) - 1) * _size;
+            end = Math.Min(_count, start + _size);
+            return start < _count;
         }
     }
 

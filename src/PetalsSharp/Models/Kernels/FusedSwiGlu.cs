@@ -33,13 +33,21 @@ public sealed unsafe class FusedSwiGlu
     public void Execute(FusedStep step, float* normed, int worker, int workers)
     {
         float* gate = step.Buffer(Slot.Gate), up = step.Buffer(Slot.Up), output = step.Buffer(Slot.Out);
-        int width = _gate.Out;
-        var (g0, g1) = _gate.Phase(step, normed, gate, worker, workers);
-        _up.Phase(step, normed, up, worker, workers);   // the same slice: both split Out alike
-        for (int r = 0; r < step.Rows; r++) RowKernels.SiluMul(gate + (long)r * width, up + (long)r * width, g0, g1);
+        int width = _gate.Out, rows = step.Rows;
+        var chunks = step.Claim(worker, width);
+        while (chunks.Next(out int g0, out int g1))
+        {
+            _gate.Range(step, normed, rows, gate, g0, g1, worker);
+            _up.Range(step, normed, rows, up, g0, g1, worker);
+            for (int r = 0; r < rows; r++) RowKernels.SiluMul(gate + (long)r * width, up + (long)r * width, g0, g1);
+        }
         step.Team.Barrier();
-        var (o0, o1) = _down.Phase(step, gate, output, worker, workers);
-        Residual.Add(step.Hidden, output, step.Rows, _down.Out, o0, o1);
+        var down = step.Claim(worker, _down.Out);
+        while (down.Next(out int o0, out int o1))
+        {
+            _down.Range(step, gate, rows, output, o0, o1, worker);
+            Residual.Add(step.Hidden, output, rows, _down.Out, o0, o1);
+        }
     }
 
     /// <summary>Intermediate width I (gate and up outputs) and output width H (down's).</summary>
