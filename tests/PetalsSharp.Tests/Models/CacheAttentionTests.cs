@@ -9,7 +9,7 @@ namespace PetalsSharp.Tests.Models;
 /// <summary>
 /// The fused path's attention of one query head over the paged cache against a softmax written the plain way over
 /// exactly the keys the query may see: those within the sliding window (itself included) and not left padding
-/// (except itself), across page boundaries.
+/// (except itself), across page boundaries; with an ALiBi term, the same softmax over scores plus that term.
 /// </summary>
 public sealed unsafe class CacheAttentionTests
 {
@@ -46,6 +46,37 @@ public sealed unsafe class CacheAttentionTests
             var p = (k.matmul(q) / Math.Sqrt(HeadDim)).softmax(0);             // [n]
             var expected = p.matmul(v);                                        // [D]
             TensorAssert.Close(expected, tensor(output), 1e-5, 1e-5, $"window {window}, pad {pad}, query at {qpos}");
+        }
+    }
+
+    [Theory]
+    [InlineData(false, 0)]
+    [InlineData(false, 3)]
+    [InlineData(true, 2)]
+    public void An_alibi_term_joins_every_visible_score(bool bfloat16, int pad)
+    {
+        using var scope = NewDisposeScope();
+        manual_seed(4);
+        var keys = randn(Batch, MaxLength, KvHeads, HeadDim);                  // [B, max, kvH, D]
+        var values = randn(Batch, MaxLength, KvHeads, HeadDim);                // [B, max, kvH, D]
+        var cache = new KvPages(Native.Pointer<float>(keys), Native.Pointer<float>(values), MaxLength, KvHeads, HeadDim);
+        var term = new AlibiTerm(heads: 4, bfloat16, scale: bfloat16 ? 1 / Math.Sqrt(HeadDim) : 1.0);
+        var scores = new float[MaxLength];
+        var output = new float[HeadDim];
+        const int row = 0, kvHead = 1, head = 2;
+        foreach (int qpos in new[] { 0, 3, LayerCache.PageTokens + 1, MaxLength - 1 })
+        {
+            var q = randn(HeadDim);                                            // [D]
+            fixed (float* s = scores, o = output)
+                CacheAttention.Query(Native.Pointer<float>(q), cache, row, kvHead, qpos, pad, null, s, o, term, head);
+
+            var visible = Enumerable.Range(0, qpos + 1).Where(j => j >= pad || j == qpos).ToArray();
+            var index = tensor(visible.Select(j => (long)j).ToArray());        // [n]
+            var bias = tensor(visible.Select(j => term.Bias(head, Math.Max(0, j - pad))).ToArray());   // [n]
+            var k = keys[row].index_select(0, index).select(1, kvHead);        // [n, D]
+            var v = values[row].index_select(0, index).select(1, kvHead);      // [n, D]
+            var p = (k.matmul(q) / Math.Sqrt(HeadDim) + bias).softmax(0);      // [n]
+            TensorAssert.Close(p.matmul(v), tensor(output), 1e-5, 1e-5, $"bf16 {bfloat16}, pad {pad}, query at {qpos}");
         }
     }
 

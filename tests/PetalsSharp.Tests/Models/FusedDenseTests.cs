@@ -1,14 +1,12 @@
 using System.Text.Json.Nodes;
 using PetalsSharp.Models;
-using PetalsSharp.Models.Lora;
-using PetalsSharp.Tests.Adapters;
 using Xunit;
 using static TorchSharp.torch;
 
 namespace PetalsSharp.Tests.Models;
 
 /// <summary>
-/// The fused Falcon and BLOOM decode paths are pinned to the TorchSharp reference with <see cref="FusedLlamaTests"/>'
+/// The fused Falcon and BLOOM decode paths are pinned to the TorchSharp reference with <see cref="FusedParity"/>'s
 /// script (a prefix, then 1 and 2 tokens, a rollback, beam reorders, left padding): on the HF fixtures (falcon-new: the
 /// 40B layout, 8 query over 2 KV heads; bloom: 6 heads, ALiBi) per weight dtype with and without a LoRA adapter, and on
 /// random checkpoints of every other layout (Falcon 7B multi-query and multi-head, sequential, biases, ALiBi; BLOOM's
@@ -28,25 +26,14 @@ public sealed class FusedDenseTests
 
     [Theory]
     [MemberData(nameof(Fixtures))]
-    public void Fixture_session_steps_match_the_reference(string fixture, ScalarType dtype, bool withAdapter)
-    {
-        using var ckpt = Checkpoint.Open(TestData.Path(fixture));
-        using var stack = ckpt.LoadBlocks(0, ckpt.Config.NumLayers, dtype);
-        using var adapter = withAdapter
-            ? LoraAdapter.Load("tiny", TestAdapter.Write(TestAdapter.NewDir(), fixture: fixture), stack.Config)
-            : null;
-        FusedLlamaTests.RunScript(stack, adapter, leftPadding: [0, 2], rtol: dtype == ScalarType.Float32 ? 1e-5 : 1e-4);
-    }
+    public void Fixture_session_steps_match_the_reference(string fixture, ScalarType dtype, bool withAdapter) =>
+        FusedParity.RunScript(TestData.Path(fixture), dtype, leftPadding: [0, 2], FusedParity.Rtol(dtype), withAdapter ? fixture : null);
 
     [Theory]
     [InlineData("falcon-new")]
     [InlineData("bloom")]
-    public void Fixtures_without_left_padding_too(string fixture)
-    {
-        using var ckpt = Checkpoint.Open(TestData.Path(fixture));
-        using var stack = ckpt.LoadBlocks(0, ckpt.Config.NumLayers);
-        FusedLlamaTests.RunScript(stack, null, leftPadding: null);
-    }
+    public void Fixtures_without_left_padding_too(string fixture) =>
+        FusedParity.RunScript(TestData.Path(fixture), ScalarType.Float32, leftPadding: null);
 
     [Theory]
     [MemberData(nameof(BlockVariantTests.Falcons), MemberType = typeof(BlockVariantTests))]
@@ -65,27 +52,19 @@ public sealed class FusedDenseTests
         node["num_hidden_layers"] = 2;
         node["vocab_size"] ??= 64;
         var config = ModelConfigLoader.Parse(node.ToJsonString());
-        var dir = Path.Combine(Path.GetTempPath(), "petals-fused-" + Guid.NewGuid().ToString("N")[..8]);
-        try
+        FusedParity.OnRandomCheckpoint(config, seed: 5, dir =>
         {
-            RandomCheckpoint.Write(config, dir, seed: 5);
-            using var ckpt = Checkpoint.Open(dir);
             foreach (var dtype in new[] { ScalarType.Float32, ScalarType.BFloat16 })
             {
-                using var stack = ckpt.LoadBlocks(0, config.NumLayers, dtype);
                 try
                 {
-                    FusedLlamaTests.RunScript(stack, null, leftPadding: [2, 0], rtol: dtype == ScalarType.Float32 ? 1e-5 : 1e-4);
+                    FusedParity.RunScript(dir, dtype, leftPadding: [2, 0], FusedParity.Rtol(dtype));
                 }
                 catch (Xunit.Sdk.XunitException e)
                 {
                     throw new Xunit.Sdk.XunitException($"{layout}, {dtype}: {e.Message}");
                 }
             }
-        }
-        finally
-        {
-            try { Directory.Delete(dir, recursive: true); } catch (IOException) { }
-        }
+        });
     }
 }

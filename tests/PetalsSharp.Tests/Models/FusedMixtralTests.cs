@@ -1,9 +1,5 @@
 using System.Text.Json.Nodes;
-using PetalsSharp.Generation;
 using PetalsSharp.Models;
-using PetalsSharp.Models.Kernels;
-using PetalsSharp.Models.Lora;
-using PetalsSharp.Tests.Adapters;
 using Xunit;
 using static TorchSharp.torch;
 
@@ -11,10 +7,10 @@ namespace PetalsSharp.Tests.Models;
 
 /// <summary>
 /// The fused Mixtral decode path (attention, then routing and the chosen experts on the rows routed to them) is pinned
-/// to the TorchSharp reference on the mixtral fixture (4 experts, top-2, 4/2 heads), with the script of
-/// <see cref="FusedLlamaTests"/>: per weight dtype, with and without a LoRA adapter (router and experts included),
-/// prefix then 1 then 2 tokens, a rollback and beam reorders, with and without left padding, and within a sliding
-/// window shorter than the sequence. Greedy decoding picks the same tokens on both paths.
+/// to the TorchSharp reference on the mixtral fixture (4 experts, top-2, 4/2 heads), with <see cref="FusedParity"/>'s
+/// script: per weight dtype, with and without a LoRA adapter (router and experts included), prefix then 1 then 2
+/// tokens, a rollback and beam reorders, with and without left padding, and within a sliding window shorter than the
+/// sequence. Greedy decoding picks the same tokens on both paths.
 /// </summary>
 public sealed class FusedMixtralTests
 {
@@ -27,15 +23,8 @@ public sealed class FusedMixtralTests
     [InlineData(ScalarType.BFloat16, true)]
     [InlineData(ScalarType.Float16, false)]
     [InlineData(ScalarType.Float16, true)]
-    public void Session_steps_match_the_reference(ScalarType dtype, bool withAdapter)
-    {
-        using var ckpt = Checkpoint.Open(ModelDir);
-        using var stack = ckpt.LoadBlocks(0, ckpt.Config.NumLayers, dtype);
-        using var adapter = withAdapter
-            ? LoraAdapter.Load("tiny", TestAdapter.Write(TestAdapter.NewDir(), fixture: "mixtral"), stack.Config)
-            : null;
-        FusedLlamaTests.RunScript(stack, adapter, leftPadding: [0, 2], rtol: dtype == ScalarType.Float32 ? 1e-5 : 1e-4);
-    }
+    public void Session_steps_match_the_reference(ScalarType dtype, bool withAdapter) =>
+        FusedParity.RunScript(ModelDir, dtype, leftPadding: [0, 2], FusedParity.Rtol(dtype), withAdapter ? "mixtral" : null);
 
     [Fact]
     public void The_adapter_reaches_the_router_and_every_expert()
@@ -52,12 +41,7 @@ public sealed class FusedMixtralTests
     }
 
     [Fact]
-    public void Without_left_padding_too()
-    {
-        using var ckpt = Checkpoint.Open(ModelDir);
-        using var stack = ckpt.LoadBlocks(0, ckpt.Config.NumLayers);
-        FusedLlamaTests.RunScript(stack, null, leftPadding: null);
-    }
+    public void Without_left_padding_too() => FusedParity.RunScript(ModelDir, ScalarType.Float32, leftPadding: null);
 
     [Theory]
     [InlineData(ScalarType.Float32)]
@@ -65,11 +49,9 @@ public sealed class FusedMixtralTests
     public void A_sliding_window_shorter_than_the_sequence_matches_the_reference(ScalarType dtype)
     {
         var dir = WindowedCopy(window: 3);
-        using var ckpt = Checkpoint.Open(dir);
-        Assert.Equal(3, ((MixtralConfig)ckpt.Config).SlidingWindow);
-        using var stack = ckpt.LoadBlocks(0, ckpt.Config.NumLayers, dtype);
+        Assert.Equal(3, ((MixtralConfig)ModelConfigLoader.Load(dir)).SlidingWindow);
         // The script reaches 11 positions, so later queries see only their last 3 keys.
-        FusedLlamaTests.RunScript(stack, null, leftPadding: [0, 2], rtol: dtype == ScalarType.Float32 ? 1e-5 : 1e-4);
+        FusedParity.RunScript(dir, dtype, leftPadding: [0, 2], FusedParity.Rtol(dtype));
     }
 
     /// <summary>
@@ -81,47 +63,20 @@ public sealed class FusedMixtralTests
     [InlineData(3)]
     public void Other_expert_counts_and_k_match_the_reference(int topK)
     {
-        var dir = Path.Combine(Directory.CreateTempSubdirectory("petals-fused-moe").FullName, "m");
         var config = new MixtralConfig
         {
             ModelType = "mixtral", VocabSize = 64, HiddenSize = 64, NumLayers = 2, NumHeads = 4, NumKvHeads = 1,
             HeadDim = 16, IntermediateSize = 84, NumLocalExperts = 8, NumExpertsPerTok = topK, SlidingWindow = 5,
             RmsNormEps = 1e-5, EosTokenIds = [63],
         };
-        RandomCheckpoint.Write(config, dir, seed: 13);
-        using var ckpt = Checkpoint.Open(dir);
-        using var stack = ckpt.LoadBlocks(0, config.NumLayers);
-        FusedLlamaTests.RunScript(stack, null, leftPadding: [1, 0]);
+        FusedParity.OnRandomCheckpoint(config, seed: 13, dir => FusedParity.RunScript(dir, ScalarType.Float32, leftPadding: [1, 0]));
     }
 
     [Fact]
-    public void Greedy_steps_have_the_same_logits_and_tokens()
-    {
-        using var lm = CausalLM.Load(ModelDir);
-        using var scope = NewDisposeScope();
-        using var noGrad = no_grad();
-        var prompt = new long[] { 1, 5, 9, 14, 20, 27 };
-        var fused = FusedFixtureTests.Greedy(lm, prompt, reference: false);
-        List<(Tensor Logits, long Token)> reference;
-        using (FusedDecode.Disable()) reference = FusedFixtureTests.Greedy(lm, prompt, reference: true);
-        Assert.Equal(reference.Select(r => r.Token), fused.Select(f => f.Token));
-        for (int i = 0; i < fused.Count; i++)
-        {
-            var diff = TensorAssert.MaxAbsDiff(reference[i].Logits, fused[i].Logits);
-            Assert.True(diff <= 1e-4, $"mixtral step {i}: logits differ by {diff}");
-        }
-    }
+    public void Greedy_steps_have_the_same_logits_and_tokens() => FusedParity.GreedyMatches(ModelDir, "mixtral");
 
     [Fact]
-    public async Task Generation_gives_the_same_tokens_on_both_paths()
-    {
-        using var lm = CausalLM.Load(ModelDir);
-        var options = new GenerationOptions { MaxNewTokens = 32, IgnoreEos = true };
-        var fused = await lm.GenerateAsync([[1, 2, 3, 4], [1, 7]], options);
-        GenerationResult reference;
-        using (FusedDecode.Disable()) reference = await lm.GenerateAsync([[1, 2, 3, 4], [1, 7]], options);
-        Assert.Equal(reference.NewTokens, fused.NewTokens);
-    }
+    public Task Generation_gives_the_same_tokens_on_both_paths() => FusedParity.GenerationMatches(ModelDir);
 
     /// <summary>The mixtral fixture in a temp folder with <c>sliding_window</c> set.</summary>
     static string WindowedCopy(int window)

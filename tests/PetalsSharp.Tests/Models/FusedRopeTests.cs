@@ -1,5 +1,6 @@
 using PetalsSharp.Models;
 using Xunit;
+using static TorchSharp.torch;
 
 namespace PetalsSharp.Tests.Models;
 
@@ -17,7 +18,6 @@ public sealed class FusedRopeTests
     [InlineData("llama3")]
     public void Every_rope_scaling_matches_the_reference(string? type)
     {
-        var dir = Path.Combine(Directory.CreateTempSubdirectory("petals-fused-rope").FullName, "m");
         var config = new LlamaConfig
         {
             ModelType = "llama", VocabSize = 64, HiddenSize = 96, NumLayers = 2, NumHeads = 6, NumKvHeads = 2,
@@ -29,9 +29,6 @@ public sealed class FusedRopeTests
                 _ => new RopeScaling(type, 2.0),
             },
         };
-        RandomCheckpoint.Write(config, dir, seed: 9);
-        using var ckpt = Checkpoint.Open(dir);
-        using var stack = ckpt.LoadBlocks(0, config.NumLayers);
-        FusedLlamaTests.RunScript(stack, null, leftPadding: [3, 0]);
+        FusedParity.OnRandomCheckpoint(config, seed: 9, dir => FusedParity.RunScript(dir, ScalarType.Float32, leftPadding: [3, 0]));
     }
 }

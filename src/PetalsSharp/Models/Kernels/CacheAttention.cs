@@ -5,7 +5,8 @@ namespace PetalsSharp.Models.Kernels;
 /// <summary>
 /// Attention of the step's queries over the KV cache, one (batch row, query head) per work item, as
 /// <see cref="Ops.Attention"/> computes it: causal, left padding hidden (a query always sees itself), an optional
-/// sliding window, grouped-query heads sharing a KV head. Scores live in the worker's slice of <see cref="Slot.Scores"/>.
+/// sliding window, an optional ALiBi term on every score (BLOOM, Falcon with <c>alibi</c>), grouped-query heads sharing
+/// a KV head. Scores live in the worker's slice of <see cref="Slot.Scores"/>.
 /// </summary>
 public static unsafe class CacheAttention
 {
@@ -13,10 +14,11 @@ public static unsafe class CacheAttention
     public static void Prepare(FusedStep step) => step.Ensure(Slot.Scores, (long)step.Team.Size * step.Cache.MaxLength);
 
     /// <summary>
-    /// This worker's share of <c>out [R, heads·D] = softmax(q kᵀ / √D) v</c> for <c>q [R, heads·D]</c> (row stride
-    /// <paramref name="ldq"/>), after the step's keys and values are in the cache.
+    /// This worker's share of <c>out [R, heads·D] = softmax(q kᵀ / √D (+ alibi)) v</c> for <c>q [R, heads·D]</c> (row
+    /// stride <paramref name="ldq"/>), after the step's keys and values are in the cache.
     /// </summary>
-    public static void Phase(FusedStep step, float* q, int ldq, int heads, int? slidingWindow, float* output, int ldo, int worker, int workers)
+    public static void Phase(FusedStep step, float* q, int ldq, int heads, int? slidingWindow, AlibiTerm? alibi,
+        float* output, int ldo, int worker, int workers)
     {
         var cache = step.Cache;
         int d = cache.HeadDim, group = heads / cache.KvHeads;
@@ -28,26 +30,31 @@ public static unsafe class CacheAttention
             for (int t = 0; t < step.Tokens; t++)
             {
                 long r = (long)b * step.Tokens + t;
-                Query(q + r * ldq + head * d, cache, b, head / group, step.Past + t, step.PadOf(b), slidingWindow, scores, output + r * ldo + head * d);
+                Query(q + r * ldq + head * d, cache, b, head / group, step.Past + t, step.PadOf(b), slidingWindow, scores,
+                    output + r * ldo + head * d, alibi, head);
             }
         }
     }
 
-    /// <summary>One query head at absolute cache index <paramref name="qpos"/> of batch row <paramref name="row"/>.</summary>
-    public static void Query(float* q, in KvPages cache, int row, int kvHead, int qpos, int pad, int? slidingWindow, float* scores, float* output)
+    /// <summary>
+    /// One query head at absolute cache index <paramref name="qpos"/> of batch row <paramref name="row"/>;
+    /// <paramref name="head"/> picks the <paramref name="alibi"/> slope when there is one.
+    /// </summary>
+    public static void Query(float* q, in KvPages cache, int row, int kvHead, int qpos, int pad, int? slidingWindow,
+        float* scores, float* output, AlibiTerm? alibi = null, int head = 0)
     {
         int d = cache.HeadDim;
-        int lo = slidingWindow is { } w ? Math.Max(0, qpos - w + 1) : 0;
+        int lo = slidingWindow is { } w ? Math.Max(0, qpos - w + 1) : 0, n = qpos - lo + 1;
         float scale = 1f / MathF.Sqrt(d);
         var qs = new ReadOnlySpan<float>(q, d);
-        float max = float.NegativeInfinity;
         for (int j = lo; j <= qpos; j++)
-        {
-            float s = j < pad && j != qpos ? float.NegativeInfinity
+            scores[j - lo] = j < pad && j != qpos ? float.NegativeInfinity
                 : TensorPrimitives.Dot(qs, new ReadOnlySpan<float>(cache.Key(row, j, kvHead), d)) * scale;
-            scores[j - lo] = s;
-            if (s > max) max = s;
-        }
+        // Added after the scaled dot, as the reference adds its bias: once per query, so no key loop tests for it.
+        alibi?.AddTo(new Span<float>(scores, n), head, lo, pad);
+        float max = float.NegativeInfinity;
+        for (int i = 0; i < n; i++)
+            if (scores[i] > max) max = scores[i];
         var outSpan = new Span<float>(output, d);
         outSpan.Clear();
         float sum = 0;

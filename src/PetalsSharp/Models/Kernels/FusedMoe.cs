@@ -15,7 +15,7 @@ namespace PetalsSharp.Models.Kernels;
 /// chosen experts' weights. All experts' up halves share one phase and all down halves the next: each worker owns the
 /// same output columns of every expert, so it sums the weighted outputs of its slice without another barrier.
 /// </remarks>
-public sealed unsafe class FusedMoe
+public sealed unsafe class FusedMoe : IFusedMlp
 {
     // Slots past the shared ones: router logits, per-worker routing tables, gathered rows, packed expert outputs.
     const int LogitsSlot = Slot.FirstFree, TableSlot = Slot.FirstFree + 1, GatheredSlot = Slot.FirstFree + 2, ExpertOutSlot = Slot.FirstFree + 3;

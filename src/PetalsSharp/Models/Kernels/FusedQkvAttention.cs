@@ -102,9 +102,7 @@ public sealed unsafe class FusedQkvAttention
     public void Attend(FusedStep step, int worker, int workers)
     {
         float* q = step.Buffer(Slot.Q), attn = step.Buffer(Slot.Attn);
-        int ld = _heads * _headDim;
-        if (_alibi is not null) AlibiAttention.Phase(step, q, ld, _heads, _alibi, attn, _dense.In, worker, workers);
-        else CacheAttention.Phase(step, q, ld, _heads, null, attn, _dense.In, worker, workers);
+        CacheAttention.Phase(step, q, _heads * _headDim, _heads, slidingWindow: null, _alibi, attn, _dense.In, worker, workers);
     }
 
     /// <summary>Phase 4: this worker's columns of <c>out [R, H] = dense(attn)</c> in <see cref="Slot.Out"/>; returns them.</summary>

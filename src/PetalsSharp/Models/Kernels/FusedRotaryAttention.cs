@@ -58,7 +58,7 @@ public sealed unsafe class FusedRotaryAttention
         step.Team.Barrier();
         RotaryAppend.Phase(step, q, k, v, _heads, rotate: true, worker, workers);
         step.Team.Barrier();
-        CacheAttention.Phase(step, q, _q.Out, _heads, _slidingWindow, attn, _o.In, worker, workers);
+        CacheAttention.Phase(step, q, _q.Out, _heads, _slidingWindow, alibi: null, attn, _o.In, worker, workers);
         step.Team.Barrier();
         var chunks = step.Claim(worker, _o.Out);
         while (chunks.Next(out int o0, out int o1))

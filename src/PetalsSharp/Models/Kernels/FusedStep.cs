@@ -24,6 +24,19 @@ public interface IFusedBlock
     void Execute(FusedStep step, int worker, int workers);
 }
 
+/// <summary>
+/// The MLP half of a block on the fused path (<see cref="FusedSwiGlu"/>, <see cref="FusedMoe"/>), from normed rows to
+/// the residual, so one plan serves every family that differs only there.
+/// </summary>
+public unsafe interface IFusedMlp
+{
+    /// <summary>Sizes the MLP's scratch, as <see cref="IFusedBlock.Prepare"/> does.</summary>
+    void Prepare(FusedStep step);
+
+    /// <summary><c>Hidden += mlp(normed)</c> on every worker; <paramref name="normed"/> is <c>[R, H]</c>.</summary>
+    void Execute(FusedStep step, float* normed, int worker, int workers);
+}
+
 /// <summary>Scratch buffers a plan asks <see cref="FusedStep.Ensure"/> for, by slot.</summary>
 public static class Slot
 {

@@ -4,7 +4,7 @@ namespace PetalsSharp.Models.Kernels;
 /// A SwiGLU MLP on the fused path (Llama's MLP; each Mixtral expert): gate and up in one phase with
 /// <c>silu(gate)·up</c> finished on the same slice, then down added to <see cref="FusedStep.Hidden"/>. Two phases.
 /// </summary>
-public sealed unsafe class FusedSwiGlu
+public sealed unsafe class FusedSwiGlu : IFusedMlp
 {
     readonly FusedLinear _gate, _up, _down;
 
