@@ -175,39 +175,38 @@ public sealed unsafe class FusedStep : ITeamJob, IDisposable
         }
     }
 
-    // Dynamic work claiming. A phase's work (a linear's output columns) is cut into chunks that workers take from a
-    // shared counter, so a worker that lost its core for a moment (gRPC, another process, the OS) holds up the barrier
-    // by one chunk, not by its whole static half. Workers meet the same phases in the same order, so each counts its
-    // own phases and the n-th phase of every worker uses counter n; counters sit on their own cache lines.
+    // Dynamic work claiming. Each worker owns its static slice of a phase's work (a linear's output columns), cut into
+    // chunks it takes from its own counter, front to back, so it streams one contiguous range as before. A worker
+    // that finishes early takes the next chunks of the others' slices from their counters, so one that lost its core
+    // for a moment (gRPC, another process, the OS) holds up the barrier by a chunk, not by its whole slice. Workers
+    // meet the same phases in the same order, so each counts its own; counters sit on their own cache lines.
     const int Pad = 16;                       // ints per 64-byte line
     const int ClaimPhasesPerBlock = 16;       // claimed phases one block may use (Llama uses 5)
     readonly int[] _phaseOf;                  // [workers · Pad]: phases each worker has begun this run
-    int[] _claimed = new int[ClaimPhasesPerBlock * Pad];   // [phases · Pad]: chunks taken per phase
+    int[] _claimed = [];                      // [phases · workers · Pad]: chunks taken from each worker's slice
 
     void ResetClaims(int blocks)
     {
-        int needed = blocks * ClaimPhasesPerBlock * Pad;
+        int needed = blocks * ClaimPhasesPerBlock * Team.Size * Pad;
         if (_claimed.Length < needed) _claimed = new int[needed];
         else Array.Clear(_claimed, 0, needed);
         Array.Clear(_phaseOf);
     }
 
     /// <summary>
-    /// Begins this worker's next claimed phase over [0, <paramref name="count"/>): chunks of about an eighth of a
-    /// worker's share, multiples of <paramref name="align"/> (so 4-row tiles split exactly as in a static slice).
-    /// Every worker must begin the same claimed phases in the same order.
+    /// Begins this worker's next claimed phase over [0, <paramref name="count"/>): its static slice first, in chunks of
+    /// about a quarter of it, multiples of <paramref name="align"/> (so 4-row tiles split exactly as in a static slice),
+    /// then what the others have not taken yet. Every worker must begin the same claimed phases in the same order.
     /// </summary>
     public Chunks Claim(int worker, int count, int align = 8)
     {
         int workers = Team.Size;
         int phase = _phaseOf[worker * Pad]++;
-        int size = Math.Max(align, ((count + 8 * workers - 1) / (8 * workers) + align - 1) / align * align);
-        if (!DynamicClaims || (phase + 1) * Pad > _claimed.Length)   // more phases than planned: a static slice
-        {
-            var (start, end) = MatRows.Slice(count, worker, workers, align);
-            return new Chunks(null, 0, end, end - start, start);
-        }
-        return new Chunks(_claimed, phase * Pad, count, size, 0);
+        int per = MatRows.Slice(count, 0, workers, align).End;
+        int size = Math.Max(align, ((per + 3) / 4 + align - 1) / align * align);
+        // Off, or more phases than planned: each worker takes its static slice alone.
+        bool dynamic = DynamicClaims && (phase + 1) * workers * Pad <= _claimed.Length;
+        return new Chunks(dynamic ? _claimed : null, phase * workers * Pad, worker, workers, count, per, size);
     }
 
     /// <summary>Whether phases hand out chunks dynamically (else each worker takes a static slice); a benchmark switch.</summary>
@@ -217,23 +216,39 @@ public sealed unsafe class FusedStep : ITeamJob, IDisposable
     public struct Chunks
     {
         readonly int[]? _counters;
-        readonly int _index, _count, _size;
-        int _static;   // without counters: the one static slice's start, then -1 once taken
+        readonly int _base, _worker, _workers, _count, _per, _size;
+        int _victim;   // the slice being drained: this worker's, then the others' in turn
+        bool _staticTaken;
 
-        internal Chunks(int[]? counters, int index, int count, int size, int staticStart) =>
-            (_counters, _index, _count, _size, _static) = (counters, index, count, size, staticStart);
+        internal Chunks(int[]? counters, int @base, int worker, int workers, int count, int per, int size)
+        {
+            (_counters, _base, _worker, _workers, _count, _per, _size) = (counters, @base, worker, workers, count, per, size);
+            (_victim, _staticTaken) = (0, false);
+        }
 
         public bool Next(out int start, out int end)
         {
             if (_counters is null)
             {
-                (start, end) = (_static, _count);
-                _static = -1;
-                return start >= 0 && start < end;
+                start = Math.Min(_count, _worker * _per);
+                end = Math.Min(_count, start + _per);
+                bool first = !_staticTaken;
+                _staticTaken = true;
+                return first && start < end;
             }
-            start = (Interlocked.Increment(ref _counters[_index]) - 1) * _size;
-            end = Math.Min(_count, start + _size);
-            return start < _count;
+            for (; _victim < _workers; _victim++)
+            {
+                int owner = (_worker + _victim) % _workers;
+                int sliceStart = Math.Min(_count, owner * _per), sliceEnd = Math.Min(_count, sliceStart + _per);
+                start = sliceStart + (Interlocked.Increment(ref _counters[_base + owner * Pad]) - 1) * _size;
+                if (start < sliceEnd)
+                {
+                    end = Math.Min(sliceEnd, start + _size);
+                    return true;
+                }
+            }
+            start = end = _count;
+            return false;
         }
     }
 
