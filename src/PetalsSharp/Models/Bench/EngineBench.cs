@@ -44,10 +44,11 @@ public sealed record EngineBenchResult(double PrefillTokensPerSecond, double Dec
 public static class EngineBench
 {
     /// <summary>
-    /// Threads the engine computes with: libtorch's intra-op pool, which the GEMV's chunks follow too. The bandwidth
-    /// probe reads with as many, so the roof and the decode are measured alike.
+    /// Threads a decoded token computes with: the fused kernels' worker team (prefill runs on libtorch's intra-op
+    /// pool, sized alike to the cores). The bandwidth probe reads with as many, so the roof and the decode are
+    /// measured alike.
     /// </summary>
-    public static int Threads => Math.Max(1, get_num_threads());
+    public static int Threads => Kernels.WorkerTeam.Shared.Size;
 
     /// <summary>
     /// Benches <paramref name="blocks"/>; with <paramref name="ends"/> the whole model runs (token ids in, greedy
