@@ -266,6 +266,7 @@ public sealed partial class BlockServer : IAsyncDisposable
         if (Interlocked.Exchange(ref _disposed, 1) != 0) return;
         await StopAsync();
         Scheduler.Dispose();
+        Inboxes.Dispose();
         Peers.Dispose();
         Current?.Stack.Dispose();
         Adapters.Dispose();

@@ -240,14 +240,6 @@ public sealed partial class BlockServiceImpl
         _server.Inboxes.PushLater(next, pushed);
     }
 
-    /// <inheritdoc />
-    public override Task<PushReply> Push(PushRequest request, ServerCallContext context) => GuardUnaryAsync("Push", context, async ct =>
-    {
-        RequestValidator.CheckId(request.SessionId, "session_id");
-        await _server.Inboxes.DeliverAsync(request, ct);
-        return new PushReply();
-    });
-
     /// <summary>
     /// The next message, or null when the client closed its side. Waiting longer than <paramref name="wait"/> (what
     /// is left of the idle timeout) ends the session with DEADLINE_EXCEEDED (the caller's using/finally blocks then

@@ -269,8 +269,8 @@ public sealed partial class BlockServiceImpl : BlockService.BlockServiceBase
         try
         {
             await handler(cts.Token);
-            // An Inference call is a whole session: its steps are counted one by one in RunStepsAsync.
-            if (rpc != "Inference") _server.Metrics.Served(rpc.ToLowerInvariant(), System.Diagnostics.Stopwatch.GetElapsedTime(started));
+            // An Inference call is a whole session and a PushStream a lane of pushes: their steps and pushes are counted one by one.
+            if (rpc is not ("Inference" or "PushStream")) _server.Metrics.Served(rpc.ToLowerInvariant(), System.Diagnostics.Stopwatch.GetElapsedTime(started));
         }
         catch (Exception e) when (Translate(e, context) is { } rpc2)
         {

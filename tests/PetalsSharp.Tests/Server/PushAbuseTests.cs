@@ -204,4 +204,30 @@ public sealed class PushAbuseTests(PushSwarm swarm, Xunit.Abstractions.ITestOutp
         await victim.CloseAsync();
         Assert.DoesNotContain(id, swarm.B.Log);
     }
+    [Fact]
+    public async Task A_push_stream_answers_a_refused_push_and_still_delivers_the_next()
+    {
+        var id = NewId();
+        var open = ServerClient.Open(1, 16, 1, 3, id);
+        open.PushToken = NewId();
+        using var session = await swarm.ClientB.OpenAsync(open);
+        using var lane = swarm.ClientB.Raw.PushStream();
+        await lane.ResponseHeadersAsync;   // the server accepts the stream before any push
+        using var x = randn(1, 2, 64, generator: new Generator(10));
+
+        await lane.RequestStream.WriteAsync(new PushRequest { SessionId = id, Step = InferenceStream.Step(NewId(), x), PushToken = NewId() });
+        Assert.True(await lane.ResponseStream.MoveNext(CancellationToken.None));
+        Assert.Equal(id, lane.ResponseStream.Current.SessionId);
+        Assert.StartsWith("PermissionDenied", lane.ResponseStream.Current.Error);
+
+        var stepId = NewId();
+        await lane.RequestStream.WriteAsync(new PushRequest { SessionId = id, Step = InferenceStream.Step(stepId, x), PushToken = open.PushToken });
+        Assert.True(await session.Call.ResponseStream.MoveNext(CancellationToken.None));
+        var result = session.Call.ResponseStream.Current.Result;
+        Assert.Equal(stepId, result.StepId);
+        Assert.Equal(2, result.Position);
+        using var noGrad = no_grad();
+        TensorAssert.Close(swarm.Tail.Forward(x), TensorCodec.Decode(result.Hidden, "b"), 1e-4, 1e-4, "output of the pushed step");
+        await lane.RequestStream.CompleteAsync();
+    }
 }
