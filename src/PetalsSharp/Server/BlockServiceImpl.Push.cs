@@ -1,3 +1,4 @@
+using System.Runtime.CompilerServices;
 using Grpc.Core;
 using PetalsSharp.Wire.V1;
 
@@ -5,6 +6,9 @@ namespace PetalsSharp.Server;
 
 public sealed partial class BlockServiceImpl
 {
+    /// <summary>Pushes one stream may leave waiting for full inboxes before it stops reading more.</summary>
+    const int MaxWaitingPushes = 8;
+
     /// <inheritdoc />
     public override Task<PushReply> Push(PushRequest request, ServerCallContext context) => GuardUnaryAsync("Push", context, async ct =>
     {
@@ -20,6 +24,7 @@ public sealed partial class BlockServiceImpl
         // Headers at once: the sender relies on the lane only after it knows this server accepted it.
         await context.WriteResponseHeadersAsync([]);
         var replying = new SemaphoreSlim(1, 1);   // failures of different sessions may be reported concurrently
+        var waiting = new StrongBox<int>();       // pushes waiting in the background for a full inbox
         while (await requestStream.MoveNext(ct))
         {
             var request = requestStream.Current;
@@ -36,8 +41,16 @@ public sealed partial class BlockServiceImpl
                 _server.Metrics.Served("push", System.Diagnostics.Stopwatch.GetElapsedTime(started));
                 continue;
             }
-            // A full inbox waits in the background, so one slow session never holds up the pushes of the others.
-            _ = ReportPushAsync(request.SessionId, delivered, started, responseStream, replying, context, ct);
+            // A full inbox waits in the background, so one slow session never holds up the pushes of the others; but
+            // each waiting push holds its tensor, so past a few the stream itself waits (a sender cannot pile them up).
+            if (Volatile.Read(ref waiting.Value) >= MaxWaitingPushes)
+            {
+                await ReportPushAsync(request.SessionId, delivered, started, responseStream, replying, context, ct);
+                continue;
+            }
+            Interlocked.Increment(ref waiting.Value);
+            _ = ReportPushAsync(request.SessionId, delivered, started, responseStream, replying, context, ct)
+                .ContinueWith(_ => Interlocked.Decrement(ref waiting.Value), TaskScheduler.Default);
         }
     });
 
