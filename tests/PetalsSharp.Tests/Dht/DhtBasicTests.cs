@@ -12,6 +12,7 @@ public sealed class DhtBasicTests
     {
         await using var swarm = new DhtTestSwarm();
         for (int i = 0; i < 5; i++) await swarm.AddAsync();
+        await swarm.WaitForFullMeshAsync();
         var value = Encoding.UTF8.GetBytes("blocks 0..4");
         int accepted = await swarm.Nodes[3].StoreAsync("llama-gqa.3", value, DateTimeOffset.UtcNow.AddMinutes(1));
         Assert.Equal(5, accepted);
