@@ -3,7 +3,7 @@ using PetalsSharp.Benchmarks;
 // Benchmarks measure; they never assert. Usage:
 //   dotnet run --project benchmarks/PetalsSharp.Benchmarks -c Release -- engine [--model DIR | --family llama|mixtral|...] [--prompt 64] [--new 128]
 //   dotnet run --project benchmarks/PetalsSharp.Benchmarks -c Release -- matrows [--ms 300]
-//   dotnet run --project benchmarks/PetalsSharp.Benchmarks -c Release -- swarm [--model DIR] [--servers 3] [--no-push]
+//   dotnet run --project benchmarks/PetalsSharp.Benchmarks -c Release -- swarm [--model DIR] [--servers 3] [--rounds 5] [--no-push]
 //   dotnet run --project benchmarks/PetalsSharp.Benchmarks -c Release -- wan [--model DIR] [--delay-ms 50]
 //   dotnet run --project benchmarks/PetalsSharp.Benchmarks -c Release -- memory --model DIR [--dtype bf16] [--cache-bytes 270000000] [--prompt 64] [--new 64]
 PetalsSharp.Runtime.Configure();

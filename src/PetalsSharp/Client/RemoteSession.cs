@@ -65,11 +65,14 @@ internal sealed class RemoteSession : IBlockSession
             int end = hop.Hop.End;
             var input = h;                                                              // [B, T, H]
             Tensor output;                                                              // [B, T, H]
+            // A pushed hop's input is the previous hop's reply, ours alone: its history keeps it rather than a copy.
+            bool adopt = pushed && !ReferenceEquals(input, hidden), adopted = false;
             try
             {
                 output = await Retries.Attempt(_swarm, hop.Hop, () => pushed
-                    ? hop.ReceiveAsync(ids[hop], input, start, hypoIds, ct)
+                    ? hop.ReceiveAsync(ids[hop], input, start, hypoIds, ct, adopt)
                     : hop.StepAsync(input, start, hypoIds, ct, ids.GetValueOrDefault(hop), HopPrompts(prompts, hop.Hop)), ct).ConfigureAwait(false);
+                adopted = adopt;
             }
             catch (HopFailure failure)
             {
@@ -85,7 +88,7 @@ internal sealed class RemoteSession : IBlockSession
                 pushed = false;
                 _pushRefused = true;
             }
-            if (!ReferenceEquals(h, hidden)) h.Dispose();
+            if (!ReferenceEquals(h, hidden) && !adopted) h.Dispose();
             h = output;
             options?.OnBlockOutput?.Invoke(end - 1, h.detach().clone().DetachFromDisposeScope());
         }

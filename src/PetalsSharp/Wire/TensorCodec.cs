@@ -121,16 +121,14 @@ public static unsafe class TensorCodec
         return result;
     }
 
-    const long InPlaceFiniteCheckElements = 1 << 20;
 
     /// <summary>Throws when a tensor holds NaN or ±Inf (a poisoned activation would corrupt a shared cache).</summary>
     public static void RequireFinite(TorchSharp.torch.Tensor t, string what)
     {
         if (!t.is_floating_point() || t.NumberOfElements == 0) return;
-        // Large tensors are read in place: isfinite() would allocate a bool per value, a quarter of a received tensor
-        // again. Small ones (every decode step) keep isfinite(): with the in-place loop a 3-server chain's steps were
-        // ~10 ms slower per hop in the swarm benchmark (cause not yet understood).
-        if (t.NumberOfElements >= InPlaceFiniteCheckElements && t.dtype == ScalarType.Float32
+        // Read in place: isfinite() would allocate a bool per value (a quarter of a large tensor again), and for a
+        // decode step's few kilobytes its three native calls cost more than the check.
+        if (t.dtype == ScalarType.Float32
             && t.device_type == TorchSharp.DeviceType.CPU && t.is_contiguous())
         {
             if (!AllFinite(System.Runtime.InteropServices.MemoryMarshal.Cast<byte, uint>(TensorSpan.Bytes(t))))
@@ -142,6 +140,7 @@ public static unsafe class TensorCodec
     }
 
     /// <summary>True when no float32 (given as its bits) has an all-ones exponent (NaN or ±Inf).</summary>
+    [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.AggressiveOptimization)]
     static bool AllFinite(ReadOnlySpan<uint> bits)
     {
         const uint exponent = 0x7F800000u;
