@@ -1,11 +1,15 @@
 using System.Runtime.Intrinsics;
+using PetalsSharp.Models.Quant;
 using TorchSharp;
 using static TorchSharp.torch;
 
 namespace PetalsSharp.Models.Kernels;
 
-/// <summary>Element type of a weight matrix as stored; kernels convert to f32 in registers.</summary>
-public enum WeightType { F32, BF16, F16 }
+/// <summary>
+/// Element type of a weight matrix as stored; kernels convert to f32 in registers. <see cref="Int8"/> and
+/// <see cref="Nf4"/> are the block formats of <see cref="QuantFormat"/>: rows of packed 34-byte blocks.
+/// </summary>
+public enum WeightType { F32, BF16, F16, Int8, Nf4 }
 
 /// <summary>
 /// A weight matrix <c>[Rows = out, Cols = in]</c> in the HF layout, read in place through a raw pointer. The
@@ -18,11 +22,32 @@ public readonly unsafe struct WeightMatrix(void* data, WeightType type, int rows
     public int Rows { get; } = rows;
     public int Cols { get; } = cols;
 
-    /// <summary>Bytes of one stored element (4 for f32, 2 for bf16 and f16).</summary>
-    public int ElementSize => Type == WeightType.F32 ? 4 : 2;
+    /// <summary>The block format of a quantized matrix (<see cref="QuantFormat.None"/> for f32, bf16 and f16).</summary>
+    public QuantFormat Quant => Type switch
+    {
+        WeightType.Int8 => QuantFormat.Int8,
+        WeightType.Nf4 => QuantFormat.Nf4,
+        _ => QuantFormat.None,
+    };
+
+    /// <summary>Bytes of one stored row: Cols elements, or the packed blocks of a quantized row.</summary>
+    public long RowBytes => Type switch
+    {
+        WeightType.F32 => 4L * Cols,
+        WeightType.BF16 or WeightType.F16 => 2L * Cols,
+        _ => Quant.RowBytes(Cols),
+    };
 
     /// <summary>Bytes the whole matrix occupies: what one product must read.</summary>
-    public long Bytes => (long)Rows * Cols * ElementSize;
+    public long Bytes => Rows * RowBytes;
+
+    /// <summary>A packed <paramref name="format"/> matrix of <paramref name="rows"/> × <paramref name="cols"/> logical values.</summary>
+    public static WeightMatrix Quantized(void* data, QuantFormat format, int rows, int cols) => new(data, format switch
+    {
+        QuantFormat.Int8 => WeightType.Int8,
+        QuantFormat.Nf4 => WeightType.Nf4,
+        _ => throw new ArgumentException($"{format} is not a block format"),
+    }, rows, cols);
 
     /// <summary>Views <paramref name="w"/> <c>[out, in]</c>; null when its dtype, device or layout cannot be read in place.</summary>
     public static WeightMatrix? TryFrom(Tensor w)
@@ -68,6 +93,11 @@ public static unsafe partial class MatRows
     public static void MultiplyRange(in WeightMatrix w, float* x, int rows, float* y, int ldy, float* bias, int o0, int o1)
     {
         if (o1 <= o0 || rows <= 0) return;
+        if (w.Quant != QuantFormat.None)
+        {
+            QuantRange(w, x, rows, y, ldy, bias, o0, o1);
+            return;
+        }
         if (!Vector256.IsHardwareAccelerated)
         {
             Portable(w, x, rows, y, ldy, bias, o0, o1);

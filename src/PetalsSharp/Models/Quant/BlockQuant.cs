@@ -1,0 +1,147 @@
+using System.Buffers.Binary;
+using System.Runtime.CompilerServices;
+using System.Runtime.Intrinsics;
+
+namespace PetalsSharp.Models.Quant;
+
+/// <summary>
+/// Quantizes rows of f32 weights into the block formats of <see cref="QuantFormat"/> and back. This is the
+/// definition the kernels are pinned to: a kernel's product must equal <see cref="Dequantize"/>'d weights times x.
+/// </summary>
+public static class BlockQuant
+{
+    /// <summary>
+    /// The NF4 code book (bitsandbytes' <c>create_normal_map</c>, ascending) times 127, rounded: the int8 a nibble
+    /// stands for. Rounding moves no entry by more than 0.5/127 of the block's absmax, under 1 % of the gap between
+    /// neighbouring entries, and lets a kernel look codes up with one byte shuffle.
+    /// </summary>
+    public static ReadOnlySpan<sbyte> Nf4Codes => [-127, -88, -67, -50, -36, -23, -12, 0, 10, 20, 31, 43, 56, 71, 92, 127];
+
+    /// <summary>Quantizes <paramref name="rows"/> rows of <paramref name="inFeatures"/> values into <paramref name="packed"/> (<c>rows × RowBytes</c>).</summary>
+    public static void Quantize(QuantFormat format, ReadOnlySpan<float> values, int rows, int inFeatures, Span<byte> packed)
+    {
+        int rowBytes = format.RowBytes(inFeatures);
+        if (values.Length < (long)rows * inFeatures) throw new ArgumentException("fewer values than rows × in-features");
+        if (packed.Length < (long)rows * rowBytes) throw new ArgumentException("the packed buffer is too small");
+        for (int r = 0; r < rows; r++)
+            QuantizeRow(format, values.Slice(r * inFeatures, inFeatures), packed.Slice(r * rowBytes, rowBytes));
+    }
+
+    /// <summary>One row: <paramref name="row"/> (in-features values) into <paramref name="packed"/> (RowBytes).</summary>
+    public static void QuantizeRow(QuantFormat format, ReadOnlySpan<float> row, Span<byte> packed)
+    {
+        int per = format.BlockValues(), blocks = format.Blocks(row.Length);
+        Span<float> block = stackalloc float[64];
+        for (int b = 0; b < blocks; b++)
+        {
+            int start = b * per, count = Math.Min(per, row.Length - start);
+            block.Clear();
+            row.Slice(start, count).CopyTo(block);
+            var dst = packed.Slice(b * QuantFormats.BlockBytes, QuantFormats.BlockBytes);
+            if (format == QuantFormat.Int8) QuantizeInt8(block[..32], dst);
+            else QuantizeNf4(block, dst);
+        }
+    }
+
+    /// <summary>Scale <c>d = absmax / 127</c> as stored (f16), and its f32 value.</summary>
+    static float Scale(ReadOnlySpan<float> block, Span<byte> dst)
+    {
+        float amax = 0;
+        foreach (var v in block)
+        {
+            if (!float.IsFinite(v)) throw new ArgumentException("a weight is NaN or infinite; it cannot be quantized");
+            amax = Math.Max(amax, Math.Abs(v));
+        }
+        var d = (Half)Math.Min(amax / 127f, (float)Half.MaxValue);
+        BinaryPrimitives.WriteHalfLittleEndian(dst, d);
+        return (float)d;
+    }
+
+    static void QuantizeInt8(ReadOnlySpan<float> block, Span<byte> dst)
+    {
+        float d = Scale(block, dst);
+        float inv = d == 0 ? 0 : 1 / d;
+        for (int i = 0; i < 32; i++) dst[2 + i] = (byte)(sbyte)Math.Clamp(MathF.Round(block[i] * inv), -127, 127);
+    }
+
+    static void QuantizeNf4(ReadOnlySpan<float> block, Span<byte> dst)
+    {
+        float d = Scale(block, dst);
+        float inv = d == 0 ? 0 : 1 / d;
+        var codes = Nf4Codes;
+        for (int j = 0; j < 32; j++)
+        {
+            int lo = Nearest(block[j] * inv, codes), hi = Nearest(block[j + 32] * inv, codes);
+            dst[2 + j] = (byte)(lo | hi << 4);
+        }
+    }
+
+    /// <summary>Index of the code nearest to <paramref name="v"/> (in units of d); ties go to the lower code.</summary>
+    static int Nearest(float v, ReadOnlySpan<sbyte> codes)
+    {
+        int best = 0;
+        float err = float.MaxValue;
+        for (int k = 0; k < codes.Length; k++)
+        {
+            float e = Math.Abs(v - codes[k]);
+            if (e < err) (best, err) = (k, e);
+        }
+        return best;
+    }
+
+    /// <summary>Rows of packed weights back to f32: <c>rows × inFeatures</c> values into <paramref name="values"/>.</summary>
+    public static unsafe void Dequantize(QuantFormat format, ReadOnlySpan<byte> packed, int rows, int inFeatures, Span<float> values)
+    {
+        int rowBytes = format.RowBytes(inFeatures);
+        if (packed.Length < (long)rows * rowBytes) throw new ArgumentException("fewer packed bytes than rows need");
+        if (values.Length < (long)rows * inFeatures) throw new ArgumentException("the value buffer is too small");
+        Span<float> block = stackalloc float[64];
+        int per = format.BlockValues(), blocks = format.Blocks(inFeatures);
+        for (int r = 0; r < rows; r++)
+        {
+            var src = packed.Slice(r * rowBytes, rowBytes);
+            var dst = values.Slice(r * inFeatures, inFeatures);
+            for (int b = 0; b < blocks; b++)
+            {
+                int start = b * per, count = Math.Min(per, inFeatures - start);
+                var blockBytes = src.Slice(b * QuantFormats.BlockBytes, QuantFormats.BlockBytes);
+                if (count == per) DequantizeBlock(format, blockBytes, dst.Slice(start, per));
+                else
+                {
+                    DequantizeBlock(format, blockBytes, block[..per]);
+                    block[..count].CopyTo(dst.Slice(start, count));
+                }
+            }
+        }
+    }
+
+    /// <summary>One whole block (32 or 64 values).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static void DequantizeBlock(QuantFormat format, ReadOnlySpan<byte> src, Span<float> dst)
+    {
+        float d = (float)BinaryPrimitives.ReadHalfLittleEndian(src);
+        var q = src[2..];
+        if (format == QuantFormat.Int8)
+        {
+            if (Vector256.IsHardwareAccelerated)
+            {
+                var dv = Vector256.Create(d);
+                for (int i = 0; i < 32; i += 8)
+                {
+                    var bytes = Vector128.Create((long)BinaryPrimitives.ReadInt64LittleEndian(q[i..]), 0).AsSByte();
+                    var wide = Vector256.WidenLower(Vector128.WidenLower(bytes).ToVector256Unsafe());   // 8 × int32
+                    (Vector256.ConvertToSingle(wide) * dv).CopyTo(dst[i..]);
+                }
+                return;
+            }
+            for (int i = 0; i < 32; i++) dst[i] = d * (sbyte)q[i];
+            return;
+        }
+        var codes = Nf4Codes;
+        for (int j = 0; j < 32; j++)
+        {
+            dst[j] = d * codes[q[j] & 0xF];
+            dst[j + 32] = d * codes[q[j] >> 4];
+        }
+    }
+}
