@@ -1,3 +1,4 @@
+using PetalsSharp.Models.Quant;
 using PetalsSharp.Models.Weights;
 using static TorchSharp.torch;
 
@@ -27,25 +28,28 @@ public sealed class Checkpoint : IDisposable
         return new Checkpoint(directory, config, WeightStore.Open(directory));
     }
 
-    /// <summary>Loads block <paramref name="index"/>; weights are stored in <paramref name="dtype"/>.</summary>
-    public DecoderBlock LoadBlock(int index, ScalarType dtype = ScalarType.Float32, Device? device = null)
+    /// <summary>
+    /// Loads block <paramref name="index"/>; weights are stored in <paramref name="dtype"/>, its linears packed in
+    /// <paramref name="quant"/> when that is a block format (quantized at load, a chunk of rows at a time).
+    /// </summary>
+    public DecoderBlock LoadBlock(int index, ScalarType dtype = ScalarType.Float32, Device? device = null, QuantFormat quant = QuantFormat.None)
     {
         if (index < 0 || index >= Config.NumLayers)
             throw new ArgumentOutOfRangeException(nameof(index), $"block {index} is outside [0, {Config.NumLayers})");
-        var weights = Load(Config.Family.BlockTensors(Config, index), dtype, device);
-        return Config.Family.CreateBlock(Config, index, weights);
+        var weights = Load(Config.Family.BlockTensors(Config, index), dtype, device, quant);
+        return Config.Family.CreateBlock(Config, index, weights, quant);
     }
 
     /// <summary>Loads blocks <c>[start, end)</c>, reporting progress after each one.</summary>
     public LocalBlockStack LoadBlocks(int start, int end, ScalarType dtype = ScalarType.Float32, Device? device = null,
-        IProgress<int>? progress = null)
+        IProgress<int>? progress = null, QuantFormat quant = QuantFormat.None)
     {
         if (start < 0 || end > Config.NumLayers || start >= end)
             throw new ArgumentOutOfRangeException(nameof(start), $"span {start}:{end} is not inside [0, {Config.NumLayers}]");
         var blocks = new List<DecoderBlock>();
         for (int i = start; i < end; i++)
         {
-            blocks.Add(LoadBlock(i, dtype, device));
+            blocks.Add(LoadBlock(i, dtype, device, quant));
             progress?.Report(i - start + 1);
         }
         return new LocalBlockStack(Config, blocks);
@@ -71,12 +75,14 @@ public sealed class Checkpoint : IDisposable
     public static string SpanFingerprint(IEnumerable<string> blockFingerprints) =>
         Convert.ToHexStringLower(System.IO.Hashing.XxHash128.Hash(System.Text.Encoding.UTF8.GetBytes(string.Join(",", blockFingerprints))));
 
-    Dictionary<string, Tensor> Load(IEnumerable<TensorSpec> specs, ScalarType dtype, Device? device)
+    Dictionary<string, Tensor> Load(IEnumerable<TensorSpec> specs, ScalarType dtype, Device? device, QuantFormat quant = QuantFormat.None)
     {
+        if (quant != QuantFormat.None && device is not null && device.type != TorchSharp.DeviceType.CPU)
+            throw new NotSupportedException($"{quant.Name()} weights are computed on the CPU only (asked for {device})");
         var result = new Dictionary<string, Tensor>();
         foreach (var spec in specs)
         {
-            var t = Weights.Load(spec.Name, dtype, spec.Shape);
+            var t = spec.QuantizedBy(quant) ? Weights.LoadQuantized(spec.Name, quant, spec.Shape) : Weights.Load(spec.Name, dtype, spec.Shape);
             result[spec.Name] = device is null || device.type == TorchSharp.DeviceType.CPU ? t : t.to(device);
         }
         return result;

@@ -1,3 +1,4 @@
+using PetalsSharp.Models.Quant;
 using TorchSharp;
 
 namespace PetalsSharp.Models;
@@ -20,7 +21,7 @@ public interface IModelFamily
     IReadOnlyList<TensorSpec> EndTensors(ModelConfig config);
 
     /// <summary>Builds block <paramref name="index"/> from its tensors, keyed by <see cref="TensorSpec.Name"/>.</summary>
-    DecoderBlock CreateBlock(ModelConfig config, int index, IReadOnlyDictionary<string, torch.Tensor> weights);
+    DecoderBlock CreateBlock(ModelConfig config, int index, IReadOnlyDictionary<string, torch.Tensor> weights, QuantFormat quant = QuantFormat.None);
 
     ModelEnds CreateEnds(ModelConfig config, IReadOnlyDictionary<string, torch.Tensor> weights);
 
@@ -56,7 +57,13 @@ public enum TensorRole
 }
 
 /// <summary>A checkpoint tensor: its HF name, the exact shape it must have, and how random init draws it.</summary>
-public sealed record TensorSpec(string Name, long[] Shape, TensorRole Role, double Gain = 1.5);
+/// <remarks><c>Exact</c>: never quantized, even when the span is (Mixtral's router: a few rows that pick the experts).</remarks>
+public sealed record TensorSpec(string Name, long[] Shape, TensorRole Role, double Gain = 1.5, bool Exact = false)
+{
+    /// <summary>Whether a load with <paramref name="quant"/> stores this tensor packed (block linears and embeddings).</summary>
+    public bool QuantizedBy(QuantFormat quant) =>
+        quant != QuantFormat.None && !Exact && Shape.Length == 2 && Role is TensorRole.Matrix or TensorRole.Embedding;
+}
 
 /// <summary>The families this build knows, looked up by <c>model_type</c>.</summary>
 public static class ModelFamilies

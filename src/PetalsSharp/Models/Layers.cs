@@ -1,4 +1,5 @@
 using System.Text.Json.Nodes;
+using PetalsSharp.Models.Quant;
 using TorchSharp;
 using TorchSharp.Modules;
 using static TorchSharp.torch;
@@ -89,21 +90,39 @@ public static class Ops
 /// </summary>
 public sealed class BlockLinear : nn.Module
 {
-    readonly Parameter weight;   // [out, in]
+    readonly Parameter weight;   // [out, in], or packed uint8 [out, RowBytes(in)] when quantized
     readonly Parameter? bias;    // [out]
 
-    public BlockLinear(int block, string module, Parameter weight, Parameter? bias) : base(module)
+    /// <remarks>
+    /// <c>quant</c> is the block format the weight is packed in (<see cref="QuantFormat.None"/>: its stored dtype);
+    /// <c>inFeatures</c> the input width, since a packed weight's second dimension is its row bytes.
+    /// </remarks>
+    public BlockLinear(int block, string module, Parameter weight, Parameter? bias,
+        QuantFormat quant = QuantFormat.None, long inFeatures = -1) : base(module)
     {
         Block = block;
         Module = module;
         this.weight = weight;
         this.bias = bias;
+        Quant = quant;
+        InFeatures = inFeatures >= 0 ? inFeatures : weight.shape[1];
         RegisterComponents();
     }
 
-    /// <summary>The stored weight <c>[out, in]</c> and bias <c>[out]</c>, for kernels that read them in place.</summary>
+    /// <summary>The stored weight <c>[out, in]</c> (packed when <see cref="Quant"/> says so) and bias <c>[out]</c>.</summary>
     internal Tensor Weight => weight;
     internal Tensor? Bias => bias;
+
+    /// <summary>How the weight is held: its stored dtype, or a block format.</summary>
+    public QuantFormat Quant { get; }
+
+    public long InFeatures { get; }
+    public long OutFeatures => weight.shape[0];
+
+    /// <summary>The weight as the kernels read it in place; null when it cannot be (device, dtype, layout).</summary>
+    internal Kernels.WeightMatrix? Matrix => Quant == QuantFormat.None
+        ? Kernels.WeightMatrix.TryFrom(weight)
+        : PackedLinear.Matrix(weight, Quant, InFeatures);
 
     /// <summary>Block index and module path, as <see cref="Lora.ILinearAdapter.Delta"/> looks them up.</summary>
     public int Block { get; }
@@ -112,7 +131,9 @@ public sealed class BlockLinear : nn.Module
     /// <summary><c>x [..., in]</c> to <c>[..., out]</c>, plus <paramref name="adapter"/>'s update for this module when it has one.</summary>
     public Tensor Forward(Tensor x, Lora.ILinearAdapter? adapter = null)
     {
-        var y = Ops.Linear(x, weight, bias);                                  // [..., out]
+        var y = Quant == QuantFormat.None
+            ? Ops.Linear(x, weight, bias)                                       // [..., out]
+            : PackedLinear.Forward(x, weight, Quant, InFeatures, bias);   // [..., out]
         return adapter?.Delta(Block, Module, x) is { } delta ? y + delta : y;  // [..., out]
     }
 }

@@ -135,7 +135,7 @@ public sealed class SparseMoe : nn.Module
 
     public SparseMoe(MixtralConfig c, TensorTable t) : base("block_sparse_moe")
     {
-        gate = t.Linear("block_sparse_moe.gate", c.NumLocalExperts, c.HiddenSize);
+        gate = t.Linear("block_sparse_moe.gate", c.NumLocalExperts, c.HiddenSize, exact: true);
         experts = new ModuleList<SwiGluExpert>(Enumerable.Range(0, c.NumLocalExperts)
             .Select(e => new SwiGluExpert(t, e, c.HiddenSize, c.IntermediateSize)).ToArray());
         _topK = c.NumExpertsPerTok;

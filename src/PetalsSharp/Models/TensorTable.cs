@@ -1,3 +1,4 @@
+using PetalsSharp.Models.Quant;
 using TorchSharp;
 using TorchSharp.Modules;
 using static TorchSharp.torch;
@@ -15,27 +16,37 @@ public sealed class TensorTable
     static readonly Device Meta = new(DeviceType.META);
 
     readonly IReadOnlyDictionary<string, Tensor>? _weights;
+    readonly QuantFormat _quant;
     readonly List<TensorSpec> _specs;
     readonly List<string> _linears;
     readonly string _prefix;
 
-    TensorTable(IReadOnlyDictionary<string, Tensor>? weights, List<TensorSpec> specs, List<string> linears, string prefix, int block)
+    TensorTable(IReadOnlyDictionary<string, Tensor>? weights, List<TensorSpec> specs, List<string> linears, string prefix, int block,
+        QuantFormat quant = QuantFormat.None)
     {
         _weights = weights;
+        _quant = quant;
         _specs = specs;
         _linears = linears;
         _prefix = prefix;
         Block = block;
     }
 
-    /// <summary>A table over loaded tensors, keyed by checkpoint name.</summary>
-    public static TensorTable Over(IReadOnlyDictionary<string, Tensor> weights) => new(weights, [], [], "", -1);
+    /// <summary>
+    /// A table over loaded tensors, keyed by checkpoint name. With <paramref name="quant"/>, the tensors a load packs
+    /// (<see cref="TensorSpec.QuantizedBy"/>) arrive as uint8 <c>[rows, RowBytes]</c> in that format.
+    /// </summary>
+    public static TensorTable Over(IReadOnlyDictionary<string, Tensor> weights, QuantFormat quant = QuantFormat.None) =>
+        new(weights, [], [], "", -1, quant);
 
     /// <summary>A table that only records what is taken.</summary>
     public static TensorTable ShapesOnly() => new(null, [], [], "", -1);
 
     /// <summary>The same table for block <paramref name="index"/>, whose names start with <paramref name="prefix"/>.</summary>
-    public TensorTable ForBlock(int index, string prefix) => new(_weights, _specs, _linears, _prefix + prefix, index);
+    public TensorTable ForBlock(int index, string prefix) => new(_weights, _specs, _linears, _prefix + prefix, index, _quant);
+
+    /// <summary>The block format packed tensors of this table are in.</summary>
+    public QuantFormat Quant => _quant;
 
     /// <summary>The block index an adapter addresses this table's linears by (-1 outside a block).</summary>
     public int Block { get; }
@@ -47,13 +58,20 @@ public sealed class TensorTable
     public IReadOnlyList<string> Linears => _linears;
 
     /// <summary>The tensor <paramref name="name"/> (under the table's prefix), which must have <paramref name="shape"/>.</summary>
-    public Parameter Take(string name, long[] shape, TensorRole role, double gain = 1.5)
+    public Parameter Take(string name, long[] shape, TensorRole role, double gain = 1.5, bool exact = false)
     {
-        var spec = new TensorSpec(_prefix + name, shape, role, gain);
+        var spec = new TensorSpec(_prefix + name, shape, role, gain, exact);
         _specs.Add(spec);
         if (_weights is null) return Ops.Frozen(empty(shape, device: Meta));
         if (!_weights.TryGetValue(spec.Name, out var t))
             throw new KeyNotFoundException($"tensor '{spec.Name}' is missing from the weights given");
+        if (t.dtype == ScalarType.Byte && spec.QuantizedBy(_quant))
+        {
+            long[] packed = [shape[0], _quant.RowBytes(shape[1])];
+            if (!t.shape.SequenceEqual(packed))
+                throw new ArgumentException($"packed tensor '{spec.Name}' has shape [{string.Join(", ", t.shape)}], {_quant.Name()} needs [{string.Join(", ", packed)}]");
+            return Ops.Frozen(t);
+        }
         if (!t.shape.SequenceEqual(shape))
             throw new ArgumentException($"tensor '{spec.Name}' has shape [{string.Join(", ", t.shape)}], the model needs [{string.Join(", ", shape)}]");
         return Ops.Frozen(t);
@@ -63,11 +81,13 @@ public sealed class TensorTable
     /// The linear <paramref name="module"/>: <c>.weight [out, in]</c> and, with <paramref name="bias"/>,
     /// <c>.bias [out]</c>. The gain only shapes random init (<see cref="TensorRole.Matrix"/>).
     /// </summary>
-    public BlockLinear Linear(string module, long outFeatures, long inFeatures, bool bias = false, double gain = 1.5)
+    /// <remarks>With <c>exact</c> the weight is never quantized (see <see cref="TensorSpec.Exact"/>).</remarks>
+    public BlockLinear Linear(string module, long outFeatures, long inFeatures, bool bias = false, double gain = 1.5, bool exact = false)
     {
         _linears.Add(module);
-        var weight = Take(module + ".weight", [outFeatures, inFeatures], TensorRole.Matrix, gain);
-        return new BlockLinear(Block, module, weight, bias ? Take(module + ".bias", [outFeatures], TensorRole.Bias) : null);
+        var weight = Take(module + ".weight", [outFeatures, inFeatures], TensorRole.Matrix, gain, exact);
+        var packed = weight.dtype == ScalarType.Byte ? _quant : QuantFormat.None;
+        return new BlockLinear(Block, module, weight, bias ? Take(module + ".bias", [outFeatures], TensorRole.Bias) : null, packed, inFeatures);
     }
 
     /// <summary>The norm <paramref name="name"/>: a <c>.weight [size]</c> scale, and a <c>.bias [size]</c> shift unless RMS.</summary>
@@ -97,8 +117,8 @@ public abstract class ModelFamily(Func<JsonConfigReader, ModelConfig> parse, par
 
     public IReadOnlyList<TensorSpec> EndTensors(ModelConfig config) => Shapes(t => Ends(config, t)).Specs;
 
-    public DecoderBlock CreateBlock(ModelConfig config, int index, IReadOnlyDictionary<string, Tensor> weights) =>
-        Block(config, index, TensorTable.Over(weights));
+    public DecoderBlock CreateBlock(ModelConfig config, int index, IReadOnlyDictionary<string, Tensor> weights, QuantFormat quant = QuantFormat.None) =>
+        Block(config, index, TensorTable.Over(weights, quant));
 
     public ModelEnds CreateEnds(ModelConfig config, IReadOnlyDictionary<string, Tensor> weights) => Ends(config, TensorTable.Over(weights));
 

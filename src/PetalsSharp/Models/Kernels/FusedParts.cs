@@ -61,7 +61,7 @@ public sealed unsafe class FusedLinear
 
     /// <summary>Null when the weight cannot be read in place (dtype, device or layout).</summary>
     public static FusedLinear? From(BlockLinear linear, int moduleIndex) =>
-        WeightMatrix.TryFrom(linear.Weight) is { } w ? new FusedLinear(w, PinnedVector.Of(linear.Bias), moduleIndex) : null;
+        linear.Matrix is { } w ? new FusedLinear(w, PinnedVector.Of(linear.Bias), moduleIndex) : null;
 
     /// <summary><c>y [R, Out] = x [R, In] Wᵀ + b (+ adapter)</c>, its output columns claimed in chunks by whichever worker is free.</summary>
     public void Phase(FusedStep step, float* x, float* y, int worker)

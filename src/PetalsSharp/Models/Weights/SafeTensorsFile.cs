@@ -141,6 +141,43 @@ public sealed class SafeTensorsFile : IDisposable
         return result.MoveToOuterDisposeScope();
     }
 
+    /// <summary>
+    /// Loads a matrix <c>[rows, in]</c> packed in <paramref name="format"/> (uint8 <c>[rows, RowBytes(in)]</c>). Whole
+    /// rows are read, converted to f32 and quantized a chunk at a time, without touching the mapping: the process
+    /// never holds more of the source than one chunk.
+    /// </summary>
+    public unsafe Tensor LoadQuantized(string name, Quant.QuantFormat format)
+    {
+        ObjectDisposedException.ThrowIf(disposed, this);
+        if (!Entries.TryGetValue(name, out var entry))
+            throw new CheckpointException(Path, $"tensor '{name}' not found in {Path}", name);
+        if (entry.Shape.Length != 2)
+            throw new CheckpointException(Path, $"tensor '{name}' has rank {entry.Shape.Length}; only matrices are quantized", name);
+        SafeTensorsDType.TryParse(entry.DType, out var stored, out int elementSize);
+        long rows = entry.Shape[0], cols = entry.Shape[1];
+        int rowBytes = Quant.QuantFormats.RowBytes(format, cols);
+        var result = empty([rows, rowBytes], ScalarType.Byte);                          // [rows, RowBytes]
+        if (rows == 0 || cols == 0) return result;
+        long perChunk = Math.Max(1, Math.Min(ConvertChunkBytes, TensorBytes.DefaultChunkBytes) / (cols * Math.Max(4, elementSize)));
+        perChunk = Math.Min(perChunk, rows);
+        using var staging = empty([perChunk, cols], stored);                             // [chunk, in] as stored
+        using var values = empty([perChunk, cols], ScalarType.Float32);                  // [chunk, in] f32
+        byte* dst = Weights.NativeMemory.Pointer<byte>(result);
+        for (long start = 0; start < rows; start += perChunk)
+        {
+            long n = Math.Min(perChunk, rows - start);
+            using var source = staging.narrow(0, 0, n);                                  // [n, in] as stored
+            ReadExactly(entry, source.bytes, DataOffset + entry.Begin + start * cols * elementSize);
+            using var f32 = values.narrow(0, 0, n);                                      // [n, in] f32
+            f32.copy_(source);
+            float* src = Weights.NativeMemory.Pointer<float>(f32);
+            long first = start;
+            Parallel.For(0, (int)n, r => Quant.BlockQuant.QuantizeRow(format,
+                new ReadOnlySpan<float>(src + r * cols, (int)cols), new Span<byte>(dst + (first + r) * rowBytes, rowBytes)));
+        }
+        return result;
+    }
+
     /// <summary>Releases the file handle and this object's references to the mappings.</summary>
     public void Dispose()
     {

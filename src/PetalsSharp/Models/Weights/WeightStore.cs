@@ -117,6 +117,21 @@ public sealed class WeightStore : IDisposable
         return tensor;
     }
 
+    /// <summary>Loads matrix <paramref name="name"/> packed in <paramref name="format"/> (see <see cref="SafeTensorsFile.LoadQuantized"/>).</summary>
+    public Tensor LoadQuantized(string name, Quant.QuantFormat format, long[]? expectedShape = null)
+    {
+        var (file, entry) = Entry(name);
+        if (expectedShape is not null && !expectedShape.AsSpan().SequenceEqual(entry.Shape))
+        {
+            throw new CheckpointException(file.Path,
+                $"tensor '{name}' in {file.Path} has shape {SafeTensorsHeader.FormatShape(entry.Shape)}, " +
+                $"expected {SafeTensorsHeader.FormatShape(expectedShape)}", name);
+        }
+        var tensor = file.LoadQuantized(name, format);
+        Interlocked.Increment(ref loadedTensorCount);
+        return tensor;
+    }
+
     /// <summary>Closes the opened files. Tensors already loaded stay valid.</summary>
     /// <summary>
     /// A hash of the tensor as stored (dtype, shape and raw bytes, XxHash128), independent of the dtype it is loaded

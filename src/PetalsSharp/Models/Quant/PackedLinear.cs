@@ -1,0 +1,107 @@
+using PetalsSharp.Models.Kernels;
+using TorchSharp;
+using static TorchSharp.torch;
+using F = TorchSharp.torch.nn.functional;
+
+namespace PetalsSharp.Models.Quant;
+
+/// <summary>
+/// <c>x · Wᵀ + b</c> for a weight packed in a block format (uint8 <c>[out, RowBytes(in)]</c>). Steps of up to
+/// <see cref="MatRows.MaxRows"/> rows read the packed bytes in place (<see cref="MatRows"/>); longer ones (prefill)
+/// dequantize a tile of output rows at a time into one f32 buffer and multiply it there, so no f32 copy of the
+/// matrix is ever whole. Under autograd the matrix is dequantized whole for the product (backward needs it to
+/// compute the input's gradient); the packed weight itself never takes a gradient.
+/// </summary>
+public static unsafe class PackedLinear
+{
+    /// <summary>The packed weight as the kernels read it; null off the CPU or when not contiguous.</summary>
+    public static WeightMatrix? Matrix(Tensor packed, QuantFormat format, long inFeatures)
+    {
+        if (packed.dtype != ScalarType.Byte || packed.dim() != 2 || packed.device_type != DeviceType.CPU || !packed.is_contiguous()) return null;
+        return WeightMatrix.Quantized(Weights.NativeMemory.Pointer<byte>(packed), format, (int)packed.shape[0], (int)inFeatures);
+    }
+
+    /// <summary><c>x [..., in]</c> to <c>[..., out]</c>, in x's dtype.</summary>
+    public static Tensor Forward(Tensor x, Tensor packed, QuantFormat format, long inFeatures, Tensor? bias)
+    {
+        var matrix = Matrix(packed, format, inFeatures)
+            ?? throw new NotSupportedException($"{format.Name()} weights are computed on the CPU only (the weight is on {packed.device})");
+        if (x.shape[^1] != inFeatures)
+            throw new ArgumentException($"input has {x.shape[^1]} features, the layer takes {inFeatures}");
+        long outF = matrix.Rows, rows = x.NumberOfElements / Math.Max(1, inFeatures);
+        bool grad = x.requires_grad || (bias is not null && bias.requires_grad);
+        if (!grad && x.dtype == ScalarType.Float32 && x.device_type == DeviceType.CPU && rows >= 1 && rows <= MatRows.MaxRows && MatRowsOn.Value)
+            return Rows(matrix, x, bias);
+        if (grad)
+        {
+            using var whole = Dequantize(packed, format, inFeatures, 0, outF);                   // [out, in] f32
+            return F.linear(x, whole.to(x.dtype), bias?.to(x.dtype));                           // [..., out]
+        }
+        return Tiled(packed, format, inFeatures, x, bias);
+    }
+
+    /// <summary>Rows [<paramref name="start"/>, +<paramref name="count"/>) of the packed matrix as f32 <c>[count, in]</c>.</summary>
+    public static Tensor Dequantize(Tensor packed, QuantFormat format, long inFeatures, long start, long count)
+    {
+        var result = empty([count, inFeatures], ScalarType.Float32);                              // [count, in]
+        DequantizeInto(packed, format, inFeatures, start, count, result);
+        return result;
+    }
+
+    static void DequantizeInto(Tensor packed, QuantFormat format, long inFeatures, long start, long count, Tensor dst)
+    {
+        long rowBytes = format.RowBytes(inFeatures);
+        byte* src = Weights.NativeMemory.Pointer<byte>(packed) + start * rowBytes;
+        float* d = Weights.NativeMemory.Pointer<float>(dst);
+        // Row by row in parallel: a prefill tile is millions of values and each row is independent.
+        Parallel.For(0, (int)count, r => BlockQuant.Dequantize(format,
+            new ReadOnlySpan<byte>(src + r * rowBytes, (int)rowBytes), 1, (int)inFeatures, new Span<float>(d + r * inFeatures, (int)inFeatures)));
+        GC.KeepAlive(packed);
+    }
+
+    static Tensor Rows(WeightMatrix matrix, Tensor x, Tensor? bias)
+    {
+        var xc = x.is_contiguous() ? x : x.contiguous();                                         // [..., in]
+        var b = bias is null ? null : bias.dtype == ScalarType.Float32 && bias.is_contiguous() ? bias : bias.to(ScalarType.Float32).contiguous();
+        var shape = x.shape.ToArray();
+        shape[^1] = matrix.Rows;
+        var y = empty(shape, ScalarType.Float32);                                                 // [..., out]
+        MatRows.Multiply(matrix, Weights.NativeMemory.Pointer<float>(xc), (int)(x.NumberOfElements / matrix.Cols),
+            Weights.NativeMemory.Pointer<float>(y), matrix.Rows, b is null ? null : Weights.NativeMemory.Pointer<float>(b), WorkerTeam.Shared);
+        GC.KeepAlive(xc);
+        GC.KeepAlive(b);
+        return y;
+    }
+
+    /// <summary>Prefill: a tile of output rows dequantized at a time into one reused buffer (as <see cref="TiledLinear"/>).</summary>
+    static Tensor Tiled(Tensor packed, QuantFormat format, long inFeatures, Tensor x, Tensor? bias)
+    {
+        long outF = packed.shape[0];
+        long tile = Math.Max(1, Math.Min(outF, TiledLinear.DefaultTileBytes / (inFeatures * 4)));
+        using var scope = NewDisposeScope();
+        var shape = x.shape.ToArray();
+        shape[^1] = outF;
+        var y = empty(shape, x.dtype, x.device);                                                  // [..., out]
+        using var buffer = empty([tile, inFeatures], ScalarType.Float32);                         // [tile, in]
+        for (long start = 0; start < outF; start += tile)
+        {
+            long n = Math.Min(tile, outF - start);
+            using var w = buffer.narrow(0, 0, n);                                                 // [n, in]
+            DequantizeInto(packed, format, inFeatures, start, n, w);
+            using var wx = w.to(x.dtype);                                                         // [n, in]
+            using var b = bias?.narrow(0, start, n).to(x.dtype);                                  // [n]
+            using var part = F.linear(x, wx, b);                                                  // [..., n]
+            using var slot = y.narrow(-1, start, n);                                              // [..., n]
+            slot.copy_(part);
+        }
+        return y.MoveToOuterDisposeScope();
+    }
+
+    /// <summary>Off in parity tests that compare the in-place kernels with the dequantized reference.</summary>
+    internal static readonly AsyncLocal<bool> MatRowsOff = new();
+
+    static class MatRowsOn
+    {
+        public static bool Value => !MatRowsOff.Value;
+    }
+}
