@@ -53,6 +53,20 @@ public static class Cli
             "f32 when it has none). Compute is f32 on CPU.",
     };
 
+    public static Option<string> QuantOption(string what) => new("--quant")
+    {
+        Description = $"Quantize {what} at load: none (default, exact), int8 (8.5 bits a weight, 32-value blocks) or nf4 " +
+            "(4.25 bits, NF4 code book in 64-value blocks); see docs/quantization.md",
+        DefaultValueFactory = _ => "none",
+    };
+
+    /// <summary>The block format <c>--quant</c> names, or a one-line CLI error.</summary>
+    public static PetalsSharp.Models.Quant.QuantFormat ParseQuant(string? value)
+    {
+        try { return PetalsSharp.Models.Quant.QuantFormats.Parse(value ?? "none"); }
+        catch (ArgumentException e) { throw new CliException($"--quant: {e.Message}"); }
+    }
+
     /// <summary>An explicit <c>--dtype</c>, or null to take the checkpoint's (see <see cref="ResolveDtype"/>).</summary>
     public static ScalarType? ParseDtypeOrDefault(string? value) => value is null ? null : ParseDtype(value);
 

@@ -13,6 +13,7 @@ public static class ApiCommand
     {
         var model = Cli.ModelOption();
         var dtype = Cli.DtypeOption();
+        var quant = Cli.QuantOption("the weights this command runs (every block and the embeddings/head locally; with --peers or --initial-peers only the client's embeddings and head)");
         var host = new Option<string>("--host") { Description = "Address to listen on (0.0.0.0 for every interface)", DefaultValueFactory = _ => "127.0.0.1" };
         var port = new Option<int>("--port") { Description = "Port to listen on (0 = any free port)", DefaultValueFactory = _ => 8000 };
         var local = new Option<bool>("--local") { Description = "Run every block in this process instead of on a swarm" };
@@ -21,7 +22,7 @@ public static class ApiCommand
         var remote = new ModelOpener.RemoteOptionSet();
         var cmd = new Command("api", "Serve an OpenAI-compatible API (/v1/models, /v1/completions, /v1/chat/completions) over a model.\n\nExamples:\n  petals api --model ./my-model --initial-peers 127.0.0.1:31337 --port 8000\n  petals api --model ./my-model --local --port 8000")
         {
-            model, dtype, host, port, local, name, maxRequest,
+            model, dtype, quant, host, port, local, name, maxRequest,
         };
         remote.AddTo(cmd);
         cmd.SetAction(async (pr, ct) =>
@@ -29,7 +30,8 @@ public static class ApiCommand
             var where = remote.Read(pr);
             bool swarm = !string.IsNullOrWhiteSpace(where.Peers) || !string.IsNullOrWhiteSpace(where.InitialPeers);
             if (swarm == pr.GetValue(local)) throw new CliException("give --initial-peers (or --peers) to use a swarm, or --local to run the whole model here");
-            var (opened, source) = await ModelOpener.OpenWithSourceAsync(pr.GetValue(model)!, Cli.ParseDtypeOrDefault(pr.GetValue(dtype)), where, ct);
+            var (opened, source) = await ModelOpener.OpenWithSourceAsync(pr.GetValue(model)!, Cli.ParseDtypeOrDefault(pr.GetValue(dtype)), where, ct,
+                Cli.ParseQuant(pr.GetValue(quant)));
             using var lm = opened;
             var dir = source.Directory;
             if (lm.Tokenizer is null) throw new CliException($"the model folder {dir} has no tokenizer (tokenizer.json or tokenizer.model)");

@@ -2,6 +2,7 @@ using System.CommandLine;
 using System.Text.Json;
 using PetalsSharp.Models;
 using PetalsSharp.Models.Bench;
+using PetalsSharp.Models.Quant;
 using Spectre.Console;
 using static TorchSharp.torch;
 
@@ -17,14 +18,15 @@ public static class BenchCommand
     {
         var model = Cli.ModelOption();
         var dtype = Cli.DtypeOption();
+        var quant = Cli.QuantOption("the benched blocks (and, for the whole model, the embeddings and LM head)");
         var blocks = new Option<string?>("--blocks") { Description = "Bench only this span, START:END (END exclusive), as 'petals server --blocks' serves it; default: the whole model with its final norm and LM head" };
         var prompt = new Option<int>("--prompt") { Description = "Prompt tokens of the prefill step", DefaultValueFactory = _ => 64 };
         var newTokens = new Option<int>("--new") { Description = "Single-token cached decode steps after the prefill", DefaultValueFactory = _ => 128 };
         var repeats = new Option<int>("--repeats") { Description = "Timed runs after one warm-up; medians are reported", DefaultValueFactory = _ => 3 };
-        var json = new Option<bool>("--json") { Description = "Print one JSON object: {\"prefill_tok_s\", \"decode_tok_s\", \"weight_bytes_per_token\", \"bandwidth_bytes_s\", \"dtype\", \"threads\", \"peak_rss_bytes\", ...}" };
-        var cmd = new Command("bench", "Measure prefill and decode speed of the local engine, and how close decoding comes to the memory bandwidth.\n\nExamples:\n  petals bench -m ./my-model\n  petals bench -m ./my-model --dtype bf16 --blocks 0:12 --json")
+        var json = new Option<bool>("--json") { Description = "Print one JSON object: {\"prefill_tok_s\", \"decode_tok_s\", \"weight_bytes_per_token\", \"bandwidth_bytes_s\", \"dtype\", \"threads\", \"peak_rss_bytes\", \"quant\", ...}" };
+        var cmd = new Command("bench", "Measure prefill and decode speed of the local engine, and how close decoding comes to the memory bandwidth.\n\nExamples:\n  petals bench -m ./my-model\n  petals bench -m ./my-model --dtype bf16 --blocks 0:12 --json\n  petals bench -m ./my-model --quant nf4")
         {
-            model, dtype, blocks, prompt, newTokens, repeats, json,
+            model, dtype, quant, blocks, prompt, newTokens, repeats, json,
         };
         cmd.SetAction(async (pr, ct) =>
         {
@@ -35,6 +37,7 @@ public static class BenchCommand
             if (options.NewTokens < 1) throw new CliException($"--new must be at least 1 token (got {options.NewTokens})");
             if (options.Repeats < 1) throw new CliException($"--repeats must be at least 1 (got {options.Repeats})");
             Cli.ParseDtypeOrDefault(pr.GetValue(dtype));   // a bad --dtype fails before any download
+            var format = Cli.ParseQuant(pr.GetValue(quant));
             var source = await ModelSource.ResolveAsync(pr.GetValue(model)!,
                 span is { } s ? Hub.WeightSelection.Blocks(s.Start, s.End) : Hub.WeightSelection.All, ct);
             var config = ModelConfigLoader.Load(source.Directory);
@@ -44,8 +47,8 @@ public static class BenchCommand
             if (options.PromptTokens + options.NewTokens > config.MaxPositionEmbeddings)
                 throw new CliException($"--prompt + --new = {options.PromptTokens + options.NewTokens} tokens, more than the model's {config.MaxPositionEmbeddings} positions");
             var weightDtype = Cli.WeightDtype(pr, dtype, config);
-            var result = Measure(source.Directory, start, end, wholeModel: span is null, weightDtype, options);
-            var run = new Run(source.SwarmName ?? source.Directory, start, end, span is null, Cli.DtypeName(weightDtype), options);
+            var result = Measure(source.Directory, start, end, wholeModel: span is null, weightDtype, format, options);
+            var run = new Run(source.SwarmName ?? source.Directory, start, end, span is null, Cli.DtypeName(weightDtype), format.Name(), options);
             if (pr.GetValue(json)) WriteJson(run, result);
             else WriteTable(run, result);
             return 0;
@@ -54,12 +57,12 @@ public static class BenchCommand
     }
 
     /// <summary>What was benched, echoed next to the numbers.</summary>
-    sealed record Run(string Model, int Start, int End, bool WholeModel, string Dtype, EngineBenchOptions Options);
+    sealed record Run(string Model, int Start, int End, bool WholeModel, string Dtype, string Quant, EngineBenchOptions Options);
 
     /// <summary>Loads the span (and the ends for the whole model) and benches it, with progress bars when stderr is a terminal.</summary>
-    static EngineBenchResult Measure(string dir, int start, int end, bool wholeModel, ScalarType dtype, EngineBenchOptions options)
+    static EngineBenchResult Measure(string dir, int start, int end, bool wholeModel, ScalarType dtype, QuantFormat quant, EngineBenchOptions options)
     {
-        if (Console.IsErrorRedirected) return LoadAndRun(dir, start, end, wholeModel, dtype, options, null, null);
+        if (Console.IsErrorRedirected) return LoadAndRun(dir, start, end, wholeModel, dtype, quant, options, null, null);
         EngineBenchResult? result = null;
         AnsiConsole.Create(new AnsiConsoleSettings { Out = new AnsiConsoleOutput(Console.Error) }).Progress()
             .Columns(new TaskDescriptionColumn(), new ProgressBarColumn(), new PercentageColumn(), new ElapsedTimeColumn())
@@ -67,7 +70,7 @@ public static class BenchCommand
             {
                 var load = ctx.AddTask($"loading blocks {start}:{end}", maxValue: end - start);
                 var bench = ctx.AddTask("warm-up", autoStart: false);
-                result = LoadAndRun(dir, start, end, wholeModel, dtype, options,
+                result = LoadAndRun(dir, start, end, wholeModel, dtype, quant, options,
                     new SyncProgress<int>(done => load.Value = done),
                     new SyncProgress<BenchProgress>(p =>
                     {
@@ -82,7 +85,7 @@ public static class BenchCommand
         return result!;
     }
 
-    static EngineBenchResult LoadAndRun(string dir, int start, int end, bool wholeModel, ScalarType dtype, EngineBenchOptions options,
+    static EngineBenchResult LoadAndRun(string dir, int start, int end, bool wholeModel, ScalarType dtype, QuantFormat quant, EngineBenchOptions options,
         IProgress<int>? loading, IProgress<BenchProgress>? benching)
     {
         LocalBlockStack stack;
@@ -90,8 +93,8 @@ public static class BenchCommand
         // As CausalLM.Load does: the checkpoint's files are closed once the weights are loaded.
         using (var checkpoint = Checkpoint.Open(dir))
         {
-            stack = checkpoint.LoadBlocks(start, end, dtype, progress: loading);
-            ends = wholeModel ? checkpoint.LoadEnds(dtype) : null;
+            stack = checkpoint.LoadBlocks(start, end, dtype, progress: loading, quant: quant);
+            ends = wholeModel ? checkpoint.LoadEnds(dtype, quant: quant) : null;
         }
         using (stack)
         using (ends)
@@ -112,6 +115,7 @@ public static class BenchCommand
             w.WriteString("dtype", run.Dtype);
             w.WriteNumber("threads", r.Threads);
             w.WriteNumber("peak_rss_bytes", r.PeakRssBytes);
+            w.WriteString("quant", run.Quant);
             w.WriteNumber("decode_read_fraction", r.DecodeReadFraction);
             w.WriteNumber("weight_bytes", r.WeightBytes);
             w.WriteString("model", run.Model);
@@ -133,7 +137,7 @@ public static class BenchCommand
         void Row(string name, string value) => table.AddRow(Markup.Escape(name), Markup.Escape(value));
         Row("model", run.Model);
         Row("blocks", run.WholeModel ? $"{run.Start}:{run.End} (whole model, with final norm and LM head)" : $"{run.Start}:{run.End}");
-        Row("weights", $"{run.Dtype}, {Mb(r.WeightBytes)} held");
+        Row("weights", run.Quant == "none" ? $"{run.Dtype}, {Mb(r.WeightBytes)} held" : $"{run.Quant} (norms and biases {run.Dtype}), {Mb(r.WeightBytes)} held");
         Row("prefill", $"{r.PrefillTokensPerSecond:F1} tok/s ({o.PromptTokens}-token prompt, median of {o.Repeats})");
         Row("decode", $"{r.DecodeTokensPerSecond:F2} tok/s ({o.NewTokens} cached steps, median of {o.Repeats})");
         Row("weight bytes per token", Mb(r.WeightBytesPerToken));

@@ -12,6 +12,7 @@ public static class GenerateCommand
     {
         var model = Cli.ModelOption();
         var dtype = Cli.DtypeOption();
+        var quant = Cli.QuantOption("the weights this command runs (every block and the embeddings/head locally; with --peers or --initial-peers only the client's embeddings and head)");
         var prompt = new Option<string[]>("--prompt", "-p") { Description = "Prompt text (repeat for a batch)", AllowMultipleArgumentsPerToken = false };
         var inputIds = new Option<string>("--input-ids") { Description = "Token ids, rows split by ';' (no BOS is added): \"1,2,3;4,5,6\"" };
         var maxNew = new Option<int>("--max-new-tokens", "-n") { Description = "Tokens to generate", DefaultValueFactory = _ => 32 };
@@ -28,7 +29,7 @@ public static class GenerateCommand
         var json = new Option<bool>("--json") { Description = "Print {\"sequences\": [[...]], \"new_tokens\": [[...]]} instead of text" };
         var cmd = new Command("generate", "Generate text (or token ids) from a model.\n\nExamples:\n  petals generate -m ./my-model -p \"Once upon a time\" -n 40\n  petals generate -m ./my-model --input-ids \"1,2,3;4,5,6\" -n 12 --greedy --json\n  petals generate -m ./my-model --peers 127.0.0.1:31330,127.0.0.1:31331 -p \"Hello\"")
         {
-            model, dtype, prompt, inputIds, maxNew, temperature, topK, topP, repetition, seed, greedy, stop, ignoreEos, tuned, json,
+            model, dtype, quant, prompt, inputIds, maxNew, temperature, topK, topP, repetition, seed, greedy, stop, ignoreEos, tuned, json,
         };
         remote.AddTo(cmd);
         cmd.SetAction(async (pr, ct) =>
@@ -51,7 +52,7 @@ public static class GenerateCommand
             var tunedPath = pr.GetValue(tuned);
             if (tunedPath is not null && !File.Exists(tunedPath)) throw new CliException($"--tuned: file not found: {tunedPath}");
             using var lm = await ModelOpener.OpenAsync(pr.GetValue(model)!, Cli.ParseDtypeOrDefault(pr.GetValue(dtype)),
-                remote.Read(pr), ct);
+                remote.Read(pr), ct, Cli.ParseQuant(pr.GetValue(quant)));
             using var tunedModel = tunedPath is null ? null : Training.TunedFile.Load(lm, tunedPath);
             if (tunedModel is not null) options = options with { Tuning = tunedModel.ForGeneration() };
             IReadOnlyList<IReadOnlyList<int>> rows = ids is not null

@@ -13,19 +13,20 @@ public static class InspectCommand
     {
         var model = Cli.ModelOption();
         var dtype = Cli.DtypeOption();
+        var quant = Cli.QuantOption("the weights this command runs (every block and the embeddings/head locally; with --peers or --initial-peers only the client's embeddings and head)");
         var inputIds = new Option<string>("--input-ids") { Description = "Token ids, rows split by ';': \"1,2,3;4,5,6\"", Required = true };
         var json = new Option<bool>("--json") { Description = "Print {\"logits\": [B][T][V], \"hidden_states\": [L+1][B][T][H]}" };
         var remote = new ModelOpener.RemoteOptionSet();
         var cmd = new Command("inspect", "Run one forward pass and show logits and hidden states (HF output_hidden_states layout).\n\nExample:\n  petals inspect -m ./my-model --input-ids \"1,2,3;4,5,6\" --json")
         {
-            model, dtype, inputIds, json,
+            model, dtype, quant, inputIds, json,
         };
         remote.AddTo(cmd);
         cmd.SetAction(async (pr, ct) =>
         {
             var rows = Cli.ParseInputIds(pr.GetValue(inputIds)!);
             using var lm = await ModelOpener.OpenAsync(pr.GetValue(model)!, Cli.ParseDtypeOrDefault(pr.GetValue(dtype)),
-                remote.Read(pr), ct);
+                remote.Read(pr), ct, Cli.ParseQuant(pr.GetValue(quant)));
             var (ids, pad) = Cli.ToTensor(rows, lm.Config.PadTokenId ?? 0);
             using var result = lm.Inspect(ids, pad.Any(p => p > 0) ? pad : null);
             if (pr.GetValue(json)) WriteJson(result);

@@ -80,12 +80,17 @@ public static class ModelOpener
     }
 
     /// <summary>Opens a model locally or over a swarm; a null <paramref name="dtype"/> holds weights in the checkpoint's own.</summary>
-    public static async Task<CausalLM> OpenAsync(string model, ScalarType? dtype, Remote? remote = null, CancellationToken ct = default) =>
-        (await OpenWithSourceAsync(model, dtype, remote, ct)).Model;
+    public static async Task<CausalLM> OpenAsync(string model, ScalarType? dtype, Remote? remote = null, CancellationToken ct = default,
+        PetalsSharp.Models.Quant.QuantFormat quant = PetalsSharp.Models.Quant.QuantFormat.None) =>
+        (await OpenWithSourceAsync(model, dtype, remote, ct, quant)).Model;
 
     /// <summary>Like <see cref="OpenAsync"/>, also giving the folder the model was loaded from (a hub snapshot for a hub id).</summary>
+    /// <remarks>
+    /// <paramref name="quant"/> packs what runs here: every block and the ends of a local model, the client's
+    /// embeddings and head when servers run the blocks.
+    /// </remarks>
     public static async Task<(CausalLM Model, ModelSource.Resolved Source)> OpenWithSourceAsync(string model, ScalarType? requestedDtype,
-        Remote? remote = null, CancellationToken ct = default)
+        Remote? remote = null, CancellationToken ct = default, PetalsSharp.Models.Quant.QuantFormat quant = PetalsSharp.Models.Quant.QuantFormat.None)
     {
         remote ??= new Remote();
         bool viaPeers = !string.IsNullOrWhiteSpace(remote.Peers), viaDht = !string.IsNullOrWhiteSpace(remote.InitialPeers);
@@ -98,7 +103,7 @@ public static class ModelOpener
         {
             if (!string.IsNullOrEmpty(remote.Adapter))
                 throw new CliException("--adapter names a server-side adapter: give --peers or --initial-peers too");
-            return (CausalLM.Load(modelDir, new ModelLoadOptions(dtype)), source);
+            return (CausalLM.Load(modelDir, new ModelLoadOptions(dtype, Quant: quant, EndsQuant: quant)), source);
         }
         if (remote.Adapter is { } adapter) PetalsSharp.Models.Lora.LoraNames.Check(adapter);
         var options = new RemoteOptions
@@ -110,8 +115,8 @@ public static class ModelOpener
             ActiveAdapter = remote.Adapter,
         };
         var lm = viaPeers
-            ? await DistributedModel.ConnectAsync(modelDir, Cli.SplitList(remote.Peers), options, new ModelLoadOptions(dtype), ct)
-            : await DistributedModel.ConnectViaDhtAsync(modelDir, Cli.SplitList(remote.InitialPeers), options, new ModelLoadOptions(dtype),
+            ? await DistributedModel.ConnectAsync(modelDir, Cli.SplitList(remote.Peers), options, new ModelLoadOptions(dtype, EndsQuant: quant), ct)
+            : await DistributedModel.ConnectViaDhtAsync(modelDir, Cli.SplitList(remote.InitialPeers), options, new ModelLoadOptions(dtype, EndsQuant: quant),
                 source.SwarmName is null ? null : Swarm.ModelNames.DhtPrefix(source.SwarmName), ct);
         return (lm, source);
     }

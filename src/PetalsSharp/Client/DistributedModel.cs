@@ -31,7 +31,7 @@ public static class DistributedModel
         try
         {
             var remote = await connect(checkpoint).ConfigureAwait(false);
-            var ends = checkpoint.LoadEnds(load.WeightDtype, load.Device);
+            var ends = checkpoint.LoadEnds(load.WeightDtype, load.Device, load.EndsQuant);
             return new CausalLM(checkpoint.Config, ends, remote, TokenizerLoader.TryLoad(modelDir));
         }
         finally

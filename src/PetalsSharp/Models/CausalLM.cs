@@ -7,7 +7,9 @@ namespace PetalsSharp.Models;
 /// <param name="WeightDtype">How weights are stored in memory: float32 (default), bfloat16 or float16. Compute stays float32 on CPU.</param>
 /// <param name="Device">Where tensors live (CPU by default; a CUDA build of TorchSharp works the same way).</param>
 /// <param name="Quant">The block format the blocks' linears are packed in at load (none: exact; quantized weights live on the CPU).</param>
-public sealed record ModelLoadOptions(ScalarType WeightDtype = ScalarType.Float32, Device? Device = null, Quant.QuantFormat Quant = PetalsSharp.Models.Quant.QuantFormat.None);
+/// <param name="EndsQuant">The block format of the embeddings and the LM head (the client's share of the model).</param>
+public sealed record ModelLoadOptions(ScalarType WeightDtype = ScalarType.Float32, Device? Device = null,
+    Quant.QuantFormat Quant = PetalsSharp.Models.Quant.QuantFormat.None, Quant.QuantFormat EndsQuant = PetalsSharp.Models.Quant.QuantFormat.None);
 
 /// <summary>Logits and hidden states of one cache-free forward pass.</summary>
 /// <param name="Logits"><c>[B, T, V]</c>.</param>
@@ -50,7 +52,7 @@ public sealed class CausalLM : IDisposable
     {
         options ??= new ModelLoadOptions();
         using var checkpoint = Checkpoint.Open(modelDir);
-        var ends = checkpoint.LoadEnds(options.WeightDtype, options.Device);
+        var ends = checkpoint.LoadEnds(options.WeightDtype, options.Device, options.EndsQuant);
         var blocks = checkpoint.LoadBlocks(0, checkpoint.Config.NumLayers, options.WeightDtype, options.Device, quant: options.Quant);
         return new CausalLM(checkpoint.Config, ends, blocks, TokenizerLoader.TryLoad(modelDir));
     }

@@ -56,8 +56,9 @@ public sealed class Checkpoint : IDisposable
     }
 
     /// <summary>Loads what the client keeps: embeddings, final norm and LM head.</summary>
-    public ModelEnds LoadEnds(ScalarType dtype = ScalarType.Float32, Device? device = null) =>
-        Config.Family.CreateEnds(Config, Load(Config.Family.EndTensors(Config), dtype, device));
+    /// <remarks>With <paramref name="quant"/> the embeddings and the LM head are packed in it (the norms stay exact).</remarks>
+    public ModelEnds LoadEnds(ScalarType dtype = ScalarType.Float32, Device? device = null, QuantFormat quant = QuantFormat.None) =>
+        Config.Family.CreateEnds(Config, Load(Config.Family.EndTensors(Config), dtype, device, quant), quant);
 
     /// <summary>
     /// Fingerprint of block <paramref name="index"/>'s weights as stored in the files (see

@@ -23,7 +23,7 @@ public interface IModelFamily
     /// <summary>Builds block <paramref name="index"/> from its tensors, keyed by <see cref="TensorSpec.Name"/>.</summary>
     DecoderBlock CreateBlock(ModelConfig config, int index, IReadOnlyDictionary<string, torch.Tensor> weights, QuantFormat quant = QuantFormat.None);
 
-    ModelEnds CreateEnds(ModelConfig config, IReadOnlyDictionary<string, torch.Tensor> weights);
+    ModelEnds CreateEnds(ModelConfig config, IReadOnlyDictionary<string, torch.Tensor> weights, QuantFormat quant = QuantFormat.None);
 
     /// <summary>A config of the given shape, this family's defaults for everything else (<c>petals create-model</c>).</summary>
     ModelConfig CreateConfig(ModelShape shape);

@@ -1,3 +1,4 @@
+using PetalsSharp.Models.Quant;
 using TorchSharp;
 using TorchSharp.Modules;
 using static TorchSharp.torch;
@@ -36,14 +37,15 @@ public sealed class Norm : nn.Module
 /// </summary>
 public sealed class ModelEnds : nn.Module
 {
-    readonly Parameter embed_tokens;   // [V, H]
+    readonly Parameter embed_tokens;   // [V, H], or packed uint8 [V, RowBytes(H)]
     readonly Norm? embed_norm;
     readonly Norm norm;
-    readonly Parameter lm_head;        // [V, H] (the embedding matrix itself when tied)
+    readonly Parameter lm_head;        // [V, H] (the embedding matrix itself when tied), or packed
 
-    ModelEnds(ModelConfig config, Parameter embedding, Norm? embeddingNorm, Norm finalNorm, Parameter head) : base("ends")
+    ModelEnds(ModelConfig config, Parameter embedding, Norm? embeddingNorm, Norm finalNorm, Parameter head, QuantFormat quant) : base("ends")
     {
         Config = config;
+        Quant = quant;
         embed_tokens = embedding;
         embed_norm = embeddingNorm;
         norm = finalNorm;
@@ -63,10 +65,21 @@ public sealed class ModelEnds : nn.Module
         var embedNorm = embeddingNorm is null ? null : t.Norm(embeddingNorm, h, eps, rms);     // [H]
         var final = t.Norm(finalNorm, h, eps, rms);                                            // [H]
         var head = config.TieWordEmbeddings ? embed : t.Take("lm_head.weight", [v, h], TensorRole.Matrix); // [V, H]
-        return new ModelEnds(config, embed, embedNorm, final, head);
+        if ((embed.dtype == ScalarType.Byte) != (head.dtype == ScalarType.Byte))
+            throw new ArgumentException("the embeddings and the LM head are packed together or not at all");
+        return new ModelEnds(config, embed, embedNorm, final, head, embed.dtype == ScalarType.Byte ? t.Quant : QuantFormat.None);
     }
 
     public ModelConfig Config { get; }
+
+    /// <summary>
+    /// The block format the embeddings and the LM head are packed in (<see cref="QuantFormat.None"/>: exact).
+    /// A Llama-3.1-405B head is 2.1B parameters, so a client's memory is mostly these two.
+    /// </summary>
+    public QuantFormat Quant { get; }
+
+    /// <summary>Where the ends' tensors live.</summary>
+    public Device Device => embed_tokens.device;
 
     /// <summary>The token embedding matrix <c>[V, H]</c>.</summary>
     public Tensor EmbeddingWeight => embed_tokens;
@@ -78,7 +91,12 @@ public sealed class ModelEnds : nn.Module
     public Tensor EmbedTokens(Tensor inputIds, ScalarType dtype = ScalarType.Float32)
     {
         CheckIds(inputIds);
-        var flat = embed_tokens.index_select(0, inputIds.flatten());                  // [B*T, H]
+        var flat = embed_tokens.index_select(0, inputIds.flatten());                  // [B*T, H] (packed: [B*T, RowBytes])
+        if (Quant != QuantFormat.None)
+        {
+            using var rows = flat.contiguous();                                        // [B*T, RowBytes]
+            flat = PackedLinear.Dequantize(rows, Quant, Config.HiddenSize, 0, rows.shape[0]);   // [B*T, H]
+        }
         return flat.view(inputIds.shape[0], inputIds.shape[1], -1).to(dtype);          // [B, T, H]
     }
 
@@ -92,7 +110,9 @@ public sealed class ModelEnds : nn.Module
     public Tensor FinalNorm(Tensor hidden) => norm.Forward(hidden);
 
     /// <summary>Normed hidden states <c>[B, T, H]</c> to logits <c>[B, T, V]</c>.</summary>
-    public Tensor Logits(Tensor normed) => Ops.Linear(normed, lm_head);
+    public Tensor Logits(Tensor normed) => Quant == QuantFormat.None
+        ? Ops.Linear(normed, lm_head)
+        : PackedLinear.Forward(normed, lm_head, Quant, Config.HiddenSize, null);
 
     void CheckIds(Tensor ids)
     {

@@ -120,7 +120,8 @@ public abstract class ModelFamily(Func<JsonConfigReader, ModelConfig> parse, par
     public DecoderBlock CreateBlock(ModelConfig config, int index, IReadOnlyDictionary<string, Tensor> weights, QuantFormat quant = QuantFormat.None) =>
         Block(config, index, TensorTable.Over(weights, quant));
 
-    public ModelEnds CreateEnds(ModelConfig config, IReadOnlyDictionary<string, Tensor> weights) => Ends(config, TensorTable.Over(weights));
+    public ModelEnds CreateEnds(ModelConfig config, IReadOnlyDictionary<string, Tensor> weights, QuantFormat quant = QuantFormat.None) =>
+        Ends(config, TensorTable.Over(weights, quant));
 
     /// <summary>Every linear of a block: an adapter may target any of them.</summary>
     public IReadOnlyList<string> LoraModules(ModelConfig config) => Shapes(t => Block(config, 0, t)).Linears;

@@ -1,4 +1,5 @@
 using PetalsSharp.Models;
+using PetalsSharp.Models.Quant;
 using TorchSharp;
 using TorchSharp.Modules;
 using static TorchSharp.torch;
@@ -25,9 +26,17 @@ public sealed class TunedModel : nn.Module
     readonly LoraLinear? lm_head_lora;
     readonly Parameter? lm_head;    // [V, H] trainable copy (head mode)
 
+    /// <summary>
+    /// Training starts from the exact embeddings and head (prompts are initialised from embedding rows, head modes
+    /// copy or wrap the head); the servers' spans may still be quantized (QLoRA-style: adapters stay f32).
+    /// </summary>
+    static CausalLM ExactEnds(CausalLM model) => model.Ends.Quant == QuantFormat.None ? model
+        : throw new NotSupportedException($"training needs the client's embeddings and head exact, not {model.Ends.Quant.Name()}: " +
+            "load the client without --quant (servers may still serve quantized blocks)");
+
     public TunedModel(CausalLM model, TuningOptions options) : this(model, options,
         options.Mode.UsesPrompts()
-            ? PromptTuner.Create(model.Ends.EmbeddingWeight, options.PreSeqLen, model.Config.NumLayers, options.Mode == TuningMode.DeepPTune, options.Seed)
+            ? PromptTuner.Create(ExactEnds(model).Ends.EmbeddingWeight, options.PreSeqLen, model.Config.NumLayers, options.Mode == TuningMode.DeepPTune, options.Seed)
             : null)
     {
     }
@@ -35,7 +44,7 @@ public sealed class TunedModel : nn.Module
     /// <summary>With given prompts (e.g. loaded from a file or a reference fixture).</summary>
     public TunedModel(CausalLM model, TuningOptions options, PromptTuner? tuner) : base("tuned")
     {
-        Model = model;
+        Model = ExactEnds(model);
         Options = options;
         if (options.Mode.UsesPrompts())
         {

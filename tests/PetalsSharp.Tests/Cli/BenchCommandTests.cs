@@ -31,6 +31,7 @@ public sealed class BenchCommandTests
         Assert.True(json.GetProperty("threads").GetInt32() >= 1);
         Assert.True(json.GetProperty("peak_rss_bytes").GetInt64() > 0);
         Assert.True(json.GetProperty("decode_read_fraction").GetDouble() > 0);
+        Assert.True(json.TryGetProperty("quant", out _), "bench --json has \"quant\"");
     }
 
     [Fact]
@@ -39,6 +40,7 @@ public sealed class BenchCommandTests
         var json = await BenchJsonAsync();
 
         AssertContractFields(json, "f32");
+        Assert.Equal("none", json.GetProperty("quant").GetString());
         Assert.Equal("0:3", json.GetProperty("blocks").GetString());
         Assert.True(json.GetProperty("whole_model").GetBoolean());
         Assert.Equal(8, json.GetProperty("prompt").GetInt32());
@@ -61,7 +63,24 @@ public sealed class BenchCommandTests
     }
 
     [Theory]
+    [InlineData("int8", 34.0 / 32)]
+    [InlineData("nf4", 34.0 / 64)]
+    public async Task Json_of_a_quantized_model_names_the_format_and_reads_its_packed_bytes(string quant, double bytesPerWeight)
+    {
+        var exact = await BenchJsonAsync();
+        var json = await BenchJsonAsync("--quant", quant);
+
+        AssertContractFields(json, "f32");
+        Assert.Equal(quant, json.GetProperty("quant").GetString());
+        // Every matrix (block linears, head, embeddings) is packed; only norms stay f32, so a token reads about
+        // bytesPerWeight / 4 of the f32 bytes (hidden 64 is a whole number of blocks for both formats).
+        double ratio = json.GetProperty("weight_bytes_per_token").GetDouble() / exact.GetProperty("weight_bytes_per_token").GetDouble();
+        Assert.InRange(ratio, bytesPerWeight / 4 * 0.95, bytesPerWeight / 4 * 1.1);
+    }
+
+    [Theory]
     [InlineData("missing-model", "model folder not found")]
+    [InlineData("bad-quant", "--quant: unknown quantization 'int3' (none, int8 or nf4)")]
     [InlineData("empty-folder", "config.json")]
     [InlineData("reversed-span", "need 0 ≤ START < END")]
     [InlineData("span-past-the-end", "outside the model: it has 3 blocks")]
@@ -79,6 +98,7 @@ public sealed class BenchCommandTests
             "no-new-tokens" => ["bench", "--model", Fixture, "--new", "0"],
             "no-prompt" => ["bench", "--model", Fixture, "--prompt", "0"],
             "bad-dtype" => ["bench", "--model", Fixture, "--dtype", "int3"],
+            "bad-quant" => ["bench", "--model", Fixture, "--quant", "int3"],
             _ => throw new ArgumentException(scenario),
         };
         var res = await CliRunner.RunAsync(args);
