@@ -55,7 +55,11 @@ public sealed record ServerView(
     string Dtype,
     IReadOnlyList<string> Adapters,
     DateTimeOffset Expires,
-    DateTimeOffset LastSeen);
+    DateTimeOffset LastSeen)
+{
+    /// <summary>The block format its linears are served in: <c>none</c> (exact), <c>int8</c> or <c>nf4</c>.</summary>
+    public string Quant { get; init; } = "none";
+}
 
 /// <summary>A round trip a server measured to a server that could follow it (announced next_pings).</summary>
 /// <param name="Unreachable">The ping hit the announced cap (<see cref="PetalsSharp.Swarm.RoutePlanner.MaxDelay"/>): no answer.</param>

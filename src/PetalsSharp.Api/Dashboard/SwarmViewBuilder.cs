@@ -54,7 +54,8 @@ public static class SwarmViewBuilder
             bool expired = s.Expiration <= now;
             var lastSeen = expired ? previous?.Servers.FirstOrDefault(p => p.PeerId == s.PeerId)?.LastSeen ?? s.Expiration : now;
             servers.Add(new ServerView(s.PeerId, s.PublicName, s.Address, s.Start, s.End, expired ? Gone : StateName(s.State),
-                s.Throughput, s.InferenceRps, s.CacheTokensLeft, s.Version, s.WeightsDtype, s.Adapters, s.Expiration, lastSeen));
+                s.Throughput, s.InferenceRps, s.CacheTokensLeft, s.Version, s.WeightsDtype, s.Adapters, s.Expiration, lastSeen)
+            { Quant = s.Quant });
         }
         foreach (var p in previous?.Servers ?? [])
             if (servers.All(s => s.PeerId != p.PeerId) && now - p.LastSeen < settings.GoneRetention)

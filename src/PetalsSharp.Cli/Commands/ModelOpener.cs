@@ -54,7 +54,7 @@ public static class ModelOpener
 
     /// <summary>Where the blocks run: locally (no peers), on listed servers, or on servers found in the DHT.</summary>
     public sealed record Remote(string? Peers = null, string? InitialPeers = null, string? SwarmKeyPath = null,
-        string Compression = "none", bool ShowRoute = false, bool NoPush = false, string? Adapter = null);
+        string Compression = "none", bool ShowRoute = false, bool NoPush = false, string? Adapter = null, bool RequireExact = false);
 
     /// <summary>The options every model-running command shares, added to <paramref name="command"/>.</summary>
     public sealed class RemoteOptionSet
@@ -69,14 +69,18 @@ public static class ModelOpener
         {
             Description = "Run the blocks with this server-side LoRA adapter (only servers that announce it are used)",
         };
+        public Option<bool> RequireExact { get; } = new("--require-exact")
+        {
+            Description = "Use only servers of the exact weights: never a quantized (int8, nf4) span",
+        };
 
         public void AddTo(Command command)
         {
-            foreach (var o in new Option[] { Peers, InitialPeers, SwarmKey, Compression, ShowRoute, NoPush, Adapter }) command.Options.Add(o);
+            foreach (var o in new Option[] { Peers, InitialPeers, SwarmKey, Compression, ShowRoute, NoPush, Adapter, RequireExact }) command.Options.Add(o);
         }
 
         public Remote Read(System.CommandLine.ParseResult pr) => new(pr.GetValue(Peers), pr.GetValue(InitialPeers), pr.GetValue(SwarmKey),
-            pr.GetValue(Compression)!, pr.GetValue(ShowRoute), pr.GetValue(NoPush), pr.GetValue(Adapter));
+            pr.GetValue(Compression)!, pr.GetValue(ShowRoute), pr.GetValue(NoPush), pr.GetValue(Adapter), pr.GetValue(RequireExact));
     }
 
     /// <summary>Opens a model locally or over a swarm; a null <paramref name="dtype"/> holds weights in the checkpoint's own.</summary>
@@ -113,6 +117,7 @@ public static class ModelOpener
             OnRoute = remote.ShowRoute ? line => Console.Error.WriteLine(line) : null,
             UseServerToServer = !remote.NoPush,
             ActiveAdapter = remote.Adapter,
+            RequireExact = remote.RequireExact,
         };
         var lm = viaPeers
             ? await DistributedModel.ConnectAsync(modelDir, Cli.SplitList(remote.Peers), options, new ModelLoadOptions(dtype, EndsQuant: quant), ct)

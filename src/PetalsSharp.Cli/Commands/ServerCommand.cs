@@ -23,6 +23,7 @@ public static class ServerCommand
         var port = new Option<int>("--port") { Description = "Port to bind (0 = any free port)", DefaultValueFactory = _ => ServerOptions.DefaultPort };
         var publicAddress = new Option<string?>("--public-address") { Description = "Address announced to clients (default: the bound host:port)" };
         var dtype = Cli.DtypeOption();
+        var quant = Cli.QuantOption("the served blocks' linears (Mixtral's router stays exact)");
         var cacheTokens = new Option<long?>("--cache-tokens") { Description = $"KV-cache room in tokens of one row across the span (default {ServerOptions.DefaultCacheTokens})" };
         var cacheBytes = new Option<long?>("--cache-bytes") { Description = "KV-cache room in bytes (instead of --cache-tokens)" };
         var maxSession = new Option<int?>("--max-session-length") { Description = "Largest max_length a session may ask for (default min(max_position_embeddings, 8192))" };
@@ -44,7 +45,7 @@ public static class ServerCommand
         var dhtPrefix = new Option<string?>("--dht-prefix") { Description = "DHT key prefix (default: the model folder's name, '.' and ' ' as '-')" };
         var cmd = new Command("server", "Serve a span of a model's transformer blocks over gRPC.\n\nExamples:\n  petals server -m ./my-model --blocks 0:12 --port 31330 --new-swarm\n  petals server -m ./my-model --blocks 12:24 --port 31331 --initial-peers 10.0.0.5:31330\n  petals server -m ./my-model --num-blocks 8 --initial-peers 10.0.0.5:31330")
         {
-            model, blocks, numBlocks, memoryBudget, placementDelay, rebalancePeriod, balanceThreshold, throughput, host, port, publicAddress, dtype, cacheTokens, cacheBytes, maxSession, idle, cacheShare, readTimeout, requestMemory, requestTokens,
+            model, blocks, numBlocks, memoryBudget, placementDelay, rebalancePeriod, balanceThreshold, throughput, host, port, publicAddress, dtype, quant, cacheTokens, cacheBytes, maxSession, idle, cacheShare, readTimeout, requestMemory, requestTokens,
             initialPeers, pushPeers, joinTimeout, newSwarm, identity, swarmKey, updatePeriod, publicName, dhtPrefix, metricsPort, adapters,
         };
         cmd.SetAction(async (pr, ct) =>
@@ -71,6 +72,7 @@ public static class ServerCommand
             if (!(readSeconds > 0) || readSeconds > 86400)
                 throw new CliException($"--request-read-timeout must be a positive number of seconds up to 86400 (got {readSeconds})");
             var requestedDtype = Cli.ParseDtypeOrDefault(pr.GetValue(dtype));
+            var format = Cli.ParseQuant(pr.GetValue(quant));
             // A fixed span downloads only its blocks' shards; a swarm-chosen span may land anywhere, so it needs them all.
             var source = await ModelSource.ResolveAsync(pr.GetValue(model)!,
                 blocksText is null ? PetalsSharp.Hub.WeightSelection.All : PetalsSharp.Hub.WeightSelection.Blocks(start, end), ct);
@@ -79,6 +81,7 @@ public static class ServerCommand
                 ModelDir = source.Directory, ModelName = source.SwarmName, StartBlock = start, EndBlock = end,
                 Host = pr.GetValue(host)!, Port = pr.GetValue(port), PublicAddress = pr.GetValue(publicAddress),
                 WeightDtype = Cli.ResolveDtype(requestedDtype, source.Directory),
+                Quant = format,
                 CacheTokens = pr.GetValue(cacheTokens), CacheBytes = pr.GetValue(cacheBytes),
                 MaxSessionLength = pr.GetValue(maxSession), SessionIdleTimeout = TimeSpan.FromSeconds(idleSeconds),
                 MaxCacheShare = share,

@@ -59,7 +59,7 @@ public static class SwarmCommand
                 ["peer_id"] = v.PeerId, ["address"] = v.Address, ["start"] = v.Start, ["end"] = v.End,
                 ["state"] = v.State.ToString().ToUpperInvariant(), ["throughput"] = v.Throughput,
                 ["inference_rps"] = v.InferenceRps, ["cache_tokens_left"] = v.CacheTokensLeft,
-                ["public_name"] = v.PublicName, ["dtype"] = v.WeightsDtype, ["version"] = v.Version,
+                ["public_name"] = v.PublicName, ["dtype"] = v.WeightsDtype, ["quant"] = v.Quant, ["version"] = v.Version,
                 ["expires"] = v.Expiration.ToString("O"),
             }).ToArray()),
         }).ToArray()),
@@ -76,10 +76,10 @@ public static class SwarmCommand
                 + " (servers that answered)");
             var unverified = s.Online.Count(v => !verified[k].Contains(v));
             if (unverified > 0) AnsiConsole.MarkupLine($"[yellow]{unverified} ONLINE record(s) did not answer as announced[/]");
-            var table = new Table().AddColumns("state", "verified", "address", "span", "throughput tok/s", "cache tokens", "name", "peer id");
+            var table = new Table().AddColumns("state", "verified", "address", "span", "weights", "throughput tok/s", "cache tokens", "name", "peer id");
             foreach (var v in s.Servers)
                 table.AddRow(v.State.ToString().ToUpperInvariant(), verified[k].Contains(v) ? "yes" : "[red]no[/]", Markup.Escape(v.Address),
-                    $"{v.Start}:{v.End}", $"{v.Throughput:F0}",
+                    $"{v.Start}:{v.End}", Markup.Escape(v.IsExact ? v.WeightsDtype : v.Quant), $"{v.Throughput:F0}",
                     v.CacheTokensLeft.ToString(), Markup.Escape(v.PublicName), v.PeerId[..Math.Min(12, v.PeerId.Length)]);
             AnsiConsole.Write(table);
         }

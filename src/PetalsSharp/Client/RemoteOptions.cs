@@ -80,6 +80,9 @@ public sealed record RemoteOptions
     /// </summary>
     public string? ActiveAdapter { get; init; }
 
+    /// <summary>Route only through servers of the exact weights: a quantized span (int8, nf4) is never used.</summary>
+    public bool RequireExact { get; init; }
+
     /// <summary>How long joining the DHT retries unreachable initial peers (zero = one try).</summary>
     public TimeSpan JoinTimeout { get; init; } = SwarmReader.ClientJoinTimeout;
 

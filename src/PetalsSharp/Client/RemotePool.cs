@@ -177,6 +177,7 @@ internal sealed partial class RemotePool : IDisposable, IAsyncDisposable
                 AllowedPeers = routing?.AllowedServers ?? Options.AllowedServers,
                 BlockedPeers = routing?.BlockedServers ?? Options.BlockedServers,
                 Adapter = (string.IsNullOrEmpty(routing?.Adapter) ? Options.ActiveAdapter : routing.Adapter) is { Length: > 0 } adapter ? adapter : null,
+                RequireExact = Options.RequireExact,
             };
     }
 

@@ -41,7 +41,8 @@ public sealed class ServerConnection : IDisposable
     /// <summary>This server as the route planner sees it (peer id = address for servers known by address).</summary>
     public ServerInfo ToServerInfo() => new(Address, Address, Info.StartBlock, Info.EndBlock, ServerState.Online,
         Throughput: 0, InferenceRps: 0, Info.CacheTokensLeft, "", Info.WeightsDtype, Info.SoftwareVersion, Info.WeightsFingerprint,
-        ServerInfo.ReadAdapters(Info.Adapters), DateTimeOffset.MaxValue);
+        ServerInfo.ReadAdapters(Info.Adapters), DateTimeOffset.MaxValue)
+    { Quant = ServerInfo.ReadQuant(Info.Quant) };
 
     /// <summary>Connects, asks Info and checks that the server serves this model with a compatible protocol.</summary>
     public static async Task<ServerConnection> ConnectAsync(string address, ModelConfig config, RemoteOptions options,

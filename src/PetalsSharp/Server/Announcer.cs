@@ -104,7 +104,7 @@ internal sealed class Announcer(BlockServer server, DhtNode dht, ILogger logger)
             State = state, StartBlock = start, EndBlock = end, Address = server.PublicAddress,
             PublicName = server.Options.PublicName ?? "", Throughput = Throughput.Throughput,
             InferenceRps = Throughput.InferenceRps, ForwardRps = Throughput.ForwardRps, NetworkRps = Throughput.NetworkRps,
-            CacheTokensLeft = server.CacheTokensLeft, WeightsDtype = server.WeightsDtypeName,
+            CacheTokensLeft = server.CacheTokensLeft, WeightsDtype = server.WeightsDtypeName, Quant = server.QuantName,
             SoftwareVersion = Protocol.SoftwareVersion, ProtocolVersion = Protocol.Version,
             // While JOINING a new span the loaded blocks are still the old ones: announce no fingerprint then.
             WeightsFingerprint = server.Start == start && server.End == end ? server.WeightsFingerprint : "",

@@ -74,7 +74,7 @@ public sealed partial class BlockServer
             return ThroughputInfo.Fixed(fixedValue);
         }
         var cache = new ThroughputCache(Options.ThroughputCachePath ?? ThroughputCache.DefaultPath);
-        var key = ThroughputCache.Key(Options.ResolvedModelName, Options.ModelDir, WeightsDtypeName);
+        var key = ThroughputCache.Key(Options.ResolvedModelName, Options.ModelDir, Options.Quant == Models.Quant.QuantFormat.None ? WeightsDtypeName : QuantName);
         var (info, hit) = await Scheduler.RunAsync(ComputeScheduler.ForwardBackwardPriority,
             () => cache.GetOrMeasure(key, blocks, Options.RemeasureThroughput, MeasureOneMachine), ct);
         _logger.LogInformation("throughput {Throughput:F0} tok/s for {Blocks} block(s) ({Source} {Path})",
@@ -85,7 +85,7 @@ public sealed partial class BlockServer
     ThroughputInfo MeasureOneMachine()
     {
         if (Current is { } span) return ThroughputInfo.Measure(span.Stack);
-        using var probe = _checkpoint.LoadBlocks(0, 1, Options.WeightDtype);
+        using var probe = _checkpoint.LoadBlocks(0, 1, Options.WeightDtype, quant: Options.Quant);
         return ThroughputInfo.Measure(probe);
     }
 

@@ -147,6 +147,9 @@ public sealed partial class BlockServer : IAsyncDisposable
         _ => "float32",
     };
 
+    /// <summary>"none", "int8" or "nf4": the block format of the served linears, as Info and the DHT record say.</summary>
+    public string QuantName => Models.Quant.QuantFormats.Name(Options.Quant);
+
     /// <summary>The DHT node this server hosts on its own port, when it joined a swarm.</summary>
     public Dht.DhtNode? Dht => _dht;
 
@@ -227,7 +230,7 @@ public sealed partial class BlockServer : IAsyncDisposable
             _metricsEndpoint = await MetricsEndpoint.StartAsync(address, metricsPort, _exporter, cancellationToken);
         }
         _logger.LogDebug("serving {Model} blocks [{Start}, {End}) on {Address} (public {Public}), {WeightMb:F1} MB of {Dtype} weights, cache {Tokens} tokens",
-            Options.ResolvedModelName, Start, End, Address, PublicAddress, WeightBytes / 1048576.0, Options.WeightDtype, CacheTokensLeft);
+            Options.ResolvedModelName, Start, End, Address, PublicAddress, WeightBytes / 1048576.0, Options.Quant == Models.Quant.QuantFormat.None ? Options.WeightDtype.ToString() : QuantName, CacheTokensLeft);
     }
 
     static async Task<IPAddress> ResolveHostAsync(string host, CancellationToken ct)

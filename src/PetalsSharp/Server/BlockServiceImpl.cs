@@ -42,6 +42,7 @@ public sealed partial class BlockServiceImpl : BlockService.BlockServiceBase
             NumBlocks = _server.Config.NumLayers,
             HiddenSize = HiddenSize,
             WeightsDtype = _server.WeightsDtypeName,
+            Quant = _server.QuantName,
             CacheTokensLeft = span?.CacheBudget.CacheTokensLeft ?? 0,
             WeightsFingerprint = span?.WeightsFingerprint ?? "",
             MaxMessageBytes = o.MaxMessageBytes,

@@ -33,7 +33,7 @@ internal sealed class ServedSpan
         if (start < 0 || end > layers || start >= end)
             throw new ArgumentException($"blocks {start}:{end} are outside the model, which has {layers} blocks (0:{layers})");
         var fingerprints = Enumerable.Range(start, end - start).Select(checkpoint.BlockFingerprint).ToArray();
-        var stack = checkpoint.LoadBlocks(start, end, options.WeightDtype, progress: progress);
+        var stack = checkpoint.LoadBlocks(start, end, options.WeightDtype, progress: progress, quant: options.Quant);
         try
         {
             // Sessions always keep float32 caches (LocalBlockSession), whatever dtype holds the weights.

@@ -61,6 +61,9 @@ public sealed record ServerOptions
     /// <summary>How weights are held in memory; compute is float32 either way.</summary>
     public ScalarType WeightDtype { get; init; } = ScalarType.Float32;
 
+    /// <summary>The block format the served linears are packed in at load (none: exact, in <see cref="WeightDtype"/>).</summary>
+    public Models.Quant.QuantFormat Quant { get; init; } = Models.Quant.QuantFormat.None;
+
     /// <summary>KV-cache room in (row × position) slots for the whole span; default <see cref="DefaultCacheTokens"/>.</summary>
     public long? CacheTokens { get; init; }
 
@@ -177,7 +180,8 @@ public sealed record ServerOptions
     public int BlocksForMemory(ModelConfig config, long budgetBytes)
     {
         long parameters = config.Family.BlockTensors(config, 0).Sum(t => t.Shape.Aggregate(1L, (a, d) => a * d));
-        int elementSize = WeightDtype is ScalarType.BFloat16 or ScalarType.Float16 ? 2 : 4;
+        double elementSize = Quant != Models.Quant.QuantFormat.None ? Models.Quant.QuantFormats.BitsPerWeight(Quant) / 8
+            : WeightDtype is ScalarType.BFloat16 or ScalarType.Float16 ? 2 : 4;
         long blockBytes = (long)(parameters * elementSize * 1.01);
         long kvBytesPerToken = 2L * config.NumKvHeads * config.HeadDim * sizeof(float);
         long perBlock = CacheBytes is { } total ? blockBytes : blockBytes + (CacheTokens ?? DefaultCacheTokens) * kvBytesPerToken;

@@ -32,6 +32,9 @@ public sealed record RoutingInputs(IReadOnlyList<ServerInfo> Servers, int Start,
     /// <summary>Only servers that announce this LoRA adapter are used; null = any (base weights).</summary>
     public string? Adapter { get; init; }
 
+    /// <summary>Only servers of the exact weights (no quantized spans) are used.</summary>
+    public bool RequireExact { get; init; }
+
     /// <summary>Peers banned right now (<see cref="BanList.BannedPeers"/>); ignored for a block they would leave bare.</summary>
     public IReadOnlySet<string>? BannedPeers { get; init; }
 }
@@ -198,6 +201,7 @@ public static class RoutePlanner
             .Where(s => inputs.AllowedPeers is null || inputs.AllowedPeers.Contains(s.PeerId))
             .Where(s => inputs.BlockedPeers is null || !inputs.BlockedPeers.Contains(s.PeerId))
             .Where(s => inputs.Adapter is null || s.Adapters.Contains(inputs.Adapter, StringComparer.Ordinal))
+            .Where(s => !inputs.RequireExact || s.IsExact)
             .ToList();
 
         // Eligibility is decided over the server's whole span (not just the request) so segment lengths match what
@@ -231,14 +235,18 @@ public static class RoutePlanner
             throw new SwarmException($"no usable server holds block{(missing.Count > 1 ? "s" : "")} {string.Join(", ", missing)} with adapter '{inputs.Adapter}' " +
                 $"(servers with it: {Describe(inputs.Servers.Where(s => s.Adapters.Contains(inputs.Adapter, StringComparer.Ordinal)))}; " +
                 $"all known: {Describe(inputs.Servers)})");
+        if (missing.Count > 0 && inputs.RequireExact)
+            throw new SwarmException($"no server of the exact weights holds block{(missing.Count > 1 ? "s" : "")} {string.Join(", ", missing)}, " +
+                $"and exact weights were required (quantized servers: {Describe(inputs.Servers.Where(s => !s.IsExact), withQuant: true)}; " +
+                $"all known: {Describe(inputs.Servers, withQuant: true)})");
         if (missing.Count > 0)
             throw new SwarmException($"no usable server holds block{(missing.Count > 1 ? "s" : "")} {string.Join(", ", missing)} " +
                 $"(known servers: {(inputs.Servers.Count == 0 ? "none" : string.Join(" ", inputs.Servers.Select(s => $"{s.Span}:{s.State}")))})");
         return segments;
     }
 
-    static string Describe(IEnumerable<ServerInfo> servers) =>
-        servers.Any() ? string.Join(" ", servers.Select(s => $"{s.Span}:{s.State}")) : "none";
+    static string Describe(IEnumerable<ServerInfo> servers, bool withQuant = false) =>
+        servers.Any() ? string.Join(" ", servers.Select(s => $"{s.Span}:{s.State}" + (withQuant ? $":{s.Quant}" : ""))) : "none";
 
     static bool IsBanned(RoutingInputs inputs, ServerInfo s) => inputs.BannedPeers?.Contains(s.PeerId) == true;
 

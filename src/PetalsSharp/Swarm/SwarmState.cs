@@ -21,6 +21,16 @@ public sealed record ServerInfo(
 {
     public ServerSpan Span => new(Address, Start, End);
 
+    /// <summary>The block format its linears are served in: "none" (exact), "int8", "nf4", or what a newer server announced.</summary>
+    public string Quant { get; init; } = "none";
+
+    /// <summary>Whether it serves the exact weights (what <c>--require-exact</c> routes through).</summary>
+    public bool IsExact => Quant == "none";
+
+    /// <summary>An announced format, bounded (hostile input): empty (an older server) is "none"; anything else is kept if short.</summary>
+    public static string ReadQuant(string announced) =>
+        string.IsNullOrEmpty(announced) ? "none" : announced.Length <= 16 && announced.All(char.IsAsciiLetterOrDigit) ? announced : "unknown";
+
     /// <summary>Round trips (seconds) this server measured to servers that could follow it, by their address.</summary>
     public IReadOnlyDictionary<string, double> NextPings { get; init; } = new Dictionary<string, double>();
 
@@ -34,6 +44,7 @@ public sealed record ServerInfo(
             double.IsFinite(a.InferenceRps) ? a.InferenceRps : 0, a.CacheTokensLeft, a.PublicName, a.WeightsDtype,
             a.SoftwareVersion, a.WeightsFingerprint, ReadAdapters(a.Adapters), expiration)
         {
+            Quant = ReadQuant(a.Quant),
             NextPings = a.NextPings.Where(p => p.Key.Length <= 256 && double.IsFinite(p.Value) && p.Value >= 0).Take(64)
                 .ToDictionary(p => p.Key, p => p.Value),
         };

@@ -67,7 +67,7 @@ function spanBar(s, numBlocks) {
 
 function serversTable(m, now) {
   if (m.servers.length === 0) return el("p", { class: "empty", text: "no servers" });
-  const head = el("tr", {}, ...["state", "name", "address", "blocks", "throughput", "inference", "cache left", "version", "dtype", "adapters", "records"]
+  const head = el("tr", {}, ...["state", "name", "address", "blocks", "throughput", "inference", "cache left", "version", "dtype", "quant", "adapters", "records"]
     .map(h => el("th", { text: h })));
   const rows = m.servers.map(s => el("tr", { "data-peer-id": s.peer_id, "data-state": s.state, "data-address": s.address },
     el("td", {}, el("span", { class: "badge", "data-state": s.state, text: s.state })),
@@ -79,6 +79,7 @@ function serversTable(m, now) {
     el("td", { class: "num", text: `${fmt.num(s.cache_tokens_left)} tok` }),
     el("td", { class: "mono", text: s.version }),
     el("td", { text: s.dtype }),
+    el("td", { text: s.quant ?? "none" }),
     el("td", { text: s.adapters.length ? s.adapters.join(", ") : "—" }),
     el("td", { text: s.state === "GONE" ? `last seen ${fmt.ago(s.last_seen, now)}` : `expires ${fmt.until(s.expires, now)}` })));
   return el("table", { class: "servers", "data-model": m.dht_prefix }, el("thead", {}, head), el("tbody", {}, ...rows));
