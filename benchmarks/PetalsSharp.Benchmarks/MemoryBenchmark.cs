@@ -1,6 +1,7 @@
 using System.Diagnostics;
 using PetalsSharp.Client;
 using PetalsSharp.Models;
+using PetalsSharp.Models.Quant;
 using PetalsSharp.Server;
 using static TorchSharp.torch;
 
@@ -10,7 +11,8 @@ namespace PetalsSharp.Benchmarks;
 /// Peak resident memory of a real <c>petals server</c> process against what it must hold: its weights in the served
 /// dtype plus its KV budget. A client opens one session and runs a prefill and single-token decode steps; the
 /// server's VmRSS and VmHWM (the kernel's high-water mark) are read from /proc after load, after the prefill and at
-/// the end. Issue 16's acceptance: peak ≤ 1.15 × (weights + KV budget) on four Llama-3-8B-shaped blocks in bf16.
+/// the end. Issue 16's acceptance: peak ≤ 1.15 × (weights + KV budget) on four Llama-3-8B-shaped blocks in bf16;
+/// issue 17's: the same with <c>--quant int8|nf4</c> (weights = the packed bytes).
 /// </summary>
 public static class MemoryBenchmark
 {
@@ -24,14 +26,18 @@ public static class MemoryBenchmark
         int prompt = args.Int("prompt", 64), newTokens = args.Int("new", 64);
         var config = ModelConfigLoader.Load(dir);
         int elementSize = dtype is "f32" or "float32" ? 4 : 2;
+        var quant = PetalsSharp.Models.Quant.QuantFormats.Parse(args.Get("quant") ?? "none");
+        // Packed matrices count their packed bytes (scales and row padding included); the rest its dtype.
         long weightBytes = Enumerable.Range(0, config.NumLayers)
             .SelectMany(i => config.Family.BlockTensors(config, i))
-            .Sum(t => t.Shape.Aggregate(1L, (a, d) => a * d)) * elementSize;
+            .Sum(t => t.QuantizedBy(quant)
+                ? t.Shape[0] * PetalsSharp.Models.Quant.QuantFormats.RowBytes(quant, t.Shape[1])
+                : t.Shape.Aggregate(1L, (a, d) => a * d) * elementSize);
 
         ServerProcess.StartTimeout = TimeSpan.FromMinutes(10);   // gigabytes to load, on a box that may be busy
         var sw = Stopwatch.StartNew();
         using var server = await ServerProcess.StartAsync(dir, 0, config.NumLayers,
-            "--dtype", dtype, "--cache-bytes", cacheBytes.ToString(), "--throughput", "1");
+            "--dtype", dtype, "--quant", quant.Name(), "--cache-bytes", cacheBytes.ToString(), "--throughput", "1");
         double loadSeconds = sw.Elapsed.TotalSeconds;
         var afterLoad = Status(server.Id);
 
@@ -54,7 +60,7 @@ public static class MemoryBenchmark
         await server.StopAsync(TimeSpan.FromSeconds(30));
 
         double budget = weightBytes + cacheBytes;
-        Console.WriteLine($"model {dir}: {config.NumLayers} blocks, hidden {config.HiddenSize}, served in {dtype}, checkpoint {config.TorchDtype ?? "float32"}");
+        Console.WriteLine($"model {dir}: {config.NumLayers} blocks, hidden {config.HiddenSize}, served in {dtype}, quant {quant.Name()}, checkpoint {config.TorchDtype ?? "float32"}");
         Console.WriteLine($"weights {Gb(weightBytes)} GB + KV budget {Gb(cacheBytes)} GB = {Gb(budget)} GB");
         Console.WriteLine($"load {loadSeconds:F1} s; prefill {prompt} tokens {prefillSeconds:F2} s ({prompt / prefillSeconds:F1} tok/s); " +
             $"decode {newTokens} tokens {decodeSeconds:F2} s ({newTokens / decodeSeconds:F1} tok/s)");
