@@ -10,7 +10,7 @@ namespace PetalsSharp.Benchmarks;
 /// <summary>
 /// The decode kernel alone: weight bytes (and weights) per second of <see cref="MatRows"/> for a few activation rows
 /// against an FFN-sized (2048×768) and an LM-head-sized (32000×768) weight in f32, bf16, f16 and the block formats
-/// int8 and nf4, on one thread (<see cref="MatRows.MultiplyRange"/>) and on the shared team. Enough copies of each
+/// int8 and nf4 (nf4-int: with <see cref="MatRows.QuantIntegerDot"/>), on one thread (<see cref="MatRows.MultiplyRange"/>) and on the shared team. Enough copies of each
 /// matrix are cycled that they come from DRAM, as a decode step's weights do, not from L3. Formats are interleaved
 /// within each round and each cell reports the median of the rounds (the box is shared and noisy).
 /// </summary>
@@ -25,17 +25,19 @@ public static unsafe class MatRowsBenchmark
         if (args.Get("v512") is { } v512) MatRows.UseVector512 = v512 != "false";
         if (args.Get("wide") is { } wide) MatRows.UseWideTiles = wide != "false";
         if (args.Get("qprefetch") is { } qprefetch) MatRows.QuantPrefetch = qprefetch != "false";
+        if (args.Get("qint") is { } qint) MatRows.QuantIntegerDot = qint != "false";
+        bool qintDefault = MatRows.QuantIntegerDot;
         bool reference = args.Get("reference") == "true";
         // --hot: one copy of each matrix, cache-resident, so the kernel's compute cost shows without DRAM.
         MatrixSet.Budget = args.Get("hot") == "true" ? 0 : 384L << 20;
         var rowCounts = (args.Get("rows") ?? "1,8").Split(',').Select(int.Parse).ToArray();
         var threads = (args.Get("threads") ?? $"1,{WorkerTeam.Shared.Size}").Split(',').Select(int.Parse).ToArray();
-        var formats = (args.Get("formats") ?? "f32,bf16,f16,int8,nf4").Split(',');
+        var formats = (args.Get("formats") ?? "f32,bf16,f16,int8,nf4,nf4-int").Split(',');   // nf4-int: the integer dot
         var shapes = (args.Get("shapes") ?? "2048x768,32000x768").Split(',')
             .Select(s => s.Split('x')).Select(p => (Out: int.Parse(p[0]), In: int.Parse(p[1]))).ToArray();
         Console.WriteLine($"memory bandwidth: {bandwidth / 1e9:F1} GB/s; team of {WorkerTeam.Shared.Size}; {rounds} rounds; " +
                           $"AvxVnni {System.Runtime.Intrinsics.X86.AvxVnni.IsSupported}, Vector512 accelerated {System.Runtime.Intrinsics.Vector512.IsHardwareAccelerated}; pairs {MatRows.UsePairs}, " +
-                          $"512-bit {MatRows.UseVector512}, wide tiles {MatRows.UseWideTiles}, quant prefetch {MatRows.QuantPrefetch}");
+                          $"512-bit {MatRows.UseVector512}, wide tiles {MatRows.UseWideTiles}, quant prefetch {MatRows.QuantPrefetch}, integer nf4 dot {MatRows.QuantIntegerDot}");
         Console.WriteLine();
         Console.WriteLine("| weight | format | rows | threads | GB/s | ÷ bandwidth | G weights/s | GFLOP/s | F.linear (f32) GB/s |");
         Console.WriteLine("|---|---|---|---|---|---|---|---|---|");
@@ -61,6 +63,7 @@ public static unsafe class MatRowsBenchmark
                                 Action<int> call = t == 1
                                     ? i => MatRows.MultiplyRange(m[i % m.Length], xp, rows, yp, outF, null, 0, outF)
                                     : i => MatRows.Multiply(m[i % m.Length], xp, rows, yp, outF, null, WorkerTeam.Shared);
+                                MatRows.QuantIntegerDot = set.Name == "nf4-int" || (qintDefault && set.Name == "nf4");
                                 var key = (set.Name, rows, t);
                                 if (!cells.TryGetValue(key, out var list)) cells[key] = list = [];
                                 list.Add(Measure(seconds, call));
@@ -105,7 +108,7 @@ public static unsafe class MatRowsBenchmark
         {
             Name = name;
             int outF = (int)source.shape[0], inF = (int)source.shape[1];
-            var format = name switch { "int8" => QuantFormat.Int8, "nf4" => QuantFormat.Nf4, _ => QuantFormat.None };
+            var format = name switch { "int8" => QuantFormat.Int8, "nf4" or "nf4-int" => QuantFormat.Nf4, _ => QuantFormat.None };
             if (format == QuantFormat.None)
             {
                 var dtype = name switch { "f32" => ScalarType.Float32, "bf16" => ScalarType.BFloat16, "f16" => ScalarType.Float16, _ => throw new ArgumentException($"unknown format '{name}'") };

@@ -144,4 +144,49 @@ public sealed unsafe class MatRowsQuantTests
                 }
         }
     }
+
+    [Theory]
+    [InlineData(13, 64)]
+    [InlineData(770, 172)]
+    [InlineData(770, 2048 + 17)]
+    public void The_integer_nf4_dot_stays_within_the_activation_rounding(int outF, int inF)
+    {
+        // x is rounded to int8 per 64-value block (dx = absmax / 127), so each term moves by at most dx/2 · |w|:
+        // the bound is Σ_blocks dx/2 · Σ|w| (times 1.001 for the f32 scales) plus the f32 summation's 1e-5 · Σ|w·x|.
+        var (packed, weights) = Matrix(QuantFormat.Nf4, outF, inF, 5);
+        var x = Random(inF, 9);
+        x[inF / 2] = 3;   // an outlier: its block's other values lose precision, as real activations' do
+        var bias = Random(outF, 4);
+        var y = new float[outF];
+        bool saved = MatRows.QuantIntegerDot;
+        MatRows.QuantIntegerDot = true;
+        try
+        {
+            fixed (byte* wp = packed)
+            fixed (float* xp = x, yp = y, bp = bias)
+                MatRows.MultiplyRange(WeightMatrix.Quantized(wp, QuantFormat.Nf4, outF, inF), xp, 1, yp, outF, bp, 0, outF);
+        }
+        finally
+        {
+            MatRows.QuantIntegerDot = saved;
+        }
+        for (int o = 0; o < outF; o++)
+        {
+            double sum = bias[o], magnitude = 0, rounding = 0;
+            for (int b = 0; b * 64 < inF; b++)
+            {
+                double amax = 0, wabs = 0;
+                for (int i = b * 64; i < Math.Min(inF, b * 64 + 64); i++)
+                {
+                    amax = Math.Max(amax, Math.Abs(x[i]));
+                    wabs += Math.Abs(weights[o * inF + i]);
+                    sum += (double)weights[o * inF + i] * x[i];
+                    magnitude += Math.Abs((double)weights[o * inF + i] * x[i]);
+                }
+                rounding += amax / 127 / 2 * wabs;
+            }
+            double bound = 1.001 * rounding + 1e-5 * magnitude + 1e-7 * Math.Abs(bias[o]) + 1e-30;
+            if (Math.Abs(y[o] - sum) > bound) Assert.Fail($"{outF}×{inF}: y[{o}] = {y[o]}, expected {sum} (bound {bound:G3})");
+        }
+    }
 }

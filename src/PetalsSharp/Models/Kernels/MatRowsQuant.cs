@@ -16,6 +16,7 @@ public static unsafe partial class MatRows
     static void QuantRange(in WeightMatrix w, float* x, int rows, float* y, int ldy, float* bias, int o0, int o1)
     {
         if (!Avx2.IsSupported) QuantPortable(w, x, rows, y, ldy, bias, o0, o1);
+        else if (rows == 1 && QuantIntegerDot && w.Type == WeightType.Nf4) Nf4IntRange(w, x, y, bias, o0, o1);
         else if (rows == 1) QuantRange1(w, x, y, bias, o0, o1);
         else QuantTiles(w, x, rows, y, ldy, bias, o0, o1);
     }
@@ -93,10 +94,10 @@ public static unsafe partial class MatRows
 
     /// <summary>
     /// Scales of <paramref name="count"/> consecutive blocks of four rows, times <paramref name="factor"/> (a power of
-    /// two), into <paramref name="scales"/> <c>[Tile, ScaleChunk]</c>: eight at a time with a gather of each block's
+    /// two) and, for the integer kernels, the activation blocks' scales <paramref name="dx"/>, into <paramref name="scales"/> <c>[Tile, ScaleChunk]</c>: eight at a time with a gather of each block's
     /// first four bytes and an exact vector f16 conversion.
     /// </summary>
-    static void TileScales(byte* w0, byte* w1, byte* w2, byte* w3, int count, float* scales, float factor)
+    static void TileScales(byte* w0, byte* w1, byte* w2, byte* w3, int count, float* scales, float factor, float* dx = null)
     {
         for (int k = 0; k < Tile; k++)
         {
@@ -108,9 +109,12 @@ public static unsafe partial class MatRows
                 var offsets = Vector256.Create(0, 1, 2, 3, 4, 5, 6, 7) * BlockBytes;
                 var f = Vector256.Create(factor);
                 for (; b + 8 <= count; b += 8)
-                    (HalfToSingle(Avx2.GatherVector256((int*)(w + b * BlockBytes), offsets, 1)) * f).Store(dst + b);
+                {
+                    var d = HalfToSingle(Avx2.GatherVector256((int*)(w + b * BlockBytes), offsets, 1)) * f;
+                    (dx is null ? d : d * Vector256.Load(dx + b)).Store(dst + b);
+                }
             }
-            for (; b < count; b++) dst[b] = BlockScale(w + b * BlockBytes) * factor;
+            for (; b < count; b++) dst[b] = BlockScale(w + b * BlockBytes) * factor * (dx is null ? 1 : dx[b]);
         }
     }
 
