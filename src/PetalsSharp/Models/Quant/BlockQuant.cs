@@ -1,6 +1,7 @@
 using System.Buffers.Binary;
 using System.Runtime.CompilerServices;
 using System.Runtime.Intrinsics;
+using System.Runtime.Intrinsics.X86;
 
 namespace PetalsSharp.Models.Quant;
 
@@ -95,45 +96,73 @@ public static class BlockQuant
         int rowBytes = format.RowBytes(inFeatures);
         if (packed.Length < (long)rows * rowBytes) throw new ArgumentException("fewer packed bytes than rows need");
         if (values.Length < (long)rows * inFeatures) throw new ArgumentException("the value buffer is too small");
-        Span<float> block = stackalloc float[64];
-        int per = format.BlockValues(), blocks = format.Blocks(inFeatures);
-        for (int r = 0; r < rows; r++)
+        fixed (byte* src = packed)
+        fixed (float* dst = values)
+            for (int r = 0; r < rows; r++) DequantizeRow(format, src + (long)r * rowBytes, dst + (long)r * inFeatures, inFeatures);
+    }
+
+    /// <summary>One packed row (<c>RowBytes</c> at <paramref name="src"/>) into <paramref name="inFeatures"/> floats.</summary>
+    internal static unsafe void DequantizeRow(QuantFormat format, byte* src, float* dst, int inFeatures)
+    {
+        int per = format.BlockValues(), full = inFeatures / per;
+        for (int b = 0; b < full; b++) DequantizeBlock(format, src + b * QuantFormats.BlockBytes, dst + b * per);
+        int rest = inFeatures - full * per;
+        if (rest == 0) return;
+        float* block = stackalloc float[64];
+        DequantizeBlock(format, src + full * QuantFormats.BlockBytes, block);
+        new ReadOnlySpan<float>(block, rest).CopyTo(new Span<float>(dst + full * per, rest));
+    }
+
+    /// <summary>One whole block (32 or 64 values); <see cref="DequantizeBlockScalar"/> says what it computes.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static unsafe void DequantizeBlock(QuantFormat format, byte* src, float* dst)
+    {
+        if (!Vector256.IsHardwareAccelerated || (format == QuantFormat.Nf4 && !Ssse3.IsSupported))
         {
-            var src = packed.Slice(r * rowBytes, rowBytes);
-            var dst = values.Slice(r * inFeatures, inFeatures);
-            for (int b = 0; b < blocks; b++)
+            DequantizeBlockScalar(format, new ReadOnlySpan<byte>(src, QuantFormats.BlockBytes), new Span<float>(dst, format.BlockValues()));
+            return;
+        }
+        var dv = Vector256.Create((float)BinaryPrimitives.ReadHalfLittleEndian(new ReadOnlySpan<byte>(src, 2)));
+        byte* q = src + 2;
+        if (format == QuantFormat.Int8)
+        {
+            for (int i = 0; i < 32; i += 8)
             {
-                int start = b * per, count = Math.Min(per, inFeatures - start);
-                var blockBytes = src.Slice(b * QuantFormats.BlockBytes, QuantFormats.BlockBytes);
-                if (count == per) DequantizeBlock(format, blockBytes, dst.Slice(start, per));
-                else
-                {
-                    DequantizeBlock(format, blockBytes, block[..per]);
-                    block[..count].CopyTo(dst.Slice(start, count));
-                }
+                var bytes = Vector128.CreateScalar(*(long*)(q + i)).AsSByte();
+                var wide = Vector256.WidenLower(Vector128.WidenLower(bytes).ToVector256Unsafe());   // 8 × int32
+                (Vector256.ConvertToSingle(wide) * dv).Store(dst + i);
             }
+            return;
+        }
+        // Nf4: 16 payload bytes give values j..j+15 (low nibbles) and j+32..j+47 (high ones); one byte shuffle looks
+        // sixteen codes up at once.
+        var table = Vector128.Create(Nf4Codes);
+        for (int j = 0; j < 32; j += 16)
+        {
+            var bytes = Vector128.Load(q + j);
+            var lo = Ssse3.Shuffle(table, (bytes & Vector128.Create((byte)0x0F)).AsSByte());
+            var hi = Ssse3.Shuffle(table, Vector128.ShiftRightLogical(bytes, 4).AsSByte());
+            StoreCodes(lo, dv, dst + j);
+            StoreCodes(hi, dv, dst + j + 32);
         }
     }
 
-    /// <summary>One whole block (32 or 64 values).</summary>
+    /// <summary>Sixteen int8 codes times <paramref name="d"/> into <paramref name="dst"/>[0..16).</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    static void DequantizeBlock(QuantFormat format, ReadOnlySpan<byte> src, Span<float> dst)
+    static unsafe void StoreCodes(Vector128<sbyte> codes, Vector256<float> d, float* dst)
+    {
+        var shorts = Vector128.WidenLower(codes).ToVector256Unsafe().WithUpper(Vector128.WidenUpper(codes));   // 16 × int16
+        (Vector256.ConvertToSingle(Vector256.WidenLower(shorts)) * d).Store(dst);
+        (Vector256.ConvertToSingle(Vector256.WidenUpper(shorts)) * d).Store(dst + 8);
+    }
+
+    /// <summary>The definition of a block's values: <c>d · q</c>, <c>q</c> the int8 byte or the nibble's code.</summary>
+    static void DequantizeBlockScalar(QuantFormat format, ReadOnlySpan<byte> src, Span<float> dst)
     {
         float d = (float)BinaryPrimitives.ReadHalfLittleEndian(src);
         var q = src[2..];
         if (format == QuantFormat.Int8)
         {
-            if (Vector256.IsHardwareAccelerated)
-            {
-                var dv = Vector256.Create(d);
-                for (int i = 0; i < 32; i += 8)
-                {
-                    var bytes = Vector128.Create((long)BinaryPrimitives.ReadInt64LittleEndian(q[i..]), 0).AsSByte();
-                    var wide = Vector256.WidenLower(Vector128.WidenLower(bytes).ToVector256Unsafe());   // 8 × int32
-                    (Vector256.ConvertToSingle(wide) * dv).CopyTo(dst[i..]);
-                }
-                return;
-            }
             for (int i = 0; i < 32; i++) dst[i] = d * (sbyte)q[i];
             return;
         }

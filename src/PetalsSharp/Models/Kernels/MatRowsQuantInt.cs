@@ -1,0 +1,140 @@
+using System.Runtime.CompilerServices;
+using System.Runtime.Intrinsics;
+using System.Runtime.Intrinsics.X86;
+using PetalsSharp.Models.Quant;
+
+namespace PetalsSharp.Models.Kernels;
+
+// One activation row in the integer domain (llama.cpp's way): x is quantized once per call to int8 per weight
+// block (scale dx = absmax / 127), and each block's dot product is int8 · int8 summed in int32, then scaled by
+// d · dx. A byte multiply-add needs one unsigned operand, so |xq| is the unsigned side and the weight takes xq's
+// sign (vpsignb). With AVX-VNNI one vpdpbusd does 32 products; without, vpmaddubsw + vpmaddwd (no saturation:
+// |xq| ≤ 127 and |q| ≤ 127, so a pair sums to at most 32258).
+// This is not the dequantized product: x's rounding adds at most dx/2 · Σ|w| per block (MatRowsQuantTests states
+// the bound). It costs about a third of the f32 kernel's instructions per block, which is what lets nf4 stream.
+public static unsafe partial class MatRows
+{
+    /// <summary>
+    /// Whether 1-row products against nf4 weights quantize x to int8 and take integer dot products (within
+    /// dx/2 · Σ|w| per block of the dequantized product, as llama.cpp's Q4_0 · Q8_0), else the f32 kernel (exact up to
+    /// summation order). A benchmark switch: <c>matrows --qint true</c>.
+    /// </summary>
+    public static bool QuantIntegerDot { get; set; } = Environment.GetEnvironmentVariable("PETALS_QUANT_INT") == "1";
+
+    /// <summary>
+    /// x (<paramref name="n"/> values) as int8 blocks of <paramref name="per"/> (32 or 64): <c>xq</c> and <c>|xq|</c>
+    /// (<c>blocks · per</c> bytes each, zero-padded) and each block's scale <c>dx</c>. Saturation never bites: the
+    /// largest |x| maps to 127 up to f32 rounding.
+    /// </summary>
+    static void QuantizeActivations(float* x, int n, int per, int blocks, sbyte* xq, byte* ax, float* dx)
+    {
+        float* padded = stackalloc float[Nf4Values];
+        for (int b = 0; b < blocks; b++)
+        {
+            int start = b * per, count = Math.Min(per, n - start);
+            float* v = x + start;
+            if (count < per)
+            {
+                new ReadOnlySpan<float>(v, count).CopyTo(new Span<float>(padded, per));
+                new Span<float>(padded + count, per - count).Clear();
+                v = padded;
+            }
+            var m = Vector256<float>.Zero;
+            for (int i = 0; i < per; i += 8) m = Vector256.Max(m, Vector256.Abs(Vector256.Load(v + i)));
+            var m4 = Vector128.Max(m.GetLower(), m.GetUpper());
+            float amax = Math.Max(Math.Max(m4[0], m4[1]), Math.Max(m4[2], m4[3]));
+            dx[b] = amax / 127;
+            var inv = Vector256.Create(amax == 0 ? 0 : 127 / amax);
+            for (int i = 0; i < per; i += 32)
+            {
+                // Round to nearest even (vcvtps2dq), then pack 4 × 8 int32 into 32 int8; the packs work per 128-bit
+                // half, so the dwords come out as 0,4,1,5,2,6,3,7 and one permute puts them back.
+                var i01 = Avx2.PackSignedSaturate(Avx.ConvertToVector256Int32(Vector256.Load(v + i) * inv), Avx.ConvertToVector256Int32(Vector256.Load(v + i + 8) * inv));
+                var i23 = Avx2.PackSignedSaturate(Avx.ConvertToVector256Int32(Vector256.Load(v + i + 16) * inv), Avx.ConvertToVector256Int32(Vector256.Load(v + i + 24) * inv));
+                var q = Avx2.PermuteVar8x32(Avx2.PackSignedSaturate(i01, i23).AsInt32(), Vector256.Create(0, 4, 1, 5, 2, 6, 3, 7)).AsSByte();
+                q.Store(xq + start + i);
+                Avx2.Abs(q).Store(ax + start + i);
+            }
+        }
+    }
+
+    /// <summary>One activation row against nf4 weights in the integer domain: tiles of four rows, as QuantRange1.</summary>
+    static void Nf4IntRange(in WeightMatrix w, float* x, float* y, float* bias, int o0, int o1)
+    {
+        int n = w.Cols, blocks = w.Quant.Blocks(n);
+        long rowBytes = w.RowBytes;
+        var data = (byte*)w.Data;
+        var buffer = (byte*)Scratch(blocks * (2 * Nf4Values + 4) / 4);
+        sbyte* xq = (sbyte*)buffer;                        // [blocks * 64]
+        byte* ax = buffer + blocks * Nf4Values;            // [blocks * 64]
+        float* dx = (float*)(ax + blocks * Nf4Values);     // [blocks]
+        QuantizeActivations(x, n, Nf4Values, blocks, xq, ax, dx);
+        float* scales = stackalloc float[Tile * ScaleChunk];
+        float* part = stackalloc float[Tile];
+        for (int o = o0; o < o1; o += Tile)
+        {
+            int count = Math.Min(Tile, o1 - o);
+            byte* w0 = data + o * rowBytes;
+            byte* w1 = count > 1 ? w0 + rowBytes : w0, w2 = count > 2 ? w0 + 2 * rowBytes : w1, w3 = count > 3 ? w0 + 3 * rowBytes : w2;
+            part[0] = part[1] = part[2] = part[3] = 0;
+            for (int c = 0; c < blocks; c += ScaleChunk)
+            {
+                int chunk = Math.Min(ScaleChunk, blocks - c), off = c * BlockBytes;
+                TileScales(w0 + off, w1 + off, w2 + off, w3 + off, chunk, scales, 1, dx + c);
+                Nf4IntBlocks(w0 + off, w1 + off, w2 + off, w3 + off, chunk, xq + c * Nf4Values, ax + c * Nf4Values, scales, part,
+                    w0 + Tile * (rowBytes + off));
+            }
+            for (int k = 0; k < count; k++) y[o + k] = part[k] + (bias is null ? 0 : bias[o + k]);
+        }
+    }
+
+    /// <summary><paramref name="count"/> nf4 blocks of four rows against quantized x; scales are d · dx. Calls nothing.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    static void Nf4IntBlocks(byte* w0, byte* w1, byte* w2, byte* w3, int count, sbyte* xq, byte* ax, float* scales, float* y, byte* next)
+    {
+        var table = Vector256.Create(Vector128.Create(BlockQuant.Nf4Codes));
+        var low = Vector256.Create((byte)0x0F);
+        Vector256<float> a0 = default, a1 = default, a2 = default, a3 = default;
+        bool prefetch = QuantPrefetch && Sse.IsSupported;
+        for (int b = 0; b < count; b++)
+        {
+            int off = b * BlockBytes;
+            if (prefetch)
+            {
+                Sse.Prefetch0(next + 4 * off);
+                Sse.Prefetch0(next + 4 * off + 64);
+                Sse.Prefetch0(next + 4 * off + 128);
+            }
+            var qlo = Vector256.Load(xq + b * Nf4Values);
+            var qhi = Vector256.Load(xq + b * Nf4Values + 32);
+            var alo = Vector256.Load(ax + b * Nf4Values);
+            var ahi = Vector256.Load(ax + b * Nf4Values + 32);
+            a0 = Nf4IntBlock(w0 + off, table, low, qlo, qhi, alo, ahi, scales + b, a0);
+            a1 = Nf4IntBlock(w1 + off, table, low, qlo, qhi, alo, ahi, scales + ScaleChunk + b, a1);
+            a2 = Nf4IntBlock(w2 + off, table, low, qlo, qhi, alo, ahi, scales + 2 * ScaleChunk + b, a2);
+            a3 = Nf4IntBlock(w3 + off, table, low, qlo, qhi, alo, ahi, scales + 3 * ScaleChunk + b, a3);
+        }
+        y[0] += Vector256.Sum(a0);
+        y[1] += Vector256.Sum(a1);
+        y[2] += Vector256.Sum(a2);
+        y[3] += Vector256.Sum(a3);
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static Vector256<float> Nf4IntBlock(byte* block, Vector256<sbyte> table, Vector256<byte> low, Vector256<sbyte> qlo, Vector256<sbyte> qhi,
+        Vector256<byte> alo, Vector256<byte> ahi, float* scale, Vector256<float> acc)
+    {
+        var bytes = Vector256.Load(block + 2);
+        var lo = Avx2.Shuffle(table, (bytes & low).AsSByte());                                                  // codes of values 0..31
+        var hi = Avx2.Shuffle(table, (Avx2.ShiftRightLogical(bytes.AsUInt16(), 4).AsByte() & low).AsSByte());   // values 32..63
+        var s = DotBytes(Vector256<int>.Zero, alo, Avx2.Sign(lo, qlo));
+        s = DotBytes(s, ahi, Avx2.Sign(hi, qhi));
+        return Fmadd(Vector256.ConvertToSingle(s), Avx.BroadcastScalarToVector256(scale), acc);
+    }
+
+    /// <summary><paramref name="acc"/> + sums of four adjacent u8 · s8 products per 32-bit lane.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static Vector256<int> DotBytes(Vector256<int> acc, Vector256<byte> u, Vector256<sbyte> s) => AvxVnni.IsSupported
+        ? AvxVnni.MultiplyWideningAndAdd(acc, u, s)
+        : acc + Avx2.MultiplyAddAdjacent(Avx2.MultiplyAddAdjacent(u, s), Vector256.Create((short)1));
+}
