@@ -69,7 +69,7 @@ public sealed unsafe class MatRowsQuantTests
         fixed (byte* wp = packed)
         fixed (float* xp = x, yp = y, bp = bias)
         {
-            var w = WeightMatrix.Quantized(wp, format, outF, inF);
+            var w = WeightMatrix.Quantized(wp, format, outF, inF, exactActivations: true);
             MatRows.MultiplyRange(w, xp, rows, yp, ldy, bp, o0, o1);
         }
         Check(weights, x, bias, y, rows, outF, inF, ldy, o0, o1, $"{format} {outF}×{inF}, {rows} rows, bias {withBias}, [{o0}, {o1})");
@@ -118,7 +118,7 @@ public sealed unsafe class MatRowsQuantTests
             var y = new float[rows * outF];
             fixed (byte* wp = packed)
             fixed (float* xp = x, yp = y, bp = bias)
-                MatRows.Multiply(WeightMatrix.Quantized(wp, format, outF, inF), xp, rows, yp, outF, bp, WorkerTeam.Shared);
+                MatRows.Multiply(WeightMatrix.Quantized(wp, format, outF, inF, exactActivations: true), xp, rows, yp, outF, bp, WorkerTeam.Shared);
             Check(weights, x, bias, y, rows, outF, inF, outF, 0, outF, $"{format} team, {rows} rows");
         }
     }
@@ -158,18 +158,9 @@ public sealed unsafe class MatRowsQuantTests
         x[inF / 2] = 3;   // an outlier: its block's other values lose precision, as real activations' do
         var bias = Random(outF, 4);
         var y = new float[outF];
-        bool saved = MatRows.QuantIntegerDot;
-        MatRows.QuantIntegerDot = true;
-        try
-        {
-            fixed (byte* wp = packed)
-            fixed (float* xp = x, yp = y, bp = bias)
-                MatRows.MultiplyRange(WeightMatrix.Quantized(wp, QuantFormat.Nf4, outF, inF), xp, 1, yp, outF, bp, 0, outF);
-        }
-        finally
-        {
-            MatRows.QuantIntegerDot = saved;
-        }
+        fixed (byte* wp = packed)
+        fixed (float* xp = x, yp = y, bp = bias)
+            MatRows.MultiplyRange(WeightMatrix.Quantized(wp, QuantFormat.Nf4, outF, inF), xp, 1, yp, outF, bp, 0, outF);
         for (int o = 0; o < outF; o++)
         {
             double sum = bias[o], magnitude = 0, rounding = 0;

@@ -41,6 +41,32 @@ public class QuantQualityTests(ITestOutputHelper output)
         return result;
     }
 
+    /// <summary>
+    /// The same log-probabilities through cached single-token steps after a prefill of the prompt: the path a
+    /// decode takes (one-row products on the packed bytes; for nf4, x rounded to int8 per block).
+    /// </summary>
+    static List<Tensor> StepLogProbs(CausalLM lm)
+    {
+        var result = new List<Tensor>();
+        using var noGrad = no_grad();
+        foreach (var marked in Sequences.Value)
+        {
+            var ids = marked.Select(m => (long)(m < 0 ? -1 - m : m)).ToArray();
+            int first = Array.FindIndex(marked, m => m >= 0);
+            using var scope = NewDisposeScope();
+            using var session = lm.Blocks.OpenSession(new SessionOptions(1, ids.Length));
+            session.StepAsync(lm.Ends.Embed(tensor(ids[..first], [1, first]))).AsTask().GetAwaiter().GetResult();   // [1, P-1, H]
+            var rows = new List<Tensor>();
+            for (int t = first; t < ids.Length - 1; t++)
+            {
+                var h = session.StepAsync(lm.Ends.Embed(tensor(new[] { ids[t] }, [1, 1]))).AsTask().GetAwaiter().GetResult();   // [1, 1, H]
+                rows.Add(lm.Ends.Logits(lm.Ends.FinalNorm(h))[0]);                                   // [1, V]
+            }
+            result.Add(cat(rows, 0).log_softmax(-1).MoveToOuterDisposeScope());                     // [40, V]
+        }
+        return result;
+    }
+
     static (int Agree, int Total, double MeanKl) Compare(List<Tensor> exact, List<Tensor> quant)
     {
         int agree = 0, total = 0;
@@ -67,12 +93,16 @@ public class QuantQualityTests(ITestOutputHelper output)
         using var quant = CausalLM.Load(Fixtures.Stories260KDir!, new ModelLoadOptions(Quant: format));
         var p = LogProbs(exact);
         var q = LogProbs(quant);
-        var (agree, total, kl) = Compare(p, q);
-        output.WriteLine($"{format.Name()}: top-1 {agree}/{total}, mean KL {kl:E2}");
-        foreach (var t in p.Concat(q)) t.Dispose();
-        Assert.Equal(120, total);
-        Assert.True(agree >= minAgree, $"{format.Name()}: top-1 agreement {agree}/{total}, below {minAgree}");
-        Assert.True(kl <= maxKl, $"{format.Name()}: mean KL {kl:E2} above {maxKl:E0}");
+        var steps = StepLogProbs(quant);
+        foreach (var (path, logProbs) in new[] { ("forward", q), ("cached steps", steps) })
+        {
+            var (agree, total, kl) = Compare(p, logProbs);
+            output.WriteLine($"{format.Name()} {path}: top-1 {agree}/{total}, mean KL {kl:E2}");
+            Assert.Equal(120, total);
+            Assert.True(agree >= minAgree, $"{format.Name()} {path}: top-1 agreement {agree}/{total}, below {minAgree}");
+            Assert.True(kl <= maxKl, $"{format.Name()} {path}: mean KL {kl:E2} above {maxKl:E0}");
+        }
+        foreach (var t in p.Concat(q).Concat(steps)) t.Dispose();
     }
 
     [SkippableTheory]
