@@ -8,7 +8,7 @@ namespace PetalsSharp.Tests.Adapters;
 
 /// <summary>
 /// Issue 17: server-side LoRA over quantized blocks (QLoRA style: the adapter stays f32). For every family the cached
-/// steps (fused path) equal the cache-free forward of the same packed blocks with the adapter, the adapter changes
+/// steps (fused path) equal the cache-free forward (prefill) and the reference path (decode) of the same packed blocks with the adapter, the adapter changes
 /// the output, and backward through the packed blocks gives the input gradient of f32 blocks holding the dequantized weights.
 /// </summary>
 public sealed class QloraTests
@@ -36,8 +36,17 @@ public sealed class QloraTests
             var adapted = packed.Forward(x, options);                                    // [B, T, H]
             Assert.True(TensorAssert.MaxAbsDiff(packed.Forward(x), adapted) > 1e-2, "the adapter must change the output");
             using var session = (LocalBlockSession)packed.OpenSession(new SessionOptions(2, 8) { Adapter = adapter });
+            using var reference = (LocalBlockSession)packed.OpenSession(new SessionOptions(2, 8) { Adapter = adapter });
             TensorAssert.Close(adapted.narrow(1, 0, 4), session.Step(x.narrow(1, 0, 4)), 1e-4, 1e-4, $"{fixture}: prefill");
-            TensorAssert.Close(adapted.narrow(1, 4, 1), session.Step(x.narrow(1, 4, 1)), 1e-4, 1e-4, $"{fixture}: decode");
+            // A single row's product rounds x to int8 (the cache-free forward's rows do not), so the decode step is
+            // held to the reference path's same step; a Mixtral expert may see one row of the two.
+            Tensor expected;
+            using (PetalsSharp.Models.Kernels.FusedDecode.Disable())
+            {
+                reference.Step(x.narrow(1, 0, 4));
+                expected = reference.Step(x.narrow(1, 4, 1));
+            }
+            TensorAssert.Close(expected, session.Step(x.narrow(1, 4, 1)), 1e-4, 1e-4, $"{fixture}: decode");
         }
 
         using var grad = enable_grad();

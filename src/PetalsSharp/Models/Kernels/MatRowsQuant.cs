@@ -17,6 +17,7 @@ public static unsafe partial class MatRows
     {
         if (!Avx2.IsSupported) QuantPortable(w, x, rows, y, ldy, bias, o0, o1);
         else if (rows == 1 && QuantIntegerDot && !w.ExactActivations && w.Type == WeightType.Nf4) Nf4IntRange(w, x, y, bias, o0, o1);
+        else if (rows == 1 && QuantIntegerDot && !w.ExactActivations) Int8IntRange(w, x, y, bias, o0, o1);
         else if (rows == 1) QuantRange1(w, x, y, bias, o0, o1);
         else QuantTiles(w, x, rows, y, ldy, bias, o0, o1);
     }
