@@ -83,7 +83,7 @@ public sealed class Checkpoint : IDisposable
         var result = new Dictionary<string, Tensor>();
         foreach (var spec in specs)
         {
-            var t = spec.QuantizedBy(quant) ? Weights.LoadQuantized(spec.Name, quant, spec.Shape) : Weights.Load(spec.Name, dtype, spec.Shape);
+            var t = spec.QuantizedBy(quant) ? QuantCache.Load(Weights, spec, quant) : Weights.Load(spec.Name, dtype, spec.Shape);
             result[spec.Name] = device is null || device.type == TorchSharp.DeviceType.CPU ? t : t.to(device);
         }
         return result;

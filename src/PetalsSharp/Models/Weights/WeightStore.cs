@@ -132,12 +132,16 @@ public sealed class WeightStore : IDisposable
         return tensor;
     }
 
-    /// <summary>Closes the opened files. Tensors already loaded stay valid.</summary>
     /// <summary>
     /// A hash of the tensor as stored (dtype, shape and raw bytes, XxHash128), independent of the dtype it is loaded
-    /// in, so a client and a server holding the same files agree on it without loading anything.
+    /// in, so a client and a server holding the same files agree on it without loading anything. Remembered: a
+    /// server hashes its span for the fingerprints and again to find its quantized copy.
     /// </summary>
-    public string ContentHash(string name)
+    public string ContentHash(string name) => contentHashes.GetOrAdd(name, HashContent);
+
+    private readonly System.Collections.Concurrent.ConcurrentDictionary<string, string> contentHashes = new(StringComparer.Ordinal);
+
+    private string HashContent(string name)
     {
         var (file, entry) = Entry(name);
         var hash = new System.IO.Hashing.XxHash128();
@@ -155,6 +159,7 @@ public sealed class WeightStore : IDisposable
         return Convert.ToHexStringLower(hash.GetCurrentHash());
     }
 
+    /// <summary>Closes the opened files. Tensors already loaded stay valid.</summary>
     public void Dispose()
     {
         lock (gate)
