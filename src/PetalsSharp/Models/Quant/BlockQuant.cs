@@ -69,25 +69,34 @@ public static class BlockQuant
     {
         float d = Scale(block, dst);
         float inv = d == 0 ? 0 : 1 / d;
-        var codes = Nf4Codes;
         for (int j = 0; j < 32; j++)
         {
-            int lo = Nearest(block[j] * inv, codes), hi = Nearest(block[j + 32] * inv, codes);
+            int lo = Nearest(block[j] * inv), hi = Nearest(block[j + 32] * inv);
             dst[2 + j] = (byte)(lo | hi << 4);
         }
     }
 
-    /// <summary>Index of the code nearest to <paramref name="v"/> (in units of d); ties go to the lower code.</summary>
-    static int Nearest(float v, ReadOnlySpan<sbyte> codes)
+    /// <summary>Midpoints between neighbouring codes: a value above k of them is nearest to code k.</summary>
+    static readonly float[] Midpoints = [.. Enumerable.Range(0, 15).Select(k => (Nf4CodeAt(k) + Nf4CodeAt(k + 1)) / 2f)];
+
+    static float Nf4CodeAt(int k) => Nf4Codes[k];
+
+    /// <summary>
+    /// Index of the code nearest to <paramref name="v"/> (in units of d); a value on a midpoint goes to the lower
+    /// code. Four comparisons (a search of the 15 midpoints) instead of 16 distances: packing a 70B span is billions
+    /// of these.
+    /// </summary>
+    static int Nearest(float v)
     {
-        int best = 0;
-        float err = float.MaxValue;
-        for (int k = 0; k < codes.Length; k++)
+        var mids = Midpoints;
+        int lo = 0, hi = mids.Length;             // count of midpoints < v lies in [lo, hi]
+        while (lo < hi)
         {
-            float e = Math.Abs(v - codes[k]);
-            if (e < err) (best, err) = (k, e);
+            int mid = (lo + hi) >> 1;
+            if (mids[mid] < v) lo = mid + 1;
+            else hi = mid;
         }
-        return best;
+        return lo;
     }
 
     /// <summary>Rows of packed weights back to f32: <c>rows × inFeatures</c> values into <paramref name="values"/>.</summary>
