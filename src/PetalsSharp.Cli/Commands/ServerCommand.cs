@@ -73,15 +73,26 @@ public static class ServerCommand
                 throw new CliException($"--request-read-timeout must be a positive number of seconds up to 86400 (got {readSeconds})");
             var requestedDtype = Cli.ParseDtypeOrDefault(pr.GetValue(dtype));
             var format = Cli.ParseQuant(pr.GetValue(quant));
-            // A fixed span downloads only its blocks' shards; a swarm-chosen span may land anywhere, so it needs them all.
-            var source = await ModelSource.ResolveAsync(pr.GetValue(model)!,
-                blocksText is null ? PetalsSharp.Hub.WeightSelection.All : PetalsSharp.Hub.WeightSelection.Blocks(start, end), ct);
+            // A fixed span downloads only its blocks' shards; a swarm-chosen span fetches its own once the swarm has
+            // chosen it (a single-file checkpoint is one file either way).
+            var modelArg = pr.GetValue(model)!;
+            var source = await ModelSource.ResolveAsync(modelArg,
+                blocksText is null ? PetalsSharp.Hub.WeightSelection.None : PetalsSharp.Hub.WeightSelection.Blocks(start, end), ct);
+            Func<int, int, CancellationToken, Task>? fetchBlocks = null;
+            if (blocksText is null && source.SwarmName is not null)
+            {
+                if (File.Exists(Path.Combine(source.Directory, PetalsSharp.Models.Weights.WeightStore.IndexFileName)))
+                    fetchBlocks = (s, e, token) => ModelSource.ResolveAsync(modelArg, PetalsSharp.Hub.WeightSelection.Blocks(s, e), token);
+                else
+                    source = await ModelSource.ResolveAsync(modelArg, PetalsSharp.Hub.WeightSelection.All, ct);
+            }
             var options = new ServerOptions
             {
                 ModelDir = source.Directory, ModelName = source.SwarmName, StartBlock = start, EndBlock = end,
                 Host = pr.GetValue(host)!, Port = pr.GetValue(port), PublicAddress = pr.GetValue(publicAddress),
                 WeightDtype = Cli.ResolveDtype(requestedDtype, source.Directory),
                 Quant = format,
+                FetchBlocks = fetchBlocks,
                 CacheTokens = pr.GetValue(cacheTokens), CacheBytes = pr.GetValue(cacheBytes),
                 MaxSessionLength = pr.GetValue(maxSession), SessionIdleTimeout = TimeSpan.FromSeconds(idleSeconds),
                 MaxCacheShare = share,

@@ -36,6 +36,7 @@ public sealed partial class BlockServer
             int start = await ChooseStartAsync(dht, n, ct);
             await _announcer.AnnounceAsync(start, start + n, ServerState.Joining, ct);
             _logger.LogInformation("JOINING for blocks {Start}:{End} (chosen by the swarm's load); loading them", start, start + n);
+            if (Options.FetchBlocks is { } fetch) await fetch(start, start + n, ct);
             Volatile.Write(ref _span, await Task.Run(() => ServedSpan.Load(_checkpoint, Options, start, start + n), ct));
         }
         else
@@ -85,6 +86,8 @@ public sealed partial class BlockServer
     ThroughputInfo MeasureOneMachine()
     {
         if (Current is { } span) return ThroughputInfo.Measure(span.Stack);
+        // Before a span is chosen the probe is block 0, whose files an auto-placed hub server may not have yet.
+        Options.FetchBlocks?.Invoke(0, 1, CancellationToken.None).GetAwaiter().GetResult();
         using var probe = _checkpoint.LoadBlocks(0, 1, Options.WeightDtype, quant: Options.Quant);
         return ThroughputInfo.Measure(probe);
     }
@@ -105,6 +108,7 @@ public sealed partial class BlockServer
         ServedSpan next;
         try
         {
+            if (Options.FetchBlocks is { } fetch) await fetch(newStart, newEnd, ct);
             next = await Task.Run(() => ServedSpan.Load(_checkpoint, Options, newStart, newEnd), ct);
         }
         catch (Exception e)

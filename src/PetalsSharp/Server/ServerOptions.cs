@@ -61,6 +61,13 @@ public sealed record ServerOptions
     /// <summary>How weights are held in memory; compute is float32 either way.</summary>
     public ScalarType WeightDtype { get; init; } = ScalarType.Float32;
 
+    /// <summary>
+    /// Fetches the weight files of blocks [start, end) before they are loaded: a hub model whose span the swarm
+    /// chooses downloads only that span's shards, once it knows it (and again when it moves). Null: the folder has
+    /// every file.
+    /// </summary>
+    public Func<int, int, CancellationToken, Task>? FetchBlocks { get; init; }
+
     /// <summary>The block format the served linears are packed in at load (none: exact, in <see cref="WeightDtype"/>).</summary>
     public Models.Quant.QuantFormat Quant { get; init; } = Models.Quant.QuantFormat.None;
 

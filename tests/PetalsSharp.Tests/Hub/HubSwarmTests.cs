@@ -52,4 +52,57 @@ public sealed class HubSwarmTests
             if (Directory.Exists(root)) Directory.Delete(root, recursive: true);
         }
     }
+
+    /// <summary>
+    /// Issue 17: a server that lets the swarm place it starts from the config and index alone, then downloads the
+    /// shards of the blocks it was given, and of no others.
+    /// </summary>
+    [Fact]
+    public async Task An_auto_placed_server_downloads_only_the_shards_of_its_chosen_blocks()
+    {
+        string root = Path.Combine(Path.GetTempPath(), "petals-hubauto-" + Guid.NewGuid().ToString("N"));
+        try
+        {
+            await using var hub = await FakeHub.StartAsync();
+            var shards = HubRepos.Sharded(Path.Combine(root, "repo"));
+            hub.Publish("acme/llama-gqa", Path.Combine(root, "repo"));
+            var id = new HubModelId("acme/llama-gqa");
+            var settings = new HubSettings { Endpoint = hub.Endpoint, CacheDir = Path.Combine(root, "cache") };
+            var fetched = new List<(int, int)>();
+            async Task<string> Fetch(WeightSelection weights)
+            {
+                using var resolver = new HubModelResolver(settings);
+                return (await resolver.ResolveAsync(id, weights)).Directory;
+            }
+            string dir = await Fetch(WeightSelection.None);
+            Assert.All(shards.Blocks, shard => Assert.False(File.Exists(Path.Combine(dir, shard))));
+
+            await using var bootstrap = await PetalsSharp.Dht.DhtNode.StartAsync(new PetalsSharp.Dht.DhtNodeOptions { Host = "127.0.0.1", Port = 0 });
+            await using var server = BlockServer.Load(new ServerOptions
+            {
+                ModelDir = dir, ModelName = id.Name, NumBlocks = 1, Host = "127.0.0.1", Port = 0, InitialPeers = [bootstrap.PeerAddress],
+                FixedThroughput = 100, PlacementDelay = TimeSpan.Zero, RebalancePeriod = TimeSpan.Zero,
+                FetchBlocks = async (s, e, ct) =>
+                {
+                    lock (fetched) fetched.Add((s, e));
+                    await Fetch(WeightSelection.Blocks(s, e));
+                },
+            });
+            await server.StartAsync();
+            Assert.Equal([(server.Start, server.End)], fetched);
+            for (int b = 0; b < shards.Blocks.Length; b++)
+                Assert.Equal(b == server.Start || shards.Blocks[b] == shards.Blocks[server.Start], File.Exists(Path.Combine(dir, shards.Blocks[b])));
+
+            // It serves what it fetched.
+            Assert.Equal((0, 1), (server.Start, server.End));   // an empty swarm: the lowest start wins
+            using var client = new PetalsSharp.Tests.Server.ServerClient(server.Address);
+            using var hidden = randn(1, 3, 64);                                                  // [B, T, H]
+            using var output = await client.ForwardAsync(hidden, PetalsSharp.Tests.Server.ServerClient.Header(0, 1));
+            Assert.Equal([1L, 3, 64], output.shape);
+        }
+        finally
+        {
+            if (Directory.Exists(root)) Directory.Delete(root, recursive: true);
+        }
+    }
 }
