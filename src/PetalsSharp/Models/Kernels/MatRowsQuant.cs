@@ -1,4 +1,5 @@
 using System.Numerics.Tensors;
+using System.Runtime.CompilerServices;
 using System.Runtime.Intrinsics;
 using System.Runtime.Intrinsics.X86;
 using PetalsSharp.Models.Quant;
@@ -95,27 +96,46 @@ public static unsafe partial class MatRows
 
     /// <summary>
     /// Scales of <paramref name="count"/> consecutive blocks of four rows, times <paramref name="factor"/> (a power of
-    /// two) and, for the integer kernels, the activation blocks' scales <paramref name="dx"/>, into <paramref name="scales"/> <c>[Tile, ScaleChunk]</c>: eight at a time with a gather of each block's
-    /// first four bytes and an exact vector f16 conversion.
+    /// two) and, for the integer kernels, the activation blocks' scales <paramref name="dx"/>, into <paramref name="scales"/>
+    /// <c>[Tile, ScaleChunk]</c>: eight at a time with a gather of each block's first four bytes and an exact vector f16
+    /// conversion. A last partial group is gathered too (its missing lanes repeat a block and are written past
+    /// <paramref name="count"/>, inside the row's slot): the runtime's scalar f16 conversion of up to seven blocks cost
+    /// as much as the gathers for a 768-wide nf4 row.
     /// </summary>
+    [SkipLocalsInit]
     static void TileScales(byte* w0, byte* w1, byte* w2, byte* w3, int count, float* scales, float factor, float* dx = null)
     {
+        if (!Avx2.IsSupported)
+        {
+            for (int k = 0; k < Tile; k++)
+            {
+                byte* w = k switch { 0 => w0, 1 => w1, 2 => w2, _ => w3 };
+                for (int b = 0; b < count; b++) scales[k * ScaleChunk + b] = BlockScale(w + b * BlockBytes) * factor * (dx is null ? 1 : dx[b]);
+            }
+            return;
+        }
+        var offsets = Vector256.Create(0, 1, 2, 3, 4, 5, 6, 7) * BlockBytes;
+        var f = Vector256.Create(factor);
+        int full = count & ~7, rest = count - full;
         for (int k = 0; k < Tile; k++)
         {
             byte* w = k switch { 0 => w0, 1 => w1, 2 => w2, _ => w3 };
             float* dst = scales + k * ScaleChunk;
-            int b = 0;
-            if (Avx2.IsSupported)
+            for (int b = 0; b < full; b += 8)
             {
-                var offsets = Vector256.Create(0, 1, 2, 3, 4, 5, 6, 7) * BlockBytes;
-                var f = Vector256.Create(factor);
-                for (; b + 8 <= count; b += 8)
-                {
-                    var d = HalfToSingle(Avx2.GatherVector256((int*)(w + b * BlockBytes), offsets, 1)) * f;
-                    (dx is null ? d : d * Vector256.Load(dx + b)).Store(dst + b);
-                }
+                var d = HalfToSingle(Avx2.GatherVector256((int*)(w + b * BlockBytes), offsets, 1)) * f;
+                (dx is null ? d : d * Vector256.Load(dx + b)).Store(dst + b);
             }
-            for (; b < count; b++) dst[b] = BlockScale(w + b * BlockBytes) * factor * (dx is null ? 1 : dx[b]);
+        }
+        if (rest == 0) return;
+        float* tail = stackalloc float[8];   // the last group's dx · factor, zero past count
+        for (int i = 0; i < 8; i++) tail[i] = i >= rest ? 0 : dx is null ? factor : dx[full + i] * factor;
+        var last = Vector256.Min(Vector256.Create(0, 1, 2, 3, 4, 5, 6, 7), Vector256.Create(rest - 1)) * BlockBytes;
+        var t = Vector256.Load(tail);
+        for (int k = 0; k < Tile; k++)
+        {
+            byte* w = k switch { 0 => w0, 1 => w1, 2 => w2, _ => w3 };
+            (HalfToSingle(Avx2.GatherVector256((int*)(w + full * BlockBytes), last, 1)) * t).Store(scales + k * ScaleChunk + full);
         }
     }
 
