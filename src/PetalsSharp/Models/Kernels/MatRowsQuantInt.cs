@@ -20,7 +20,8 @@ public static unsafe partial class MatRows
     /// Whether 1-row products against nf4 weights quantize x to int8 and take integer dot products (within
     /// dx/2 · Σ|w| per block of the dequantized product, as llama.cpp's Q4_0 · Q8_0), else the f32 kernel (exact up to
     /// summation order). On by default: with two threads the f32 kernel computed nf4 at 0.51 of the bandwidth and
-    /// decoded the 100M model at 103 tok/s, the integer one at 0.76 and 138 tok/s (llama.cpp Q4_0: 141).
+    /// decoded the 100M model at 103 tok/s, the integer one at 0.76 and 138 tok/s in the same minutes (later runs:
+    /// docs/benchmarks.md).
     /// <c>PETALS_QUANT_INT=0</c> or a matrix's <see cref="WeightMatrix.ExactActivations"/> turns it off.
     /// </summary>
     public static bool QuantIntegerDot { get; set; } = Environment.GetEnvironmentVariable("PETALS_QUANT_INT") != "0";
