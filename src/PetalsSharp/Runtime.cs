@@ -35,6 +35,13 @@ public static class Runtime
         }
     }
 
+    /// <summary>
+    /// Where PetalsSharp keeps what it can rebuild (measured throughput, packed weights, the demo model):
+    /// <c>$PETALS_CACHE</c>, else <c>~/.cache/petals-sharp</c>.
+    /// </summary>
+    public static string CacheDirectory => Environment.GetEnvironmentVariable("PETALS_CACHE") is { Length: > 0 } env ? env
+        : Path.Combine(Environment.GetFolderPath(Environment.SpecialFolder.UserProfile), ".cache", "petals-sharp");
+
     const int MmapThreshold = -3;   // M_MMAP_THRESHOLD in malloc.h
 
     [System.Runtime.InteropServices.DllImport("libc")]

@@ -64,8 +64,7 @@ public static class DemoModel
         catch (UnauthorizedAccessException) { }
     }
 
-    static string CacheRoot() => Environment.GetEnvironmentVariable("PETALS_CACHE") is { Length: > 0 } env ? env
-        : Path.Combine(Environment.GetFolderPath(Environment.SpecialFolder.UserProfile), ".cache", "petals-sharp");
+    static string CacheRoot() => PetalsSharp.Runtime.CacheDirectory;
 
     static byte[] Read(System.Reflection.Assembly assembly, string name)
     {

@@ -18,15 +18,7 @@ public sealed class ThroughputCache(string path)
     public string Path { get; } = path;
 
     /// <summary><c>$PETALS_CACHE/throughput.json</c>, or <c>~/.cache/petals-sharp/throughput.json</c>.</summary>
-    public static string DefaultPath
-    {
-        get
-        {
-            var dir = Environment.GetEnvironmentVariable("PETALS_CACHE") is { Length: > 0 } env ? env
-                : System.IO.Path.Combine(Environment.GetFolderPath(Environment.SpecialFolder.UserProfile), ".cache", "petals-sharp");
-            return System.IO.Path.Combine(dir, "throughput.json");
-        }
-    }
+    public static string DefaultPath => System.IO.Path.Combine(Runtime.CacheDirectory, "throughput.json");
 
     /// <summary>Model name + hash of its config.json, weight dtype and device: what the rates depend on.</summary>
     public static string Key(string modelName, string modelDir, string dtype)

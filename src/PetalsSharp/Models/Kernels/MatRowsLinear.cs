@@ -30,9 +30,18 @@ internal static unsafe class MatRowsLinear
     public static bool TryLinear(Tensor x, Tensor w, Tensor? b, out Tensor y)
     {
         y = null!;
+        return !w.requires_grad && WeightMatrix.TryFrom(w) is { } matrix && TryLinear(x, matrix, w, b, out y);
+    }
+
+    /// <summary>
+    /// The same for a matrix already viewed in place (a packed weight, <see cref="Quant.PackedLinear"/>);
+    /// <paramref name="owner"/> is the tensor holding its memory, kept alive for the call.
+    /// </summary>
+    public static bool TryLinear(Tensor x, in WeightMatrix matrix, Tensor owner, Tensor? b, out Tensor y)
+    {
+        y = null!;
         if (Off.Value || x.dtype != ScalarType.Float32 || x.device_type != TorchSharp.DeviceType.CPU || x.dim() < 1) return false;
-        if (x.requires_grad || w.requires_grad || (b is not null && b.requires_grad)) return false;
-        if (WeightMatrix.TryFrom(w) is not { } matrix) return false;
+        if (x.requires_grad || (b is not null && b.requires_grad)) return false;
         long inF = matrix.Cols, outF = matrix.Rows;
         if (x.shape[^1] != inF || inF == 0) return false;
         long rows = x.NumberOfElements / inF;
@@ -50,7 +59,7 @@ internal static unsafe class MatRowsLinear
         MatRows.Multiply(matrix, xp, (int)rows, yp, (int)outF, bp, WorkerTeam.Shared);
         GC.KeepAlive(xc);
         GC.KeepAlive(b);
-        GC.KeepAlive(w);
+        GC.KeepAlive(owner);
         return true;
     }
 

@@ -17,8 +17,7 @@ public static unsafe partial class MatRows
     static void QuantRange(in WeightMatrix w, float* x, int rows, float* y, int ldy, float* bias, int o0, int o1)
     {
         if (!Avx2.IsSupported) QuantPortable(w, x, rows, y, ldy, bias, o0, o1);
-        else if (rows == 1 && QuantIntegerDot && !w.ExactActivations && w.Type == WeightType.Nf4) Nf4IntRange(w, x, y, bias, o0, o1);
-        else if (rows == 1 && QuantIntegerDot && !w.ExactActivations) Int8IntRange(w, x, y, bias, o0, o1);
+        else if (rows == 1 && QuantIntegerDot && !w.ExactActivations) IntRange(w, x, y, bias, o0, o1);
         else if (rows == 1) QuantRange1(w, x, y, bias, o0, o1);
         else QuantTiles(w, x, rows, y, ldy, bias, o0, o1);
     }

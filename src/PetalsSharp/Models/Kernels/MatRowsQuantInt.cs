@@ -70,18 +70,60 @@ public static unsafe partial class MatRows
         }
     }
 
-    /// <summary>One activation row against nf4 weights in the integer domain: tiles of four rows, as QuantRange1.</summary>
-    static void Nf4IntRange(in WeightMatrix w, float* x, float* y, float* bias, int o0, int o1)
+    /// <summary>The block kernel of one integer-domain format, for <see cref="IntRange{T}"/>.</summary>
+    interface IIntBlocks
     {
-        int n = w.Cols, blocks = w.Quant.Blocks(n);
+        /// <summary>Input values per block (x is quantized in blocks of as many).</summary>
+        static abstract int Values { get; }
+
+        /// <summary>Whether <c>ax</c> holds each block's −128 · Σxq correction (the VNNI nf4 kernel) instead of |xq|.</summary>
+        static abstract bool Offset { get; }
+
+        static abstract void Blocks(byte* w0, byte* w1, byte* w2, byte* w3, int count, sbyte* xq, byte* ax, float* scales, float* y, byte* next);
+    }
+
+    readonly struct Int8Dot : IIntBlocks
+    {
+        public static int Values => Int8Values;
+        public static bool Offset => false;
+        public static void Blocks(byte* w0, byte* w1, byte* w2, byte* w3, int count, sbyte* xq, byte* ax, float* scales, float* y, byte* next) =>
+            Int8IntBlocks(w0, w1, w2, w3, count, xq, ax, scales, y, next);
+    }
+
+    readonly struct Nf4Dot : IIntBlocks
+    {
+        public static int Values => Nf4Values;
+        public static bool Offset => false;
+        public static void Blocks(byte* w0, byte* w1, byte* w2, byte* w3, int count, sbyte* xq, byte* ax, float* scales, float* y, byte* next) =>
+            Nf4IntBlocks(w0, w1, w2, w3, count, xq, ax, scales, y, next);
+    }
+
+    readonly struct Nf4OffsetDot : IIntBlocks
+    {
+        public static int Values => Nf4Values;
+        public static bool Offset => true;
+        public static void Blocks(byte* w0, byte* w1, byte* w2, byte* w3, int count, sbyte* xq, byte* ax, float* scales, float* y, byte* next) =>
+            Nf4IntBlocksOffset(w0, w1, w2, w3, count, xq, (int*)ax, scales, y, next);
+    }
+
+    /// <summary>One activation row against int8 or nf4 weights in the integer domain: tiles of four rows, as QuantRange1.</summary>
+    static void IntRange(in WeightMatrix w, float* x, float* y, float* bias, int o0, int o1)
+    {
+        if (w.Type == WeightType.Int8) IntRange<Int8Dot>(w, x, y, bias, o0, o1);
+        else if (AvxVnni.IsSupported) IntRange<Nf4OffsetDot>(w, x, y, bias, o0, o1);
+        else IntRange<Nf4Dot>(w, x, y, bias, o0, o1);
+    }
+
+    static void IntRange<T>(in WeightMatrix w, float* x, float* y, float* bias, int o0, int o1) where T : struct, IIntBlocks
+    {
+        int n = w.Cols, blocks = w.Quant.Blocks(n), per = T.Values;
         long rowBytes = w.RowBytes;
         var data = (byte*)w.Data;
-        var buffer = (byte*)Scratch(blocks * (2 * Nf4Values + 4) / 4);
-        sbyte* xq = (sbyte*)buffer;                        // [blocks * 64]
-        byte* ax = buffer + blocks * Nf4Values;            // [blocks * 64]
-        float* dx = (float*)(ax + blocks * Nf4Values);     // [blocks]
-        bool offset = AvxVnni.IsSupported;
-        QuantizeActivations(x, n, Nf4Values, blocks, xq, ax, dx, offset);   // with offset, ax holds each block's Vector256<int> correction
+        var buffer = (byte*)Scratch(blocks * (2 * per + 4) / 4);
+        sbyte* xq = (sbyte*)buffer;                 // [blocks * per]
+        byte* ax = buffer + blocks * per;           // [blocks * per]: |xq|, or with Offset each block's Vector256<int> correction
+        float* dx = (float*)(ax + blocks * per);    // [blocks]
+        QuantizeActivations(x, n, per, blocks, xq, ax, dx, T.Offset);
         float* scales = stackalloc float[Tile * ScaleChunk];
         float* part = stackalloc float[Tile];
         for (int o = o0; o < o1; o += Tile)
@@ -94,12 +136,7 @@ public static unsafe partial class MatRows
             {
                 int chunk = Math.Min(ScaleChunk, blocks - c), off = c * BlockBytes;
                 TileScales(w0 + off, w1 + off, w2 + off, w3 + off, chunk, scales, 1, dx + c);
-                if (offset)
-                    Nf4IntBlocksOffset(w0 + off, w1 + off, w2 + off, w3 + off, chunk, xq + c * Nf4Values, (int*)(ax + c * Nf4Values), scales, part,
-                        w0 + Tile * (rowBytes + off));
-                else
-                    Nf4IntBlocks(w0 + off, w1 + off, w2 + off, w3 + off, chunk, xq + c * Nf4Values, ax + c * Nf4Values, scales, part,
-                        w0 + Tile * (rowBytes + off));
+                T.Blocks(w0 + off, w1 + off, w2 + off, w3 + off, chunk, xq + c * per, ax + c * per, scales, part, w0 + Tile * (rowBytes + off));
             }
             for (int k = 0; k < count; k++) y[o + k] = part[k] + (bias is null ? 0 : bias[o + k]);
         }

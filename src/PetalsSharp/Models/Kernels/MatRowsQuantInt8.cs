@@ -10,36 +10,6 @@ namespace PetalsSharp.Models.Kernels;
 // under the memory's rate; here one vpdpbusd multiplies 32 pairs.
 public static unsafe partial class MatRows
 {
-    /// <summary>One activation row against int8 weights in the integer domain: tiles of four rows.</summary>
-    static void Int8IntRange(in WeightMatrix w, float* x, float* y, float* bias, int o0, int o1)
-    {
-        int n = w.Cols, blocks = w.Quant.Blocks(n);
-        long rowBytes = w.RowBytes;
-        var data = (byte*)w.Data;
-        var buffer = (byte*)Scratch(blocks * (2 * Int8Values + 4) / 4);
-        sbyte* xq = (sbyte*)buffer;                          // [blocks * 32]
-        byte* ax = buffer + blocks * Int8Values;             // [blocks * 32]
-        float* dx = (float*)(ax + blocks * Int8Values);      // [blocks]
-        QuantizeActivations(x, n, Int8Values, blocks, xq, ax, dx);
-        float* scales = stackalloc float[Tile * ScaleChunk];
-        float* part = stackalloc float[Tile];
-        for (int o = o0; o < o1; o += Tile)
-        {
-            int count = Math.Min(Tile, o1 - o);
-            byte* w0 = data + o * rowBytes;
-            byte* w1 = count > 1 ? w0 + rowBytes : w0, w2 = count > 2 ? w0 + 2 * rowBytes : w1, w3 = count > 3 ? w0 + 3 * rowBytes : w2;
-            part[0] = part[1] = part[2] = part[3] = 0;
-            for (int c = 0; c < blocks; c += ScaleChunk)
-            {
-                int chunk = Math.Min(ScaleChunk, blocks - c), off = c * BlockBytes;
-                TileScales(w0 + off, w1 + off, w2 + off, w3 + off, chunk, scales, 1, dx + c);
-                Int8IntBlocks(w0 + off, w1 + off, w2 + off, w3 + off, chunk, xq + c * Int8Values, ax + c * Int8Values, scales, part,
-                    w0 + Tile * (rowBytes + off));
-            }
-            for (int k = 0; k < count; k++) y[o + k] = part[k] + (bias is null ? 0 : bias[o + k]);
-        }
-    }
-
     /// <summary><paramref name="count"/> int8 blocks of four rows against quantized x; scales are d · dx. Calls nothing.</summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     static void Int8IntBlocks(byte* w0, byte* w1, byte* w2, byte* w3, int count, sbyte* xq, byte* ax, float* scales, float* y, byte* next)

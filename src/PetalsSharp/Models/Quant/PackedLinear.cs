@@ -28,10 +28,9 @@ public static unsafe class PackedLinear
             ?? throw new NotSupportedException($"{format.Name()} weights are computed on the CPU only (the weight is on {packed.device})");
         if (x.shape[^1] != inFeatures)
             throw new ArgumentException($"input has {x.shape[^1]} features, the layer takes {inFeatures}");
-        long outF = matrix.Rows, rows = x.NumberOfElements / Math.Max(1, inFeatures);
+        long outF = matrix.Rows;
         bool grad = x.requires_grad || (bias is not null && bias.requires_grad);
-        if (!grad && x.dtype == ScalarType.Float32 && x.device_type == DeviceType.CPU && rows >= 1 && rows <= MatRows.MaxRows && MatRowsOn.Value)
-            return Rows(matrix, x, bias);
+        if (!grad && MatRowsLinear.TryLinear(x, matrix, packed, bias, out var y)) return y;   // 1 to 16 rows, in place
         if (grad)
         {
             using var whole = Dequantize(packed, format, inFeatures, 0, outF);                   // [out, in] f32
@@ -57,20 +56,6 @@ public static unsafe class PackedLinear
         Parallel.For(0, (int)count, r => BlockQuant.Dequantize(format,
             new ReadOnlySpan<byte>(src + r * rowBytes, (int)rowBytes), 1, (int)inFeatures, new Span<float>(d + r * inFeatures, (int)inFeatures)));
         GC.KeepAlive(packed);
-    }
-
-    static Tensor Rows(WeightMatrix matrix, Tensor x, Tensor? bias)
-    {
-        var xc = x.is_contiguous() ? x : x.contiguous();                                         // [..., in]
-        var b = bias is null ? null : bias.dtype == ScalarType.Float32 && bias.is_contiguous() ? bias : bias.to(ScalarType.Float32).contiguous();
-        var shape = x.shape.ToArray();
-        shape[^1] = matrix.Rows;
-        var y = empty(shape, ScalarType.Float32);                                                 // [..., out]
-        MatRows.Multiply(matrix, Weights.NativeMemory.Pointer<float>(xc), (int)(x.NumberOfElements / matrix.Cols),
-            Weights.NativeMemory.Pointer<float>(y), matrix.Rows, b is null ? null : Weights.NativeMemory.Pointer<float>(b), WorkerTeam.Shared);
-        GC.KeepAlive(xc);
-        GC.KeepAlive(b);
-        return y;
     }
 
     /// <summary>
@@ -102,13 +87,5 @@ public static unsafe class PackedLinear
             slot.copy_(part);
         }
         return y.MoveToOuterDisposeScope();
-    }
-
-    /// <summary>Off in parity tests that compare the in-place kernels with the dequantized reference.</summary>
-    internal static readonly AsyncLocal<bool> MatRowsOff = new();
-
-    static class MatRowsOn
-    {
-        public static bool Value => !MatRowsOff.Value;
     }
 }

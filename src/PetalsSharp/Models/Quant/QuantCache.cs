@@ -23,10 +23,7 @@ public static class QuantCache
 
     public static bool Enabled => Environment.GetEnvironmentVariable("PETALS_QUANT_CACHE") is not "off";
 
-    public static string Directory => Path.Combine(
-        Environment.GetEnvironmentVariable("PETALS_CACHE") is { Length: > 0 } env ? env
-            : Path.Combine(Environment.GetFolderPath(Environment.SpecialFolder.UserProfile), ".cache", "petals-sharp"),
-        "quantized");
+    public static string Directory => Path.Combine(Runtime.CacheDirectory, "quantized");
 
     /// <summary>Matrix <paramref name="spec"/> packed in <paramref name="format"/>: from the cache when it holds it, else quantized and stored.</summary>
     public static Tensor Load(WeightStore store, TensorSpec spec, QuantFormat format)
