@@ -57,17 +57,23 @@ internal static class RemoteCalls
     {
         using (call)
         {
-            await call.RequestStream.WriteAsync(new CallMessage { Header = header }).ConfigureAwait(false);
-            foreach (var (name, value) in tensors)
-                foreach (var chunk in TensorChunks.Split(name, TensorCodec.Encode(value, options.Compression)))
-                    await call.RequestStream.WriteAsync(chunk).ConfigureAwait(false);
-            await call.RequestStream.CompleteAsync().ConfigureAwait(false);
+            // The first read starts before the upload, so a server that refuses the call early ends the upload too.
+            var read = call.ResponseStream.MoveNext(CancellationToken.None);
+            IEnumerable<CallMessage> Messages()
+            {
+                yield return new CallMessage { Header = header };
+                foreach (var (name, value) in tensors)
+                    foreach (var chunk in TensorChunks.Split(name, TensorCodec.Encode(value, options.Compression)))
+                        yield return chunk;
+            }
+            await UploadWhileOpen.WriteAllAsync(call.RequestStream, Messages(), read).ConfigureAwait(false);
             var assembler = new TensorAssembler(replyNames, Protocol.DefaultMaxTensorBytes);
-            while (await call.ResponseStream.MoveNext(CancellationToken.None).ConfigureAwait(false))
+            while (await read.ConfigureAwait(false))
             {
                 if (call.ResponseStream.Current.KindCase != CallMessage.KindOneofCase.Chunk)
                     throw new WireException("server replied with something other than tensor chunks");
                 assembler.Add(call.ResponseStream.Current.Chunk);
+                read = call.ResponseStream.MoveNext(CancellationToken.None);
             }
             assembler.RequireComplete();
             return assembler.Completed;

@@ -53,13 +53,13 @@ public sealed class HostileWireTests(Xunit.Abstractions.ITestOutputHelper output
     /// <summary>Streams a declared-huge tensor as 1 MiB chunks until the server ends the call; returns its status.</summary>
     static async Task<RpcException> SendHugeAsync(ServerClient client, bool backward, long tokens)
     {
-        const int chunk = 1 << 20;
         using var call = backward ? client.Raw.Backward(deadline: DateTime.UtcNow.AddMinutes(5)) : client.Raw.Forward(deadline: DateTime.UtcNow.AddMinutes(5));
         var prefix = TensorPrefix(tokens, out long total);
-        var filler = new byte[chunk];
-        try
+        IEnumerable<CallMessage> Messages()
         {
-            await call.RequestStream.WriteAsync(new CallMessage { Header = ServerClient.Header(0, 3) });
+            const int chunk = 1 << 20;
+            var filler = new byte[chunk];
+            yield return new CallMessage { Header = ServerClient.Header(0, 3) };
             long sent = 0;
             for (int i = 0; sent < total; i++)
             {
@@ -69,15 +69,14 @@ public sealed class HostileWireTests(Xunit.Abstractions.ITestOutputHelper output
                 else filler.AsSpan(0, length).CopyTo(part);
                 var message = new TensorChunk { Name = i == 0 ? "hidden" : "", TotalBytes = i == 0 ? total : 0, Part = UnsafeByteOperations.UnsafeWrap(part) };
                 message.Last = sent + length == total;
-                await call.RequestStream.WriteAsync(new CallMessage { Chunk = message });
+                yield return new CallMessage { Chunk = message };
                 sent += length;
             }
         }
-        catch (Exception e) when (e is RpcException or InvalidOperationException or IOException)
-        {
-            // The server ended the call while we were still sending: its status is on the response stream.
-        }
-        return await Assert.ThrowsAsync<RpcException>(async () => await call.ResponseStream.MoveNext(CancellationToken.None));
+        // The server refuses after the first chunk and ends the call; the upload stops there (UploadWhileOpen).
+        var read = call.ResponseStream.MoveNext(CancellationToken.None);
+        await PetalsSharp.Wire.UploadWhileOpen.WriteAllAsync(call.RequestStream, Messages(), read);
+        return await Assert.ThrowsAsync<RpcException>(async () => await read);
     }
 
     [Theory]
@@ -102,10 +101,17 @@ public sealed class HostileWireTests(Xunit.Abstractions.ITestOutputHelper output
         });
 
         long tokens = (long)mebibytes * 1048576 / (Hidden * 4);
-        var e = await SendHugeAsync(client, backward, tokens);
-        peak = Math.Max(peak, Rss(server.Id));
-        await sampling.CancelAsync();
-        await sampler;
+        RpcException e;
+        try
+        {
+            e = await SendHugeAsync(client, backward, tokens);
+            peak = Math.Max(peak, Rss(server.Id));
+        }
+        finally
+        {
+            await sampling.CancelAsync();
+            await sampler;
+        }
 
         output.WriteLine($"{mebibytes} MiB {(backward ? "backward" : "forward")}: RSS {baseline >> 20} MB → peak {peak >> 20} MB; {e.StatusCode}: {e.Status.Detail}");
         Assert.Contains(e.StatusCode, new[] { StatusCode.ResourceExhausted, StatusCode.InvalidArgument });
@@ -114,6 +120,34 @@ public sealed class HostileWireTests(Xunit.Abstractions.ITestOutputHelper output
             $"server RSS rose from {baseline >> 20} MB to {peak >> 20} MB for a {mebibytes} MiB tensor; {e.StatusCode}: {e.Status.Detail}");
         // Still serving.
         using (var x = TorchSharp.torch.randn(1, 8, Hidden)) (await client.ForwardAsync(x, ServerClient.Header(0, 3))).Dispose();
+    }
+
+    /// <summary>
+    /// Our own client, uploading more than a server accepts: the server refuses after the header and ends the call,
+    /// leaving most of a 16 MiB upload unsent and HTTP/2 with no window to give. The client must stop uploading and
+    /// report the server's status; a write that waited for window credit once hung a CI run for good.
+    /// </summary>
+    [Fact]
+    public async Task The_client_reports_a_refused_upload_instead_of_waiting_to_send_the_rest()
+    {
+        using var server = await StartAsync("--max-request-tokens", "16");
+        var config = PetalsSharp.Models.ModelConfigLoader.Load(TestData.Path("llama-gqa"));
+        var options = new PetalsSharp.Client.RemoteOptions();
+        using var connection = await PetalsSharp.Client.ServerConnection.ConnectAsync(server.Address, config, options);
+        var hop = new PetalsSharp.Swarm.ChainHop(connection.Span, 0, 3);
+        using var hidden = TorchSharp.torch.zeros(1, 65536, Hidden);   // [1, 65536, 64], 16 MiB of float32
+        for (int i = 0; i < 3; i++)
+        {
+            // A generous bound turns a hang into a failure with a message; the refusal itself takes milliseconds.
+            var e = await Assert.ThrowsAsync<RpcException>(() => PetalsSharp.Client.RemoteCalls.ForwardAsync(connection, hop, hidden, null, null,
+                options, CancellationToken.None).WaitAsync(TimeSpan.FromMinutes(3)));
+            Assert.Equal(StatusCode.ResourceExhausted, e.StatusCode);
+            Assert.Contains("limit", e.Status.Detail);
+        }
+        // Still serving, on the same connection.
+        using var small = TorchSharp.torch.randn(1, 8, Hidden);
+        using var reply = await PetalsSharp.Client.RemoteCalls.ForwardAsync(connection, hop, small, null, null, options, CancellationToken.None);
+        Assert.Equal([1, 8, Hidden], reply.shape);
     }
 
     /// <summary>Posts one hand-made gRPC frame over HTTP/2 without TLS (prior knowledge); returns grpc-status and grpc-message.</summary>
