@@ -34,6 +34,7 @@ internal sealed class ServedSpan
             throw new ArgumentException($"blocks {start}:{end} are outside the model, which has {layers} blocks (0:{layers})");
         var fingerprints = Enumerable.Range(start, end - start).Select(checkpoint.BlockFingerprint).ToArray();
         var stack = checkpoint.LoadBlocks(start, end, options.WeightDtype, progress: progress, quant: options.Quant);
+        NativeHeap.Trim();   // what loading freed (file chunks being quantized, conversions) is not kept resident
         try
         {
             // Sessions always keep float32 caches (LocalBlockSession), whatever dtype holds the weights.
