@@ -28,7 +28,7 @@ public static class Cli
         }
     }
 
-    static string Describe(Exception e)
+    internal static string Describe(Exception e)
     {
         while (e is AggregateException { InnerException: { } inner }) e = inner;
         if (e is Grpc.Core.RpcException rpc) return $"server answered {rpc.StatusCode}: {rpc.Status.Detail}".ReplaceLineEndings(" ");

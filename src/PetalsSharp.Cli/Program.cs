@@ -14,6 +14,7 @@ var root = new RootCommand("petals: run large language models collaboratively, B
     CreateModelCommand.Create(),
     ServerCommand.Create(),
     BenchCommand.Create(),
+    LoadCommand.Create(),
     DhtCommand.Create(),
     SwarmCommand.Create(),
     DashboardCommand.Create(),

@@ -1,0 +1,59 @@
+using System.Text.Json;
+using PetalsSharp.Server;
+using Xunit;
+
+namespace PetalsSharp.Tests.Cli;
+
+/// <summary>
+/// <c>petals load</c> (issue 18) against two real servers of stories260K: 64 sessions at once all finish, each with
+/// exactly the greedy tokens its prompt gives alone, and the JSON carries the contract's fields.
+/// </summary>
+[Trait("Category", "Processes")]
+public sealed class LoadCommandTests
+{
+    [SkippableFact]
+    public async Task Sixty_four_concurrent_sessions_each_get_the_tokens_they_get_alone()
+    {
+        Skip.If(Fixtures.Stories260KDir is null, Fixtures.Stories260KSkipReason);
+        string model = Fixtures.Stories260KDir!;
+        using var a = await ServerProcess.StartAsync(model, 0, 3);
+        using var b = await ServerProcess.StartAsync(model, 3, 5);
+        const int sessions = 64, newTokens = 12;
+        var run = await CliRunner.RunAsync("load", "--model", model, "--peers", $"{a.Address},{b.Address}",
+            "--sessions", $"{sessions}", "--prompt-tokens", "10", "--new-tokens", $"{newTokens}", "--json");
+        Assert.True(run.ExitCode == 0, run.Stderr);
+        using var doc = JsonDocument.Parse(run.Stdout);
+        var r = doc.RootElement;
+        foreach (var field in new[] { "sessions", "aggregate_tok_s", "p50_ms", "p95_ms", "p99_ms", "errors", "busy" })
+            Assert.True(r.TryGetProperty(field, out _), $"no \"{field}\" in {run.Stdout}");
+        Assert.Equal(sessions, r.GetProperty("sessions").GetInt32());
+        Assert.Equal(0, r.GetProperty("errors").GetInt32());
+        Assert.Equal(0, r.GetProperty("mismatches").GetInt32());
+        Assert.True(r.GetProperty("checked").GetBoolean());
+        Assert.Equal(sessions * newTokens, r.GetProperty("tokens").GetInt64());
+        Assert.True(r.GetProperty("aggregate_tok_s").GetDouble() > 0);
+        double p50 = r.GetProperty("p50_ms").GetDouble(), p95 = r.GetProperty("p95_ms").GetDouble(), p99 = r.GetProperty("p99_ms").GetDouble();
+        Assert.True(p50 > 0 && p50 <= p95 && p95 <= p99, run.Stdout);
+    }
+
+    [Theory]
+    [InlineData("--sessions", "0", "--sessions must be at least 1")]
+    [InlineData("--new-tokens", "0", "--new-tokens must be at least 1")]
+    public async Task Bad_counts_get_a_one_line_error(string option, string value, string message)
+    {
+        Skip.If(Fixtures.Stories260KDir is null, Fixtures.Stories260KSkipReason);
+        var run = await CliRunner.RunAsync("load", "--model", Fixtures.Stories260KDir!, "--peers", "127.0.0.1:1", option, value);
+        Assert.NotEqual(0, run.ExitCode);
+        Assert.Contains(message, run.Stderr);
+        Assert.Single(run.Stderr.Trim().Split('\n'));
+    }
+
+    [Fact]
+    public async Task Without_a_swarm_it_says_what_to_give()
+    {
+        var run = await CliRunner.RunAsync("load", "--model", "/nonexistent", "--sessions", "2");
+        Assert.NotEqual(0, run.ExitCode);
+        Assert.Contains("give --peers or --initial-peers", run.Stderr);
+        Assert.Single(run.Stderr.Trim().Split('\n'));
+    }
+}
