@@ -27,6 +27,13 @@ public sealed record RemoteOptions
     /// </summary>
     public int MaxRetries { get; init; } = 5;
 
+    /// <summary>
+    /// How long a call may wait for room when servers answer busy (RESOURCE_EXHAUSTED). Busy answers are load, not
+    /// failures: they do not use up <see cref="MaxRetries"/>, and the client routes around each busy server for its
+    /// retry hint, then asks again, until this much time has passed.
+    /// </summary>
+    public TimeSpan BusyTimeout { get; init; } = TimeSpan.FromMinutes(2);
+
     /// <summary>First ban of a failed server; it doubles with every consecutive failure (capped at 5 min).</summary>
     public TimeSpan BanTime { get; init; } = TimeSpan.FromSeconds(15);
 

@@ -83,6 +83,17 @@ internal sealed partial class RemotePool : IDisposable, IAsyncDisposable
         }
     }
 
+    /// <summary>
+    /// A server that answered busy (RESOURCE_EXHAUSTED: no cache room now) is routed around for its retry hint, not
+    /// banned: it is alive and will have room again.
+    /// </summary>
+    public void MarkBusy(string address, TimeSpan retryAfter, Exception? cause = null)
+    {
+        Options.Logger.LogInformation("server {Address} is busy, routing around it for {Seconds:F1} s: {Message}", address,
+            retryAfter.TotalSeconds, cause?.Message ?? "");
+        lock (_memory) _bans = _bans.Busy(address, DateTimeOffset.UtcNow, retryAfter);
+    }
+
     /// <summary>A server that answered ends its failure streak.</summary>
     public void Success(string address)
     {

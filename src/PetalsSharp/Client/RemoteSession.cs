@@ -146,6 +146,7 @@ internal sealed class RemoteSession : IBlockSession
         Exception last = first;
         var options = _swarm.Options;
         options.Logger.LogInformation("replacing {Hop} in an inference session at position {Start}", failed.Hop, start);
+        var busy = new BusyClock();   // a busy first failure is already routed around (RemotePool.MarkBusy): replan at once
         for (int retry = 1; retry <= options.MaxRetries; retry++)
         {
             await Task.Delay(Retries.Backoff(options, retry), ct).ConfigureAwait(false);
@@ -179,6 +180,11 @@ internal sealed class RemoteSession : IBlockSession
                 // SwarmException: the blocks stayed uncovered until the last retry.
                 foreach (var s in fresh) await s.DisposeAsync().ConfigureAwait(false);
                 last = e;
+                if (e is HopFailure f && busy.Wait(f, options) is { } wait)
+                {
+                    retry--;   // no room anywhere just now: load, not a failure, so it does not use up a retry
+                    await Task.Delay(wait, ct).ConfigureAwait(false);
+                }
             }
         }
         throw new SwarmException($"blocks [{failed.Hop.Start}, {failed.Hop.End}) could not be served after {options.MaxRetries} retries; last failure: {last.Message}",

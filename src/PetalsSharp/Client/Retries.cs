@@ -1,5 +1,6 @@
 using Grpc.Core;
 using PetalsSharp.Swarm;
+using PetalsSharp.Wire;
 
 namespace PetalsSharp.Client;
 
@@ -26,12 +27,38 @@ internal static class Retries
         {
             throw new OperationCanceledException(ct);
         }
+        catch (Exception e) when (BusyFor(e) is { } retryAfter)
+        {
+            swarm.Pool.MarkBusy(hop.Server.Address, retryAfter, e);
+            throw new HopFailure(hop, e);
+        }
         catch (Exception e) when (IsServerFailure(e))
         {
             swarm.Pool.Ban(hop.Server.Address, e);
             throw new HopFailure(hop, e);
         }
     }
+
+    /// <summary>Retry hint of a server that gives no <c>grpc-retry-pushback-ms</c> with its busy answer.</summary>
+    internal static readonly TimeSpan DefaultBusyRetry = TimeSpan.FromSeconds(1);
+
+    /// <summary>
+    /// How long to route around a server that answered busy (RESOURCE_EXHAUSTED: its cache or request room is full);
+    /// null for anything else. The server's hint is honoured within [50 ms, 60 s].
+    /// </summary>
+    public static TimeSpan? BusyFor(Exception e) => e is RpcException { StatusCode: StatusCode.ResourceExhausted } rpc
+        ? RetryHint(rpc) ?? DefaultBusyRetry
+        : null;
+
+    /// <summary>
+    /// The <c>grpc-retry-pushback-ms</c> hint of a busy answer: present when the server expects room again, absent when
+    /// the request can never fit there (then waiting for that server is pointless).
+    /// </summary>
+    public static TimeSpan? RetryHint(Exception e) =>
+        e is RpcException { StatusCode: StatusCode.ResourceExhausted } rpc && rpc.Trailers.GetValue(Protocol.RetryPushbackTrailer) is { } hint
+        && long.TryParse(hint, System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out long ms)
+            ? TimeSpan.FromMilliseconds(Math.Clamp(ms, 50, 60_000))
+            : null;
 
     /// <summary>
     /// Runs <paramref name="run"/> on a chain over <c>[start, end)</c>; when a hop fails (its server is banned by
@@ -41,6 +68,7 @@ internal static class Retries
         Func<IReadOnlyList<ChainHop>, Task<T>> run)
     {
         var options = swarm.Pool.Options;
+        var busy = new BusyClock();
         for (int attempt = 0; ; attempt++)
         {
             ct.ThrowIfCancellationRequested();
@@ -52,6 +80,11 @@ internal static class Retries
                 swarm.ReportRoute(chain);
             }
             try { return await run(chain).ConfigureAwait(false); }
+            catch (HopFailure f) when (busy.Wait(f, options) is { } wait)
+            {
+                attempt--;   // load, not a failure: it does not use up a retry
+                await Task.Delay(wait, ct).ConfigureAwait(false);
+            }
             catch (HopFailure) when (attempt < options.MaxRetries)
             {
                 await Task.Delay(Backoff(options, attempt + 1), ct).ConfigureAwait(false);
@@ -79,6 +112,26 @@ internal static class Retries
         OperationCanceledException => false,
         _ => false,
     };
+}
+
+/// <summary>
+/// Time spent waiting on busy servers by one call: while it is under <see cref="RemoteOptions.BusyTimeout"/>, a busy
+/// failure is waited out (its retry hint, with jitter so that waiting clients do not return in step) instead of
+/// counting as a retry.
+/// </summary>
+internal sealed class BusyClock
+{
+    long _since;
+
+    /// <summary>How long to wait before asking again, or null when <paramref name="failure"/> is not busy or the time is up.</summary>
+    public TimeSpan? Wait(HopFailure failure, RemoteOptions options)
+    {
+        if (Retries.RetryHint(failure.InnerException!) is not { } hint) return null;
+        long now = Environment.TickCount64;
+        if (_since == 0) _since = now;
+        if (now - _since >= options.BusyTimeout.TotalMilliseconds) return null;
+        return hint * (0.5 + Random.Shared.NextDouble());
+    }
 }
 
 /// <summary>A call to one server failed; carries which hop, so the caller can replace exactly it.</summary>

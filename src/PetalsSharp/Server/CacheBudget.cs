@@ -58,20 +58,37 @@ public sealed class CacheBudget
             // The share first: a request past it is refused even on an empty server, and the client should hear why.
             // Without a cap (share 1) "cache full" is the whole truth.
             if (MaxClientSlots < TotalSlots && held + slots > MaxClientSlots)
-                throw new RpcException(new Status(StatusCode.ResourceExhausted,
+                throw Busy(slots > MaxClientSlots ? null : RetryAfter,
                     $"cache share exceeded: batch {batch} × max_length {maxLength} × {blocks} blocks needs {slots} slots and client {client} " +
                     $"already holds {held}; one client may hold at most {MaxClientSlots} of {TotalSlots} slots " +
-                    $"(max_cache_share {_maxClientShare.ToString("0.###", System.Globalization.CultureInfo.InvariantCulture)}); close sessions or use a smaller batch or max_length"));
+                    $"(max_cache_share {_maxClientShare.ToString("0.###", System.Globalization.CultureInfo.InvariantCulture)}); close sessions or use a smaller batch or max_length");
             long free = TotalSlots - _used;
             if (slots > free)
-                throw new RpcException(new Status(StatusCode.ResourceExhausted,
+                throw Busy(slots > TotalSlots ? null : RetryAfter,
                     $"cache full: batch {batch} × max_length {maxLength} × {blocks} blocks needs {slots} slots, {free} of {TotalSlots} are free " +
-                    $"(cache_tokens_left {free / _spanLength})"));
+                    $"(cache_tokens_left {free / _spanLength})");
             _used += slots;
             _byClient[client] = held + slots;
         }
         return new CacheLease(this, client, slots);
     }
+
+    /// <summary>How long a busy answer tells the client to go elsewhere before asking again (sessions end within seconds).</summary>
+    public static readonly TimeSpan RetryAfter = TimeSpan.FromSeconds(1);
+
+    /// <summary>
+    /// A busy answer: RESOURCE_EXHAUSTED with a retry hint in the <c>grpc-retry-pushback-ms</c> trailer, so the client
+    /// routes around this server for a while and may come back, instead of counting it as failed.
+    /// </summary>
+    /// <param name="retryAfter">The hint; null for a request that can never fit here (it carries no hint, so the client
+    /// goes elsewhere and does not wait for this server).</param>
+    /// <param name="message">What is full, in numbers.</param>
+    public static RpcException Busy(TimeSpan? retryAfter, string message) => retryAfter is { } after
+        ? new(new Status(StatusCode.ResourceExhausted, message), new Metadata
+        {
+            { Wire.Protocol.RetryPushbackTrailer, ((long)after.TotalMilliseconds).ToString(System.Globalization.CultureInfo.InvariantCulture) },
+        })
+        : new(new Status(StatusCode.ResourceExhausted, message));
 
     internal void Release(string client, long slots)
     {

@@ -28,8 +28,8 @@ public sealed class RequestMemory(long limitBytes)
         lock (_lock)
         {
             if (_used + bytes > LimitBytes)
-                throw new RpcException(new Status(StatusCode.ResourceExhausted,
-                    $"the server is receiving {Mb(_used)} MB of requests; {Mb(bytes)} MB more would pass its limit of {Mb(LimitBytes)} MB; retry later or elsewhere"));
+                throw CacheBudget.Busy(bytes > LimitBytes ? null : CacheBudget.RetryAfter,
+                    $"the server is receiving {Mb(_used)} MB of requests; {Mb(bytes)} MB more would pass its limit of {Mb(LimitBytes)} MB; retry later or elsewhere");
             _used += bytes;
         }
     }

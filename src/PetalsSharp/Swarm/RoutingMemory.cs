@@ -39,6 +39,19 @@ public sealed record BanList
         return this with { Entries = Entries.SetItem(peer, (failures + 1, now + duration)) };
     }
 
+    /// <summary>
+    /// <paramref name="peer"/> answered "busy" (no cache room now): it is avoided for <paramref name="duration"/> (its
+    /// retry hint), which steers routing elsewhere, but that is load, not a failure: the streak is kept as it was
+    /// and a longer ban already running is not shortened.
+    /// </summary>
+    public BanList Busy(string peer, DateTimeOffset now, TimeSpan duration)
+    {
+        var until = now + duration;
+        if (Entries.TryGetValue(peer, out var entry))
+            return entry.Until >= until ? this : this with { Entries = Entries.SetItem(peer, (entry.Failures, until)) };
+        return this with { Entries = Entries.SetItem(peer, (0, until)) };
+    }
+
     /// <summary>A request to <paramref name="peer"/> succeeded: lifts its ban and forgets its streak.</summary>
     public BanList Success(string peer) => Entries.ContainsKey(peer) ? this with { Entries = Entries.Remove(peer) } : this;
 

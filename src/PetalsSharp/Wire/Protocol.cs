@@ -13,6 +13,12 @@ public static class Protocol
     /// <summary>Serialized tensors are cut into chunks of this size; a 1 MiB message costs ~5 ms on loopback.</summary>
     public const int ChunkBytes = 1 << 20;
 
+    /// <summary>
+    /// Trailer of a busy answer (RESOURCE_EXHAUSTED): milliseconds after which the server expects room again. gRPC's
+    /// own name for a server's retry pushback, so generic gRPC clients with retry policies honour it too.
+    /// </summary>
+    public const string RetryPushbackTrailer = "grpc-retry-pushback-ms";
+
     /// <summary>Default limit on one gRPC message (both directions); steps larger than this are split by the client.</summary>
     public const int DefaultMaxMessageBytes = 16 << 20;
 

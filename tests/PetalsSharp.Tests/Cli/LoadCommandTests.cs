@@ -36,6 +36,37 @@ public sealed class LoadCommandTests
         Assert.True(p50 > 0 && p50 <= p95 && p95 <= p99, run.Stdout);
     }
 
+    /// <summary>
+    /// Two servers whose caches hold one session each (80 tokens of room, half of it per client, sessions of 32), and six sessions at once:
+    /// servers answer busy, and the clients route to the other server or wait for room instead of failing. Every
+    /// session finishes with its solo tokens, and no server ever held more than its budget (it refuses instead).
+    /// </summary>
+    [SkippableFact]
+    public async Task Sessions_beyond_the_cache_room_wait_for_it_and_all_finish()
+    {
+        Skip.If(Fixtures.Stories260KDir is null, Fixtures.Stories260KSkipReason);
+        string model = Fixtures.Stories260KDir!;
+        using var a = await ServerProcess.StartAsync(model, 0, 5, "--cache-tokens", "80", "--metrics-port", "0");
+        using var b = await ServerProcess.StartAsync(model, 0, 5, "--cache-tokens", "80", "--metrics-port", "0");
+        var run = await CliRunner.RunAsync("load", "--model", model, "--peers", $"{a.Address},{b.Address}",
+            "--sessions", "6", "--prompt-tokens", "8", "--new-tokens", "24", "--json");
+        Assert.True(run.ExitCode == 0, run.Stderr);
+        using var doc = JsonDocument.Parse(run.Stdout);
+        var r = doc.RootElement;
+        Assert.True(r.GetProperty("errors").GetInt32() == 0, run.Stdout);
+        Assert.Equal(0, r.GetProperty("mismatches").GetInt32());
+        Assert.Equal(6 * 24, r.GetProperty("tokens").GetInt64());
+        // The servers did say busy (6 sessions, room for 2 at a time), and neither logged a failure.
+        double busy = 0;
+        foreach (var server in new[] { a, b })
+        {
+            var samples = await Server.HostileWireTests.ScrapeAsync(await Server.HostileWireTests.MetricsUrlAsync(server));
+            busy += samples.GetValueOrDefault("petals_server_errors_total{rpc=\"inference\",status=\"ResourceExhausted\"}");
+            Assert.DoesNotContain("fail:", server.Log, StringComparison.Ordinal);
+        }
+        Assert.True(busy > 0, "no server answered busy: the test did not exhaust the cache");
+    }
+
     [Theory]
     [InlineData("--sessions", "0", "--sessions must be at least 1")]
     [InlineData("--new-tokens", "0", "--new-tokens must be at least 1")]

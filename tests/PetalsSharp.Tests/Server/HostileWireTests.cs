@@ -234,7 +234,7 @@ public sealed class HostileWireTests(Xunit.Abstractions.ITestOutputHelper output
         Assert.True(failures.Count == 0, $"{failures.Count} 'fail:' lines, e.g. {failures.FirstOrDefault()}\n{server.Log[..Math.Min(4000, server.Log.Length)]}");
     }
 
-    static async Task<string> MetricsUrlAsync(ServerProcess server)
+    internal static async Task<string> MetricsUrlAsync(ServerProcess server)
     {
         const string marker = "metrics on ";
         for (int i = 0; i < 600; i++)
@@ -246,7 +246,7 @@ public sealed class HostileWireTests(Xunit.Abstractions.ITestOutputHelper output
         throw new TimeoutException("the server printed no metrics URL");
     }
 
-    static async Task<Dictionary<string, double>> ScrapeAsync(string url)
+    internal static async Task<Dictionary<string, double>> ScrapeAsync(string url)
     {
         using var http = new HttpClient { Timeout = TimeSpan.FromSeconds(30) };
         var samples = new Dictionary<string, double>();
