@@ -122,7 +122,15 @@ public sealed class BlockLinear : nn.Module
     /// <summary>The weight as the kernels read it in place; null when it cannot be (device, dtype, layout).</summary>
     internal Kernels.WeightMatrix? Matrix => Quant == QuantFormat.None
         ? Kernels.WeightMatrix.TryFrom(weight)
-        : PackedLinear.Matrix(weight, Quant, InFeatures);
+        : PackedLinear.Matrix(weight, Quant, InFeatures, _scales.Get(weight, Quant, InFeatures));
+
+    readonly SideScales _scales = new();   // not a parameter: derived from the packed weight, made on first use
+
+    protected override void Dispose(bool disposing)
+    {
+        if (disposing) _scales.Dispose();
+        base.Dispose(disposing);
+    }
 
     /// <summary>Block index and module path, as <see cref="Lora.ILinearAdapter.Delta"/> looks them up.</summary>
     public int Block { get; }
@@ -133,7 +141,7 @@ public sealed class BlockLinear : nn.Module
     {
         var y = Quant == QuantFormat.None
             ? Ops.Linear(x, weight, bias)                                       // [..., out]
-            : PackedLinear.Forward(x, weight, Quant, InFeatures, bias);   // [..., out]
+            : PackedLinear.Forward(x, weight, Quant, InFeatures, bias, _scales.Get(weight, Quant, InFeatures));   // [..., out]
         return adapter?.Delta(Block, Module, x) is { } delta ? y + delta : y;  // [..., out]
     }
 }

@@ -112,7 +112,15 @@ public sealed class ModelEnds : nn.Module
     /// <summary>Normed hidden states <c>[B, T, H]</c> to logits <c>[B, T, V]</c>.</summary>
     public Tensor Logits(Tensor normed) => Quant == QuantFormat.None
         ? Ops.Linear(normed, lm_head)
-        : PackedLinear.Forward(normed, lm_head, Quant, Config.HiddenSize, null);
+        : PackedLinear.Forward(normed, lm_head, Quant, Config.HiddenSize, null, _headScales.Get(lm_head, Quant, Config.HiddenSize));
+
+    readonly SideScales _headScales = new();   // the packed head's scales in f32, made on first use
+
+    protected override void Dispose(bool disposing)
+    {
+        if (disposing) _headScales.Dispose();
+        base.Dispose(disposing);
+    }
 
     void CheckIds(Tensor ids)
     {

@@ -18,14 +18,14 @@ public sealed class ComputeScheduler : IDisposable
     readonly Thread _thread;
     long _sequence;
     bool _stopping;
-    long _trimmedAt;
+    bool _untrimmed;
 
     /// <summary>
-    /// Least time between two trims of the native heap. A trim runs when the queue empties, so what a prefill or a
-    /// backward freed goes back to the kernel instead of holding the server at its high-water mark; during decode it
-    /// costs at most one heap walk (well under a millisecond) a second.
+    /// Idle time after which the native heap is trimmed, if work ran since the last trim: what a prefill or a backward
+    /// freed goes back to the kernel instead of holding the server at its high-water mark. Steady decode never leaves
+    /// the queue empty this long, so it never pays for a trim.
     /// </summary>
-    const long TrimIntervalMs = 1000;
+    const int TrimAfterIdleMs = 250;
 
     /// <param name="name">Thread name, for debuggers and dumps.</param>
     public ComputeScheduler(string name = "petals-compute")
@@ -69,16 +69,20 @@ public sealed class ComputeScheduler : IDisposable
             WorkItem item;
             lock (_queue)
             {
-                while (_queue.Count == 0 && !_stopping) Monitor.Wait(_queue);
+                while (_queue.Count == 0 && !_stopping)
+                {
+                    if (!_untrimmed) Monitor.Wait(_queue);
+                    else if (!Monitor.Wait(_queue, TrimAfterIdleMs) && _queue.Count == 0)
+                    {
+                        NativeHeap.Trim();
+                        _untrimmed = false;
+                    }
+                }
                 if (_queue.Count == 0) return;
                 item = _queue.Dequeue();
             }
             item.Run();
-            if (QueueLength == 0 && Environment.TickCount64 - _trimmedAt >= TrimIntervalMs)
-            {
-                NativeHeap.Trim();
-                _trimmedAt = Environment.TickCount64;
-            }
+            _untrimmed = true;
         }
     }
 

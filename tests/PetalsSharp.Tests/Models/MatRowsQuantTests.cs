@@ -180,4 +180,37 @@ public sealed unsafe class MatRowsQuantTests
             if (Math.Abs(y[o] - sum) > bound) Assert.Fail($"{outF}×{inF}: y[{o}] = {y[o]}, expected {sum} (bound {bound:G3})");
         }
     }
+
+    /// <summary>
+    /// The f32 scales beside a matrix (<see cref="WeightMatrix.Scales"/>) give the one-row integer kernels exactly the
+    /// numbers the per-tile f16 conversion gives: bit for bit, with short last tiles, partial blocks, zero and
+    /// subnormal scales, and output ranges that start inside a tile.
+    /// </summary>
+    [Theory]
+    [InlineData("int8", 13, 64, 0)]
+    [InlineData("int8", 770, 172, 3)]
+    [InlineData("nf4", 13, 64, 0)]
+    [InlineData("nf4", 770, 2048 + 17, 5)]
+    [InlineData("nf4", 130, 768, 1)]
+    public void Side_scales_give_the_same_bits_as_converting_them_per_tile(string name, int outF, int inF, int o0)
+    {
+        var format = QuantFormats.Parse(name);
+        var (packed, _) = Matrix(format, outF, inF, 11);
+        var x = Random(inF, 12);
+        var bias = Random(outF, 13);
+        var perTile = new float[outF];
+        var side = new float[outF];
+        using var packedTensor = TorchSharp.torch.tensor(packed, [outF, format.RowBytes(inF)]);
+        using var scales = PackedLinear.BlockScales(packedTensor, format, inF);                  // [outF, blocks]
+        var scaleValues = scales.data<float>().ToArray();
+        fixed (byte* wp = packed)
+        fixed (float* xp = x, bp = bias, a = perTile, b = side, sp = scaleValues)
+        {
+            MatRows.MultiplyRange(WeightMatrix.Quantized(wp, format, outF, inF), xp, 1, a, outF, bp, o0, outF);
+            MatRows.MultiplyRange(WeightMatrix.Quantized(wp, format, outF, inF, scales: sp), xp, 1, b, outF, bp, o0, outF);
+        }
+        for (int o = o0; o < outF; o++)
+            if (BitConverter.SingleToInt32Bits(perTile[o]) != BitConverter.SingleToInt32Bits(side[o]))
+                Assert.Fail($"{name} {outF}×{inF}: y[{o}] = {side[o]} with side scales, {perTile[o]} converting per tile");
+    }
 }

@@ -15,8 +15,14 @@ public enum WeightType { F32, BF16, F16, Int8, Nf4 }
 /// A weight matrix <c>[Rows = out, Cols = in]</c> in the HF layout, read in place through a raw pointer. The
 /// tensor it views must stay alive (and contiguous, on the CPU) while the matrix is used.
 /// </summary>
-public readonly unsafe struct WeightMatrix(void* data, WeightType type, int rows, int cols, bool exactActivations = false)
+public readonly unsafe struct WeightMatrix(void* data, WeightType type, int rows, int cols, bool exactActivations = false, float* scales = null)
 {
+    /// <summary>
+    /// Optional f32 copy of a packed matrix's block scales, <c>[Rows, Blocks(Cols)]</c>. The one-row integer kernels
+    /// read it instead of converting each tile's f16 scales again, which took about 40 % of their time.
+    /// </summary>
+    public float* Scales { get; } = scales;
+
     /// <summary>
     /// Keep x in f32 against nf4 weights (the product of the dequantized weights, up to summation order) instead of
     /// the default integer dot of one-row steps, which rounds x to int8 per block as llama.cpp does.
@@ -48,12 +54,12 @@ public readonly unsafe struct WeightMatrix(void* data, WeightType type, int rows
     public long Bytes => Rows * RowBytes;
 
     /// <summary>A packed <paramref name="format"/> matrix of <paramref name="rows"/> × <paramref name="cols"/> logical values.</summary>
-    public static WeightMatrix Quantized(void* data, QuantFormat format, int rows, int cols, bool exactActivations = false) => new(data, format switch
+    public static WeightMatrix Quantized(void* data, QuantFormat format, int rows, int cols, bool exactActivations = false, float* scales = null) => new(data, format switch
     {
         QuantFormat.Int8 => WeightType.Int8,
         QuantFormat.Nf4 => WeightType.Nf4,
         _ => throw new ArgumentException($"{format} is not a block format"),
-    }, rows, cols, exactActivations);
+    }, rows, cols, exactActivations, scales);
 
     /// <summary>Views <paramref name="w"/> <c>[out, in]</c>; null when its dtype, device or layout cannot be read in place.</summary>
     public static WeightMatrix? TryFrom(Tensor w)

@@ -135,10 +135,28 @@ public static unsafe partial class MatRows
             for (int c = 0; c < blocks; c += ScaleChunk)
             {
                 int chunk = Math.Min(ScaleChunk, blocks - c), off = c * BlockBytes;
-                TileScales(w0 + off, w1 + off, w2 + off, w3 + off, chunk, scales, 1, dx + c);
+                if (w.Scales is null) TileScales(w0 + off, w1 + off, w2 + off, w3 + off, chunk, scales, 1, dx + c);
+                else SideScales(w.Scales + (long)o * blocks + c, blocks, count, chunk, scales, dx + c);
                 T.Blocks(w0 + off, w1 + off, w2 + off, w3 + off, chunk, xq + c * per, ax + c * per, scales, part, w0 + Tile * (rowBytes + off));
             }
             for (int k = 0; k < count; k++) y[o + k] = part[k] + (bias is null ? 0 : bias[o + k]);
+        }
+    }
+
+    /// <summary>
+    /// As <see cref="TileScales"/> from the f32 scales beside the matrix (<see cref="WeightMatrix.Scales"/>, row stride
+    /// <paramref name="stride"/>): d · dx for <paramref name="chunk"/> blocks of <paramref name="rows"/> rows, the
+    /// missing rows of a short last tile repeating the last one (as the kernels' row pointers do).
+    /// </summary>
+    static void SideScales(float* side, int stride, int rows, int chunk, float* scales, float* dx)
+    {
+        for (int k = 0; k < Tile; k++)
+        {
+            float* src = side + (long)Math.Min(k, rows - 1) * stride;
+            float* dst = scales + k * ScaleChunk;
+            int b = 0;
+            for (; b + 8 <= chunk; b += 8) (Vector256.Load(src + b) * Vector256.Load(dx + b)).Store(dst + b);
+            for (; b < chunk; b++) dst[b] = src[b] * dx[b];
         }
     }
 

@@ -15,16 +15,34 @@ namespace PetalsSharp.Models.Quant;
 public static unsafe class PackedLinear
 {
     /// <summary>The packed weight as the kernels read it; null off the CPU or when not contiguous.</summary>
-    public static WeightMatrix? Matrix(Tensor packed, QuantFormat format, long inFeatures)
+    public static WeightMatrix? Matrix(Tensor packed, QuantFormat format, long inFeatures, Tensor? scales = null)
     {
         if (packed.dtype != ScalarType.Byte || packed.dim() != 2 || packed.device_type != DeviceType.CPU || !packed.is_contiguous()) return null;
-        return WeightMatrix.Quantized(Weights.NativeMemory.Pointer<byte>(packed), format, (int)packed.shape[0], (int)inFeatures);
+        float* side = scales is not null && scales.dtype == ScalarType.Float32 && scales.is_contiguous()
+            && scales.shape.SequenceEqual([packed.shape[0], format.Blocks(inFeatures)]) ? Weights.NativeMemory.Pointer<float>(scales) : null;
+        return WeightMatrix.Quantized(Weights.NativeMemory.Pointer<byte>(packed), format, (int)packed.shape[0], (int)inFeatures, scales: side);
+    }
+
+    /// <summary>The f32 block scales of a packed matrix, <c>[rows, blocks]</c> (exact: every f16 is an f32).</summary>
+    public static Tensor BlockScales(Tensor packed, QuantFormat format, long inFeatures)
+    {
+        long rows = packed.shape[0];
+        int blocks = format.Blocks(inFeatures);
+        long rowBytes = format.RowBytes(inFeatures);
+        var result = empty([rows, blocks], ScalarType.Float32);                                   // [rows, blocks]
+        byte* src = Weights.NativeMemory.Pointer<byte>(packed);
+        float* dst = Weights.NativeMemory.Pointer<float>(result);
+        for (long r = 0; r < rows; r++)
+            for (int b = 0; b < blocks; b++)
+                dst[r * blocks + b] = (float)BitConverter.UInt16BitsToHalf(*(ushort*)(src + r * rowBytes + (long)b * QuantFormats.BlockBytes));
+        GC.KeepAlive(packed);
+        return result;
     }
 
     /// <summary><c>x [..., in]</c> to <c>[..., out]</c>, in x's dtype.</summary>
-    public static Tensor Forward(Tensor x, Tensor packed, QuantFormat format, long inFeatures, Tensor? bias)
+    public static Tensor Forward(Tensor x, Tensor packed, QuantFormat format, long inFeatures, Tensor? bias, Tensor? scales = null)
     {
-        var matrix = Matrix(packed, format, inFeatures)
+        var matrix = Matrix(packed, format, inFeatures, scales)
             ?? throw new NotSupportedException($"{format.Name()} weights are computed on the CPU only (the weight is on {packed.device})");
         if (x.shape[^1] != inFeatures)
             throw new ArgumentException($"input has {x.shape[^1]} features, the layer takes {inFeatures}");
