@@ -187,7 +187,7 @@ public sealed record ServerOptions
     public int BlocksForMemory(ModelConfig config, long budgetBytes)
     {
         long parameters = config.Family.BlockTensors(config, 0).Sum(t => t.Shape.Aggregate(1L, (a, d) => a * d));
-        double elementSize = Quant != Models.Quant.QuantFormat.None ? Models.Quant.QuantFormats.BitsPerWeight(Quant) / 8
+        double elementSize = Quant != Models.Quant.QuantFormat.None ? Models.Quant.QuantFormats.ResidentBitsPerWeight(Quant) / 8
             : WeightDtype is ScalarType.BFloat16 or ScalarType.Float16 ? 2 : 4;
         long blockBytes = (long)(parameters * elementSize * 1.01);
         long kvBytesPerToken = 2L * config.NumKvHeads * config.HeadDim * sizeof(float);

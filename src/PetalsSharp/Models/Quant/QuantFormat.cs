@@ -62,4 +62,10 @@ public static class QuantFormats
 
     /// <summary>Bits per weight, scale included (8.5 and 4.25).</summary>
     public static double BitsPerWeight(this QuantFormat f) => f == QuantFormat.None ? double.NaN : BlockBytes * 8.0 / f.BlockValues();
+
+    /// <summary>
+    /// Bits per weight a server holds in memory: the packed bytes plus the f32 copy of each block's scale that packed
+    /// layers keep for the kernels (<see cref="SideScales"/>): 9.5 and 4.75.
+    /// </summary>
+    public static double ResidentBitsPerWeight(this QuantFormat f) => f == QuantFormat.None ? double.NaN : (BlockBytes + sizeof(float)) * 8.0 / f.BlockValues();
 }

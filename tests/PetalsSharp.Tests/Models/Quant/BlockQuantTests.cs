@@ -69,6 +69,8 @@ public class BlockQuantTests
         Assert.Equal(3 * 34, QuantFormat.Nf4.RowBytes(172));
         Assert.Equal(8.5, QuantFormat.Int8.BitsPerWeight());
         Assert.Equal(4.25, QuantFormat.Nf4.BitsPerWeight());
+        Assert.Equal(9.5, QuantFormat.Int8.ResidentBitsPerWeight());   // with the f32 side scales the kernels read
+        Assert.Equal(4.75, QuantFormat.Nf4.ResidentBitsPerWeight());
         Assert.Equal(QuantFormat.Nf4, QuantFormats.Parse("NF4"));
         Assert.Equal("int8", QuantFormats.Parse("q8_0").Name());
         var e = Assert.Throws<ArgumentException>(() => QuantFormats.Parse("int3"));
