@@ -58,7 +58,7 @@ public static class MemoryBenchmark
             using var y = await session.StepAsync(token);                                   // [1, 1, H]
         }
         double decodeSeconds = sw.Elapsed.TotalSeconds;
-        await Task.Delay(1500);   // the server trims its native heap when idle, at most once a second (ComputeScheduler)
+        await Task.Delay(1500);   // the server trims its native heap after 250 ms without work (ComputeScheduler)
         var end = Status(server.Id);
         var where = Smaps(server.Id);
         if (args.Int("hold", 0) is > 0 and var hold) { Console.WriteLine($"holding server pid {server.Id} for {hold} s"); await Task.Delay(hold * 1000); }
