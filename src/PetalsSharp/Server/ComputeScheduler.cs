@@ -66,20 +66,23 @@ public sealed class ComputeScheduler : IDisposable
     {
         while (true)
         {
-            WorkItem item;
+            WorkItem? item = null;
             lock (_queue)
             {
                 while (_queue.Count == 0 && !_stopping)
                 {
                     if (!_untrimmed) Monitor.Wait(_queue);
-                    else if (!Monitor.Wait(_queue, TrimAfterIdleMs) && _queue.Count == 0)
-                    {
-                        NativeHeap.Trim();
-                        _untrimmed = false;
-                    }
+                    else if (!Monitor.Wait(_queue, TrimAfterIdleMs) && _queue.Count == 0) break;
                 }
-                if (_queue.Count == 0) return;
-                item = _queue.Dequeue();
+                if (_queue.Count > 0) item = _queue.Dequeue();
+                else if (_stopping) return;
+            }
+            if (item is null)
+            {
+                // Outside the lock: a trim walks the whole heap, and callers queueing work must not wait for it.
+                NativeHeap.Trim();
+                _untrimmed = false;
+                continue;
             }
             item.Run();
             _untrimmed = true;
