@@ -130,14 +130,8 @@ public sealed class LocalBlockSession : IBlockSession
 
     public Tensor Step(Tensor hidden, StepOptions? options = null)
     {
-        var start = StepChecks.Step(hidden, options, Options, Position, _stack.Config);
+        var start = Admit(hidden, options);
         var t = (int)hidden.shape[1];
-        if (options?.HypoIds is { } hypo)
-        {
-            if (hypo.dim() != 1 || hypo.shape[0] != Options.Batch)
-                throw new ArgumentException($"hypo_ids must be [{Options.Batch}], got [{string.Join(", ", hypo.shape)}]");
-            foreach (var c in _caches) c.Reorder(hypo.to(ScalarType.Int64));
-        }
         if (options?.Prompts is { } prompts) BlockPrompts.Check(prompts, _stack.Blocks.Count, hidden);
         using var scope = NewDisposeScope();
         var ctx = new StepContext(Options.Batch, t, start, Options.LeftPadding, hidden.device) { Adapter = Options.Adapter };
@@ -148,7 +142,30 @@ public sealed class LocalBlockSession : IBlockSession
         return output.MoveToOuterDisposeScope();
     }
 
-    Kernels.IFusedBlock[]? Plans()
+    /// <summary>Checks a step against the session and applies its beam reorder; returns where its tokens start.</summary>
+    internal int Admit(Tensor hidden, StepOptions? options)
+    {
+        var start = StepChecks.Step(hidden, options, Options, Position, _stack.Config);
+        if (options?.HypoIds is { } hypo)
+        {
+            if (hypo.dim() != 1 || hypo.shape[0] != Options.Batch)
+                throw new ArgumentException($"hypo_ids must be [{Options.Batch}], got [{string.Join(", ", hypo.shape)}]");
+            using var ids = hypo.to(ScalarType.Int64);
+            foreach (var c in _caches) c.Reorder(ids);
+        }
+        return start;
+    }
+
+    /// <summary>Records a step that ran as part of a joint pass (<see cref="JointSteps"/>).</summary>
+    internal void Advanced(int start, int tokens)
+    {
+        Position = start + tokens;
+        FusedSteps++;
+    }
+
+    internal LocalBlockStack Stack => _stack;
+
+    internal Kernels.IFusedBlock[]? Plans()
     {
         if (!_plansResolved) (_plans, _plansResolved) = (Kernels.FusedDecode.Plans(_stack.Blocks), true);
         return _plans;

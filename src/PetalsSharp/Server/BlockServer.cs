@@ -46,6 +46,7 @@ public sealed partial class BlockServer : IAsyncDisposable
         _logger = loggerFactory.CreateLogger<BlockServer>();
         MaxSessionLength = options.ResolveMaxSessionLength(Config);
         Scheduler = new ComputeScheduler();
+        Steps = new StepBatcher(Scheduler);
         RequestMemory = new RequestMemory(options.MaxRequestMemoryBytes);
         Peers = new PeerChannels(new PeerChannelOptions(options.MaxMessageBytes));
         Inboxes = new SessionInboxes(options, Peers, _logger);
@@ -165,6 +166,9 @@ public sealed partial class BlockServer : IAsyncDisposable
     internal ServerMetrics Metrics { get; }
     internal ServedSpan? Current => Volatile.Read(ref _span);
     internal ComputeScheduler Scheduler { get; }
+
+    /// <summary>Runs inference steps on <see cref="Scheduler"/>, joining other sessions' steps into shared passes.</summary>
+    internal StepBatcher Steps { get; }
     internal SessionInboxes Inboxes { get; }
     internal PushTargets PushTargets { get; }
 
@@ -269,6 +273,7 @@ public sealed partial class BlockServer : IAsyncDisposable
         if (Interlocked.Exchange(ref _disposed, 1) != 0) return;
         await StopAsync();
         Scheduler.Dispose();
+        Steps.Dispose();
         Inboxes.Dispose();
         Peers.Dispose();
         Current?.Stack.Dispose();

@@ -177,13 +177,8 @@ public sealed partial class BlockServiceImpl
             if (tokens == 0)
                 output = EmptyHidden(batch, open.OutputCompression);   // capacity check: nothing to run, position unchanged
             else
-                output = await _server.Scheduler.RunAsync(ComputeScheduler.InferencePriority, () =>
-                {
-                    using var scope = NewDisposeScope();
-                    using var noGrad = no_grad();
-                    var result = session.Step(hidden, new StepOptions(hypoIds, step.HasStartFromPosition ? start : null, Prompts: prompts));  // [B, T, H]
-                    return TensorCodec.Encode(result, open.OutputCompression);
-                }, ct);
+                output = await _server.Steps.RunAsync(session,   // [B, T, H], in a pass shared with other sessions' steps when it can
+                    hidden, new StepOptions(hypoIds, step.HasStartFromPosition ? start : null, Prompts: prompts), open.OutputCompression, ct);
 
             var reply = new InferenceReply { Result = new StepResult { StepId = step.StepId, Hidden = output, Position = session.Position } };
             if (step.NextServers.Count > 0 && await PushRefusalAsync(open, step, ct) is { } refusal)

@@ -45,7 +45,39 @@ public sealed class ComputeScheduler : IDisposable
     {
         ArgumentNullException.ThrowIfNull(work);
         var item = new WorkItem<T>(work);
-        if (cancellationToken.IsCancellationRequested) return Task.FromCanceled<T>(cancellationToken);
+        Enqueue(item, priority, cancellationToken);
+        return item.Task;
+    }
+
+    /// <summary>
+    /// Queues <paramref name="input"/> as work that may share one run with other queued work of the same
+    /// <paramref name="key"/> and priority: when the first of them reaches the front, every such item queued by then
+    /// joins it, up to <paramref name="maxRows"/> rows in all, and <paramref name="runGroup"/> runs them together
+    /// (continuous batching: sessions join and leave between runs). It returns one outcome per input, in order.
+    /// Cancelling drops an item that has not started, as with <see cref="RunAsync{T}"/>.
+    /// </summary>
+    public Task<TOut> RunJoinableAsync<TIn, TOut>(int priority, object key, int rows, int maxRows, TIn input,
+        Func<IReadOnlyList<TIn>, (TOut? Value, Exception? Error)[]> runGroup, CancellationToken cancellationToken = default)
+    {
+        ArgumentNullException.ThrowIfNull(key);
+        ArgumentNullException.ThrowIfNull(runGroup);
+        var item = new JoinableItem<TIn, TOut>(key, rows, maxRows, input, runGroup);
+        Enqueue(item, priority, cancellationToken);
+        return item.Task;
+    }
+
+    /// <summary>Runs of joinable work so far, and the items they carried: a batching gauge for metrics and tests.</summary>
+    public (long Runs, long Items) Joined => (Interlocked.Read(ref _joinedRuns), Interlocked.Read(ref _joinedItems));
+
+    long _joinedRuns, _joinedItems;
+
+    void Enqueue(WorkItem item, int priority, CancellationToken cancellationToken)
+    {
+        if (cancellationToken.IsCancellationRequested)
+        {
+            item.TryCancel(cancellationToken);
+            return;
+        }
         // Registered before the item is visible to the worker, so Run always sees the registration it must drop.
         if (cancellationToken.CanBeCanceled)
             item.Registration = cancellationToken.Register(() => item.TryCancel(cancellationToken));
@@ -59,7 +91,24 @@ public sealed class ComputeScheduler : IDisposable
             _queue.Enqueue(item, (priority, _sequence++));
             Monitor.Pulse(_queue);
         }
-        return item.Task;
+    }
+
+    /// <summary>Takes the queued items that may join <paramref name="first"/>'s run, oldest first (under the lock).</summary>
+    List<WorkItem>? TakePartners(WorkItem first, int priority)
+    {
+        if (first.Key is not { } key || _queue.Count == 0) return null;
+        List<WorkItem>? partners = null;
+        int rows = first.Rows;
+        foreach (var (item, order) in _queue.UnorderedItems.OrderBy(e => e.Priority.Sequence))
+        {
+            if (order.Priority != priority || item.GetType() != first.GetType() || !key.Equals(item.Key) || !item.IsPending) continue;
+            if (rows + item.Rows > first.MaxRows) continue;
+            rows += item.Rows;
+            (partners ??= []).Add(item);
+        }
+        if (partners is not null)
+            foreach (var p in partners) _queue.Remove(p, out _, out _, ReferenceEqualityComparer.Instance);
+        return partners;
     }
 
     void Loop()
@@ -67,6 +116,7 @@ public sealed class ComputeScheduler : IDisposable
         while (true)
         {
             WorkItem? item = null;
+            List<WorkItem>? partners = null;
             lock (_queue)
             {
                 while (_queue.Count == 0 && !_stopping)
@@ -74,7 +124,7 @@ public sealed class ComputeScheduler : IDisposable
                     if (!_untrimmed) Monitor.Wait(_queue);
                     else if (!Monitor.Wait(_queue, TrimAfterIdleMs) && _queue.Count == 0) break;
                 }
-                if (_queue.Count > 0) item = _queue.Dequeue();
+                if (_queue.TryDequeue(out item, out var order)) partners = TakePartners(item, order.Priority);
                 else if (_stopping) return;
             }
             if (item is null)
@@ -84,7 +134,16 @@ public sealed class ComputeScheduler : IDisposable
                 _untrimmed = false;
                 continue;
             }
-            item.Run();
+            if (item.Key is null) item.Run();
+            else
+            {
+                int ran = item.RunJoined(partners);
+                if (ran > 0)
+                {
+                    Interlocked.Increment(ref _joinedRuns);
+                    Interlocked.Add(ref _joinedItems, ran);
+                }
+            }
             _untrimmed = true;
         }
     }
@@ -111,12 +170,27 @@ public sealed class ComputeScheduler : IDisposable
         int _state;
         public CancellationTokenRegistration Registration;
 
+        /// <summary>Non-null for work that may share a run with equal-keyed work (<see cref="JoinableItem{TIn, TOut}"/>).</summary>
+        public virtual object? Key => null;
+        public virtual int Rows => 0;
+        public virtual int MaxRows => 0;
+        public bool IsPending => Volatile.Read(ref _state) == Pending;
+
         public void Run()
         {
-            if (Interlocked.CompareExchange(ref _state, Running, Pending) != Pending) return;
-            Registration.Dispose();
-            Execute();
+            if (TryStart()) Execute();
         }
+
+        /// <summary>Pending → running; false when it was cancelled first.</summary>
+        public bool TryStart()
+        {
+            if (Interlocked.CompareExchange(ref _state, Running, Pending) != Pending) return false;
+            Registration.Dispose();
+            return true;
+        }
+
+        /// <summary>Runs this item with <paramref name="partners"/> (same key and type); returns how many ran.</summary>
+        public virtual int RunJoined(List<WorkItem>? partners) => throw new InvalidOperationException("not joinable work");
 
         public void TryCancel(CancellationToken token)
         {
@@ -138,6 +212,49 @@ public sealed class ComputeScheduler : IDisposable
             catch (Exception e) { _tcs.TrySetException(e); }
         }
 
+        protected override void SetCanceled(CancellationToken token) => _tcs.TrySetCanceled(token);
+    }
+
+    sealed class JoinableItem<TIn, TOut>(object key, int rows, int maxRows, TIn input,
+        Func<IReadOnlyList<TIn>, (TOut? Value, Exception? Error)[]> runGroup) : WorkItem
+    {
+        readonly TaskCompletionSource<TOut> _tcs = new(TaskCreationOptions.RunContinuationsAsynchronously);
+        public Task<TOut> Task => _tcs.Task;
+        public override object? Key => key;
+        public override int Rows => rows;
+        public override int MaxRows => maxRows;
+
+        public override int RunJoined(List<WorkItem>? partners)
+        {
+            var group = new List<JoinableItem<TIn, TOut>>(1 + (partners?.Count ?? 0));
+            if (TryStart()) group.Add(this);
+            foreach (var p in partners ?? [])
+                if (p.TryStart()) group.Add((JoinableItem<TIn, TOut>)p);
+            RunGroup(group);
+            return group.Count;
+        }
+
+        /// <summary>Runs started items as one group and completes each one's task.</summary>
+        void RunGroup(List<JoinableItem<TIn, TOut>> group)
+        {
+            if (group.Count == 0) return;
+            (TOut? Value, Exception? Error)[] outcomes;
+            try { outcomes = runGroup(group.Select(g => g.Input).ToArray()); }
+            catch (Exception e)
+            {
+                foreach (var g in group) g._tcs.TrySetException(e);
+                return;
+            }
+            for (int i = 0; i < group.Count; i++)
+            {
+                if (outcomes[i].Error is { } error) group[i]._tcs.TrySetException(error);
+                else group[i]._tcs.TrySetResult(outcomes[i].Value!);
+            }
+        }
+
+        TIn Input => input;
+
+        protected override void Execute() => RunGroup([this]);
         protected override void SetCanceled(CancellationToken token) => _tcs.TrySetCanceled(token);
     }
 }

@@ -31,6 +31,10 @@ internal sealed class ServerMetrics : IDisposable
         Meter.CreateObservableGauge("petals.server.sessions.open", () => server.ActiveSessions, description: "Open inference sessions");
         Meter.CreateObservableGauge("petals.server.cache.tokens.used", () => CacheTokens(server).Used, description: "KV-cache room held by sessions, in tokens of one row across the span");
         Meter.CreateObservableGauge("petals.server.cache.tokens.total", () => CacheTokens(server).Total, description: "KV-cache room in all, in tokens of one row across the span");
+        Meter.CreateObservableCounter("petals.server.batch.passes", () => server.Scheduler.Joined.Runs,
+            description: "Fused passes of inference steps (continuous batching: one or more sessions per pass)");
+        Meter.CreateObservableCounter("petals.server.batch.steps", () => server.Scheduler.Joined.Items,
+            description: "Inference steps those passes carried; steps ÷ passes is the mean batch");
     }
 
     public Meter Meter { get; }

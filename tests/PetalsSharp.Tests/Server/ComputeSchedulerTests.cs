@@ -35,6 +35,42 @@ public sealed class ComputeSchedulerTests
     }
 
     [Fact]
+    public async Task Joinable_work_queued_together_runs_as_one_group_per_key_within_the_row_limit()
+    {
+        using var scheduler = new ComputeScheduler();
+        var groups = new List<string>();
+        (string? Value, Exception? Error)[] Run(IReadOnlyList<string> inputs)
+        {
+            lock (groups) groups.Add(string.Join(",", inputs));
+            return inputs.Select(i => i == "bad" ? (null, new InvalidOperationException("bad step")) : (i + "!", (Exception?)null)).ToArray();
+        }
+        using var started = new ManualResetEventSlim();
+        using var release = new ManualResetEventSlim();
+        var blocker = scheduler.RunAsync(ComputeScheduler.InferencePriority, () => { started.Set(); release.Wait(); return 0; });
+        started.Wait();
+        using var cancel = new CancellationTokenSource();
+        Task<string> Join(string key, string input, int rows = 1, CancellationToken ct = default) =>
+            scheduler.RunJoinableAsync<string, string>(ComputeScheduler.InferencePriority, key, rows, maxRows: 4, input, Run, ct);
+        var a1 = Join("a", "a1");
+        var b1 = Join("b", "b1");
+        var a2 = Join("a", "a2", ct: cancel.Token);
+        var a3 = Join("a", "bad");
+        var a4 = Join("a", "a4", rows: 2);
+        var a5 = Join("a", "a5");   // a1 + bad + a4 fill the 4 rows (a2 is cancelled before the run): a later group
+        var b2 = Join("b", "b2");
+        cancel.Cancel();
+        release.Set();
+        await blocker;
+        Assert.Equal("a1!", await a1);
+        Assert.Equal("a4!", await a4);
+        Assert.Equal("bad step", (await Assert.ThrowsAsync<InvalidOperationException>(() => a3)).Message);
+        await Assert.ThrowsAnyAsync<OperationCanceledException>(() => a2);
+        Assert.Equal(["b1!", "b2!", "a5!"], [await b1, await b2, await a5]);
+        Assert.Equal(["a1,bad,a4", "b1,b2", "a5"], groups);
+        Assert.Equal((3L, 6L), scheduler.Joined);
+    }
+
+    [Fact]
     public async Task Exceptions_and_cancellation_reach_the_caller_and_the_thread_survives()
     {
         using var scheduler = new ComputeScheduler();

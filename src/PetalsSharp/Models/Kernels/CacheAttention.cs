@@ -11,7 +11,7 @@ namespace PetalsSharp.Models.Kernels;
 public static unsafe class CacheAttention
 {
     /// <summary>Sizes the score buffers: one cache length per worker.</summary>
-    public static void Prepare(FusedStep step) => step.Ensure(Slot.Scores, (long)step.Team.Size * step.Cache.MaxLength);
+    public static void Prepare(FusedStep step) => step.Ensure(Slot.Scores, (long)step.Team.Size * step.MaxLength);
 
     /// <summary>
     /// This worker's share of <c>out [R, heads·D] = softmax(q kᵀ / √D (+ alibi)) v</c> for <c>q [R, heads·D]</c> (row
@@ -20,9 +20,8 @@ public static unsafe class CacheAttention
     public static void Phase(FusedStep step, float* q, int ldq, int heads, int? slidingWindow, AlibiTerm? alibi,
         float* output, int ldo, int worker, int workers)
     {
-        var cache = step.Cache;
-        int d = cache.HeadDim, group = heads / cache.KvHeads;
-        float* scores = step.Buffer(Slot.Scores) + (long)worker * cache.MaxLength;
+        int d = step.Cache.HeadDim, group = heads / step.Cache.KvHeads;
+        float* scores = step.Buffer(Slot.Scores) + (long)worker * step.MaxLength;
         var (i0, i1) = MatRows.Slice(step.Batch * heads, worker, workers, align: 1);
         for (int item = i0; item < i1; item++)
         {
@@ -30,7 +29,7 @@ public static unsafe class CacheAttention
             for (int t = 0; t < step.Tokens; t++)
             {
                 long r = (long)b * step.Tokens + t;
-                Query(q + r * ldq + head * d, cache, b, head / group, step.Past + t, step.PadOf(b), slidingWindow, scores,
+                Query(q + r * ldq + head * d, step.PagesOf(b), step.LocalRow(b), head / group, step.PastOf(b) + t, step.PadOf(b), slidingWindow, scores,
                     output + r * ldo + head * d, alibi, head);
             }
         }

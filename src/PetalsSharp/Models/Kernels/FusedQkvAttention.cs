@@ -72,7 +72,6 @@ public sealed unsafe class FusedQkvAttention
     /// </summary>
     public void Split(FusedStep step, int worker, int workers)
     {
-        var cache = step.Cache;
         int d = _headDim, g = _heads / _kvHeads, perRow = _heads + _kvHeads, groupStride = (g + 2) * d, half = d / 2;
         float* qkv = step.Buffer(QkvSlot), q = step.Buffer(Slot.Q);
         float* cos = step.Buffer(Slot.Cos), sin = step.Buffer(Slot.Sin);
@@ -89,11 +88,12 @@ public sealed unsafe class FusedQkvAttention
                 if (_rotary is not null) RowKernels.Rotate(dst, c, s, d);
                 continue;
             }
-            int kvHead = head - _heads, b = r / step.Tokens, pos = step.Past + r % step.Tokens;
-            float* key = cache.Key(b, pos, kvHead);
+            int kvHead = head - _heads, b = r / step.Tokens, pos = step.PastOf(b) + r % step.Tokens, local = step.LocalRow(b);
+            ref readonly var cache = ref step.PagesOf(b);
+            float* key = cache.Key(local, pos, kvHead);
             float* group = row + (long)kvHead * groupStride + (long)g * d;   // its k, then its v
             new ReadOnlySpan<float>(group, d).CopyTo(new Span<float>(key, d));
-            new ReadOnlySpan<float>(group + d, d).CopyTo(new Span<float>(cache.Value(b, pos, kvHead), d));
+            new ReadOnlySpan<float>(group + d, d).CopyTo(new Span<float>(cache.Value(local, pos, kvHead), d));
             if (_rotary is not null) RowKernels.Rotate(key, c, s, d);
         }
     }

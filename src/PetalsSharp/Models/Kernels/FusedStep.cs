@@ -51,7 +51,7 @@ public static class Slot
 /// scratch buffers allocated once per session (and grown only when a step needs more), and the adapter's low-rank
 /// factors. It is also the team job, so a step allocates nothing.
 /// </summary>
-public sealed unsafe class FusedStep : ITeamJob, IDisposable
+public sealed unsafe partial class FusedStep : ITeamJob, IDisposable
 {
     readonly float*[] _buffers = new float*[Slot.Count];
     readonly long[] _capacity = new long[Slot.Count];
@@ -90,19 +90,23 @@ public sealed unsafe class FusedStep : ITeamJob, IDisposable
     /// <summary><c>[R, H]</c> float32: the hidden rows every block updates in place.</summary>
     public float* Hidden { get; private set; }
 
-    /// <summary>The running block's cache and absolute index.</summary>
-    public KvPages Cache { get; private set; }
+    /// <summary>
+    /// The running block's cache (the first session's, in a joint step: every session's cache has its heads and head
+    /// size; rows read theirs through <see cref="PagesOf"/>) and absolute index.
+    /// </summary>
+    public KvPages Cache => _pages[0];
     public int Block { get; private set; }
 
     /// <summary>The running block's adapter factors, one per <see cref="IFusedBlock.Modules"/> entry (unset = none).</summary>
     public LowRank[] LowRanks { get; private set; } = [];
 
-    /// <summary>Starts a step over <paramref name="hidden"/> <c>[B·T, H]</c>.</summary>
+    /// <summary>Starts a step of one session over <paramref name="hidden"/> <c>[B·T, H]</c>.</summary>
     public void Begin(StepContext ctx, float* hidden)
     {
         (Batch, Tokens, Past, LeftPadding) = (ctx.Batch, ctx.NewTokens, ctx.PastLength, ctx.LeftPadding);
         Hidden = hidden;
         StepNumber++;
+        SingleRows();
         if (_adapter is not null) Ensure(Slot.LowRank, (long)Team.Size * MatRows.MaxRows * _adapter.Config.R);
     }
 
@@ -110,7 +114,8 @@ public sealed unsafe class FusedStep : ITeamJob, IDisposable
     public void RunBlock(IFusedBlock plan, DecoderBlock block, LayerCache cache)
     {
         ResetClaims(1);
-        Select(plan, block, cache);
+        _pages[0] = cache.Pages();
+        Select(plan, block);
         Team.Run(this);
     }
 
@@ -119,8 +124,10 @@ public sealed unsafe class FusedStep : ITeamJob, IDisposable
     /// the switch to the next block (its cache, adapter factors and <see cref="IFusedBlock.Prepare"/>) happens inside
     /// the barrier that ends the previous one. Same result as <see cref="RunBlock"/> block after block.
     /// </summary>
-    public void RunBlocks(IReadOnlyList<IFusedBlock> plans, IReadOnlyList<DecoderBlock> blocks, IReadOnlyList<LayerCache> caches)
+    public void RunBlocks(IReadOnlyList<IFusedBlock> plans, IReadOnlyList<DecoderBlock> blocks, IReadOnlyList<LayerCache>? caches)
     {
+        if (caches is null != _segmentCount > 0)
+            throw new InvalidOperationException(caches is null ? "a one-session step needs its caches" : "a joint step's caches are its segments'");
         if (plans.Count == 0) return;
         (_plans, _blocks, _caches, _next) = (plans, blocks, caches, 0);
         ResetClaims(plans.Count);
@@ -149,14 +156,15 @@ public sealed unsafe class FusedStep : ITeamJob, IDisposable
     void Advance()
     {
         int i = _next++;
-        Select(_plans![i], _blocks![i], _caches![i]);
+        if (_caches is { } caches) _pages[0] = caches[i].Pages();
+        else SelectSegmentPages(i);
+        Select(_plans![i], _blocks![i]);
     }
 
-    void Select(IFusedBlock plan, DecoderBlock block, LayerCache cache)
+    void Select(IFusedBlock plan, DecoderBlock block)
     {
         _plan = plan;
         Block = block.Index;
-        Cache = cache.Pages();
         LowRanks = _adapter is null ? [] : LowRanksOf(plan);
         plan.Prepare(this);
     }
@@ -272,9 +280,6 @@ public sealed unsafe class FusedStep : ITeamJob, IDisposable
 
     /// <summary>Worker <paramref name="worker"/>'s share of the low-rank scratch: <c>[R, rank]</c>.</summary>
     public float* LowRankScratch(int worker) => _buffers[Slot.LowRank] + (long)worker * MatRows.MaxRows * (_adapter?.Config.R ?? 0);
-
-    /// <summary>Left padding of batch row <paramref name="b"/>.</summary>
-    public int PadOf(int b) => LeftPadding is null ? 0 : LeftPadding[b];
 
     LowRank[] LowRanksOf(IFusedBlock plan)
     {

@@ -24,16 +24,15 @@ public static unsafe class RotaryAppend
             return;
         step.RotaryTables = (-1, null);
         double[]? dynamic = null;
-        if (fixedInverse is null)
-        {
-            int minPad = step.LeftPadding?.Min() ?? 0;
-            dynamic = rotary.InverseFrequencies(step.Total - minPad);   // rare: only dynamic NTK allocates here
-        }
+        int dynamicLength = -1;
         for (int b = 0; b < step.Batch; b++)
             for (int t = 0; t < step.Tokens; t++)
             {
                 int r = b * step.Tokens + t;
-                float pos = Math.Max(0, step.Past + t - step.PadOf(b));
+                float pos = Math.Max(0, step.PastOf(b) + t - step.PadOf(b));
+                // Rare: only dynamic NTK allocates here, once per session of the step.
+                if (fixedInverse is null && step.DynamicLength(b) != dynamicLength)
+                    dynamic = rotary.InverseFrequencies(dynamicLength = step.DynamicLength(b));
                 for (int i = 0; i < half; i++)
                 {
                     float inv = fixedInverse is not null ? fixedInverse[i] : (float)dynamic![i];
@@ -55,8 +54,7 @@ public static unsafe class RotaryAppend
     /// </summary>
     public static void Phase(FusedStep step, float* q, float* k, float* v, int heads, bool rotate, int worker, int workers)
     {
-        var cache = step.Cache;
-        int d = cache.HeadDim, kvHeads = cache.KvHeads, half = d / 2, perRow = heads + kvHeads;
+        int d = step.Cache.HeadDim, kvHeads = step.Cache.KvHeads, half = d / 2, perRow = heads + kvHeads;
         float* cos = step.Buffer(Slot.Cos), sin = step.Buffer(Slot.Sin);
         var (i0, i1) = MatRows.Slice(step.Rows * perRow, worker, workers, align: 1);
         for (int item = i0; item < i1; item++)
@@ -71,9 +69,10 @@ public static unsafe class RotaryAppend
             int kvHead = head - heads;
             float* key = k + ((long)r * kvHeads + kvHead) * d;
             if (rotate) RowKernels.Rotate(key, c, s, d);
-            int b = r / step.Tokens, pos = step.Past + r % step.Tokens;
-            new ReadOnlySpan<float>(key, d).CopyTo(new Span<float>(cache.Key(b, pos, kvHead), d));
-            new ReadOnlySpan<float>(v + ((long)r * kvHeads + kvHead) * d, d).CopyTo(new Span<float>(cache.Value(b, pos, kvHead), d));
+            int b = r / step.Tokens, pos = step.PastOf(b) + r % step.Tokens, row = step.LocalRow(b);
+            ref readonly var cache = ref step.PagesOf(b);
+            new ReadOnlySpan<float>(key, d).CopyTo(new Span<float>(cache.Key(row, pos, kvHead), d));
+            new ReadOnlySpan<float>(v + ((long)r * kvHeads + kvHead) * d, d).CopyTo(new Span<float>(cache.Value(row, pos, kvHead), d));
         }
     }
 }

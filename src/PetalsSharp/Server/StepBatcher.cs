@@ -1,0 +1,75 @@
+using PetalsSharp.Models;
+using PetalsSharp.Models.Kernels;
+using PetalsSharp.Wire;
+
+using static TorchSharp.torch;
+using WireTensor = PetalsSharp.Wire.V1.Tensor;
+
+namespace PetalsSharp.Server;
+
+/// <summary>
+/// Continuous batching of inference steps: a step that the fused kernels take joins every step of other sessions over
+/// the same blocks that is queued when it reaches the front of the <see cref="ComputeScheduler"/>, and they run as one
+/// pass over the weights (<see cref="JointSteps"/>). Sessions join and leave between passes; a step that cannot join
+/// (prompts, a long prefill, the reference path) runs alone as before.
+/// </summary>
+internal sealed class StepBatcher(ComputeScheduler scheduler) : IDisposable
+{
+    /// <summary>Joint steps by adapter (scratch and the adapter's factors), used on the compute thread only.</summary>
+    readonly Dictionary<object, FusedStep> _joints = new();
+    static readonly object NoAdapter = new();
+
+    /// <summary>Adapters whose joint steps are kept; past this, all are dropped and made again on demand.</summary>
+    const int MaxJoints = 16;
+
+    sealed record Input(object Key, LocalBlockSession Session, Tensor Hidden, StepOptions Options, PetalsSharp.Wire.V1.Compression Compression);
+
+    /// <summary>Runs one step of <paramref name="session"/> and encodes its output <c>[B, T, H]</c>.</summary>
+    public Task<WireTensor> RunAsync(LocalBlockSession session, Tensor hidden, StepOptions options, PetalsSharp.Wire.V1.Compression compression,
+        CancellationToken ct)
+    {
+        if (JointSteps.KeyOf(session, hidden, options) is not { } key)
+            return scheduler.RunAsync(ComputeScheduler.InferencePriority, () =>
+            {
+                using var scope = NewDisposeScope();
+                using var noGrad = no_grad();
+                return TensorCodec.Encode(session.Step(hidden, options), compression);   // [B, T, H]
+            }, ct);
+        return scheduler.RunJoinableAsync<Input, WireTensor>(ComputeScheduler.InferencePriority, key, JointSteps.Rows(hidden),
+            MatRows.MaxRows, new Input(key, session, hidden, options, compression), RunGroup, ct);
+    }
+
+    (WireTensor? Value, Exception? Error)[] RunGroup(IReadOnlyList<Input> inputs)
+    {
+        using var scope = NewDisposeScope();
+        using var noGrad = no_grad();
+        var joint = JointFor(JointSteps.AdapterOf(inputs[0].Key));
+        var outcomes = JointSteps.Run(inputs.Select(i => (i.Session, i.Hidden, (StepOptions?)i.Options)).ToArray(), joint);
+        var encoded = new (WireTensor?, Exception?)[inputs.Count];
+        for (int i = 0; i < inputs.Count; i++)
+        {
+            if (outcomes[i].Error is { } error) encoded[i] = (null, error);
+            else
+                try { encoded[i] = (TensorCodec.Encode(outcomes[i].Output!, inputs[i].Compression), null); }   // [B, T, H]
+                catch (Exception e) { encoded[i] = (null, e); }
+        }
+        return encoded;
+    }
+
+    FusedStep JointFor(Models.Lora.LoraAdapter? adapter)
+    {
+        object key = adapter ?? NoAdapter;
+        if (_joints.TryGetValue(key, out var joint)) return joint;
+        if (_joints.Count >= MaxJoints) Clear();
+        return _joints[key] = new FusedStep(WorkerTeam.Shared, adapter);
+    }
+
+    void Clear()
+    {
+        foreach (var j in _joints.Values) j.Dispose();
+        _joints.Clear();
+    }
+
+    /// <summary>Call after the scheduler has stopped: the joint steps belong to its thread.</summary>
+    public void Dispose() => Clear();
+}

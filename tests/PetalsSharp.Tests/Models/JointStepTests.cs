@@ -1,0 +1,135 @@
+using PetalsSharp.Models;
+using PetalsSharp.Models.Kernels;
+using PetalsSharp.Models.Lora;
+using PetalsSharp.Tests.Adapters;
+using Xunit;
+using static TorchSharp.torch;
+
+namespace PetalsSharp.Tests.Models;
+
+/// <summary>
+/// Continuous batching (<see cref="JointSteps"/>): sessions at different positions, batch sizes, lengths and padding,
+/// stepped together in one fused pass, each get what they get alone on the reference path, through decode steps, a
+/// beam reorder, a rollback and two-token steps; a step that fails its checks leaves the others' results alone.
+/// </summary>
+public sealed class JointStepTests
+{
+    /// <summary>A session of the mix: batch rows, max length, left padding, prefix tokens.</summary>
+    sealed record Spec(int Batch, int MaxLength, int[]? Padding, int Prefix);
+
+    static readonly Spec[] Mix = [new(2, 24, [0, 2], 5), new(1, 20, null, 3), new(1, 32, null, 9), new(3, 28, [1, 0, 0], 2)];
+
+    [Theory]
+    [InlineData("llama-gqa", false)]
+    [InlineData("llama-gqa", true)]
+    [InlineData("mixtral", false)]
+    [InlineData("mixtral", true)]
+    [InlineData("falcon-new", false)]
+    [InlineData("bloom", false)]
+    [InlineData("bloom", true)]
+    public void Sessions_stepped_together_match_each_one_alone(string fixture, bool withAdapter)
+    {
+        using var ckpt = Checkpoint.Open(TestData.Path(fixture));
+        using var stack = ckpt.LoadBlocks(0, ckpt.Config.NumLayers, ScalarType.Float32);
+        using var adapter = withAdapter ? LoraAdapter.Load("tiny", TestAdapter.Write(TestAdapter.NewDir(), fixture: fixture), stack.Config) : null;
+        using var scope = NewDisposeScope();
+        using var noGrad = no_grad();
+        manual_seed(5);
+        int hidden = stack.Config.HiddenSize;
+        var options = Mix.Select(m => new SessionOptions(m.Batch, m.MaxLength, m.Padding) { Adapter = adapter }).ToArray();
+        var alone = options.Select(o => (LocalBlockSession)stack.OpenSession(o)).ToArray();
+        var joined = options.Select(o => (LocalBlockSession)stack.OpenSession(o)).ToArray();
+        var single = options.Select(o => (LocalBlockSession)stack.OpenSession(o)).ToArray();   // fused, one session a step
+        using var joint = new FusedStep(WorkerTeam.Shared, adapter);
+        try
+        {
+            for (int i = 0; i < Mix.Length; i++)
+            {
+                var prefix = randn(Mix[i].Batch, Mix[i].Prefix, hidden);                  // [B, P, H]
+                using (FusedDecode.Disable()) alone[i].Step(prefix);
+                joined[i].Step(prefix);
+                single[i].Step(prefix);
+            }
+            // Against the reference, an adapter's larger activations (BLOOM's reach ~15 by the last round) need a relative
+            // term of 1e-4: the fused path alone drifts as much there; against the fused step alone the check is 1e-4 flat.
+            double rtol = withAdapter ? 1e-4 : 0;
+            // Rounds: new tokens per step, then per-session extras (a beam reorder on session 0, a rollback on 2).
+            var rounds = new (int Tokens, bool Reorder, bool Rollback)[] { (1, false, false), (1, true, false), (2, false, true), (1, false, false), (3, false, false) };
+            int round = 0;
+            foreach (var (tokens, reorder, rollback) in rounds)
+            {
+                var steps = new List<(LocalBlockSession, Tensor, StepOptions?)>();
+                var expected = new List<Tensor>();
+                var fusedAlone = new List<Tensor>();
+                for (int i = 0; i < Mix.Length; i++)
+                {
+                    if (Mix[i].Batch * tokens > 4) continue;   // the rest sit this round out, as a busy server's idle sessions do
+                    var x = randn(Mix[i].Batch, tokens, hidden);                           // [B, T, H]
+                    StepOptions Options() => new(reorder && i == 0 ? tensor(new long[] { 1, 0 }) : null,
+                        rollback && i == 2 ? joined[i].Position - 2 : null);
+                    using (FusedDecode.Disable()) expected.Add(alone[i].Step(x, Options()));
+                    fusedAlone.Add(single[i].Step(x, Options()));
+                    steps.Add((joined[i], x, Options()));
+                }
+                Assert.NotNull(JointSteps.KeyOf(joined[0], (Tensor)steps[0].Item2, null));
+                var outcomes = JointSteps.Run(steps, joint);
+                for (int j = 0; j < steps.Count; j++)
+                {
+                    Assert.Null(outcomes[j].Error);
+                    FusedParity.Close(fusedAlone[j], outcomes[j].Output!, $"{fixture} round {round} step {j}, against the session's fused step alone");
+                    FusedParity.Close(expected[j], outcomes[j].Output!, $"{fixture} round {round} step {j}, against the reference", rtol);
+                    Assert.Equal(steps[j].Item1.Position, alone[Array.IndexOf(joined, steps[j].Item1)].Position);
+                }
+                round++;
+            }
+            Assert.True(joint.IsJoint);
+        }
+        finally
+        {
+            foreach (var s in alone.Concat(joined).Concat(single)) s.Dispose();
+        }
+    }
+
+    [Fact]
+    public void A_step_that_fails_its_checks_gets_its_error_and_the_others_still_run()
+    {
+        using var ckpt = Checkpoint.Open(TestData.Path("llama-gqa"));
+        using var stack = ckpt.LoadBlocks(0, ckpt.Config.NumLayers, ScalarType.Float32);
+        using var scope = NewDisposeScope();
+        using var noGrad = no_grad();
+        int hidden = stack.Config.HiddenSize;
+        using var a = (LocalBlockSession)stack.OpenSession(new SessionOptions(1, 8));
+        using var b = (LocalBlockSession)stack.OpenSession(new SessionOptions(1, 8));
+        using var reference = (LocalBlockSession)stack.OpenSession(new SessionOptions(1, 8));
+        using var joint = new FusedStep(WorkerTeam.Shared, null);
+        var x = randn(1, 1, hidden);                                                          // [1, 1, H]
+        var outcomes = JointSteps.Run([(a, x, null), (b, x, new StepOptions(StartFromPosition: 3))], joint);
+        Assert.Null(outcomes[0].Error);
+        Assert.IsAssignableFrom<ArgumentException>(outcomes[1].Error);
+        Assert.Equal((1, 0), (a.Position, b.Position));
+        using (FusedDecode.Disable()) FusedParity.Close(reference.Step(x), outcomes[0].Output!, "the step that passed");
+    }
+
+    [Fact]
+    public void Steps_join_only_on_the_same_blocks_tokens_and_adapter()
+    {
+        using var ckpt = Checkpoint.Open(TestData.Path("llama-gqa"));
+        using var stack = ckpt.LoadBlocks(0, ckpt.Config.NumLayers, ScalarType.Float32);
+        using var slice = stack.Slice(0, 1);
+        using var adapter = LoraAdapter.Load("tiny", TestAdapter.Write(TestAdapter.NewDir(), fixture: "llama-gqa"), stack.Config);
+        using var scope = NewDisposeScope();
+        int hidden = stack.Config.HiddenSize;
+        using var a = (LocalBlockSession)stack.OpenSession(new SessionOptions(1, 8));
+        using var b = (LocalBlockSession)stack.OpenSession(new SessionOptions(2, 8, [1, 0]));
+        using var c = (LocalBlockSession)stack.OpenSession(new SessionOptions(1, 8) { Adapter = adapter });
+        using var d = (LocalBlockSession)slice.OpenSession(new SessionOptions(1, 8));
+        var one = randn(1, 1, hidden);
+        Assert.Equal(JointSteps.KeyOf(a, one, null), JointSteps.KeyOf(b, randn(2, 1, hidden), null));
+        Assert.NotEqual(JointSteps.KeyOf(a, one, null), JointSteps.KeyOf(a, randn(1, 2, hidden), null));
+        Assert.NotEqual(JointSteps.KeyOf(a, one, null), JointSteps.KeyOf(c, one, null));
+        Assert.NotEqual(JointSteps.KeyOf(a, one, null), JointSteps.KeyOf(d, one, null));
+        Assert.Null(JointSteps.KeyOf(a, randn(1, 17, hidden), null));                          // more rows than one pass takes
+        Assert.Null(JointSteps.KeyOf(a, one, new StepOptions(OnBlockOutput: (_, _) => { })));
+        using (FusedDecode.Disable()) Assert.Null(JointSteps.KeyOf(a, one, null));
+    }
+}
