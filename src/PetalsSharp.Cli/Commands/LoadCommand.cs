@@ -5,6 +5,7 @@ using Grpc.Core;
 using PetalsSharp.Generation;
 using PetalsSharp.Models;
 using Spectre.Console;
+using static TorchSharp.torch;
 
 namespace PetalsSharp.Cli.Commands;
 
@@ -78,6 +79,8 @@ public static class LoadCommand
             foreach (var prompt in prompts) solo.Add((await lm.GenerateAsync([prompt], options, ct)).NewTokens[0]);
 
         var results = new (List<int> Tokens, List<double> GapsMs, Exception? Error)[sessions];
+        var heads = new LoadHeads(lm.Ends);
+        for (int i = 0; i < sessions; i++) heads.Enter();
         var clock = Stopwatch.StartNew();
         await Task.WhenAll(Enumerable.Range(0, sessions).Select(i => Task.Run(async () =>
         {
@@ -85,20 +88,13 @@ public static class LoadCommand
             var gaps = new List<double>();
             try
             {
-                long last = Stopwatch.GetTimestamp();
-                await foreach (var step in lm.StreamAsync([prompts[i]], options, ct))
-                {
-                    long now = Stopwatch.GetTimestamp();
-                    gaps.Add(Stopwatch.GetElapsedTime(last, now).TotalMilliseconds);
-                    last = now;
-                    if (step.Tokens[0] is { } token) tokens.Add(token);
-                }
-                results[i] = (tokens, gaps, null);
+                results[i] = (tokens, gaps, await DecodeAsync(lm, heads, prompts[i], newTokens, tokens, gaps, ct));
             }
             catch (Exception e) when (e is not OperationCanceledException || !ct.IsCancellationRequested)
             {
                 results[i] = (tokens, gaps, e);
             }
+            finally { heads.Leave(); }
         }, ct)));
         double seconds = clock.Elapsed.TotalSeconds;
 
@@ -111,6 +107,33 @@ public static class LoadCommand
         return new Report(sessions, promptTokens, newTokens, tokensDone, seconds, tokensDone / seconds,
             Percentile(decodeGaps, 0.50), Percentile(decodeGaps, 0.95), Percentile(decodeGaps, 0.99), Percentile(firstGaps, 0.50),
             errors.Count, errors.Count(IsBusy), mismatches, check, errors.Select(e => Cli.Describe(e)).Distinct().Take(5).ToList());
+    }
+
+    /// <summary>
+    /// One session's greedy decoding: embeddings here, blocks through the swarm, norm and head shared with the other
+    /// sessions (<see cref="LoadHeads"/>). Fills <paramref name="tokens"/> and the gap before each one; returns null.
+    /// </summary>
+    static async Task<Exception?> DecodeAsync(CausalLM lm, LoadHeads heads, IReadOnlyList<int> prompt, int newTokens,
+        List<int> tokens, List<double> gaps, CancellationToken ct)
+    {
+        await using var session = lm.Blocks.OpenSession(new SessionOptions(1, prompt.Count + newTokens));
+        long last = Stopwatch.GetTimestamp();
+        var ids = prompt.Select(t => (long)t).ToArray();
+        for (int k = 0; k < newTokens; k++)
+        {
+            int token;
+            using (var input = tensor(ids, [1, ids.Length]))                         // [1, T]
+            using (var hidden = lm.Ends.Embed(input))                                 // [1, T, H]
+            using (var output = await session.StepAsync(hidden, null, ct))           // [1, T, H]
+            using (var lastRow = output.select(1, ids.Length - 1))                    // [1, H]
+                token = await heads.NextAsync(lastRow);
+            long now = Stopwatch.GetTimestamp();
+            gaps.Add(Stopwatch.GetElapsedTime(last, now).TotalMilliseconds);
+            last = now;
+            tokens.Add(token);
+            ids = [token];
+        }
+        return null;
     }
 
     /// <summary>A server's "no room now" answer anywhere in the chain of causes.</summary>

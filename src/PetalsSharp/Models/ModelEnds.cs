@@ -114,6 +114,18 @@ public sealed class ModelEnds : nn.Module
         ? Ops.Linear(normed, lm_head)
         : PackedLinear.Forward(normed, lm_head, Quant, Config.HiddenSize, null, _headScales.Get(lm_head, Quant, Config.HiddenSize));
 
+    /// <summary>
+    /// <see cref="Logits"/> for up to <see cref="Kernels.MatRows.MaxRows"/> rows of different sequences at once, outside
+    /// autograd: the head is read once for all of them on the decode kernels (libtorch's GEMM takes several times as
+    /// long for a few rows). A client that decodes many sessions batches its heads through this.
+    /// </summary>
+    public Tensor DecodeLogits(Tensor normed)
+    {
+        if (Quant == QuantFormat.None && !(is_grad_enabled() && normed.requires_grad)
+            && Kernels.MatRowsLinear.TryLinear(normed, lm_head, null, out var y)) return y;   // [..., V]
+        return Logits(normed);
+    }
+
     readonly SideScales _headScales = new();   // the packed head's scales in f32, made on first use
 
     protected override void Dispose(bool disposing)

@@ -30,6 +30,11 @@ public sealed class ComputeScheduler : IDisposable
     /// <param name="name">Thread name, for debuggers and dumps.</param>
     public ComputeScheduler(string name = "petals-compute")
     {
+        _countRun = items =>
+        {
+            Interlocked.Increment(ref _joinedRuns);
+            Interlocked.Add(ref _joinedItems, items);
+        };
         _thread = new Thread(Loop) { IsBackground = true, Name = name };
         _thread.Start();
     }
@@ -57,11 +62,11 @@ public sealed class ComputeScheduler : IDisposable
     /// Cancelling drops an item that has not started, as with <see cref="RunAsync{T}"/>.
     /// </summary>
     public Task<TOut> RunJoinableAsync<TIn, TOut>(int priority, object key, int rows, int maxRows, TIn input,
-        Func<IReadOnlyList<TIn>, (TOut? Value, Exception? Error)[]> runGroup, CancellationToken cancellationToken = default)
+        Func<IReadOnlyList<TIn>, (TOut? Value, Exception? Error)[]> runGroup, object? member = null, CancellationToken cancellationToken = default)
     {
         ArgumentNullException.ThrowIfNull(key);
         ArgumentNullException.ThrowIfNull(runGroup);
-        var item = new JoinableItem<TIn, TOut>(key, rows, maxRows, input, runGroup);
+        var item = new JoinableItem<TIn, TOut>(key, rows, maxRows, input, runGroup, member);
         Enqueue(item, priority, cancellationToken);
         return item.Task;
     }
@@ -70,6 +75,9 @@ public sealed class ComputeScheduler : IDisposable
     public (long Runs, long Items) Joined => (Interlocked.Read(ref _joinedRuns), Interlocked.Read(ref _joinedItems));
 
     long _joinedRuns, _joinedItems;
+
+    /// <summary>Counts a joint run as it starts, before any of its callers sees a result.</summary>
+    readonly Action<int> _countRun;
 
     void Enqueue(WorkItem item, int priority, CancellationToken cancellationToken)
     {
@@ -93,22 +101,47 @@ public sealed class ComputeScheduler : IDisposable
         }
     }
 
-    /// <summary>Takes the queued items that may join <paramref name="first"/>'s run, oldest first (under the lock).</summary>
-    List<WorkItem>? TakePartners(WorkItem first, int priority)
+    /// <summary>
+    /// Adds to <paramref name="partners"/> the queued items that may join <paramref name="first"/>'s run, oldest first,
+    /// within its row limit (under the lock).
+    /// </summary>
+    void TakePartners(WorkItem first, int priority, ref List<WorkItem>? partners)
     {
-        if (first.Key is not { } key || _queue.Count == 0) return null;
-        List<WorkItem>? partners = null;
-        int rows = first.Rows;
+        if (first.Key is not { } key || _queue.Count == 0) return;
+        int rows = first.Rows + (partners?.Sum(p => p.Rows) ?? 0);
+        List<WorkItem>? taken = null;
         foreach (var (item, order) in _queue.UnorderedItems.OrderBy(e => e.Priority.Sequence))
         {
             if (order.Priority != priority || item.GetType() != first.GetType() || !key.Equals(item.Key) || !item.IsPending) continue;
             if (rows + item.Rows > first.MaxRows) continue;
             rows += item.Rows;
-            (partners ??= []).Add(item);
+            (taken ??= []).Add(item);
         }
-        if (partners is not null)
-            foreach (var p in partners) _queue.Remove(p, out _, out _, ReferenceEqualityComparer.Instance);
-        return partners;
+        if (taken is null) return;
+        foreach (var t in taken) _queue.Remove(t, out _, out _, ReferenceEqualityComparer.Instance);
+        (partners ??= []).AddRange(taken);
+    }
+
+    readonly JoinHistory _history = new();
+
+    /// <summary>Longest wait for the rest of a run's usual steps.</summary>
+    public static TimeSpan MaxGather { get; set; } = TimeSpan.FromMilliseconds(5);
+
+    void Gather(WorkItem first, int priority, ref List<WorkItem>? partners)
+    {
+        if (first.Key is not { } key) return;
+        var (expected, ticks) = _history.Expected(key);
+        if (expected <= 1) return;
+        // Up to a quarter of the last run: waiting can cost at most that fraction of a step's latency.
+        long wait = Math.Min(MaxGather.Ticks, TimeSpan.FromSeconds((double)ticks / System.Diagnostics.Stopwatch.Frequency).Ticks / 4);
+        var deadline = DateTime.UtcNow.AddTicks(wait);
+        while (1 + (partners?.Count ?? 0) < expected && !_stopping)
+        {
+            var left = deadline - DateTime.UtcNow;
+            if (left <= TimeSpan.Zero) break;
+            Monitor.Wait(_queue, left);
+            TakePartners(first, priority, ref partners);
+        }
     }
 
     void Loop()
@@ -124,7 +157,11 @@ public sealed class ComputeScheduler : IDisposable
                     if (!_untrimmed) Monitor.Wait(_queue);
                     else if (!Monitor.Wait(_queue, TrimAfterIdleMs) && _queue.Count == 0) break;
                 }
-                if (_queue.TryDequeue(out item, out var order)) partners = TakePartners(item, order.Priority);
+                if (_queue.TryDequeue(out item, out var order))
+                {
+                    TakePartners(item, order.Priority, ref partners);
+                    Gather(item, order.Priority, ref partners);
+                }
                 else if (_stopping) return;
             }
             if (item is null)
@@ -137,12 +174,10 @@ public sealed class ComputeScheduler : IDisposable
             if (item.Key is null) item.Run();
             else
             {
-                int ran = item.RunJoined(partners);
-                if (ran > 0)
-                {
-                    Interlocked.Increment(ref _joinedRuns);
-                    Interlocked.Add(ref _joinedItems, ran);
-                }
+                long started = System.Diagnostics.Stopwatch.GetTimestamp();
+                var ran = item.RunJoined(partners, _countRun);
+                if (ran.Count > 0)
+                    _history.Ran(item.Key, ran.Select(r => r.Member), System.Diagnostics.Stopwatch.GetTimestamp() - started);
             }
             _untrimmed = true;
         }
@@ -190,7 +225,10 @@ public sealed class ComputeScheduler : IDisposable
         }
 
         /// <summary>Runs this item with <paramref name="partners"/> (same key and type); returns how many ran.</summary>
-        public virtual int RunJoined(List<WorkItem>? partners) => throw new InvalidOperationException("not joinable work");
+        public virtual List<WorkItem> RunJoined(List<WorkItem>? partners, Action<int> onStart) => throw new InvalidOperationException("not joinable work");
+
+        /// <summary>Who queued joinable work (a session), so the scheduler knows how many usually run together; may be null.</summary>
+        public virtual object? Member => null;
 
         public void TryCancel(CancellationToken token)
         {
@@ -216,7 +254,7 @@ public sealed class ComputeScheduler : IDisposable
     }
 
     sealed class JoinableItem<TIn, TOut>(object key, int rows, int maxRows, TIn input,
-        Func<IReadOnlyList<TIn>, (TOut? Value, Exception? Error)[]> runGroup) : WorkItem
+        Func<IReadOnlyList<TIn>, (TOut? Value, Exception? Error)[]> runGroup, object? member) : WorkItem
     {
         readonly TaskCompletionSource<TOut> _tcs = new(TaskCreationOptions.RunContinuationsAsynchronously);
         public Task<TOut> Task => _tcs.Task;
@@ -224,14 +262,17 @@ public sealed class ComputeScheduler : IDisposable
         public override int Rows => rows;
         public override int MaxRows => maxRows;
 
-        public override int RunJoined(List<WorkItem>? partners)
+        public override object? Member => member;
+
+        public override List<WorkItem> RunJoined(List<WorkItem>? partners, Action<int> onStart)
         {
             var group = new List<JoinableItem<TIn, TOut>>(1 + (partners?.Count ?? 0));
             if (TryStart()) group.Add(this);
             foreach (var p in partners ?? [])
                 if (p.TryStart()) group.Add((JoinableItem<TIn, TOut>)p);
+            if (group.Count > 0) onStart(group.Count);
             RunGroup(group);
-            return group.Count;
+            return [.. group];
         }
 
         /// <summary>Runs started items as one group and completes each one's task.</summary>

@@ -36,7 +36,7 @@ internal sealed class StepBatcher(ComputeScheduler scheduler) : IDisposable
                 return TensorCodec.Encode(session.Step(hidden, options), compression);   // [B, T, H]
             }, ct);
         return scheduler.RunJoinableAsync<Input, WireTensor>(ComputeScheduler.InferencePriority, key, JointSteps.Rows(hidden),
-            MatRows.MaxRows, new Input(key, session, hidden, options, compression), RunGroup, ct);
+            MatRows.MaxRows, new Input(key, session, hidden, options, compression), RunGroup, member: session, ct);
     }
 
     (WireTensor? Value, Exception? Error)[] RunGroup(IReadOnlyList<Input> inputs)

@@ -16,8 +16,8 @@ public sealed class LoadCommandTests
     {
         Skip.If(Fixtures.Stories260KDir is null, Fixtures.Stories260KSkipReason);
         string model = Fixtures.Stories260KDir!;
-        using var a = await ServerProcess.StartAsync(model, 0, 3);
-        using var b = await ServerProcess.StartAsync(model, 3, 5);
+        using var a = await ServerProcess.StartAsync(model, 0, 3, "--metrics-port", "0");
+        using var b = await ServerProcess.StartAsync(model, 3, 5, "--metrics-port", "0");
         const int sessions = 64, newTokens = 12;
         var run = await CliRunner.RunAsync("load", "--model", model, "--peers", $"{a.Address},{b.Address}",
             "--sessions", $"{sessions}", "--prompt-tokens", "10", "--new-tokens", $"{newTokens}", "--json");
@@ -34,6 +34,13 @@ public sealed class LoadCommandTests
         Assert.True(r.GetProperty("aggregate_tok_s").GetDouble() > 0);
         double p50 = r.GetProperty("p50_ms").GetDouble(), p95 = r.GetProperty("p95_ms").GetDouble(), p99 = r.GetProperty("p99_ms").GetDouble();
         Assert.True(p50 > 0 && p50 <= p95 && p95 <= p99, run.Stdout);
+        // Continuous batching ran: the servers' passes carried more steps than there were passes.
+        foreach (var server in new[] { a, b })
+        {
+            var samples = await Server.HostileWireTests.ScrapeAsync(await Server.HostileWireTests.MetricsUrlAsync(server));
+            double passes = samples.GetValueOrDefault("petals_server_batch_passes_total"), steps = samples.GetValueOrDefault("petals_server_batch_steps_total");
+            Assert.True(passes > 0 && steps > passes, $"{server.Address}: {steps} steps in {passes} passes");
+        }
     }
 
     /// <summary>

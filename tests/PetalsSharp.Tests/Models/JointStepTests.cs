@@ -50,9 +50,6 @@ public sealed class JointStepTests
                 joined[i].Step(prefix);
                 single[i].Step(prefix);
             }
-            // Against the reference, an adapter's larger activations (BLOOM's reach ~15 by the last round) need a relative
-            // term of 1e-4: the fused path alone drifts as much there; against the fused step alone the check is 1e-4 flat.
-            double rtol = withAdapter ? 1e-4 : 0;
             // Rounds: new tokens per step, then per-session extras (a beam reorder on session 0, a rollback on 2).
             var rounds = new (int Tokens, bool Reorder, bool Rollback)[] { (1, false, false), (1, true, false), (2, false, true), (1, false, false), (3, false, false) };
             int round = 0;
@@ -77,7 +74,14 @@ public sealed class JointStepTests
                 {
                     Assert.Null(outcomes[j].Error);
                     FusedParity.Close(fusedAlone[j], outcomes[j].Output!, $"{fixture} round {round} step {j}, against the session's fused step alone");
-                    FusedParity.Close(expected[j], outcomes[j].Output!, $"{fixture} round {round} step {j}, against the reference", rtol);
+                    if (withAdapter)
+                    {
+                        // An adapter grows activations (BLOOM's reach ~30): 1e-4 then sits below the summation-order noise
+                        // of the largest values, which both fused paths share; allow 2e-5 of the largest value as well.
+                        double diff = TensorAssert.MaxAbsDiff(expected[j], outcomes[j].Output!), scale = expected[j].abs().max().item<float>();
+                        Assert.True(diff <= FusedParity.Tolerance + 2e-5 * scale, $"{fixture} round {round} step {j}: {diff} against the reference (largest {scale})");
+                    }
+                    else FusedParity.Close(expected[j], outcomes[j].Output!, $"{fixture} round {round} step {j}, against the reference");
                     Assert.Equal(steps[j].Item1.Position, alone[Array.IndexOf(joined, steps[j].Item1)].Position);
                 }
                 round++;

@@ -50,7 +50,7 @@ public sealed class ComputeSchedulerTests
         started.Wait();
         using var cancel = new CancellationTokenSource();
         Task<string> Join(string key, string input, int rows = 1, CancellationToken ct = default) =>
-            scheduler.RunJoinableAsync<string, string>(ComputeScheduler.InferencePriority, key, rows, maxRows: 4, input, Run, ct);
+            scheduler.RunJoinableAsync<string, string>(ComputeScheduler.InferencePriority, key, rows, maxRows: 4, input, Run, input, ct);
         var a1 = Join("a", "a1");
         var b1 = Join("b", "b1");
         var a2 = Join("a", "a2", ct: cancel.Token);
