@@ -30,6 +30,7 @@ public static class ServerCommand
         var idle = new Option<double>("--session-idle-timeout") { Description = "Seconds without a step that runs tokens before a session is closed and its cache freed (steps without tokens do not count)", DefaultValueFactory = _ => 300 };
         var cacheShare = new Option<double>("--max-cache-share") { Description = "Fraction of the KV cache the sessions of one client IP address (IPv6: its /64) may hold together, in (0, 1]; 1 = no cap", DefaultValueFactory = _ => 0.5 };
         var requestMemory = new Option<long?>("--max-request-memory") { Description = "Bytes all Forward/Backward calls together may hold in received tensors (default 2 GiB); a call past it gets RESOURCE_EXHAUSTED" };
+        var prefillChunk = new Option<int>("--prefill-chunk") { Description = "Rows (batch × tokens) per compute task of a long prefill: steps of other sessions run between chunks", DefaultValueFactory = _ => 128 };
         var requestTokens = new Option<int>("--max-request-tokens") { Description = "Largest batch × tokens of one Forward/Backward call; also sets the largest tensor such a call may send (tokens × hidden size × 4 B)", DefaultValueFactory = _ => 16384 };
         var readTimeout = new Option<double>("--request-read-timeout") { Description = "Seconds a Forward/Backward call may go without sending a message while it sends its tensors (at most 86400)", DefaultValueFactory = _ => 120 };
         var initialPeers = new Option<string?>("--initial-peers") { Description = "Join the swarm through these DHT nodes: ADDR[,ADDR], ADDR = HOST:PORT or HOST:PORT/ID" };
@@ -45,7 +46,7 @@ public static class ServerCommand
         var dhtPrefix = new Option<string?>("--dht-prefix") { Description = "DHT key prefix (default: the model folder's name, '.' and ' ' as '-')" };
         var cmd = new Command("server", "Serve a span of a model's transformer blocks over gRPC.\n\nExamples:\n  petals server -m ./my-model --blocks 0:12 --port 31330 --new-swarm\n  petals server -m ./my-model --blocks 12:24 --port 31331 --initial-peers 10.0.0.5:31330\n  petals server -m ./my-model --num-blocks 8 --initial-peers 10.0.0.5:31330")
         {
-            model, blocks, numBlocks, memoryBudget, placementDelay, rebalancePeriod, balanceThreshold, throughput, host, port, publicAddress, dtype, quant, cacheTokens, cacheBytes, maxSession, idle, cacheShare, readTimeout, requestMemory, requestTokens,
+            model, blocks, numBlocks, memoryBudget, placementDelay, rebalancePeriod, balanceThreshold, throughput, host, port, publicAddress, dtype, quant, cacheTokens, cacheBytes, maxSession, idle, cacheShare, readTimeout, requestMemory, requestTokens, prefillChunk,
             initialPeers, pushPeers, joinTimeout, newSwarm, identity, swarmKey, updatePeriod, publicName, dhtPrefix, metricsPort, adapters,
         };
         cmd.SetAction(async (pr, ct) =>
@@ -99,6 +100,7 @@ public static class ServerCommand
                 RequestReadTimeout = TimeSpan.FromSeconds(readSeconds),
                 MaxRequestMemoryBytes = pr.GetValue(requestMemory) ?? 2L << 30,
                 MaxRequestTokens = pr.GetValue(requestTokens),
+                PrefillChunkRows = pr.GetValue(prefillChunk),
                 InitialPeers = Cli.SplitList(pr.GetValue(initialPeers)), NewSwarm = pr.GetValue(newSwarm),
                 PushPeers = Cli.SplitList(pr.GetValue(pushPeers)),
                 JoinTimeout = Cli.JoinTimeout(pr.GetValue(joinTimeout)),

@@ -46,7 +46,7 @@ public sealed partial class BlockServer : IAsyncDisposable
         _logger = loggerFactory.CreateLogger<BlockServer>();
         MaxSessionLength = options.ResolveMaxSessionLength(Config);
         Scheduler = new ComputeScheduler();
-        Steps = new StepBatcher(Scheduler);
+        Steps = new StepBatcher(Scheduler, options.PrefillChunkRows);
         RequestMemory = new RequestMemory(options.MaxRequestMemoryBytes);
         Peers = new PeerChannels(new PeerChannelOptions(options.MaxMessageBytes));
         Inboxes = new SessionInboxes(options, Peers, _logger);

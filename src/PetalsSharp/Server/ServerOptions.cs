@@ -122,6 +122,12 @@ public sealed record ServerOptions
     /// <summary>Largest B×T of one Forward/Backward; bounds the time one request holds the compute thread.</summary>
     public int MaxRequestTokens { get; init; } = 16384;
 
+    /// <summary>
+    /// Largest B×T of one compute task of a prefill: a longer inference step runs in chunks of about this many rows,
+    /// each queued behind the steps that arrived meanwhile, so a long prompt does not stall sessions that are decoding.
+    /// </summary>
+    public int PrefillChunkRows { get; init; } = 128;
+
     /// <summary>Announced model name; defaults to the model folder's name.</summary>
     public string? ModelName { get; init; }
 
@@ -222,6 +228,7 @@ public sealed record ServerOptions
         if (MaxRequestMemoryBytes <= 0) throw new ArgumentException("request memory limit must be positive");
         if (MaxMessageBytes < 1024) throw new ArgumentException($"max message bytes {MaxMessageBytes} is too small");
         if (MaxBatchSize < 1 || MaxRequestTokens < 1) throw new ArgumentException("batch and token limits must be positive");
+        if (PrefillChunkRows < 1) throw new ArgumentException($"the prefill chunk must be at least 1 row (got {PrefillChunkRows})");
         if (JoinTimeout < TimeSpan.Zero) throw new ArgumentException("join timeout must not be negative");
         if (UpdatePeriod < TimeSpan.FromMilliseconds(100)) throw new ArgumentException("update period must be at least 0.1 s");
         if (NewSwarm && InitialPeers.Count > 0) throw new ArgumentException("--new-swarm starts a swarm alone: give it or --initial-peers, not both");

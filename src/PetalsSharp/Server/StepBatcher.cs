@@ -13,7 +13,9 @@ namespace PetalsSharp.Server;
 /// pass over the weights (<see cref="JointSteps"/>). Sessions join and leave between passes; a step that cannot join
 /// (prompts, a long prefill, the reference path) runs alone as before.
 /// </summary>
-internal sealed class StepBatcher(ComputeScheduler scheduler) : IDisposable
+/// <param name="scheduler">The compute thread.</param>
+/// <param name="prefillChunkRows">Rows per compute task of a long step (<see cref="ServerOptions.PrefillChunkRows"/>).</param>
+internal sealed class StepBatcher(ComputeScheduler scheduler, int prefillChunkRows = 128) : IDisposable
 {
     /// <summary>Joint steps by adapter (scratch and the adapter's factors), used on the compute thread only.</summary>
     readonly Dictionary<object, FusedStep> _joints = new();
@@ -28,6 +30,9 @@ internal sealed class StepBatcher(ComputeScheduler scheduler) : IDisposable
     public Task<WireTensor> RunAsync(LocalBlockSession session, Tensor hidden, StepOptions options, PetalsSharp.Wire.V1.Compression compression,
         CancellationToken ct)
     {
+        int batch = (int)hidden.shape[0], tokens = (int)hidden.shape[1], chunk = Math.Max(1, prefillChunkRows / Math.Max(1, batch));
+        if (tokens > chunk && options is { Prompts: null, OnBlockOutput: null })
+            return RunChunkedAsync(session, hidden, options, compression, chunk, ct);
         if (JointSteps.KeyOf(session, hidden, options) is not { } key)
             return scheduler.RunAsync(ComputeScheduler.InferencePriority, () =>
             {
@@ -37,6 +42,34 @@ internal sealed class StepBatcher(ComputeScheduler scheduler) : IDisposable
             }, ct);
         return scheduler.RunJoinableAsync<Input, WireTensor>(ComputeScheduler.InferencePriority, key, JointSteps.Rows(hidden),
             MatRows.MaxRows, new Input(key, session, hidden, options, compression), RunGroup, member: session, ct);
+    }
+
+    /// <summary>
+    /// A long step as consecutive steps of <paramref name="chunk"/> tokens, one compute task each, so steps queued
+    /// meanwhile (other sessions decoding) run between them. Causal attention over the cache makes the chunks' outputs
+    /// the whole step's; the beam reorder and rollback belong to the first chunk.
+    /// </summary>
+    async Task<WireTensor> RunChunkedAsync(LocalBlockSession session, Tensor hidden, StepOptions options,
+        PetalsSharp.Wire.V1.Compression compression, int chunk, CancellationToken ct)
+    {
+        int tokens = (int)hidden.shape[1];
+        using var whole = empty_like(hidden);                                           // [B, T, H]
+        WireTensor? encoded = null;
+        for (int start = 0; start < tokens; start += chunk)
+        {
+            int n = Math.Min(chunk, tokens - start), at = start;
+            bool first = start == 0, last = start + n == tokens;
+            encoded = await scheduler.RunAsync(ComputeScheduler.InferencePriority, () =>
+            {
+                using var scope = NewDisposeScope();
+                using var noGrad = no_grad();
+                var part = hidden.narrow(1, at, n);                                     // [B, n, H]
+                var output = session.Step(part, first ? options : new StepOptions());  // [B, n, H]
+                whole.narrow(1, at, n).copy_(output);
+                return last ? TensorCodec.Encode(whole, compression) : null;            // [B, T, H]
+            }, ct);
+        }
+        return encoded!;
     }
 
     (WireTensor? Value, Exception? Error)[] RunGroup(IReadOnlyList<Input> inputs)

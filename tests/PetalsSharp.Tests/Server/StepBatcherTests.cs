@@ -1,0 +1,58 @@
+using PetalsSharp.Models;
+using PetalsSharp.Server;
+using PetalsSharp.Tests.Models;
+using PetalsSharp.Wire;
+using Xunit;
+using static TorchSharp.torch;
+
+namespace PetalsSharp.Tests.Server;
+
+/// <summary>
+/// The server's step path (<see cref="StepBatcher"/>) on a real compute thread: a long prefill runs in chunks that give
+/// the whole step's output, and a decoding session's step queued behind it runs between its chunks. Order only, no
+/// timing: the compute thread is held until everything is queued.
+/// </summary>
+public sealed class StepBatcherTests
+{
+    [Fact]
+    public async Task A_long_prefill_runs_in_chunks_with_the_same_output_and_lets_decoding_sessions_in_between()
+    {
+        using var ckpt = Checkpoint.Open(TestData.Path("llama-gqa"));
+        using var stack = ckpt.LoadBlocks(0, ckpt.Config.NumLayers, ScalarType.Float32);
+        using var scheduler = new ComputeScheduler();
+        using var chunked = new StepBatcher(scheduler, prefillChunkRows: 8);
+        int hidden = stack.Config.HiddenSize;
+        manual_seed(3);
+        using var prompt = randn(2, 19, hidden);                                             // [2, 19, H]: chunks of 4 tokens
+        using var decodeIn = randn(1, 1, hidden);                                            // [1, 1, H]
+        using var whole = (LocalBlockSession)stack.OpenSession(new SessionOptions(2, 32));
+        using var parts = (LocalBlockSession)stack.OpenSession(new SessionOptions(2, 32));
+        using var decoding = (LocalBlockSession)stack.OpenSession(new SessionOptions(1, 32));
+        Tensor expected;
+        using (no_grad()) expected = whole.Step(prompt);
+
+        using var started = new ManualResetEventSlim();
+        using var release = new ManualResetEventSlim();
+        var blocker = scheduler.RunAsync(ComputeScheduler.InferencePriority, () => { started.Set(); release.Wait(); return 0; });
+        started.Wait();
+        var prefill = chunked.RunAsync(parts, prompt, new StepOptions(), PetalsSharp.Wire.V1.Compression.None, CancellationToken.None);
+        var decode = chunked.RunAsync(decoding, decodeIn, new StepOptions(), PetalsSharp.Wire.V1.Compression.None, CancellationToken.None);
+        // Queued right behind the decode step: what the prefill had done by the time the decode step ran.
+        var prefilledWhenDecoded = scheduler.RunAsync(ComputeScheduler.InferencePriority, () => parts.Position);
+        release.Set();
+        await blocker;
+        var output = await prefill;
+        await decode;
+
+        Assert.Equal(4, await prefilledWhenDecoded);   // one chunk of 4 tokens (8 rows ÷ batch 2), not all 19
+        Assert.Equal(19, parts.Position);
+        using var got = TensorCodec.Decode(output, "hidden");                                // [2, 19, H]
+        FusedParity.Close(expected, got, "chunked prefill");
+        // Decoding on after the chunks matches decoding on after the whole prefill.
+        using var next = randn(2, 1, hidden);
+        using (no_grad()) FusedParity.Close(whole.Step(next),
+            TensorCodec.Decode(await chunked.RunAsync(parts, next, new StepOptions(), PetalsSharp.Wire.V1.Compression.None, CancellationToken.None), "hidden"),
+            "the step after the prefill");
+        expected.Dispose();
+    }
+}
