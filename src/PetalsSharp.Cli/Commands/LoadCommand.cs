@@ -1,5 +1,6 @@
 using System.CommandLine;
 using System.Diagnostics;
+using System.Runtime.CompilerServices;
 using System.Text.Json;
 using Grpc.Core;
 using PetalsSharp.Generation;
@@ -80,21 +81,24 @@ public static class LoadCommand
 
         var results = new (List<int> Tokens, List<double> GapsMs, Exception? Error)[sessions];
         var heads = new LoadHeads(lm.Ends);
-        for (int i = 0; i < sessions; i++) heads.Enter();
         var clock = Stopwatch.StartNew();
         await Task.WhenAll(Enumerable.Range(0, sessions).Select(i => Task.Run(async () =>
         {
             var tokens = new List<int>();
             var gaps = new List<double>();
+            var entered = new StrongBox<bool>();
             try
             {
-                results[i] = (tokens, gaps, await DecodeAsync(lm, heads, prompts[i], newTokens, tokens, gaps, ct));
+                results[i] = (tokens, gaps, await DecodeAsync(lm, heads, prompts[i], newTokens, tokens, gaps, entered, ct));
             }
             catch (Exception e) when (e is not OperationCanceledException || !ct.IsCancellationRequested)
             {
                 results[i] = (tokens, gaps, e);
             }
-            finally { heads.Leave(); }
+            finally
+            {
+                if (entered.Value) heads.Leave();
+            }
         }, ct)));
         double seconds = clock.Elapsed.TotalSeconds;
 
@@ -114,7 +118,7 @@ public static class LoadCommand
     /// sessions (<see cref="LoadHeads"/>). Fills <paramref name="tokens"/> and the gap before each one; returns null.
     /// </summary>
     static async Task<Exception?> DecodeAsync(CausalLM lm, LoadHeads heads, IReadOnlyList<int> prompt, int newTokens,
-        List<int> tokens, List<double> gaps, CancellationToken ct)
+        List<int> tokens, List<double> gaps, StrongBox<bool> entered, CancellationToken ct)
     {
         await using var session = lm.Blocks.OpenSession(new SessionOptions(1, prompt.Count + newTokens));
         long last = Stopwatch.GetTimestamp();
@@ -126,7 +130,11 @@ public static class LoadCommand
             using (var hidden = lm.Ends.Embed(input))                                 // [1, T, H]
             using (var output = await session.StepAsync(hidden, null, ct))           // [1, T, H]
             using (var lastRow = output.select(1, ids.Length - 1))                    // [1, H]
+            {
+                if (!entered.Value) heads.Enter();   // from its first row: a session waiting for room holds up nobody
+                entered.Value = true;
                 token = await heads.NextAsync(lastRow);
+            }
             long now = Stopwatch.GetTimestamp();
             gaps.Add(Stopwatch.GetElapsedTime(last, now).TotalMilliseconds);
             last = now;

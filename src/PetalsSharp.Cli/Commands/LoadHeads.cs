@@ -9,14 +9,17 @@ namespace PetalsSharp.Cli.Commands;
 /// product. A head reads as many bytes as a third of a 100M model's blocks, so eight sessions each running their own
 /// would make the load generator, not the server, the bottleneck.
 /// <para>
-/// A batch goes as soon as every running session has handed in its row, or <see cref="Window"/> after the first row
-/// arrived, so a session that waits elsewhere (a busy server, a failover) never holds up the others for long.
+/// A batch goes as soon as every decoding session has handed in its row, or <see cref="Window"/> after the first row
+/// arrived. Waiting for all of them is what keeps them in one phase: a session whose row came late would otherwise get
+/// its token in a batch of its own, step a pass behind the others, and split every server pass in two for good. A
+/// session counts from its first row (one still waiting for cache room holds up nobody) until it leaves; the window
+/// only bounds what a failover mid-generation costs the others.
 /// </para>
 /// </summary>
 public sealed class LoadHeads(ModelEnds ends)
 {
     /// <summary>Longest wait for the other sessions' rows once one has arrived.</summary>
-    public static TimeSpan Window { get; set; } = TimeSpan.FromMilliseconds(20);
+    public static TimeSpan Window { get; set; } = TimeSpan.FromMilliseconds(250);
 
     readonly object _lock = new();
     readonly List<(Tensor Row, TaskCompletionSource<int> Token)> _pending = [];
@@ -26,7 +29,7 @@ public sealed class LoadHeads(ModelEnds ends)
     /// <summary>Batches run so far and the rows they carried.</summary>
     public (long Batches, long Rows) Batched { get; private set; }
 
-    /// <summary>A session starts handing in rows.</summary>
+    /// <summary>A session starts handing in rows: call before its first <see cref="NextAsync"/>.</summary>
     public void Enter()
     {
         lock (_lock) _running++;
