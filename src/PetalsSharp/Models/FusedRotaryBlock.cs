@@ -19,6 +19,8 @@ internal sealed unsafe class FusedRotaryBlock : IFusedBlock
 
     public IReadOnlyList<string> Modules => _modules;
 
+    public bool GathersRows => _mlp is FusedMoe;
+
     /// <summary>
     /// Null when a weight cannot be read in place or a norm is not RMSNorm. <paramref name="mlp"/> builds the MLP's
     /// fused form, appending its linears to the module list after the attention's four (their adapter slots).

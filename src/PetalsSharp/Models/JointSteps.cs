@@ -10,7 +10,10 @@ namespace PetalsSharp.Models;
 /// </summary>
 public static class JointSteps
 {
-    /// <summary>What lets two steps share a pass: the same blocks, the same new-token count, the same adapter.</summary>
+    /// <summary>
+    /// What lets two steps share a pass: the same blocks and new-token count; the same adapter only for blocks whose
+    /// experts see gathered rows (elsewhere each session's rows get its own adapter in the shared pass).
+    /// </summary>
     sealed record Key(DecoderBlock First, int Blocks, int Tokens, Lora.LoraAdapter? Adapter);
 
     /// <summary>
@@ -28,15 +31,16 @@ public static class JointSteps
         if (rows < 1 || rows > MatRows.MaxRows) return null;
         foreach (var c in session.Caches)
             if (c.DType != ScalarType.Float32 || c.Device.type != TorchSharp.DeviceType.CPU) return null;
-        if (session.Plans() is null) return null;
+        if (session.Plans() is not { } plans) return null;
         var blocks = session.Stack.Blocks;
-        return new Key(blocks[0], blocks.Count, (int)hidden.shape[1], adapter as Lora.LoraAdapter);
+        bool gathers = plans.Any(p => p.GathersRows);
+        return new Key(blocks[0], blocks.Count, (int)hidden.shape[1], gathers ? adapter as Lora.LoraAdapter : null);
     }
 
     /// <summary>Rows a step adds to a pass (at most <see cref="MatRows.MaxRows"/> per pass).</summary>
     public static int Rows(Tensor hidden) => (int)(hidden.shape[0] * hidden.shape[1]);
 
-    /// <summary>The adapter steps of <paramref name="key"/> share: a joint <see cref="FusedStep"/> is made for it.</summary>
+    /// <summary>The adapter all steps of <paramref name="key"/> share (null: each brings its own, or none): a joint <see cref="FusedStep"/> is made for it.</summary>
     public static Lora.LoraAdapter? AdapterOf(object key) => ((Key)key).Adapter;
 
     /// <summary>
@@ -61,7 +65,8 @@ public static class JointSteps
         for (int j = 0; j < admitted.Count; j++)
         {
             var (session, hidden, _) = steps[admitted[j].Index];
-            segments[j] = new FusedStep.Segment(session.Options.Batch, admitted[j].Start, session.Options.LeftPadding?.ToArray(), session.Caches);
+            segments[j] = new FusedStep.Segment(session.Options.Batch, admitted[j].Start, session.Options.LeftPadding?.ToArray(), session.Caches,
+                session.Options.Adapter as Lora.LoraAdapter);
             rows[j] = hidden;                                                      // [B_j, T, H]
         }
         var first = steps[admitted[0].Index].Session;

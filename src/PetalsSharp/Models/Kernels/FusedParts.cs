@@ -79,7 +79,7 @@ public sealed unsafe class FusedLinear
         var (o0, o1) = MatRows.Slice(Out, worker, workers);
         if (o1 <= o0) return (o0, o1);
         MatRows.MultiplyRange(_w, x, step.Rows, y, Out, _bias is null ? null : _bias.Pointer, o0, o1);
-        if (step.LowRanks.Length > 0) step.LowRanks[ModuleIndex].AddTo(x, step.Rows, step.LowRankScratch(worker), y, Out, o0, o1);
+        step.AddLowRank(ModuleIndex, x, In, step.Rows, y, Out, o0, o1, worker);
         return (o0, o1);
     }
 
@@ -92,7 +92,7 @@ public sealed unsafe class FusedLinear
     {
         if (o1 <= o0 || rows <= 0) return;
         MatRows.MultiplyRange(_w, x, rows, y, Out, _bias is null ? null : _bias.Pointer, o0, o1);
-        if (step.LowRanks.Length > 0) step.LowRanks[ModuleIndex].AddTo(x, rows, step.LowRankScratch(worker), y, Out, o0, o1);
+        step.AddLowRank(ModuleIndex, x, In, rows, y, Out, o0, o1, worker);
     }
 }
 

@@ -1,3 +1,5 @@
+using PetalsSharp.Models.Lora;
+
 namespace PetalsSharp.Models.Kernels;
 
 /// <summary>
@@ -7,10 +9,18 @@ namespace PetalsSharp.Models.Kernels;
 /// </summary>
 public sealed unsafe partial class FusedStep
 {
-    /// <summary>One session's rows in a joint step: batch rows, tokens already cached, left padding, one cache per block.</summary>
-    public readonly record struct Segment(int Batch, int Past, int[]? LeftPadding, IReadOnlyList<LayerCache> Caches);
+    /// <summary>
+    /// One session's rows in a joint step: batch rows, tokens already cached, left padding, one cache per block, and its
+    /// server-side adapter (null: base weights).
+    /// </summary>
+    public readonly record struct Segment(int Batch, int Past, int[]? LeftPadding, IReadOnlyList<LayerCache> Caches,
+        LoraAdapter? Adapter = null);
 
     KvPages[] _pages = new KvPages[1];        // the running block's cache of each segment
+    LowRank[][] _segmentLowRanks = [];        // the running block's adapter factors of each segment, when they differ
+    int[] _segmentRowStart = [];              // first row of each segment in Hidden
+    bool _mixedAdapters;                      // segments carry adapters other than this step's own
+    int _lowRankWidth;                        // rank the low-rank scratch is sized for
     Segment[] _segments = [];
     int _segmentCount;                        // 0: a one-session step (caches come with RunBlocks)
     readonly int[] _rowSegment = new int[MatRows.MaxRows], _rowLocal = new int[MatRows.MaxRows];
@@ -56,16 +66,27 @@ public sealed unsafe partial class FusedStep
         {
             _segments = new Segment[segments.Length];
             _pages = new KvPages[segments.Length];
+            _segmentLowRanks = new LowRank[segments.Length][];
+            _segmentRowStart = new int[segments.Length];
         }
         segments.CopyTo(_segments);
         _segmentCount = segments.Length;
         (Batch, Tokens, Past, LeftPadding) = (batch, tokens, segments[0].Past, null);
         Hidden = hidden;
         StepNumber++;
-        int row = 0, longest = 0;
+        int row = 0, longest = 0, rank = _adapter?.Config.R ?? 0;
+        _mixedAdapters = false;
         for (int si = 0; si < segments.Length; si++)
         {
             var s = segments[si];
+            if (s.Adapter is { } a && !ReferenceEquals(a, _adapter))
+            {
+                if (_adapter is not null)
+                    throw new ArgumentException("a joint step made for one adapter cannot take a session with another");
+                _mixedAdapters = true;
+                rank = Math.Max(rank, a.Config.R);
+            }
+            _segmentRowStart[si] = row * tokens;
             int leastPad = s.LeftPadding is { Length: > 0 } p ? p.Min() : 0;
             for (int b = 0; b < s.Batch; b++, row++)
                 (_rowSegment[row], _rowLocal[row], _rowPast[row], _rowPad[row], _rowLength[row]) =
@@ -73,13 +94,43 @@ public sealed unsafe partial class FusedStep
             longest = Math.Max(longest, s.Caches[0].MaxLength);
         }
         _jointMaxLength = longest;
-        if (_adapter is not null) Ensure(Slot.LowRank, (long)Team.Size * MatRows.MaxRows * _adapter.Config.R);
+        SizeLowRankScratch(rank);
+    }
+
+    void SizeLowRankScratch(int rank)
+    {
+        _lowRankWidth = rank;
+        if (rank > 0) Ensure(Slot.LowRank, (long)Team.Size * MatRows.MaxRows * rank);
+    }
+
+    /// <summary>
+    /// Adds module <paramref name="module"/>'s adapter update to output columns [<paramref name="o0"/>, <paramref name="o1"/>)
+    /// of <paramref name="y"/> <c>[rows, ldy]</c> for <paramref name="x"/> <c>[rows, ldx]</c>: the step's adapter, or each
+    /// segment's own on its rows when a joint step mixes adapters (then the rows must be the step's, in order).
+    /// </summary>
+    public void AddLowRank(int module, float* x, int ldx, int rows, float* y, int ldy, int o0, int o1, int worker)
+    {
+        if (!_mixedAdapters)
+        {
+            if (LowRanks.Length > 0) LowRanks[module].AddTo(x, rows, LowRankScratch(worker), y, ldy, o0, o1);
+            return;
+        }
+        if (rows != Rows)
+            throw new InvalidOperationException("rows gathered across sessions cannot take per-session adapters");
+        for (int s = 0; s < _segmentCount; s++)
+        {
+            var lowRanks = _segmentLowRanks[s];
+            if (lowRanks.Length == 0) continue;
+            long r0 = _segmentRowStart[s];
+            lowRanks[module].AddTo(x + r0 * ldx, _segments[s].Batch * Tokens, LowRankScratch(worker), y + r0 * ldy, ldy, o0, o1);
+        }
     }
 
     /// <summary>Row tables of a one-session step (every row in segment 0, its cache set per block).</summary>
     void SingleRows()
     {
         _segmentCount = 0;
+        _mixedAdapters = false;
         int leastPad = LeftPadding?.Min() ?? 0;
         for (int b = 0; b < Batch; b++)
             (_rowSegment[b], _rowLocal[b], _rowPast[b], _rowPad[b], _rowLength[b]) =

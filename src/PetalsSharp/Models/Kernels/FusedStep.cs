@@ -22,6 +22,12 @@ public interface IFusedBlock
 
     /// <summary>The block on every worker; phases meet at <see cref="WorkerTeam.Barrier"/>. Updates <see cref="FusedStep.Hidden"/> in place.</summary>
     void Execute(FusedStep step, int worker, int workers);
+
+    /// <summary>
+    /// Whether some linear runs on rows gathered out of order (Mixtral's experts): then one pass cannot apply each
+    /// session's own adapter, and sessions with different adapters run in different passes.
+    /// </summary>
+    bool GathersRows => false;
 }
 
 /// <summary>
@@ -55,7 +61,7 @@ public sealed unsafe partial class FusedStep : ITeamJob, IDisposable
 {
     readonly float*[] _buffers = new float*[Slot.Count];
     readonly long[] _capacity = new long[Slot.Count];
-    readonly Dictionary<int, LowRank[]> _lowRanks = new();
+    readonly Dictionary<(LoraAdapter, int), LowRank[]> _lowRanks = new();
     readonly LoraAdapter? _adapter;
     IFusedBlock? _plan;
 
@@ -107,7 +113,7 @@ public sealed unsafe partial class FusedStep : ITeamJob, IDisposable
         Hidden = hidden;
         StepNumber++;
         SingleRows();
-        if (_adapter is not null) Ensure(Slot.LowRank, (long)Team.Size * MatRows.MaxRows * _adapter.Config.R);
+        SizeLowRankScratch(_adapter?.Config.R ?? 0);
     }
 
     /// <summary>Runs one block: prepares on this thread, then one <see cref="WorkerTeam.Run"/>.</summary>
@@ -165,7 +171,10 @@ public sealed unsafe partial class FusedStep : ITeamJob, IDisposable
     {
         _plan = plan;
         Block = block.Index;
-        LowRanks = _adapter is null ? [] : LowRanksOf(plan);
+        LowRanks = _adapter is null ? [] : LowRanksOf(plan, _adapter);
+        if (_mixedAdapters)
+            for (int i = 0; i < _segmentCount; i++)
+                _segmentLowRanks[i] = _segments[i].Adapter is { } a ? LowRanksOf(plan, a) : [];
         plan.Prepare(this);
     }
 
@@ -279,16 +288,17 @@ public sealed unsafe partial class FusedStep : ITeamJob, IDisposable
     public float* Buffer(int slot) => _buffers[slot];
 
     /// <summary>Worker <paramref name="worker"/>'s share of the low-rank scratch: <c>[R, rank]</c>.</summary>
-    public float* LowRankScratch(int worker) => _buffers[Slot.LowRank] + (long)worker * MatRows.MaxRows * (_adapter?.Config.R ?? 0);
+    public float* LowRankScratch(int worker) => _buffers[Slot.LowRank] + (long)worker * MatRows.MaxRows * _lowRankWidth;
 
-    LowRank[] LowRanksOf(IFusedBlock plan)
+    LowRank[] LowRanksOf(IFusedBlock plan, LoraAdapter adapter)
     {
-        if (_lowRanks.TryGetValue(Block, out var found)) return found;
+        if (_lowRanks.TryGetValue((adapter, Block), out var found)) return found;
         var modules = plan.Modules;
         var lowRanks = new LowRank[modules.Count];
         for (int i = 0; i < modules.Count; i++)
-            if (_adapter!.TryGetFactors(Block, modules[i], out var a, out var b)) lowRanks[i] = LowRank.From(a, b);
-        _lowRanks[Block] = lowRanks;
+            if (adapter.TryGetFactors(Block, modules[i], out var a, out var b)) lowRanks[i] = LowRank.From(a, b);
+        if (_lowRanks.Count >= 4096) _lowRanks.Clear();   // a server's joint step meets many adapters over time
+        _lowRanks[(adapter, Block)] = lowRanks;
         return lowRanks;
     }
 
