@@ -31,9 +31,9 @@ public sealed class LoraLinear : nn.Module<Tensor, Tensor>
         long outF = weight.shape[0], inF = weight.shape[1];
         using (var _ = no_grad())
         {
-            manual_seed(seed);
             lora_A = nn.Linear(inF, rank, hasBias: false);
             lora_B = nn.Linear(rank, outF, hasBias: false);
+            SeededInit.KaimingUniform(lora_A.weight!, seed);   // PEFT's init of A, from its own generator
             lora_B.weight!.zero_();
         }
         RegisterComponents();

@@ -31,8 +31,8 @@ public sealed class SequenceClassifier : nn.Module
         Pooling = pooling;
         using (var _ = no_grad())
         {
-            manual_seed(seed);
             score = nn.Linear(model.Config.HiddenSize, numLabels, hasBias: false);
+            SeededInit.KaimingUniform(score.weight!, seed);
         }
         RegisterComponents();
     }

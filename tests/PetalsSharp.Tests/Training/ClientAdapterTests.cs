@@ -40,18 +40,25 @@ public sealed class ClientAdapterTests(TrainingSwarm swarm)
         else loss.backward();
     }
 
+    /// <summary>B drawn from its own generator: both sides of a comparison get the same one, whatever runs in parallel.</summary>
+    static void RandomB(Tensor b, long seed)
+    {
+        using var generator = new Generator((ulong)seed + 100);
+        b.copy_(randn(b.shape, generator: generator) * 0.1);
+    }
+
     static LoraLinear RandomLora(Tensor weight, long seed)
     {
         var lora = new LoraLinear(weight, null, rank: 4, alpha: 8, seed: seed);
-        using (var _ = no_grad()) lora.B.normal_(0, 0.1);   // B = 0 would give A no gradient
+        using (var _ = no_grad()) RandomB(lora.B, seed);    // B = 0 would give A no gradient
         return lora;
     }
 
     [Fact]
     public Task A_LoRA_module_between_two_remote_spans() => AssertSameGradients(lm =>
     {
-        manual_seed(21);
-        var middleWeight = eye(64) + randn(64, 64) * 0.05;                  // [H, H] frozen
+        using var generator = new Generator(21);
+        var middleWeight = eye(64) + randn([64, 64], generator: generator) * 0.05;   // [H, H] frozen
         var lora = RandomLora(middleWeight, 1);
         IBlockStack first, second;
         if (lm.Blocks is RemoteSequential r) (first, second) = (r[0..2], r[2..3]);
@@ -68,7 +75,7 @@ public sealed class ClientAdapterTests(TrainingSwarm swarm)
     public Task LoRA_on_the_LM_head() => AssertSameGradients(lm =>
     {
         using var tuned = new TunedModel(lm, new TuningOptions(TuningMode.Adapter, LoraRank: 4, LoraAlpha: 8, Seed: 2));
-        using (var _ = no_grad()) tuned.HeadLora!.B.normal_(0, 0.1);
+        using (var _ = no_grad()) RandomB(tuned.HeadLora!.B, 2);
         Assert.Equal([4L, 64L], tuned.HeadLora.A.shape);                    // PEFT: A [r, in], B [out, r]
         Assert.Equal([320L, 4L], tuned.HeadLora.B.shape);
         Assert.Equal(["lm_head.lora_A.weight", "lm_head.lora_B.weight"], tuned.Trainable.Select(p => p.Name).Order());

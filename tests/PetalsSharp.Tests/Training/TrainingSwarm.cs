@@ -29,9 +29,9 @@ public sealed class TrainingSwarm : IAsyncLifetime
 }
 
 /// <summary>
-/// Run alone: these tests seed torch's global generator (<c>manual_seed</c>, and <c>LoraLinear</c>/<c>SequenceClassifier</c>
-/// seed it to initialise) and draw from it twice, once per side they compare, so another test drawing in parallel
-/// between the seed and the draw would give the two sides different weights.
+/// Run alone: some of these tests seed torch's global generator (<c>manual_seed</c>) and draw from it twice, once per
+/// side they compare, so another test drawing in parallel between the seed and the draw would give the two sides
+/// different inputs.
 /// </summary>
 [CollectionDefinition(Name, DisableParallelization = true)]
 public sealed class TrainingSwarmCollection : ICollectionFixture<TrainingSwarm>
