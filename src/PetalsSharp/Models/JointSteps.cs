@@ -22,15 +22,9 @@ public static class JointSteps
     /// </summary>
     public static object? KeyOf(LocalBlockSession session, Tensor hidden, StepOptions? options)
     {
-        if (FusedDecode.IsDisabled || options is { Prompts: not null } or { OnBlockOutput: not null }) return null;
+        if (options?.OnBlockOutput is not null || hidden.dim() != 3) return null;
         var adapter = session.Options.Adapter;
-        if (!FusedDecode.Supports(adapter)) return null;
-        if (hidden.dim() != 3 || hidden.device_type != TorchSharp.DeviceType.CPU || hidden.dtype != ScalarType.Float32) return null;
-        if (hidden.requires_grad && is_grad_enabled()) return null;
-        long rows = hidden.shape[0] * hidden.shape[1];
-        if (rows < 1 || rows > MatRows.MaxRows) return null;
-        foreach (var c in session.Caches)
-            if (c.DType != ScalarType.Float32 || c.Device.type != TorchSharp.DeviceType.CPU) return null;
+        if (!FusedDecode.Applies(hidden, hidden.shape[0] * hidden.shape[1], adapter, session.Caches, options?.Prompts is not null)) return null;
         if (session.Plans() is not { } plans) return null;
         var blocks = session.Stack.Blocks;
         bool gathers = plans.Any(p => p.GathersRows);

@@ -121,8 +121,8 @@ public sealed class ModelEnds : nn.Module
     /// </summary>
     public Tensor DecodeLogits(Tensor normed)
     {
-        if (Quant == QuantFormat.None && !(is_grad_enabled() && normed.requires_grad)
-            && Kernels.MatRowsLinear.TryLinear(normed, lm_head, null, out var y)) return y;   // [..., V]
+        // TryLinear declines rows that need autograd; a packed head already runs on the decode kernels in Logits.
+        if (Quant == QuantFormat.None && Kernels.MatRowsLinear.TryLinear(normed, lm_head, null, out var y)) return y;   // [..., V]
         return Logits(normed);
     }
 

@@ -224,7 +224,10 @@ public sealed class ComputeScheduler : IDisposable
             return true;
         }
 
-        /// <summary>Runs this item with <paramref name="partners"/> (same key and type); returns how many ran.</summary>
+        /// <summary>
+        /// Runs this item with <paramref name="partners"/> (same key and type), calling <paramref name="onStart"/> with
+        /// the count before any result is out; returns the items that ran (cancelled ones drop out).
+        /// </summary>
         public virtual List<WorkItem> RunJoined(List<WorkItem>? partners, Action<int> onStart) => throw new InvalidOperationException("not joinable work");
 
         /// <summary>Who queued joinable work (a session), so the scheduler knows how many usually run together; may be null.</summary>

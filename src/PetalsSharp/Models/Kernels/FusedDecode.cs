@@ -32,12 +32,15 @@ public static class FusedDecode
     public static bool Supports(ILinearAdapter? adapter) => adapter is null or LoraAdapter;
 
     /// <summary>Whether a step of <paramref name="hidden"/> <c>[B, T, H]</c> over these caches may run fused (plans aside).</summary>
-    public static bool Applies(Tensor hidden, StepContext ctx, IReadOnlyList<LayerCache> caches, bool hasPrompts)
+    public static bool Applies(Tensor hidden, StepContext ctx, IReadOnlyList<LayerCache> caches, bool hasPrompts) =>
+        Applies(hidden, (long)ctx.Batch * ctx.NewTokens, ctx.Adapter, caches, hasPrompts);
+
+    /// <summary>The same for <paramref name="rows"/> rows (batch × new tokens) under <paramref name="adapter"/>.</summary>
+    public static bool Applies(Tensor hidden, long rows, ILinearAdapter? adapter, IReadOnlyList<LayerCache> caches, bool hasPrompts)
     {
-        if (Off.Value || hasPrompts || !Supports(ctx.Adapter)) return false;
+        if (Off.Value || hasPrompts || !Supports(adapter)) return false;
         if (hidden.device_type != DeviceType.CPU || hidden.dtype != ScalarType.Float32) return false;
         if (hidden.requires_grad && is_grad_enabled()) return false;
-        int rows = ctx.Batch * ctx.NewTokens;
         if (rows < 1 || rows > MatRows.MaxRows) return false;
         for (int i = 0; i < caches.Count; i++)   // not foreach: an interface enumerator would allocate every step
             if (caches[i].DType != ScalarType.Float32 || caches[i].Device.type != DeviceType.CPU) return false;
