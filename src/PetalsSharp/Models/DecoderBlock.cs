@@ -20,11 +20,18 @@ public abstract class DecoderBlock : nn.Module
     /// <summary>KV heads and head size of the cache this block needs.</summary>
     public abstract (int KvHeads, int HeadDim) CacheShape { get; }
 
-    /// <summary>Allocates an empty cache for <paramref name="batch"/> rows of up to <paramref name="maxLength"/> tokens.</summary>
-    public LayerCache AllocateCache(int batch, int maxLength, Device device, ScalarType dtype)
+    /// <summary>An empty cache for <paramref name="batch"/> rows of up to <paramref name="maxLength"/> tokens, with a pool of its own.</summary>
+    public LayerCache AllocateCache(int batch, int maxLength, ScalarType dtype = ScalarType.Float32)
     {
         var (kvHeads, headDim) = CacheShape;
-        return new LayerCache(batch, maxLength, kvHeads, headDim, device, dtype);
+        return new LayerCache(batch, maxLength, kvHeads, headDim, dtype);
+    }
+
+    /// <summary>An empty cache drawing pages from <paramref name="pool"/>, charged to <paramref name="account"/>.</summary>
+    public LayerCache AllocateCache(int batch, int maxLength, ScalarType dtype, KvPagePool pool, IKvAccount? account)
+    {
+        var (kvHeads, headDim) = CacheShape;
+        return new LayerCache(batch, maxLength, kvHeads, headDim, dtype, pool, account);
     }
 
     /// <summary>

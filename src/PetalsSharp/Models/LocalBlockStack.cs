@@ -7,14 +7,21 @@ public sealed class LocalBlockStack : IBlockStack
 {
     readonly DecoderBlock[] _blocks;
     readonly bool _ownsBlocks;
+    readonly Lazy<KvPagePool> _pages;
 
-    public LocalBlockStack(ModelConfig config, IReadOnlyList<DecoderBlock> blocks) : this(config, blocks, ownsBlocks: true)
+    public LocalBlockStack(ModelConfig config, IReadOnlyList<DecoderBlock> blocks) : this(config, blocks, ownsBlocks: true, pages: null)
     {
     }
 
-    LocalBlockStack(ModelConfig config, IReadOnlyList<DecoderBlock> blocks, bool ownsBlocks)
+    LocalBlockStack(ModelConfig config, IReadOnlyList<DecoderBlock> blocks, bool ownsBlocks, Lazy<KvPagePool>? pages)
     {
         _ownsBlocks = ownsBlocks;
+        // Every block of a family has the same cache shape, so one page size serves the stack and its slices.
+        _pages = pages ?? new Lazy<KvPagePool>(() =>
+        {
+            var (kvHeads, headDim) = _blocks![0].CacheShape;
+            return new KvPagePool(kvHeads * headDim, LayerCache.ElementSize(ScalarType.Float32));
+        });
         if (blocks.Count == 0) throw new ArgumentException("a block stack needs at least one block");
         for (int i = 1; i < blocks.Count; i++)
             if (blocks[i].Index != blocks[i - 1].Index + 1) throw new ArgumentException("blocks must be contiguous");
@@ -73,8 +80,11 @@ public sealed class LocalBlockStack : IBlockStack
     {
         if (start < Start || end > End || start >= end)
             throw new ArgumentOutOfRangeException(nameof(start), $"[{start}, {end}) is not inside [{Start}, {End})");
-        return new LocalBlockStack(Config, _blocks[(start - Start)..(end - Start)], ownsBlocks: false);
+        return new LocalBlockStack(Config, _blocks[(start - Start)..(end - Start)], ownsBlocks: false, _pages);
     }
+
+    /// <summary>The KV pages every session of this stack and its slices draws on.</summary>
+    public KvPagePool Pages => _pages.Value;
 
     /// <summary>Bytes of KV cache one token of one row needs across the stack.</summary>
     public long CacheBytesPerToken(ScalarType dtype) =>
@@ -90,7 +100,9 @@ public sealed class LocalBlockStack : IBlockStack
 
     public void Dispose()
     {
-        if (_ownsBlocks) foreach (var b in _blocks) b.Dispose();
+        if (!_ownsBlocks) return;
+        foreach (var b in _blocks) b.Dispose();
+        if (_pages.IsValueCreated) _pages.Value.Dispose();
     }
 }
 
@@ -103,14 +115,14 @@ public sealed class LocalBlockSession : IBlockSession
     bool _plansResolved;
     Kernels.FusedStep? _fused;
 
-    public LocalBlockSession(LocalBlockStack stack, SessionOptions options)
+    /// <summary>A session whose KV pages are charged to <paramref name="account"/> (a server's client); null for no limit.</summary>
+    public LocalBlockSession(LocalBlockStack stack, SessionOptions options, IKvAccount? account = null)
     {
         StepChecks.Session(options);
         _stack = stack;
         Options = options;
-        var dtype = ScalarType.Float32;
-        var device = stack.Blocks[0].parameters().FirstOrDefault()?.device ?? CPU;
-        _caches = stack.Blocks.Select(b => b.AllocateCache(options.Batch, options.MaxLength, device, dtype)).ToArray();
+        // Pages come as the session grows (Admit), so opening costs nothing but the page tables.
+        _caches = stack.Blocks.Select(b => b.AllocateCache(options.Batch, options.MaxLength, ScalarType.Float32, stack.Pages, account)).ToArray();
     }
 
     public int Position { get; private set; }
@@ -146,6 +158,9 @@ public sealed class LocalBlockSession : IBlockSession
     internal int Admit(Tensor hidden, StepOptions? options)
     {
         var start = StepChecks.Step(hidden, options, Options, Position, _stack.Config);
+        // Pages first: a full pool refuses the step here, before the reorder or any block has changed the cache.
+        int end = start + (int)hidden.shape[1];
+        foreach (var c in _caches) c.EnsureLength(end);
         if (options?.HypoIds is { } hypo)
         {
             if (hypo.dim() != 1 || hypo.shape[0] != Options.Batch)
@@ -153,6 +168,8 @@ public sealed class LocalBlockSession : IBlockSession
             using var ids = hypo.to(ScalarType.Int64);
             foreach (var c in _caches) c.Reorder(ids);
         }
+        if (start < Position)
+            foreach (var c in _caches) c.Truncate(end);   // a rollback gives back the pages past what this step keeps
         return start;
     }
 

@@ -58,7 +58,7 @@ public sealed partial class BlockServiceImpl
     async Task RunSessionAsync(ServedSpan span, OpenSession open, string client, System.Threading.Channels.Channel<InferenceRequest> inbox,
         IServerStreamWriter<InferenceReply> responseStream, CancellationToken ct)
     {
-        using var lease = span.CacheBudget.Allocate(open.BatchSize, open.MaxLength, open.EndBlock - open.StartBlock, client);
+        using var lease = span.CacheBudget.Open(open.BatchSize, open.MaxLength, open.EndBlock - open.StartBlock, client);
         using var slice = span.Stack.Slice(open.StartBlock, open.EndBlock);
         var options = new SessionOptions(open.BatchSize, open.MaxLength,
             RequestValidator.CheckLeftPadding(open.LeftPadding, open.BatchSize, open.MaxLength))
@@ -66,7 +66,7 @@ public sealed partial class BlockServiceImpl
         if (!_server.Inboxes.TryRegister(open.SessionId, inbox, open.PushToken))
             throw RequestValidator.Error(StatusCode.AlreadyExists, $"session '{Clip(open.SessionId)}' is already open on this server");
         _server.PushTargets.Prefetch(open.EndBlock);   // the first pushed step then finds the next servers known
-        var session = await _server.Scheduler.RunAsync(ComputeScheduler.InferencePriority, () => new LocalBlockSession(slice, options), ct);
+        var session = await _server.Scheduler.RunAsync(ComputeScheduler.InferencePriority, () => new LocalBlockSession(slice, options, lease), ct);
         _server.SessionOpened();
         try
         {

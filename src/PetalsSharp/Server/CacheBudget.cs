@@ -1,11 +1,15 @@
 using Grpc.Core;
+using PetalsSharp.Models;
 
 namespace PetalsSharp.Server;
 
 /// <summary>
-/// The KV-cache budget of a span, counted in block-token slots: a session of batch B and max_length M over k
-/// blocks holds B·M·k slots. Counting per block (not per span) lets a session over part of the span cost less.
-/// Allocation never waits: like Petals with its default alloc_timeout of 0, a full cache refuses at once.
+/// The KV-cache budget of a span, counted in block-token slots: a KV page (<see cref="LayerCache.PageTokens"/> tokens
+/// of one row of one block) costs <see cref="LayerCache.PageTokens"/> slots. Sessions pay as they grow: opening takes
+/// nothing, each step charges the pages its rows newly reach (<see cref="CacheLease.Take"/>), and a rollback or close
+/// gives them back, so the slots held are the pages actually in memory. Counting per block (not per span) lets a
+/// session over part of the span cost less.
+/// Nothing ever waits for room: like Petals with its default alloc_timeout of 0, a full cache refuses at once.
 /// One client (see <see cref="ClientKey"/>) may hold at most a share of the slots, so that a single caller cannot
 /// lock everyone else out for as long as it keeps its sessions open.
 /// </summary>
@@ -34,6 +38,9 @@ public sealed class CacheBudget
     /// <summary>Block-token slots in all.</summary>
     public long TotalSlots { get; }
 
+    /// <summary>KV pages the budget pays for in all: the most a span's page pool ever holds for sessions.</summary>
+    public long TotalPages => TotalSlots / LayerCache.PageTokens;
+
     /// <summary>Block-token slots one client may hold at once.</summary>
     public long MaxClientSlots { get; }
 
@@ -46,31 +53,54 @@ public sealed class CacheBudget
     /// <summary>Slots the sessions of <paramref name="client"/> hold.</summary>
     public long HeldBy(string client) { lock (_lock) return _byClient.GetValueOrDefault(client); }
 
-    /// <summary>Reserves room for a session of <paramref name="client"/>; throws RESOURCE_EXHAUSTED when it does not fit.</summary>
-    public CacheLease Allocate(int batch, int maxLength, int blocks, string client = ClientKey.Unknown)
+    /// <summary>Slots a session of <paramref name="batch"/> rows over <paramref name="blocks"/> blocks holds at <paramref name="tokens"/> tokens: whole pages.</summary>
+    public static long SlotsFor(int batch, int tokens, int blocks) =>
+        (long)batch * blocks * ((tokens + LayerCache.PageTokens - 1) / LayerCache.PageTokens) * LayerCache.PageTokens;
+
+    /// <summary>
+    /// Admits a session of <paramref name="client"/> that may grow to <paramref name="maxLength"/> tokens; it holds
+    /// nothing until its steps take pages. Throws RESOURCE_EXHAUSTED without a retry hint when the session could never
+    /// fit (the whole cache or the client's share is too small for its max_length), and with one when there is not
+    /// room now for its first page of every row and block.
+    /// </summary>
+    public CacheLease Open(int batch, int maxLength, int blocks, string client = ClientKey.Unknown)
     {
         if (batch <= 0 || maxLength <= 0 || blocks <= 0 || blocks > _spanLength)
             throw new ArgumentOutOfRangeException(nameof(batch), "batch, max length and blocks must be positive");
-        long slots = (long)batch * maxLength * blocks;
+        long most = SlotsFor(batch, maxLength, blocks), first = SlotsFor(batch, 1, blocks);
+        string what = $"batch {batch} × max_length {maxLength} × {blocks} blocks";
+        if (MaxClientSlots < TotalSlots && most > MaxClientSlots)
+            throw Busy(null, $"cache share exceeded: {what} may need {most} slots; one client ({client}) may hold at most {MaxClientSlots} of {TotalSlots} slots " +
+                $"({ShareText}); use a smaller batch or max_length");
+        if (most > TotalSlots)
+            throw Busy(null, $"cache full: {what} may need {most} slots and this server has {TotalSlots} in all; use a smaller batch or max_length");
+        lock (_lock) Check(client, first, $"{what} needs {first} slots for its first tokens");
+        return new CacheLease(this, client);
+    }
+
+    /// <summary>Refuses (busy, with a hint) when <paramref name="slots"/> more do not fit; caller holds the lock.</summary>
+    void Check(string client, long slots, string need)
+    {
+        long held = _byClient.GetValueOrDefault(client);
+        // The share first: without a cap (share 1) "cache full" is the whole truth.
+        if (MaxClientSlots < TotalSlots && held + slots > MaxClientSlots)
+            throw Busy(RetryAfter, $"cache share exceeded: {need} and client {client} already holds {held}; one client may hold at most " +
+                $"{MaxClientSlots} of {TotalSlots} slots ({ShareText}); close sessions or use a smaller batch or max_length");
+        long free = TotalSlots - _used;
+        if (slots > free)
+            throw Busy(RetryAfter, $"cache full: {need}, {free} of {TotalSlots} are free (cache_tokens_left {free / _spanLength})");
+    }
+
+    string ShareText => $"max_cache_share {_maxClientShare.ToString("0.###", System.Globalization.CultureInfo.InvariantCulture)}";
+
+    internal void Take(string client, long slots)
+    {
         lock (_lock)
         {
-            long held = _byClient.GetValueOrDefault(client);
-            // The share first: a request past it is refused even on an empty server, and the client should hear why.
-            // Without a cap (share 1) "cache full" is the whole truth.
-            if (MaxClientSlots < TotalSlots && held + slots > MaxClientSlots)
-                throw Busy(slots > MaxClientSlots ? null : RetryAfter,
-                    $"cache share exceeded: batch {batch} × max_length {maxLength} × {blocks} blocks needs {slots} slots and client {client} " +
-                    $"already holds {held}; one client may hold at most {MaxClientSlots} of {TotalSlots} slots " +
-                    $"(max_cache_share {_maxClientShare.ToString("0.###", System.Globalization.CultureInfo.InvariantCulture)}); close sessions or use a smaller batch or max_length");
-            long free = TotalSlots - _used;
-            if (slots > free)
-                throw Busy(slots > TotalSlots ? null : RetryAfter,
-                    $"cache full: batch {batch} × max_length {maxLength} × {blocks} blocks needs {slots} slots, {free} of {TotalSlots} are free " +
-                    $"(cache_tokens_left {free / _spanLength})");
+            Check(client, slots, $"the next step needs {slots} more slots");
             _used += slots;
-            _byClient[client] = held + slots;
+            _byClient[client] = _byClient.GetValueOrDefault(client) + slots;
         }
-        return new CacheLease(this, client, slots);
     }
 
     /// <summary>How long a busy answer tells the client to go elsewhere before asking again (sessions end within seconds).</summary>
@@ -102,21 +132,51 @@ public sealed class CacheBudget
     }
 }
 
-/// <summary>Room held by one session; disposing it (any number of times) gives the room back.</summary>
-public sealed class CacheLease : IDisposable
+/// <summary>
+/// What one session holds: the account its KV pages are charged to. Disposing it (any number of times) gives back
+/// whatever the session still holds; later calls charge nothing.
+/// </summary>
+public sealed class CacheLease : IKvAccount, IDisposable
 {
+    readonly object _lock = new();
     CacheBudget? _budget;
     readonly string _client;
+    long _slots;
 
-    internal CacheLease(CacheBudget budget, string client, long slots)
+    internal CacheLease(CacheBudget budget, string client) => (_budget, _client) = (budget, client);
+
+    /// <summary>Block-token slots held now.</summary>
+    public long Slots { get { lock (_lock) return _slots; } }
+
+    /// <summary>Charges <paramref name="pages"/> more pages; throws RESOURCE_EXHAUSTED (with a retry hint) when they do not fit.</summary>
+    public void Take(int pages)
     {
-        _budget = budget;
-        _client = client;
-        Slots = slots;
+        long slots = (long)pages * LayerCache.PageTokens;
+        lock (_lock)
+        {
+            var budget = _budget ?? throw new ObjectDisposedException(nameof(CacheLease));
+            budget.Take(_client, slots);
+            _slots += slots;
+        }
     }
 
-    /// <summary>Block-token slots held.</summary>
-    public long Slots { get; }
+    public void Give(int pages)
+    {
+        lock (_lock)
+        {
+            if (_budget is not { } budget) return;
+            long slots = Math.Min((long)pages * LayerCache.PageTokens, _slots);
+            _slots -= slots;
+            budget.Release(_client, slots);
+        }
+    }
 
-    public void Dispose() => Interlocked.Exchange(ref _budget, null)?.Release(_client, Slots);
+    public void Dispose()
+    {
+        lock (_lock)
+        {
+            _budget?.Release(_client, _slots);
+            (_budget, _slots) = (null, 0);
+        }
+    }
 }

@@ -109,7 +109,7 @@ public sealed class BlockVariantTests
     /// <summary>The same 6 tokens as steps of 3, 1 and 2 through a cache.</summary>
     static Tensor Incremental(DecoderBlock block, Tensor x)
     {
-        using var cache = block.AllocateCache(2, 8, CPU, ScalarType.Float32);
+        using var cache = block.AllocateCache(2, 8);
         var outputs = new List<Tensor>();
         int past = 0;
         foreach (var n in new[] { 3, 1, 2 })

@@ -15,6 +15,11 @@ public sealed unsafe class CacheAttentionTests
 {
     const int Batch = 2, MaxLength = 2 * LayerCache.PageTokens + 8, KvHeads = 2, HeadDim = 8;
 
+    nint[]? _keyTable, _valueTable;   // the page tables: fields, so they live as long as the test reads through them
+
+    KvPages Over(Tensor keys, Tensor values) => KvPages.OverContiguous(Native.Pointer<float>(keys), Native.Pointer<float>(values),
+        Batch, MaxLength, KvHeads, HeadDim, out _keyTable, out _valueTable);
+
     [Theory]
     [InlineData(null, 0)]
     [InlineData(null, 3)]
@@ -28,7 +33,7 @@ public sealed unsafe class CacheAttentionTests
         manual_seed(3);
         var keys = randn(Batch, MaxLength, KvHeads, HeadDim);                  // [B, max, kvH, D]: token-major, as KvPages reads it
         var values = randn(Batch, MaxLength, KvHeads, HeadDim);                // [B, max, kvH, D]
-        var cache = new KvPages(Native.Pointer<float>(keys), Native.Pointer<float>(values), MaxLength, KvHeads, HeadDim);
+        var cache = Over(keys, values);
         var scores = new float[MaxLength];
         var output = new float[HeadDim];
         const int row = 1, kvHead = 1;
@@ -59,7 +64,7 @@ public sealed unsafe class CacheAttentionTests
         manual_seed(4);
         var keys = randn(Batch, MaxLength, KvHeads, HeadDim);                  // [B, max, kvH, D]
         var values = randn(Batch, MaxLength, KvHeads, HeadDim);                // [B, max, kvH, D]
-        var cache = new KvPages(Native.Pointer<float>(keys), Native.Pointer<float>(values), MaxLength, KvHeads, HeadDim);
+        var cache = Over(keys, values);
         var term = new AlibiTerm(heads: 4, bfloat16, scale: bfloat16 ? 1 / Math.Sqrt(HeadDim) : 1.0);
         var scores = new float[MaxLength];
         var output = new float[HeadDim];
@@ -87,7 +92,7 @@ public sealed unsafe class CacheAttentionTests
         manual_seed(5);
         var keys = randn(Batch, MaxLength, KvHeads, HeadDim);                  // [B, max, kvH, D]
         var values = randn(Batch, MaxLength, KvHeads, HeadDim);                // [B, max, kvH, D]
-        var cache = new KvPages(Native.Pointer<float>(keys), Native.Pointer<float>(values), MaxLength, KvHeads, HeadDim);
+        var cache = Over(keys, values);
         var q = randn(HeadDim);                                                // [D]
         var scores = new float[MaxLength];
         float[] full = new float[HeadDim], windowed = new float[HeadDim];

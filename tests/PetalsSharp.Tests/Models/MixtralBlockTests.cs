@@ -77,7 +77,7 @@ public sealed class MixtralBlockTests
         manual_seed(8);
         var x = randn(2, 9, Hidden);                                                // [B, T, H]
         var full = block.Forward(x, new StepContext(2, 9));
-        using var cache = block.AllocateCache(2, 16, CPU, ScalarType.Float32);
+        using var cache = block.AllocateCache(2, 16);
         int past = 0;
         foreach (var n in new[] { 4, 1, 1, 2, 1 })                                  // prefill, single tokens, a chunk
         {

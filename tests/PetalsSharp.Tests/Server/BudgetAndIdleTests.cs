@@ -1,5 +1,6 @@
 using Grpc.Core;
 using PetalsSharp.Server;
+using PetalsSharp.Wire;
 using PetalsSharp.Wire.V1;
 using Xunit;
 using static TorchSharp.torch;
@@ -10,49 +11,57 @@ namespace PetalsSharp.Tests.Server;
 public sealed class BudgetTests(SmallCacheFixture f) : IClassFixture<SmallCacheFixture>
 {
     [Fact]
-    public async Task A_session_that_does_not_fit_is_refused_while_others_continue_and_room_returns()
+    public async Task Sessions_take_pages_as_they_grow_and_a_step_that_does_not_fit_is_busy_while_others_continue()
     {
-        Assert.Equal(64, (await f.Client.Raw.InfoAsync(new InfoRequest())).CacheTokensLeft);
-        using var first = await f.Client.OpenAsync(ServerClient.Open(1, 48, id: "big"));
-        Assert.Equal(16, first.Opened.CacheTokensLeft);
-        Assert.Equal(16, (await f.Client.Raw.InfoAsync(new InfoRequest())).CacheTokensLeft);
+        var span = f.Server.Current!;
+        Assert.Equal(64, (await f.Client.Raw.InfoAsync(new InfoRequest())).CacheTokensLeft);   // 3 blocks × 64 = 192 slots
+        var never = await Assert.ThrowsAsync<RpcException>(() => f.Client.OpenAsync(ServerClient.Open(1, 80, id: "never")));
+        Assert.Equal(StatusCode.ResourceExhausted, never.StatusCode);
+        Assert.Contains("max_length 80", never.Status.Detail);
+        Assert.Null(never.Trailers.GetValue(Protocol.RetryPushbackTrailer));   // nothing to wait for here
 
-        var refused = await Assert.ThrowsAsync<RpcException>(() => f.Client.OpenAsync(ServerClient.Open(1, 32, id: "too-big")));
-        Assert.Equal(StatusCode.ResourceExhausted, refused.StatusCode);
-        Assert.Contains("cache full", refused.Status.Detail);
-        Assert.Contains("max_length 32", refused.Status.Detail);
+        using var first = await f.Client.OpenAsync(ServerClient.Open(1, 64, id: "big"));
+        Assert.Equal(64, first.Opened.CacheTokensLeft);                        // opening takes no pages
+        await first.StepAsync(randn(1, 40, 64));                               // 3 pages of each block
+        Assert.Equal(16, f.Server.CacheTokensLeft);
 
-        // A session over one block costs a third: 1 × 32 × 1 = 32 slots fit in the 48 left.
-        using (var small = await f.Client.OpenAsync(ServerClient.Open(1, 32, start: 2, end: 3, id: "one-block")))
-        {
-            Assert.Equal(5, small.Opened.CacheTokensLeft);   // (192 - 144 - 32) / 3
-            await small.CloseAsync();
-        }
+        using var second = await f.Client.OpenAsync(ServerClient.Open(1, 64, id: "second"));
+        var busy = await Assert.ThrowsAsync<RpcException>(() => second.StepAsync(randn(1, 20, 64)));   // 2 pages each, 1 free
+        Assert.Equal(StatusCode.ResourceExhausted, busy.StatusCode);
+        Assert.Contains("cache full", busy.Status.Detail);
+        Assert.NotNull(busy.Trailers.GetValue(Protocol.RetryPushbackTrailer));
 
-        var (_, position) = await first.StepAsync(randn(1, 5, 64));
-        Assert.Equal(5, position);
+        var (_, position) = await first.StepAsync(randn(1, 5, 64));            // within its pages: goes on
+        Assert.Equal(45, position);
+        Assert.True(span.Stack.Pages.AllocatedBytes <= span.CacheBudget.TotalPages * span.Stack.Pages.PageBytes,
+            $"{span.Stack.Pages.AllocatedBytes} bytes of pages for a budget of {span.CacheBudget.TotalPages} pages");
         await first.CloseAsync();
         await Eventually.TrueAsync(() => f.Server.CacheTokensLeft == 64 && f.Server.ActiveSessions == 0);
-        Assert.Equal(64, (await f.Client.Raw.InfoAsync(new InfoRequest())).CacheTokensLeft);
+        Assert.Equal(0, span.Stack.Pages.PagesInUse);
+
         using var again = await f.Client.OpenAsync(ServerClient.Open(1, 64, id: "all"));
-        Assert.Equal(0, again.Opened.CacheTokensLeft);
+        await again.StepAsync(randn(1, 64, 64));
+        Assert.Equal(0, f.Server.CacheTokensLeft);
         again.Call.Dispose();   // a client that vanishes (cancel) also gives its room back
         await Eventually.TrueAsync(() => f.Server.CacheTokensLeft == 64 && f.Server.ActiveSessions == 0);
     }
 
     [Fact]
-    public void Budget_counts_block_token_slots()
+    public void Budget_counts_block_token_slots_of_whole_pages()
     {
         var budget = new CacheBudget(100, 4);
         Assert.Equal(400, budget.TotalSlots);
-        using (var lease = budget.Allocate(2, 30, 4))
+        Assert.Equal(25, budget.TotalPages);
+        using (var lease = budget.Open(2, 30, 4))
         {
-            Assert.Equal(240, lease.Slots);
-            Assert.Equal(40, budget.CacheTokensLeft);
-            var e = Assert.Throws<RpcException>(() => budget.Allocate(1, 41, 4));
+            Assert.Equal(0, lease.Slots);
+            lease.Take(2 * 4 * 2);                                             // 2 rows × 4 blocks × 2 pages
+            Assert.Equal(256, lease.Slots);
+            Assert.Equal(36, budget.CacheTokensLeft);                          // (400 - 256) / 4
+            lease.Give(8);                                                     // a rollback past a page boundary
+            Assert.Equal(128, lease.Slots);
+            var e = Assert.Throws<RpcException>(() => budget.Open(1, 101, 4)); // 7 pages × 16 × 4 = 448 > 400
             Assert.Equal(StatusCode.ResourceExhausted, e.StatusCode);
-            using var partial = budget.Allocate(1, 80, 2);
-            Assert.Equal(0, budget.CacheTokensLeft);
             lease.Dispose();   // twice is harmless
         }
         Assert.Equal(0, budget.UsedSlots);
@@ -73,8 +82,9 @@ public sealed class IdleTimeoutTests
         await server.StartAsync();
         using var client = new ServerClient(server.Address);
         using var session = await client.OpenAsync(ServerClient.Open(1, 40, id: "sleepy"));
-        Assert.Equal(60, session.Opened.CacheTokensLeft);
-        await session.StepAsync(randn(1, 2, 64));   // a step resets the idle clock
+        Assert.Equal(100, session.Opened.CacheTokensLeft);   // opening takes no pages
+        await session.StepAsync(randn(1, 2, 64));   // a step resets the idle clock (and takes a page of each block)
+        Assert.Equal(100 - 16, server.CacheTokensLeft);
         var e = await Assert.ThrowsAsync<RpcException>(async () =>
         {
             while (await session.Call.ResponseStream.MoveNext(CancellationToken.None)) { }

@@ -43,7 +43,7 @@ public static class FusedDecode
         if (hidden.requires_grad && is_grad_enabled()) return false;
         if (rows < 1 || rows > MatRows.MaxRows) return false;
         for (int i = 0; i < caches.Count; i++)   // not foreach: an interface enumerator would allocate every step
-            if (caches[i].DType != ScalarType.Float32 || caches[i].Device.type != DeviceType.CPU) return false;
+            if (caches[i].DType != ScalarType.Float32) return false;
         return true;
     }
 

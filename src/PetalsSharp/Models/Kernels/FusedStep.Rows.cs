@@ -92,6 +92,7 @@ public sealed unsafe partial class FusedStep
                 (_rowSegment[row], _rowLocal[row], _rowPast[row], _rowPad[row], _rowLength[row]) =
                     (si, b, s.Past, s.LeftPadding?[b] ?? 0, s.Past + tokens - leastPad);
             longest = Math.Max(longest, s.Caches[0].MaxLength);
+            for (int i = 0; i < s.Caches.Count; i++) CheckRoom(s.Caches[i], s.Past + tokens);
         }
         _jointMaxLength = longest;
         SizeLowRankScratch(rank);
@@ -135,6 +136,16 @@ public sealed unsafe partial class FusedStep
         for (int b = 0; b < Batch; b++)
             (_rowSegment[b], _rowLocal[b], _rowPast[b], _rowPad[b], _rowLength[b]) =
                 (0, b, Past, LeftPadding?[b] ?? 0, Past + Tokens - leastPad);
+    }
+
+    /// <summary>
+    /// A missing page is a null pointer to the kernels: every cache must have taken its pages
+    /// (<see cref="LayerCache.EnsureLength"/>) before the step, so a full pool refuses the step before it changes anything.
+    /// </summary>
+    static void CheckRoom(LayerCache cache, int end)
+    {
+        if (cache.Room < end)
+            throw new InvalidOperationException($"the cache has pages for {cache.Room} tokens; the step writes up to {end}");
     }
 
     /// <summary>Every segment's cache of block <paramref name="i"/> of the step's blocks.</summary>

@@ -119,6 +119,7 @@ public sealed unsafe partial class FusedStep : ITeamJob, IDisposable
     /// <summary>Runs one block: prepares on this thread, then one <see cref="WorkerTeam.Run"/>.</summary>
     public void RunBlock(IFusedBlock plan, DecoderBlock block, LayerCache cache)
     {
+        CheckRoom(cache, Past + Tokens);
         ResetClaims(1);
         _pages[0] = cache.Pages();
         Select(plan, block);
@@ -135,6 +136,8 @@ public sealed unsafe partial class FusedStep : ITeamJob, IDisposable
         if (caches is null != _segmentCount > 0)
             throw new InvalidOperationException(caches is null ? "a one-session step needs its caches" : "a joint step's caches are its segments'");
         if (plans.Count == 0) return;
+        if (caches is not null)
+            for (int i = 0; i < caches.Count; i++) CheckRoom(caches[i], Past + Tokens);   // no enumerator: steps allocate nothing
         (_plans, _blocks, _caches, _next) = (plans, blocks, caches, 0);
         ResetClaims(plans.Count);
         try

@@ -1,0 +1,90 @@
+using System.Runtime.InteropServices;
+
+namespace PetalsSharp.Models;
+
+/// <summary>
+/// Who pays for a session's KV pages. A server charges them to the session's client and refuses (throws) when the
+/// cache budget or the client's share has no room; a local run has no account and no limit.
+/// </summary>
+public interface IKvAccount
+{
+    /// <summary>Charges <paramref name="pages"/> more pages; throws, charging nothing, when they do not fit.</summary>
+    void Take(int pages);
+
+    /// <summary>Gives back <paramref name="pages"/> pages.</summary>
+    void Give(int pages);
+}
+
+/// <summary>
+/// Fixed-size KV pages shared by every session of a block stack: one page holds <see cref="LayerCache.PageTokens"/>
+/// tokens of keys then as many of values, <c>[2, PageTokens, kvH, D]</c>, for one row of one block. A session takes
+/// pages as its rows grow and gives them back on rollback and close, so memory follows the tokens actually cached,
+/// not every session's <c>max_length</c>. Pages are allocated one at a time on first need and then recycled: the
+/// memory held is the most pages ever in use at once, which a server's budget (<see cref="IKvAccount"/>) bounds.
+/// </summary>
+public sealed unsafe class KvPagePool : IDisposable
+{
+    readonly object _lock = new();
+    readonly Stack<nint> _free = new();
+    long _inUse, _allocated;
+    bool _disposed;
+
+    /// <param name="tokenFloats">Elements of one token of one row: <c>kvH × D</c>.</param>
+    /// <param name="elementSize">Bytes per element of the cache dtype.</param>
+    public KvPagePool(int tokenFloats, int elementSize)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(tokenFloats);
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(elementSize);
+        (TokenElements, ElementSize) = (tokenFloats, elementSize);
+        PageBytes = 2L * LayerCache.PageTokens * tokenFloats * elementSize;
+    }
+
+    /// <summary>Elements of one token of one row (<c>kvH × D</c>): a page is twice <see cref="LayerCache.PageTokens"/> of them.</summary>
+    public int TokenElements { get; }
+    public int ElementSize { get; }
+    public long PageBytes { get; }
+
+    /// <summary>Pages held by sessions now.</summary>
+    public long PagesInUse { get { lock (_lock) return _inUse; } }
+
+    /// <summary>Bytes this pool holds from the system: the high-water mark of pages in use.</summary>
+    public long AllocatedBytes { get { lock (_lock) return _allocated * PageBytes; } }
+
+    /// <summary>A cleared page. Pages are recycled across sessions, so one never sees another's keys.</summary>
+    public nint Rent()
+    {
+        nint page;
+        lock (_lock)
+        {
+            ObjectDisposedException.ThrowIf(_disposed, this);
+            _inUse++;
+            if (!_free.TryPop(out page))
+            {
+                page = (nint)NativeMemory.AlignedAlloc((nuint)PageBytes, 64);
+                _allocated++;
+            }
+        }
+        NativeMemory.Clear((void*)page, (nuint)PageBytes);
+        return page;
+    }
+
+    public void Return(nint page)
+    {
+        lock (_lock)
+        {
+            _inUse--;
+            if (_disposed) NativeMemory.AlignedFree((void*)page);
+            else _free.Push(page);
+        }
+    }
+
+    /// <summary>Frees the idle pages; pages still held by sessions are freed as they come back.</summary>
+    public void Dispose()
+    {
+        lock (_lock)
+        {
+            _disposed = true;
+            while (_free.TryPop(out var page)) NativeMemory.AlignedFree((void*)page);
+        }
+    }
+}
