@@ -74,12 +74,12 @@ public static class Cli
     public static ScalarType ResolveDtype(ScalarType? requested, string modelDir) =>
         requested ?? ModelConfigLoader.Load(modelDir).CheckpointDtype;
 
-    public static ScalarType ParseDtype(string value) => value.ToLowerInvariant() switch
+    public static ScalarType ParseDtype(string value, string option = "--dtype") => value.ToLowerInvariant() switch
     {
         "f32" or "float32" or "fp32" => ScalarType.Float32,
         "bf16" or "bfloat16" => ScalarType.BFloat16,
         "f16" or "float16" or "fp16" => ScalarType.Float16,
-        _ => throw new CliException($"--dtype must be f32, bf16 or f16 (got '{value}')"),
+        _ => throw new CliException($"{option} must be f32, bf16 or f16 (got '{value}')"),
     };
 
     /// <summary>The dtype a command stores <paramref name="config"/>'s weights in: <c>--dtype</c> when given, else the checkpoint's <c>torch_dtype</c>.</summary>

@@ -26,6 +26,7 @@ public static class ServerCommand
         var quant = Cli.QuantOption("the served blocks' linears (Mixtral's router stays exact)");
         var cacheTokens = new Option<long?>("--cache-tokens") { Description = $"KV-cache room in tokens of one row across the span (default {ServerOptions.DefaultCacheTokens})" };
         var cacheBytes = new Option<long?>("--cache-bytes") { Description = "KV-cache room in bytes (instead of --cache-tokens)" };
+        var kvDtype = new Option<string?>("--kv-dtype") { Description = "How the KV cache stores keys and values: f32, bf16 or f16 (default: the weights' dtype, so an f32 model stays exact); attention computes in f32" };
         var maxSession = new Option<int?>("--max-session-length") { Description = "Largest max_length a session may ask for (default min(max_position_embeddings, 8192))" };
         var idle = new Option<double>("--session-idle-timeout") { Description = "Seconds without a step that runs tokens before a session is closed and its cache freed (steps without tokens do not count)", DefaultValueFactory = _ => 300 };
         var cacheShare = new Option<double>("--max-cache-share") { Description = "Fraction of the KV cache the sessions of one client IP address (IPv6: its /64) may hold together, in (0, 1]; 1 = no cap", DefaultValueFactory = _ => 0.5 };
@@ -46,7 +47,7 @@ public static class ServerCommand
         var dhtPrefix = new Option<string?>("--dht-prefix") { Description = "DHT key prefix (default: the model folder's name, '.' and ' ' as '-')" };
         var cmd = new Command("server", "Serve a span of a model's transformer blocks over gRPC.\n\nExamples:\n  petals server -m ./my-model --blocks 0:12 --port 31330 --new-swarm\n  petals server -m ./my-model --blocks 12:24 --port 31331 --initial-peers 10.0.0.5:31330\n  petals server -m ./my-model --num-blocks 8 --initial-peers 10.0.0.5:31330")
         {
-            model, blocks, numBlocks, memoryBudget, placementDelay, rebalancePeriod, balanceThreshold, throughput, host, port, publicAddress, dtype, quant, cacheTokens, cacheBytes, maxSession, idle, cacheShare, readTimeout, requestMemory, requestTokens, prefillChunk,
+            model, blocks, numBlocks, memoryBudget, placementDelay, rebalancePeriod, balanceThreshold, throughput, host, port, publicAddress, dtype, quant, cacheTokens, cacheBytes, kvDtype, maxSession, idle, cacheShare, readTimeout, requestMemory, requestTokens, prefillChunk,
             initialPeers, pushPeers, joinTimeout, newSwarm, identity, swarmKey, updatePeriod, publicName, dhtPrefix, metricsPort, adapters,
         };
         cmd.SetAction(async (pr, ct) =>
@@ -73,6 +74,7 @@ public static class ServerCommand
             if (!(readSeconds > 0) || readSeconds > 86400)
                 throw new CliException($"--request-read-timeout must be a positive number of seconds up to 86400 (got {readSeconds})");
             var requestedDtype = Cli.ParseDtypeOrDefault(pr.GetValue(dtype));
+            var requestedKvDtype = pr.GetValue(kvDtype) is { } kv ? Cli.ParseDtype(kv, "--kv-dtype") : (TorchSharp.torch.ScalarType?)null;
             var format = Cli.ParseQuant(pr.GetValue(quant));
             // A fixed span downloads only its blocks' shards; a swarm-chosen span fetches its own once the swarm has
             // chosen it (a single-file checkpoint is one file either way).
@@ -94,7 +96,7 @@ public static class ServerCommand
                 WeightDtype = Cli.ResolveDtype(requestedDtype, source.Directory),
                 Quant = format,
                 FetchBlocks = fetchBlocks,
-                CacheTokens = pr.GetValue(cacheTokens), CacheBytes = pr.GetValue(cacheBytes),
+                CacheTokens = pr.GetValue(cacheTokens), CacheBytes = pr.GetValue(cacheBytes), KvDtype = requestedKvDtype,
                 MaxSessionLength = pr.GetValue(maxSession), SessionIdleTimeout = TimeSpan.FromSeconds(idleSeconds),
                 MaxCacheShare = share,
                 RequestReadTimeout = TimeSpan.FromSeconds(readSeconds),

@@ -29,15 +29,16 @@ public sealed unsafe class KvPagePool : IDisposable
     long _inUse, _allocated;
     bool _disposed;
 
-    /// <param name="tokenFloats">Elements of one token of one row: <c>kvH × D</c>.</param>
-    /// <param name="elementSize">Bytes per element of the cache dtype.</param>
-    public KvPagePool(int tokenFloats, int elementSize)
+    /// <param name="tokenElements">Elements of one token of one row: <c>kvH × D</c>.</param>
+    /// <param name="dtype">Storage of the pages: float32, bfloat16 or float16.</param>
+    public KvPagePool(int tokenElements, TorchSharp.torch.ScalarType dtype = TorchSharp.torch.ScalarType.Float32)
     {
-        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(tokenFloats);
-        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(elementSize);
-        (TokenElements, ElementSize) = (tokenFloats, elementSize);
-        PageBytes = 2L * LayerCache.PageTokens * tokenFloats * elementSize;
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(tokenElements);
+        (TokenElements, DType, ElementSize) = (tokenElements, dtype, LayerCache.ElementSize(dtype));
+        PageBytes = 2L * LayerCache.PageTokens * tokenElements * ElementSize;
     }
+
+    public TorchSharp.torch.ScalarType DType { get; }
 
     /// <summary>Elements of one token of one row (<c>kvH × D</c>): a page is twice <see cref="LayerCache.PageTokens"/> of them.</summary>
     public int TokenElements { get; }

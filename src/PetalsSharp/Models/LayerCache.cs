@@ -27,6 +27,7 @@ public sealed unsafe class LayerCache : IDisposable
     readonly IKvAccount? _account;
     readonly nint[] _keyTable, _valueTable;   // [B, pagesPerRow] pinned: the fused kernels hold their addresses
     readonly int _pagesPerRow;
+    readonly KvKind _kind;
     int _held;                                // pages held by every row: rows of a session advance together
 
     /// <summary>A cache drawing on <paramref name="pool"/> and charging <paramref name="account"/> (null: no limit).</summary>
@@ -37,7 +38,7 @@ public sealed unsafe class LayerCache : IDisposable
 
     /// <summary>A cache with a pool of its own (tests and one-off tools).</summary>
     public LayerCache(int batch, int maxLength, int kvHeads, int headDim, ScalarType dtype = ScalarType.Float32)
-        : this(batch, maxLength, kvHeads, headDim, dtype, new KvPagePool(kvHeads * headDim, ElementSize(dtype)), null, ownsPool: true)
+        : this(batch, maxLength, kvHeads, headDim, dtype, new KvPagePool(kvHeads * headDim, dtype), null, ownsPool: true)
     {
     }
 
@@ -45,11 +46,12 @@ public sealed unsafe class LayerCache : IDisposable
     {
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(batch);
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(maxLength);
-        if (pool.TokenElements != kvHeads * headDim || pool.ElementSize != ElementSize(dtype))
-            throw new ArgumentException($"pool pages hold {pool.TokenElements} elements of {pool.ElementSize} bytes per token; this cache needs {kvHeads * headDim} of {ElementSize(dtype)}");
+        if (pool.TokenElements != kvHeads * headDim || pool.DType != dtype)
+            throw new ArgumentException($"pool pages hold {pool.TokenElements} {pool.DType} elements per token; this cache needs {kvHeads * headDim} {dtype}");
         (Batch, MaxLength, KvHeads, HeadDim, DType) = (batch, maxLength, kvHeads, headDim, dtype);
         (_pool, _account, _ownsPool) = (pool, account, ownsPool);
         _pagesPerRow = (maxLength + PageTokens - 1) / PageTokens;
+        _kind = dtype switch { ScalarType.BFloat16 => KvKind.BFloat16, ScalarType.Float16 => KvKind.Float16, _ => KvKind.Float32 };
         _keyTable = GC.AllocateArray<nint>(batch * _pagesPerRow, pinned: true);
         _valueTable = GC.AllocateArray<nint>(batch * _pagesPerRow, pinned: true);
     }
@@ -182,14 +184,12 @@ public sealed unsafe class LayerCache : IDisposable
             }
     }
 
-    /// <summary>Page tables for the fused kernels (float32 caches only), valid while the cache lives.</summary>
+    /// <summary>Page tables for the fused kernels, valid while the cache lives.</summary>
     public KvPages Pages()
     {
-        if (DType != ScalarType.Float32)
-            throw new InvalidOperationException($"the fused kernels need a float32 cache, this one is {DType}");
         var keys = (nint*)Unsafe.AsPointer(ref MemoryMarshal.GetArrayDataReference(_keyTable));
         var values = (nint*)Unsafe.AsPointer(ref MemoryMarshal.GetArrayDataReference(_valueTable));
-        return new KvPages(keys, values, _pagesPerRow, MaxLength, KvHeads, HeadDim);
+        return new KvPages(keys, values, _pagesPerRow, MaxLength, KvHeads, HeadDim, _kind);
     }
 
     internal static int ElementSize(ScalarType t) => t switch

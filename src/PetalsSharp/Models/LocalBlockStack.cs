@@ -20,7 +20,7 @@ public sealed class LocalBlockStack : IBlockStack
         _pages = pages ?? new Lazy<KvPagePool>(() =>
         {
             var (kvHeads, headDim) = _blocks![0].CacheShape;
-            return new KvPagePool(kvHeads * headDim, LayerCache.ElementSize(ScalarType.Float32));
+            return new KvPagePool(kvHeads * headDim, _cacheDType);
         });
         if (blocks.Count == 0) throw new ArgumentException("a block stack needs at least one block");
         for (int i = 1; i < blocks.Count; i++)
@@ -86,6 +86,25 @@ public sealed class LocalBlockStack : IBlockStack
     /// <summary>The KV pages every session of this stack and its slices draws on.</summary>
     public KvPagePool Pages => _pages.Value;
 
+    ScalarType _cacheDType = ScalarType.Float32;
+
+    /// <summary>
+    /// How KV pages store keys and values: float32 (default, exact), bfloat16 or float16 (half the bytes; attention
+    /// still computes in float32). Set it before the first session: the page pool is made once, for one dtype.
+    /// </summary>
+    public ScalarType CacheDType
+    {
+        get => _pages.IsValueCreated ? _pages.Value.DType : _cacheDType;
+        set
+        {
+            LayerCache.ElementSize(value);   // throws on a dtype a page cannot hold
+            if (!_ownsBlocks) throw new InvalidOperationException("a slice shares its stack's pages; set the KV dtype on the stack");
+            if (_pages.IsValueCreated && _pages.Value.DType != value)
+                throw new InvalidOperationException("the KV dtype is set before the first session opens");
+            _cacheDType = value;
+        }
+    }
+
     /// <summary>Bytes of KV cache one token of one row needs across the stack.</summary>
     public long CacheBytesPerToken(ScalarType dtype) =>
         _blocks.Sum(b => 2L * b.CacheShape.KvHeads * b.CacheShape.HeadDim) * ElementSize(dtype);
@@ -122,7 +141,7 @@ public sealed class LocalBlockSession : IBlockSession
         _stack = stack;
         Options = options;
         // Pages come as the session grows (Admit), so opening costs nothing but the page tables.
-        _caches = stack.Blocks.Select(b => b.AllocateCache(options.Batch, options.MaxLength, ScalarType.Float32, stack.Pages, account)).ToArray();
+        _caches = stack.Blocks.Select(b => b.AllocateCache(options.Batch, options.MaxLength, stack.Pages.DType, stack.Pages, account)).ToArray();
     }
 
     public int Position { get; private set; }

@@ -37,8 +37,8 @@ internal sealed class ServedSpan
         NativeHeap.Trim();   // what loading freed (file chunks being quantized, conversions) is not kept resident
         try
         {
-            // Sessions always keep float32 caches (LocalBlockSession), whatever dtype holds the weights.
-            return new ServedSpan(stack, fingerprints, options.ResolveCacheTokens(stack.CacheBytesPerToken(ScalarType.Float32)), options.MaxCacheShare);
+            stack.CacheDType = options.ResolvedKvDtype;
+            return new ServedSpan(stack, fingerprints, options.ResolveCacheTokens(stack.CacheBytesPerToken(stack.CacheDType)), options.MaxCacheShare);
         }
         catch
         {

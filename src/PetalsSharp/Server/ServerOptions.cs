@@ -71,6 +71,15 @@ public sealed record ServerOptions
     /// <summary>The block format the served linears are packed in at load (none: exact, in <see cref="WeightDtype"/>).</summary>
     public Models.Quant.QuantFormat Quant { get; init; } = Models.Quant.QuantFormat.None;
 
+    /// <summary>
+    /// How KV pages store keys and values; null follows the weights as HF and Petals do (a bfloat16 or float16
+    /// checkpoint gets a cache of its dtype, float32 stays exact). Attention computes in float32 either way.
+    /// </summary>
+    public ScalarType? KvDtype { get; init; }
+
+    /// <summary><see cref="KvDtype"/>, or the weights' dtype when it is not given.</summary>
+    public ScalarType ResolvedKvDtype => KvDtype ?? (WeightDtype is ScalarType.BFloat16 or ScalarType.Float16 ? WeightDtype : ScalarType.Float32);
+
     /// <summary>KV-cache room in (row × position) slots for the whole span; default <see cref="DefaultCacheTokens"/>.</summary>
     public long? CacheTokens { get; init; }
 
@@ -187,7 +196,7 @@ public sealed record ServerOptions
 
     /// <summary>
     /// Blocks that fit in <paramref name="budgetBytes"/>: each costs its weights in the served dtype (+1%, as
-    /// Petals) plus its share of the KV cache (<see cref="CacheTokens"/> float32 tokens per block; a
+    /// Petals) plus its share of the KV cache (<see cref="CacheTokens"/> tokens per block in <see cref="ResolvedKvDtype"/>; a
     /// <see cref="CacheBytes"/> budget is for the whole span and comes off the top). At least 1, at most the model.
     /// </summary>
     public int BlocksForMemory(ModelConfig config, long budgetBytes)
@@ -196,7 +205,7 @@ public sealed record ServerOptions
         double elementSize = Quant != Models.Quant.QuantFormat.None ? Models.Quant.QuantFormats.ResidentBitsPerWeight(Quant) / 8
             : WeightDtype is ScalarType.BFloat16 or ScalarType.Float16 ? 2 : 4;
         long blockBytes = (long)(parameters * elementSize * 1.01);
-        long kvBytesPerToken = 2L * config.NumKvHeads * config.HeadDim * sizeof(float);
+        long kvBytesPerToken = 2L * config.NumKvHeads * config.HeadDim * (ResolvedKvDtype == ScalarType.Float32 ? 4 : 2);
         long perBlock = CacheBytes is { } total ? blockBytes : blockBytes + (CacheTokens ?? DefaultCacheTokens) * kvBytesPerToken;
         long room = budgetBytes - (CacheBytes ?? 0);
         return (int)Math.Clamp(room / Math.Max(1, perBlock), 1, config.NumLayers);

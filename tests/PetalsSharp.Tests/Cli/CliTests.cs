@@ -39,6 +39,7 @@ public sealed class CliTests
     [InlineData("bad-ids", "is not a non-negative token id")]
     [InlineData("id-out-of-vocab", "outside the vocabulary")]
     [InlineData("bad-dtype", "--dtype must be f32, bf16 or f16")]
+    [InlineData("bad-kv-dtype", "--kv-dtype must be f32, bf16 or f16")]
     [InlineData("no-input", "give either --prompt or --input-ids")]
     [InlineData("bad-top-p", "top_p must be in (0, 1]")]
     public async Task Bad_input_gets_one_line_and_a_nonzero_exit(string scenario, string expected)
@@ -49,6 +50,7 @@ public sealed class CliTests
             "bad-ids" => ["generate", "--model", Fixture, "--input-ids", "1,x;3"],
             "id-out-of-vocab" => ["inspect", "--model", Fixture, "--input-ids", "1,99999", "--json"],
             "bad-dtype" => ["generate", "--model", Fixture, "--input-ids", "1,2", "--dtype", "int3"],
+            "bad-kv-dtype" => ["server", "--model", Fixture, "--blocks", "0:2", "--port", "0", "--kv-dtype", "int8"],
             "no-input" => ["generate", "--model", Fixture],
             "bad-top-p" => ["generate", "--model", Fixture, "--input-ids", "1,2", "--top-p", "0"],
             _ => throw new ArgumentException(scenario),

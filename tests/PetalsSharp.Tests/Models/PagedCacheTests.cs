@@ -13,7 +13,7 @@ public sealed class PagedCacheTests
 {
     const int KvHeads = 2, HeadDim = 4, P = LayerCache.PageTokens;
 
-    static KvPagePool Pool() => new(KvHeads * HeadDim, sizeof(float));
+    static KvPagePool Pool() => new(KvHeads * HeadDim);
 
     static Tensor Rand(int batch, int tokens) => randn(batch, KvHeads, tokens, HeadDim);   // [B, kvH, T, D]
 

@@ -172,7 +172,9 @@ public sealed class ServerComputeTests(ServerFixture f) : IClassFixture<ServerFi
         var before = f.Server.CacheTokensLeft;
         using (var remote = await f.Client.OpenAsync(ServerClient.Open(2, 100, id: "count")))
         {
-            Assert.Equal(before - 200, remote.Opened.CacheTokensLeft);
+            Assert.Equal(before, remote.Opened.CacheTokensLeft);              // pages come with tokens, not with max_length
+            await remote.StepAsync(randn(2, 20, 64));                          // two pages of each row
+            Assert.Equal(before - 2 * 2 * PetalsSharp.Models.LayerCache.PageTokens, f.Server.CacheTokensLeft);
             await remote.CloseAsync();
         }
         await Eventually.TrueAsync(() => f.Server.ActiveSessions == 0 && f.Server.CacheTokensLeft == before);

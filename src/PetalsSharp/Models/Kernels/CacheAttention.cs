@@ -45,10 +45,8 @@ public static unsafe class CacheAttention
         int d = cache.HeadDim;
         int lo = slidingWindow is { } w ? Math.Max(0, qpos - w + 1) : 0, n = qpos - lo + 1;
         float scale = 1f / MathF.Sqrt(d);
-        var qs = new ReadOnlySpan<float>(q, d);
         for (int j = lo; j <= qpos; j++)
-            scores[j - lo] = j < pad && j != qpos ? float.NegativeInfinity
-                : TensorPrimitives.Dot(qs, new ReadOnlySpan<float>(cache.Key(row, j, kvHead), d)) * scale;
+            scores[j - lo] = j < pad && j != qpos ? float.NegativeInfinity : cache.DotKey(q, row, j, kvHead) * scale;
         // Added after the scaled dot, as the reference adds its bias: once per query, so no key loop tests for it.
         alibi?.AddTo(new Span<float>(scores, n), head, lo, pad);
         float max = float.NegativeInfinity;
@@ -63,7 +61,7 @@ public static unsafe class CacheAttention
             if (float.IsNegativeInfinity(s)) continue;
             float p = MathF.Exp(s - max);
             sum += p;
-            TensorPrimitives.MultiplyAdd(new ReadOnlySpan<float>(cache.Value(row, j, kvHead), d), p, outSpan, outSpan);
+            cache.AddValue(p, row, j, kvHead, output);
         }
         TensorPrimitives.Multiply(outSpan, 1f / sum, outSpan);
     }

@@ -68,7 +68,7 @@ public sealed unsafe class FusedQkvAttention
 
     /// <summary>
     /// Phase 2: query heads to <c>q [R, heads·D]</c>, keys and values to the cache at [past, past+T), rotating q and k
-    /// when the block has rotary (k in its cache slot, saving a copy). One (row, head) per work item.
+    /// when the block has rotary (k where it was projected, before it is stored). One (row, head) per work item.
     /// </summary>
     public void Split(FusedStep step, int worker, int workers)
     {
@@ -90,11 +90,11 @@ public sealed unsafe class FusedQkvAttention
             }
             int kvHead = head - _heads, b = r / step.Tokens, pos = step.PastOf(b) + r % step.Tokens, local = step.LocalRow(b);
             ref readonly var cache = ref step.PagesOf(b);
-            float* key = cache.Key(local, pos, kvHead);
             float* group = row + (long)kvHead * groupStride + (long)g * d;   // its k, then its v
-            new ReadOnlySpan<float>(group, d).CopyTo(new Span<float>(key, d));
-            new ReadOnlySpan<float>(group + d, d).CopyTo(new Span<float>(cache.Value(local, pos, kvHead), d));
-            if (_rotary is not null) RowKernels.Rotate(key, c, s, d);
+            // Rotated where it was projected (this step's scratch), then stored in the cache's format.
+            if (_rotary is not null) RowKernels.Rotate(group, c, s, d);
+            cache.WriteKey(local, pos, kvHead, group);
+            cache.WriteValue(local, pos, kvHead, group + d);
         }
     }
 

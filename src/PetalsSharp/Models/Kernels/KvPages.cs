@@ -1,29 +1,51 @@
 namespace PetalsSharp.Models.Kernels;
 
+/// <summary>How a KV page stores its elements.</summary>
+public enum KvKind : byte { Float32, BFloat16, Float16 }
+
 /// <summary>
 /// One block's KV cache as the fused kernels address it: token <c>pos</c> of batch row <c>row</c> lives in page
-/// <c>pos / PageTokens</c> of that row, at slot <c>pos % PageTokens</c>, as <c>[kvH, D]</c> float32. The page tables
-/// are <c>[rows, pagesPerRow]</c> pointers (<see cref="LayerCache"/> fills them from its <see cref="KvPagePool"/>);
-/// a page a row has not reached yet is null and never read.
+/// <c>pos / PageTokens</c> of that row, at slot <c>pos % PageTokens</c>, as <c>[kvH, D]</c> elements of
+/// <see cref="Kind"/>. The page tables are <c>[rows, pagesPerRow]</c> pointers (<see cref="LayerCache"/> fills them
+/// from its <see cref="KvPagePool"/>); a page a row has not reached yet is null and never read. Kernels write and read
+/// through <see cref="WriteKey"/>, <see cref="DotKey"/> and friends, which convert 16-bit storage to and from float32
+/// (round to nearest even, as the reference path's <c>to(dtype)</c>), so compute is float32 whatever the storage.
 /// </summary>
-public readonly unsafe struct KvPages(nint* keyPages, nint* valuePages, int pagesPerRow, int maxLength, int kvHeads, int headDim)
+public readonly unsafe struct KvPages(nint* keyPages, nint* valuePages, int pagesPerRow, int maxLength, int kvHeads, int headDim,
+    KvKind kind = KvKind.Float32)
 {
     public int MaxLength { get; } = maxLength;
     public int KvHeads { get; } = kvHeads;
     public int HeadDim { get; } = headDim;
+    public KvKind Kind { get; } = kind;
 
-    /// <summary>Floats per token: one page slot.</summary>
+    /// <summary>Elements per token: one page slot.</summary>
     public int TokenStride => KvHeads * HeadDim;
 
-    long Slot(int pos, int head) => (long)(pos % LayerCache.PageTokens) * TokenStride + (long)head * HeadDim;
+    int ElementSize => Kind == KvKind.Float32 ? 4 : 2;
 
-    /// <summary>Key <c>[D]</c> of KV head <paramref name="head"/> at token <paramref name="pos"/> of <paramref name="row"/>.</summary>
-    public float* Key(int row, int pos, int head) =>
-        (float*)keyPages[(long)row * pagesPerRow + pos / LayerCache.PageTokens] + Slot(pos, head);
+    byte* At(nint* table, int row, int pos, int head) => (byte*)table[(long)row * pagesPerRow + pos / LayerCache.PageTokens]
+        + ((long)(pos % LayerCache.PageTokens) * TokenStride + (long)head * HeadDim) * ElementSize;
 
-    /// <summary>Value <c>[D]</c> of KV head <paramref name="head"/> at token <paramref name="pos"/> of <paramref name="row"/>.</summary>
-    public float* Value(int row, int pos, int head) =>
-        (float*)valuePages[(long)row * pagesPerRow + pos / LayerCache.PageTokens] + Slot(pos, head);
+    /// <summary>Key <c>[D]</c> of KV head <paramref name="head"/> at token <paramref name="pos"/> of <paramref name="row"/>, in place (float32 storage only).</summary>
+    public float* Key(int row, int pos, int head) => Kind == KvKind.Float32 ? (float*)At(keyPages, row, pos, head)
+        : throw new InvalidOperationException("a 16-bit cache has no float32 keys to point at; use DotKey");
+
+    /// <summary>Value <c>[D]</c> at token <paramref name="pos"/>, in place (float32 storage only).</summary>
+    public float* Value(int row, int pos, int head) => Kind == KvKind.Float32 ? (float*)At(valuePages, row, pos, head)
+        : throw new InvalidOperationException("a 16-bit cache has no float32 values to point at; use AddValue");
+
+    /// <summary>Stores <paramref name="key"/> <c>[D]</c> at token <paramref name="pos"/> of <paramref name="row"/>.</summary>
+    public void WriteKey(int row, int pos, int head, float* key) => KvConvert.Store(key, At(keyPages, row, pos, head), HeadDim, Kind);
+
+    /// <summary>Stores <paramref name="value"/> <c>[D]</c> at token <paramref name="pos"/> of <paramref name="row"/>.</summary>
+    public void WriteValue(int row, int pos, int head, float* value) => KvConvert.Store(value, At(valuePages, row, pos, head), HeadDim, Kind);
+
+    /// <summary><c>q · key</c> of token <paramref name="pos"/>.</summary>
+    public float DotKey(float* q, int row, int pos, int head) => KvConvert.Dot(q, At(keyPages, row, pos, head), HeadDim, Kind);
+
+    /// <summary><c>acc += p · value</c> of token <paramref name="pos"/>.</summary>
+    public void AddValue(float p, int row, int pos, int head, float* acc) => KvConvert.MultiplyAdd(At(valuePages, row, pos, head), p, acc, HeadDim, Kind);
 
     /// <summary>
     /// Page tables over token-major <c>[rows, maxLength, kvH, D]</c> storage (tests and tools that hold plain

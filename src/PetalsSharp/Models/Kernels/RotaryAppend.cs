@@ -71,8 +71,8 @@ public static unsafe class RotaryAppend
             if (rotate) RowKernels.Rotate(key, c, s, d);
             int b = r / step.Tokens, pos = step.PastOf(b) + r % step.Tokens, row = step.LocalRow(b);
             ref readonly var cache = ref step.PagesOf(b);
-            new ReadOnlySpan<float>(key, d).CopyTo(new Span<float>(cache.Key(row, pos, kvHead), d));
-            new ReadOnlySpan<float>(v + ((long)r * kvHeads + kvHead) * d, d).CopyTo(new Span<float>(cache.Value(row, pos, kvHead), d));
+            cache.WriteKey(row, pos, kvHead, key);
+            cache.WriteValue(row, pos, kvHead, v + ((long)r * kvHeads + kvHead) * d);
         }
     }
 }
