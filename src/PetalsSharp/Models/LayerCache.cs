@@ -28,7 +28,8 @@ public sealed unsafe class LayerCache : IDisposable
     readonly nint[] _keyTable, _valueTable;   // [B, pagesPerRow] pinned: the fused kernels hold their addresses
     readonly int _pagesPerRow;
     readonly KvKind _kind;
-    int _held;                                // pages held by every row: rows of a session advance together
+    int _held;                                // page index bound of every row: rows of a session advance together
+    int _dropped;                             // leading pages given back: a sliding window never reads them again
 
     /// <summary>A cache drawing on <paramref name="pool"/> and charging <paramref name="account"/> (null: no limit).</summary>
     public LayerCache(int batch, int maxLength, int kvHeads, int headDim, ScalarType dtype, KvPagePool pool, IKvAccount? account = null)
@@ -66,10 +67,13 @@ public sealed unsafe class LayerCache : IDisposable
     public int Room => Math.Min(MaxLength, _held * PageTokens);
 
     /// <summary>Bytes this cache holds: its pages.</summary>
-    public long Bytes => (long)_held * Batch * _pool.PageBytes;
+    public long Bytes => (long)PagesHeld * _pool.PageBytes;
 
     /// <summary>Pages this cache holds, over all rows.</summary>
-    public int PagesHeld => _held * Batch;
+    public int PagesHeld => (_held - _dropped) * Batch;
+
+    /// <summary>First token still held: tokens before it went with <see cref="DropBefore"/>.</summary>
+    public int FirstKept => _dropped * PageTokens;
 
     long TokenBytes => (long)KvHeads * HeadDim * _pool.ElementSize;
 
@@ -99,14 +103,32 @@ public sealed unsafe class LayerCache : IDisposable
     {
         int keep = (Math.Max(0, length) + PageTokens - 1) / PageTokens;
         if (keep >= _held) return;
-        for (int p = keep; p < _held; p++)
+        Release(Math.Max(keep, _dropped), _held);
+        _held = keep;
+        _dropped = Math.Min(_dropped, keep);
+    }
+
+    /// <summary>
+    /// Gives back the whole pages before token <paramref name="token"/>: a sliding window's queries never look that
+    /// far back again. Reads of those tokens see zeros (the reference path masks them).
+    /// </summary>
+    public void DropBefore(int token)
+    {
+        int drop = Math.Min(Math.Max(0, token) / PageTokens, _held);
+        if (drop <= _dropped) return;
+        Release(_dropped, drop);
+        _dropped = drop;
+    }
+
+    void Release(int from, int to)
+    {
+        for (int p = from; p < to; p++)
             for (int r = 0; r < Batch; r++)
             {
                 _pool.Return(_keyTable[r * _pagesPerRow + p]);
                 _keyTable[r * _pagesPerRow + p] = _valueTable[r * _pagesPerRow + p] = 0;
             }
-        _account?.Give((_held - keep) * Batch);
-        _held = keep;
+        if (to > from) _account?.Give((to - from) * Batch);
     }
 
     /// <summary>
@@ -154,8 +176,9 @@ public sealed unsafe class LayerCache : IDisposable
             for (int pos = 0; pos < length; pos += PageTokens)
             {
                 int run = Math.Min(PageTokens, length - pos);
-                Buffer.MemoryCopy((byte*)table[b * _pagesPerRow + pos / PageTokens], dst + ((long)b * length + pos) * TokenBytes,
-                    run * TokenBytes, run * TokenBytes);
+                byte* page = (byte*)table[b * _pagesPerRow + pos / PageTokens], to = dst + ((long)b * length + pos) * TokenBytes;
+                if (page == null) new Span<byte>(to, (int)(run * TokenBytes)).Clear();   // dropped behind a sliding window
+                else Buffer.MemoryCopy(page, to, run * TokenBytes, run * TokenBytes);
             }
         var heads = rows.permute(0, 2, 1, 3);                                 // [B, kvH, S, D]
         return DType == dtype && device.type == TorchSharp.DeviceType.CPU ? heads : heads.to(dtype, device);
@@ -174,7 +197,7 @@ public sealed unsafe class LayerCache : IDisposable
         long pageBytes = _pool.PageBytes;
         var scratch = new byte[Batch * pageBytes];
         fixed (byte* old = scratch)
-            for (int p = 0; p < _held; p++)
+            for (int p = _dropped; p < _held; p++)
             {
                 // Keys and values share one page, so one copy moves both.
                 for (int r = 0; r < Batch; r++)

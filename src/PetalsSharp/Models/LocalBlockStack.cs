@@ -169,7 +169,7 @@ public sealed class LocalBlockSession : IBlockSession
         var output = Kernels.FusedDecode.Applies(hidden, ctx, _caches, options?.Prompts is not null) && Plans() is { } plans
             ? RunFused(plans, hidden, ctx, options?.OnBlockOutput)
             : _stack.Run(hidden, ctx, _caches, options?.OnBlockOutput, options?.Prompts);
-        Position = start + t;
+        Moved(start + t);
         return output.MoveToOuterDisposeScope();
     }
 
@@ -177,6 +177,9 @@ public sealed class LocalBlockSession : IBlockSession
     internal int Admit(Tensor hidden, StepOptions? options)
     {
         var start = StepChecks.Step(hidden, options, Options, Position, _stack.Config);
+        if (start < Position && _caches.Length > 0 && _stack.Config.AttentionWindow is { } window && start - window + 1 < _caches[0].FirstKept)
+            throw new ArgumentOutOfRangeException(nameof(options),
+                $"start_from_position {start} needs keys from {Math.Max(0, start - window + 1)}, but the sliding window ({window}) kept them only from {_caches[0].FirstKept}");
         // Pages first: a full pool refuses the step here, before the reorder or any block has changed the cache.
         int end = start + (int)hidden.shape[1];
         foreach (var c in _caches) c.EnsureLength(end);
@@ -195,8 +198,19 @@ public sealed class LocalBlockSession : IBlockSession
     /// <summary>Records a step that ran as part of a joint pass (<see cref="JointSteps"/>).</summary>
     internal void Advanced(int start, int tokens)
     {
-        Position = start + tokens;
+        Moved(start + tokens);
         FusedSteps++;
+    }
+
+    /// <summary>
+    /// The session's new position. A sliding window then gives back the pages no later query reads, keeping one page
+    /// more for short rollbacks (speculative decoding takes back a few tokens).
+    /// </summary>
+    void Moved(int position)
+    {
+        Position = position;
+        if (_stack.Config.AttentionWindow is { } window)
+            foreach (var c in _caches) c.DropBefore(position - window + 1 - LayerCache.PageTokens);
     }
 
     internal LocalBlockStack Stack => _stack;

@@ -16,6 +16,7 @@ public sealed record MixtralConfig : RotaryConfig
     public int? SlidingWindow { get; init; }
 
     public override IModelFamily Family => MixtralFamily.Instance;
+    public override int? AttentionWindow => SlidingWindow;
     protected override string Architecture => "MixtralForCausalLM";
 
     public override void Validate(string source)

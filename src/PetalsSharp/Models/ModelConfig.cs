@@ -42,6 +42,9 @@ public abstract record ModelConfig
     /// <summary>The family implementation that builds blocks for this config.</summary>
     public abstract IModelFamily Family { get; }
 
+    /// <summary>Keys a query may see (itself included) when attention slides; null = all. A cache keeps only these.</summary>
+    public virtual int? AttentionWindow => null;
+
     /// <summary>HF <c>architectures</c> entry, e.g. "LlamaForCausalLM".</summary>
     protected abstract string Architecture { get; }
 
