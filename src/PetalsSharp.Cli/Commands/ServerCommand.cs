@@ -26,6 +26,7 @@ public static class ServerCommand
         var quant = Cli.QuantOption("the served blocks' linears (Mixtral's router stays exact)");
         var cacheTokens = new Option<long?>("--cache-tokens") { Description = $"KV-cache room in tokens of one row across the span (default {ServerOptions.DefaultCacheTokens})" };
         var cacheBytes = new Option<long?>("--cache-bytes") { Description = "KV-cache room in bytes (instead of --cache-tokens)" };
+        var overcommit = new Option<double>("--cache-overcommit") { Description = "Admit sessions whose max_length promises add up to this multiple of the cache (≥ 1; memory is taken only as sessions grow); above 1 a step may find the cache full and be answered busy", DefaultValueFactory = _ => 1 };
         var kvDtype = new Option<string?>("--kv-dtype") { Description = "How the KV cache stores keys and values: f32, bf16 or f16 (default: the weights' dtype, so an f32 model stays exact); attention computes in f32" };
         var maxSession = new Option<int?>("--max-session-length") { Description = "Largest max_length a session may ask for (default min(max_position_embeddings, 8192))" };
         var idle = new Option<double>("--session-idle-timeout") { Description = "Seconds without a step that runs tokens before a session is closed and its cache freed (steps without tokens do not count)", DefaultValueFactory = _ => 300 };
@@ -47,7 +48,7 @@ public static class ServerCommand
         var dhtPrefix = new Option<string?>("--dht-prefix") { Description = "DHT key prefix (default: the model folder's name, '.' and ' ' as '-')" };
         var cmd = new Command("server", "Serve a span of a model's transformer blocks over gRPC.\n\nExamples:\n  petals server -m ./my-model --blocks 0:12 --port 31330 --new-swarm\n  petals server -m ./my-model --blocks 12:24 --port 31331 --initial-peers 10.0.0.5:31330\n  petals server -m ./my-model --num-blocks 8 --initial-peers 10.0.0.5:31330")
         {
-            model, blocks, numBlocks, memoryBudget, placementDelay, rebalancePeriod, balanceThreshold, throughput, host, port, publicAddress, dtype, quant, cacheTokens, cacheBytes, kvDtype, maxSession, idle, cacheShare, readTimeout, requestMemory, requestTokens, prefillChunk,
+            model, blocks, numBlocks, memoryBudget, placementDelay, rebalancePeriod, balanceThreshold, throughput, host, port, publicAddress, dtype, quant, cacheTokens, cacheBytes, kvDtype, overcommit, maxSession, idle, cacheShare, readTimeout, requestMemory, requestTokens, prefillChunk,
             initialPeers, pushPeers, joinTimeout, newSwarm, identity, swarmKey, updatePeriod, publicName, dhtPrefix, metricsPort, adapters,
         };
         cmd.SetAction(async (pr, ct) =>
@@ -68,6 +69,8 @@ public static class ServerCommand
             double idleSeconds = pr.GetValue(idle);
             if (!(idleSeconds > 0) || idleSeconds > TimeSpan.MaxValue.TotalSeconds / 2)
                 throw new CliException($"--session-idle-timeout must be a positive number of seconds (got {idleSeconds})");
+            double over = pr.GetValue(overcommit);
+            if (!(over >= 1 && over <= 100)) throw new CliException($"--cache-overcommit must be in [1, 100] (got {over})");
             double share = pr.GetValue(cacheShare);
             if (!(share > 0 && share <= 1)) throw new CliException($"--max-cache-share must be in (0, 1] (got {share})");
             double readSeconds = pr.GetValue(readTimeout);
@@ -98,7 +101,7 @@ public static class ServerCommand
                 FetchBlocks = fetchBlocks,
                 CacheTokens = pr.GetValue(cacheTokens), CacheBytes = pr.GetValue(cacheBytes), KvDtype = requestedKvDtype,
                 MaxSessionLength = pr.GetValue(maxSession), SessionIdleTimeout = TimeSpan.FromSeconds(idleSeconds),
-                MaxCacheShare = share,
+                MaxCacheShare = share, CacheOvercommit = over,
                 RequestReadTimeout = TimeSpan.FromSeconds(readSeconds),
                 MaxRequestMemoryBytes = pr.GetValue(requestMemory) ?? 2L << 30,
                 MaxRequestTokens = pr.GetValue(requestTokens),

@@ -17,13 +17,13 @@ internal sealed class ServedSpan
     int _users;
     bool _retired;
 
-    ServedSpan(LocalBlockStack stack, IReadOnlyList<string> fingerprints, long cacheTokens, double maxCacheShare)
+    ServedSpan(LocalBlockStack stack, IReadOnlyList<string> fingerprints, long cacheTokens, double maxCacheShare, double overcommit)
     {
         Stack = stack;
         BlockFingerprints = fingerprints;
         WeightsFingerprint = Checkpoint.SpanFingerprint(fingerprints);
         WeightBytes = stack.Blocks.Sum(b => b.parameters().Sum(p => p.NumberOfElements * p.ElementSize));
-        CacheBudget = new CacheBudget(cacheTokens, Length, maxCacheShare);
+        CacheBudget = new CacheBudget(cacheTokens, Length, maxCacheShare, overcommit);
     }
 
     /// <summary>Reads blocks [start, end) from the checkpoint (reporting each loaded block to <paramref name="progress"/>).</summary>
@@ -38,7 +38,8 @@ internal sealed class ServedSpan
         try
         {
             stack.CacheDType = options.ResolvedKvDtype;
-            return new ServedSpan(stack, fingerprints, options.ResolveCacheTokens(stack.CacheBytesPerToken(stack.CacheDType)), options.MaxCacheShare);
+            return new ServedSpan(stack, fingerprints, options.ResolveCacheTokens(stack.CacheBytesPerToken(stack.CacheDType)), options.MaxCacheShare,
+                options.CacheOvercommit);
         }
         catch
         {

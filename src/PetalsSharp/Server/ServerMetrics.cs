@@ -29,8 +29,12 @@ internal sealed class ServerMetrics : IDisposable
             advice: new InstrumentAdvice<double> { HistogramBucketBoundaries = LatencyBuckets });
         _errors = Meter.CreateCounter<long>("petals.server.errors", description: "Failed RPCs by RPC kind and gRPC status");
         Meter.CreateObservableGauge("petals.server.sessions.open", () => server.ActiveSessions, description: "Open inference sessions");
-        Meter.CreateObservableGauge("petals.server.cache.tokens.used", () => CacheTokens(server).Used, description: "KV-cache room held by sessions, in tokens of one row across the span");
+        Meter.CreateObservableGauge("petals.server.cache.tokens.used", () => CacheTokens(server).Used, description: "KV-cache room promised to open sessions (their max_length), in tokens of one row across the span");
         Meter.CreateObservableGauge("petals.server.cache.tokens.total", () => CacheTokens(server).Total, description: "KV-cache room in all, in tokens of one row across the span");
+        Meter.CreateObservableGauge("petals.server.cache.tokens.held", () => HeldTokens(server),
+            description: "KV-cache pages sessions hold now (memory, as they grew), in tokens of one row across the span");
+        Meter.CreateObservableGauge("petals.server.kv.pages.bytes", () => server.Current?.Stack.Pages.AllocatedBytes ?? 0, unit: "By",
+            description: "Memory the KV page pool holds: the most pages in use at once (pages are recycled, not freed)");
         Meter.CreateObservableCounter("petals.server.batch.passes", () => server.Scheduler.Joined.Runs,
             description: "Fused passes of inference steps (continuous batching: one or more sessions per pass)");
         Meter.CreateObservableCounter("petals.server.batch.steps", () => server.Scheduler.Joined.Items,
@@ -38,6 +42,9 @@ internal sealed class ServerMetrics : IDisposable
     }
 
     public Meter Meter { get; }
+
+    static long HeldTokens(BlockServer server) =>
+        server.Current is { } span && span.End > span.Start ? span.CacheBudget.HeldSlots / (span.End - span.Start) : 0;
 
     static (long Used, long Total) CacheTokens(BlockServer server)
     {

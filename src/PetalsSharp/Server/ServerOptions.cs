@@ -93,6 +93,13 @@ public sealed record ServerOptions
     /// </summary>
     public double MaxCacheShare { get; init; } = 0.5;
 
+    /// <summary>
+    /// Sessions are promised their max_length's pages at open, up to this multiple of the cache (memory is taken only
+    /// as they grow). 1 (default): an admitted session never runs out of room. Above 1, more sessions are admitted and
+    /// a step that finds no page free is answered busy (the client replays it elsewhere).
+    /// </summary>
+    public double CacheOvercommit { get; init; } = 1;
+
     /// <summary>Largest max_length a session may ask for; default min(max_position_embeddings, 8192).</summary>
     public int? MaxSessionLength { get; init; }
 
@@ -230,6 +237,7 @@ public sealed record ServerOptions
         if (CacheBytes is < 0) throw new ArgumentException($"cache bytes {CacheBytes} is negative");
         if (MaxSessionLength is < 1) throw new ArgumentException($"max session length {MaxSessionLength} must be at least 1");
         if (!(MaxCacheShare > 0 && MaxCacheShare <= 1)) throw new ArgumentException($"max cache share {MaxCacheShare} must be in (0, 1]");
+        if (!(CacheOvercommit >= 1 && CacheOvercommit <= 100)) throw new ArgumentException($"--cache-overcommit must be in [1, 100] (got {CacheOvercommit})");
         if (SessionIdleTimeout <= TimeSpan.Zero) throw new ArgumentException("session idle timeout must be positive");
         // CancelAfter takes at most ~49 days; a day is already far past any real gap between chunks.
         if (RequestReadTimeout <= TimeSpan.Zero || RequestReadTimeout > TimeSpan.FromDays(1))

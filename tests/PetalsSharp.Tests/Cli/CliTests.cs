@@ -40,6 +40,7 @@ public sealed class CliTests
     [InlineData("id-out-of-vocab", "outside the vocabulary")]
     [InlineData("bad-dtype", "--dtype must be f32, bf16 or f16")]
     [InlineData("bad-kv-dtype", "--kv-dtype must be f32, bf16 or f16")]
+    [InlineData("bad-overcommit", "--cache-overcommit must be in [1, 100]")]
     [InlineData("no-input", "give either --prompt or --input-ids")]
     [InlineData("bad-top-p", "top_p must be in (0, 1]")]
     public async Task Bad_input_gets_one_line_and_a_nonzero_exit(string scenario, string expected)
@@ -51,6 +52,7 @@ public sealed class CliTests
             "id-out-of-vocab" => ["inspect", "--model", Fixture, "--input-ids", "1,99999", "--json"],
             "bad-dtype" => ["generate", "--model", Fixture, "--input-ids", "1,2", "--dtype", "int3"],
             "bad-kv-dtype" => ["server", "--model", Fixture, "--blocks", "0:2", "--port", "0", "--kv-dtype", "int8"],
+            "bad-overcommit" => ["server", "--model", Fixture, "--blocks", "0:2", "--port", "0", "--cache-overcommit", "0.5"],
             "no-input" => ["generate", "--model", Fixture],
             "bad-top-p" => ["generate", "--model", Fixture, "--input-ids", "1,2", "--top-p", "0"],
             _ => throw new ArgumentException(scenario),

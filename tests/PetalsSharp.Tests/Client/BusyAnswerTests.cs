@@ -19,21 +19,19 @@ public sealed class BusyAnswerTests
     public void A_full_cache_answers_busy_with_a_retry_hint_and_a_request_that_never_fits_without_one()
     {
         var budget = new CacheBudget(cacheTokens: 100, spanLength: 2);              // 200 slots
-        using var lease = budget.Open(1, 192, 1);
-        lease.Take(12);                                                             // 192 used
-        var full = Refusal(() => budget.Open(1, 40, 2));                            // its first pages need 32
+        using var lease = budget.Open(1, 80, 2);                                    // 160 promised
+        var full = Refusal(() => budget.Open(1, 40, 2));                            // 96 more
         Assert.Equal(StatusCode.ResourceExhausted, full.StatusCode);
         Assert.Equal("1000", full.Trailers.GetValue(Protocol.RetryPushbackTrailer));
         Assert.Equal(TimeSpan.FromSeconds(1), Retries.RetryHint(full));
         Assert.Equal(TimeSpan.FromSeconds(1), Retries.BusyFor(full));
-        Assert.NotNull(Retries.RetryHint(Refusal(() => lease.Take(1))));           // a growing session is told the same
 
         var never = Refusal(() => budget.Open(1, 101, 2));
         Assert.Equal(StatusCode.ResourceExhausted, never.StatusCode);
         Assert.Null(never.Trailers.GetValue(Protocol.RetryPushbackTrailer));
         Assert.Null(Retries.RetryHint(never));                    // nothing to wait for on this server
         Assert.Equal(Retries.DefaultBusyRetry, Retries.BusyFor(never));   // but route around it
-        Assert.Equal(192, budget.UsedSlots);                      // refusals took nothing
+        Assert.Equal(160, budget.PromisedSlots);                  // refusals took nothing
     }
 
     [Fact]
@@ -41,9 +39,8 @@ public sealed class BusyAnswerTests
     {
         var budget = new CacheBudget(cacheTokens: 100, spanLength: 1, maxClientShare: 0.5);
         Assert.Null(Retries.RetryHint(Refusal(() => budget.Open(1, 60, 1, "c"))));   // 4 pages: 64 slots > 50
-        using var lease = budget.Open(1, 48, 1, "c");
-        lease.Take(3);
-        Assert.NotNull(Retries.RetryHint(Refusal(() => budget.Open(1, 16, 1, "c"))));
+        using var lease = budget.Open(1, 32, 1, "c");
+        Assert.NotNull(Retries.RetryHint(Refusal(() => budget.Open(1, 20, 1, "c"))));
     }
 
     [Theory]

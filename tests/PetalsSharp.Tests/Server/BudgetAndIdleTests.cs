@@ -11,60 +11,88 @@ namespace PetalsSharp.Tests.Server;
 public sealed class BudgetTests(SmallCacheFixture f) : IClassFixture<SmallCacheFixture>
 {
     [Fact]
-    public async Task Sessions_take_pages_as_they_grow_and_a_step_that_does_not_fit_is_busy_while_others_continue()
+    public async Task A_session_that_does_not_fit_is_refused_while_others_continue_and_room_returns()
     {
         var span = f.Server.Current!;
         Assert.Equal(64, (await f.Client.Raw.InfoAsync(new InfoRequest())).CacheTokensLeft);   // 3 blocks × 64 = 192 slots
         var never = await Assert.ThrowsAsync<RpcException>(() => f.Client.OpenAsync(ServerClient.Open(1, 80, id: "never")));
         Assert.Equal(StatusCode.ResourceExhausted, never.StatusCode);
-        Assert.Contains("max_length 80", never.Status.Detail);
         Assert.Null(never.Trailers.GetValue(Protocol.RetryPushbackTrailer));   // nothing to wait for here
 
-        using var first = await f.Client.OpenAsync(ServerClient.Open(1, 64, id: "big"));
-        Assert.Equal(64, first.Opened.CacheTokensLeft);                        // opening takes no pages
-        await first.StepAsync(randn(1, 40, 64));                               // 3 pages of each block
-        Assert.Equal(16, f.Server.CacheTokensLeft);
+        using var first = await f.Client.OpenAsync(ServerClient.Open(1, 48, id: "big"));
+        Assert.Equal(16, first.Opened.CacheTokensLeft);                        // promised: three pages of each block
+        Assert.Equal(0, span.CacheBudget.HeldSlots);                            // held: nothing yet
 
-        using var second = await f.Client.OpenAsync(ServerClient.Open(1, 64, id: "second"));
-        var busy = await Assert.ThrowsAsync<RpcException>(() => second.StepAsync(randn(1, 20, 64)));   // 2 pages each, 1 free
-        Assert.Equal(StatusCode.ResourceExhausted, busy.StatusCode);
-        Assert.Contains("cache full", busy.Status.Detail);
-        Assert.NotNull(busy.Trailers.GetValue(Protocol.RetryPushbackTrailer));
+        var refused = await Assert.ThrowsAsync<RpcException>(() => f.Client.OpenAsync(ServerClient.Open(1, 32, id: "too-big")));
+        Assert.Equal(StatusCode.ResourceExhausted, refused.StatusCode);
+        Assert.Contains("cache full", refused.Status.Detail);
+        Assert.Contains("max_length 32", refused.Status.Detail);
+        Assert.NotNull(refused.Trailers.GetValue(Protocol.RetryPushbackTrailer));
 
-        var (_, position) = await first.StepAsync(randn(1, 5, 64));            // within its pages: goes on
-        Assert.Equal(45, position);
+        // A session over one block costs a third: 1 × 32 × 1 = 32 slots fit in the 48 left.
+        using (var small = await f.Client.OpenAsync(ServerClient.Open(1, 32, start: 2, end: 3, id: "one-block")))
+        {
+            Assert.Equal(5, small.Opened.CacheTokensLeft);   // (192 - 144 - 32) / 3
+            await small.CloseAsync();
+        }
+
+        var (_, position) = await first.StepAsync(randn(1, 5, 64));
+        Assert.Equal(5, position);
+        Assert.Equal(3 * 16, span.CacheBudget.HeldSlots);                       // memory follows the tokens: one page a block
+        await first.StepAsync(randn(1, 20, 64));
+        Assert.Equal(3 * 32, span.CacheBudget.HeldSlots);
+        Assert.Equal(3 * 2, span.Stack.Pages.PagesInUse);
         Assert.True(span.Stack.Pages.AllocatedBytes <= span.CacheBudget.TotalPages * span.Stack.Pages.PageBytes,
             $"{span.Stack.Pages.AllocatedBytes} bytes of pages for a budget of {span.CacheBudget.TotalPages} pages");
         await first.CloseAsync();
         await Eventually.TrueAsync(() => f.Server.CacheTokensLeft == 64 && f.Server.ActiveSessions == 0);
-        Assert.Equal(0, span.Stack.Pages.PagesInUse);
-
+        Assert.Equal((0L, 0L), (span.CacheBudget.HeldSlots, span.Stack.Pages.PagesInUse));
+        Assert.Equal(64, (await f.Client.Raw.InfoAsync(new InfoRequest())).CacheTokensLeft);
         using var again = await f.Client.OpenAsync(ServerClient.Open(1, 64, id: "all"));
-        await again.StepAsync(randn(1, 64, 64));
-        Assert.Equal(0, f.Server.CacheTokensLeft);
+        Assert.Equal(0, again.Opened.CacheTokensLeft);
         again.Call.Dispose();   // a client that vanishes (cancel) also gives its room back
         await Eventually.TrueAsync(() => f.Server.CacheTokensLeft == 64 && f.Server.ActiveSessions == 0);
     }
 
     [Fact]
-    public void Budget_counts_block_token_slots_of_whole_pages()
+    public void Budget_promises_whole_pages_at_open_and_counts_memory_as_pages_are_taken()
     {
-        var budget = new CacheBudget(100, 4);
-        Assert.Equal(400, budget.TotalSlots);
-        Assert.Equal(25, budget.TotalPages);
-        using (var lease = budget.Open(2, 30, 4))
+        var budget = new CacheBudget(100, 4);                                   // 400 slots
+        Assert.Equal((400L, 25L), (budget.TotalSlots, budget.TotalPages));
+        using (var lease = budget.Open(2, 30, 4))                               // 2 rows × 4 blocks × 2 pages
         {
-            Assert.Equal(0, lease.Slots);
-            lease.Take(2 * 4 * 2);                                             // 2 rows × 4 blocks × 2 pages
-            Assert.Equal(256, lease.Slots);
-            Assert.Equal(36, budget.CacheTokensLeft);                          // (400 - 256) / 4
-            lease.Give(8);                                                     // a rollback past a page boundary
-            Assert.Equal(128, lease.Slots);
-            var e = Assert.Throws<RpcException>(() => budget.Open(1, 101, 4)); // 7 pages × 16 × 4 = 448 > 400
+            Assert.Equal((256L, 0L), (lease.Promise, lease.Slots));
+            Assert.Equal(36, budget.CacheTokensLeft);                           // (400 - 256) / 4
+            lease.Take(8);                                                      // the first page of each row and block
+            Assert.Equal(128, budget.HeldSlots);
+            Assert.Throws<InvalidOperationException>(() => lease.Take(9));     // past its promise: a bug, not load
+            lease.Give(8);                                                      // a rollback past a page boundary
+            Assert.Equal(0, budget.HeldSlots);
+            var e = Assert.Throws<RpcException>(() => budget.Open(1, 41, 4));   // 3 pages × 16 × 4 = 192 > 144
             Assert.Equal(StatusCode.ResourceExhausted, e.StatusCode);
+            using var partial = budget.Open(1, 64, 2);                          // 128 of the 144
+            Assert.Equal(4, budget.CacheTokensLeft);
             lease.Dispose();   // twice is harmless
         }
-        Assert.Equal(0, budget.UsedSlots);
+        Assert.Equal((0L, 0L), (budget.PromisedSlots, budget.HeldSlots));
+    }
+
+    [Fact]
+    public void Overcommit_admits_more_sessions_and_a_step_past_the_memory_is_busy()
+    {
+        var budget = new CacheBudget(64, 1, overcommit: 2);                     // 64 slots of memory, 128 promisable
+        using var a = budget.Open(1, 64, 1);
+        using var b = budget.Open(1, 64, 1);
+        Assert.Throws<RpcException>(() => budget.Open(1, 16, 1));              // every promise given
+        a.Take(3);
+        b.Take(1);                                                              // all 64 slots held
+        var busy = Assert.Throws<RpcException>(() => b.Take(1));
+        Assert.Equal(StatusCode.ResourceExhausted, busy.StatusCode);
+        Assert.NotNull(busy.Trailers.GetValue(Protocol.RetryPushbackTrailer));
+        Assert.Contains("--cache-overcommit", busy.Status.Detail);
+        a.Give(1);
+        b.Take(1);
+        Assert.Equal(64, budget.HeldSlots);
     }
 }
 
@@ -82,9 +110,8 @@ public sealed class IdleTimeoutTests
         await server.StartAsync();
         using var client = new ServerClient(server.Address);
         using var session = await client.OpenAsync(ServerClient.Open(1, 40, id: "sleepy"));
-        Assert.Equal(100, session.Opened.CacheTokensLeft);   // opening takes no pages
-        await session.StepAsync(randn(1, 2, 64));   // a step resets the idle clock (and takes a page of each block)
-        Assert.Equal(100 - 16, server.CacheTokensLeft);
+        Assert.Equal(100 - 48, session.Opened.CacheTokensLeft);   // max_length 40 is promised as three pages
+        await session.StepAsync(randn(1, 2, 64));   // a step resets the idle clock
         var e = await Assert.ThrowsAsync<RpcException>(async () =>
         {
             while (await session.Call.ResponseStream.MoveNext(CancellationToken.None)) { }

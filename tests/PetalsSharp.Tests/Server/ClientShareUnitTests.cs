@@ -12,29 +12,26 @@ public sealed class ClientShareUnitTests
     public void One_client_holds_at_most_its_share_and_gets_it_back()
     {
         var budget = new CacheBudget(100, 2, maxClientShare: 0.5);                   // 200 slots, 100 per client
-        Assert.Equal(100, budget.MaxClientSlots);
-        var never = Assert.Throws<RpcException>(() => budget.Open(1, 51, 2, "1.2.3.4"));   // 4 pages × 2 blocks = 128 slots
-        Assert.Equal(StatusCode.ResourceExhausted, never.StatusCode);
-        Assert.Contains("max_cache_share 0.5", never.Status.Detail);
+        Assert.Equal(100, budget.MaxClientPromise);
+        var e = Assert.Throws<RpcException>(() => budget.Open(1, 51, 2, "1.2.3.4"));   // 4 pages × 2 blocks = 128 slots
+        Assert.Equal(StatusCode.ResourceExhausted, e.StatusCode);
+        Assert.Contains("client 1.2.3.4 already holds 0", e.Status.Detail);
+        Assert.Contains("max_cache_share 0.5", e.Status.Detail);
 
-        var first = budget.Open(1, 48, 2, "1.2.3.4");
-        Assert.Equal(0, budget.HeldBy("1.2.3.4"));                                 // opening takes nothing
-        first.Take(4);                                                              // 64 slots
-        using var second = budget.Open(1, 32, 2, "1.2.3.4");
-        second.Take(2);                                                             // 96 held
-        var share = Assert.Throws<RpcException>(() => second.Take(1));
-        Assert.Contains("already holds 96", share.Status.Detail);
-        Assert.Equal(96, budget.HeldBy("1.2.3.4"));
-        using var other = budget.Open(1, 48, 2, "5.6.7.8");
-        other.Take(6);                                                              // 192 of 200 used
-        var full = Assert.Throws<RpcException>(() => budget.Open(1, 16, 1, "9.9.9.9"));
+        var first = budget.Open(1, 32, 2, "1.2.3.4");                               // 64
+        using var second = budget.Open(1, 16, 2, "1.2.3.4");                        // 32 more
+        Assert.Equal(96, budget.PromisedTo("1.2.3.4"));
+        Assert.Equal(0, budget.HeldSlots);                                          // promises are not memory
+        Assert.Throws<RpcException>(() => budget.Open(1, 1, 1, "1.2.3.4"));
+        using var other = budget.Open(1, 48, 2, "5.6.7.8");                         // 192 promised in all
+        Assert.Equal(4, budget.CacheTokensLeft);
+        var full = Assert.Throws<RpcException>(() => budget.Open(1, 1, 1, "9.9.9.9"));
         Assert.Contains("cache full", full.Status.Detail);
 
         first.Dispose();
         first.Dispose();   // twice is harmless
-        first.Give(1);     // and so is a late give-back
-        Assert.Equal(32, budget.HeldBy("1.2.3.4"));
-        using var again = budget.Open(1, 16, 2, "9.9.9.9");
+        Assert.Equal(32, budget.PromisedTo("1.2.3.4"));
+        using var again = budget.Open(1, 32, 2, "1.2.3.4");
     }
 
     [Theory]

@@ -172,9 +172,10 @@ public sealed class ServerComputeTests(ServerFixture f) : IClassFixture<ServerFi
         var before = f.Server.CacheTokensLeft;
         using (var remote = await f.Client.OpenAsync(ServerClient.Open(2, 100, id: "count")))
         {
-            Assert.Equal(before, remote.Opened.CacheTokensLeft);              // pages come with tokens, not with max_length
-            await remote.StepAsync(randn(2, 20, 64));                          // two pages of each row
-            Assert.Equal(before - 2 * 2 * PetalsSharp.Models.LayerCache.PageTokens, f.Server.CacheTokensLeft);
+            Assert.Equal(before - 2 * 112, remote.Opened.CacheTokensLeft);   // max_length 100 is promised as 7 pages a row
+            Assert.Equal(0, f.Server.Current!.CacheBudget.HeldSlots);          // but holds no memory before a step
+            await remote.StepAsync(randn(2, 20, 64));
+            Assert.Equal(2 * 2 * 16 * (f.Server.End - f.Server.Start), f.Server.Current!.CacheBudget.HeldSlots);   // two pages a row and block
             await remote.CloseAsync();
         }
         await Eventually.TrueAsync(() => f.Server.ActiveSessions == 0 && f.Server.CacheTokensLeft == before);
