@@ -20,7 +20,8 @@ public interface IKvAccount
 /// tokens of keys then as many of values, <c>[2, PageTokens, kvH, D]</c>, for one row of one block. A session takes
 /// pages as its rows grow and gives them back on rollback and close, so memory follows the tokens actually cached,
 /// not every session's <c>max_length</c>. Pages are allocated one at a time on first need and then recycled: the
-/// memory held is the most pages ever in use at once, which a server's budget (<see cref="IKvAccount"/>) bounds.
+/// memory held is the most pages in use at once, which a server's budget (<see cref="IKvAccount"/>) bounds, until an
+/// idle server trims the free ones (<see cref="TrimFree"/>).
 /// </summary>
 public sealed unsafe class KvPagePool : IDisposable
 {
@@ -48,7 +49,7 @@ public sealed unsafe class KvPagePool : IDisposable
     /// <summary>Pages held by sessions now.</summary>
     public long PagesInUse { get { lock (_lock) return _inUse; } }
 
-    /// <summary>Bytes this pool holds from the system: the high-water mark of pages in use.</summary>
+    /// <summary>Bytes this pool holds from the system: the most pages in use at once since the last <see cref="TrimFree"/>.</summary>
     public long AllocatedBytes { get { lock (_lock) return _allocated * PageBytes; } }
 
     /// <summary>A cleared page. Pages are recycled across sessions, so one never sees another's keys.</summary>
@@ -77,6 +78,17 @@ public sealed unsafe class KvPagePool : IDisposable
             if (_disposed) NativeMemory.AlignedFree((void*)page);
             else _free.Push(page);
         }
+    }
+
+    /// <summary>Frees the pages no session holds, so an idle server does not keep its busiest moment's cache.</summary>
+    public void TrimFree()
+    {
+        lock (_lock)
+            while (_free.TryPop(out var page))
+            {
+                NativeMemory.AlignedFree((void*)page);
+                _allocated--;
+            }
     }
 
     /// <summary>Frees the idle pages; pages still held by sessions are freed as they come back.</summary>

@@ -86,6 +86,12 @@ public sealed class LocalBlockStack : IBlockStack
     /// <summary>The KV pages every session of this stack and its slices draws on.</summary>
     public KvPagePool Pages => _pages.Value;
 
+    /// <summary>Frees the pages no session holds (a server calls it when idle); the pool allocates again on need.</summary>
+    public void TrimPages()
+    {
+        if (_pages.IsValueCreated) _pages.Value.TrimFree();
+    }
+
     ScalarType _cacheDType = ScalarType.Float32;
 
     /// <summary>

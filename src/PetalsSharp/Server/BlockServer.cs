@@ -45,7 +45,7 @@ public sealed partial class BlockServer : IAsyncDisposable
         _loggerFactory = loggerFactory;
         _logger = loggerFactory.CreateLogger<BlockServer>();
         MaxSessionLength = options.ResolveMaxSessionLength(Config);
-        Scheduler = new ComputeScheduler();
+        Scheduler = new ComputeScheduler(onIdle: () => Current?.Stack.TrimPages());
         Steps = new StepBatcher(Scheduler, options.PrefillChunkRows);
         RequestMemory = new RequestMemory(options.MaxRequestMemoryBytes);
         Peers = new PeerChannels(new PeerChannelOptions(options.MaxMessageBytes));
@@ -176,7 +176,11 @@ public sealed partial class BlockServer : IAsyncDisposable
     internal PeerChannels Peers { get; }
     internal CancellationToken Stopping => _stopping.Token;
     internal void SessionOpened() => Interlocked.Increment(ref _activeSessions);
-    internal void SessionClosed() => Interlocked.Decrement(ref _activeSessions);
+    internal void SessionClosed()
+    {
+        Interlocked.Decrement(ref _activeSessions);
+        Scheduler.TrimWhenIdle();   // its pages went back to the pool: an idle server gives them back to the system
+    }
 
     /// <summary>Starts listening; afterwards <see cref="Address"/> holds the bound address.</summary>
     public async Task StartAsync(CancellationToken cancellationToken = default)

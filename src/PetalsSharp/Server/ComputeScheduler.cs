@@ -27,9 +27,14 @@ public sealed class ComputeScheduler : IDisposable
     /// </summary>
     const int TrimAfterIdleMs = 250;
 
+    readonly Action? _onIdle;
+
     /// <param name="name">Thread name, for debuggers and dumps.</param>
-    public ComputeScheduler(string name = "petals-compute")
+    /// <param name="onIdle">Runs on the compute thread before the idle heap trim: what the server frees then (the KV
+    /// pages closed sessions left in the pool) goes back to the kernel with it.</param>
+    public ComputeScheduler(string name = "petals-compute", Action? onIdle = null)
     {
+        _onIdle = onIdle;
         _countRun = items =>
         {
             Interlocked.Increment(ref _joinedRuns);
@@ -155,7 +160,11 @@ public sealed class ComputeScheduler : IDisposable
                 while (_queue.Count == 0 && !_stopping)
                 {
                     if (!_untrimmed) Monitor.Wait(_queue);
-                    else if (!Monitor.Wait(_queue, TrimAfterIdleMs) && _queue.Count == 0) break;
+                    else if (!Monitor.Wait(_queue, TrimAfterIdleMs) && _queue.Count == 0)
+                    {
+                        _untrimmed = false;   // under the lock: a TrimWhenIdle during the trim asks for another
+                        break;
+                    }
                 }
                 if (_queue.TryDequeue(out item, out var order))
                 {
@@ -167,8 +176,8 @@ public sealed class ComputeScheduler : IDisposable
             if (item is null)
             {
                 // Outside the lock: a trim walks the whole heap, and callers queueing work must not wait for it.
+                _onIdle?.Invoke();
                 NativeHeap.Trim();
-                _untrimmed = false;
                 continue;
             }
             if (item.Key is null) item.Run();
@@ -180,6 +189,19 @@ public sealed class ComputeScheduler : IDisposable
                     _history.Ran(item.Key, ran.Select(r => r.Member), System.Diagnostics.Stopwatch.GetTimestamp() - started);
             }
             _untrimmed = true;
+        }
+    }
+
+    /// <summary>
+    /// Asks for the idle trim again although nothing ran since the last one: memory was freed outside the queue (a
+    /// session closed and left its KV pages in the pool).
+    /// </summary>
+    public void TrimWhenIdle()
+    {
+        lock (_queue)
+        {
+            _untrimmed = true;
+            Monitor.PulseAll(_queue);
         }
     }
 

@@ -42,8 +42,13 @@ public sealed class PagedCacheTests
             TensorAssert.Close(cat([k1.narrow(2, 0, 17), k3], 2), rk, 0, 0, "keys after the rollback");
             TensorAssert.Close(cat([v1.narrow(2, 0, 17), v3], 2), rv, 0, 0, "values after the rollback");
             Assert.Equal(2 * 3 * pool.PageBytes, pool.AllocatedBytes);         // the pool reused what came back
+            pool.TrimFree();                                                     // frees the 2 free pages, not the 4 in use
+            Assert.Equal(2 * 2 * pool.PageBytes, pool.AllocatedBytes);
+            TensorAssert.Close(k1.narrow(2, 0, 17), cache.Read(17).Keys, 0, 0, "pages in use survive a trim");
         }
         Assert.Equal(0, pool.PagesInUse);
+        pool.TrimFree();
+        Assert.Equal(0, pool.AllocatedBytes);
     }
 
     [Fact]

@@ -47,6 +47,7 @@ public sealed class BudgetTests(SmallCacheFixture f) : IClassFixture<SmallCacheF
         await first.CloseAsync();
         await Eventually.TrueAsync(() => f.Server.CacheTokensLeft == 64 && f.Server.ActiveSessions == 0);
         Assert.Equal((0L, 0L), (span.CacheBudget.HeldSlots, span.Stack.Pages.PagesInUse));
+        await Eventually.TrueAsync(() => span.Stack.Pages.AllocatedBytes == 0);   // an idle server frees the pages
         Assert.Equal(64, (await f.Client.Raw.InfoAsync(new InfoRequest())).CacheTokensLeft);
         using var again = await f.Client.OpenAsync(ServerClient.Open(1, 64, id: "all"));
         Assert.Equal(0, again.Opened.CacheTokensLeft);
