@@ -27,7 +27,7 @@ public sealed unsafe class KvPagePool : IDisposable
 {
     readonly object _lock = new();
     readonly Stack<nint> _free = new();
-    long _inUse, _allocated;
+    long _inUse, _allocated, _peak;
     bool _disposed;
 
     /// <param name="tokenElements">Elements of one token of one row: <c>kvH × D</c>.</param>
@@ -52,6 +52,9 @@ public sealed unsafe class KvPagePool : IDisposable
     /// <summary>Bytes this pool holds from the system: the most pages in use at once since the last <see cref="TrimFree"/>.</summary>
     public long AllocatedBytes { get { lock (_lock) return _allocated * PageBytes; } }
 
+    /// <summary>The most bytes this pool has ever held at once (trims aside): what a budget check compares.</summary>
+    public long PeakBytes { get { lock (_lock) return _peak * PageBytes; } }
+
     /// <summary>A cleared page. Pages are recycled across sessions, so one never sees another's keys.</summary>
     public nint Rent()
     {
@@ -63,7 +66,7 @@ public sealed unsafe class KvPagePool : IDisposable
             if (!_free.TryPop(out page))
             {
                 page = (nint)NativeMemory.AlignedAlloc((nuint)PageBytes, 64);
-                _allocated++;
+                _peak = Math.Max(_peak, ++_allocated);
             }
         }
         NativeMemory.Clear((void*)page, (nuint)PageBytes);

@@ -35,6 +35,8 @@ internal sealed class ServerMetrics : IDisposable
             description: "KV-cache pages sessions hold now (memory, as they grew), in tokens of one row across the span");
         Meter.CreateObservableGauge("petals.server.kv.pages.bytes", () => server.Current?.Stack.Pages.AllocatedBytes ?? 0, unit: "By",
             description: "Memory the KV page pool holds: the most pages in use at once (pages are recycled, not freed)");
+        Meter.CreateObservableGauge("petals.server.kv.pages.peak.bytes", () => server.Current?.Stack.Pages.PeakBytes ?? 0, unit: "By",
+            description: "The most memory the KV page pool has held at once");
         Meter.CreateObservableGauge("petals.server.kv.budget.bytes",
             () => server.Current is { } span ? span.CacheBudget.TotalPages * span.Stack.Pages.PageBytes : 0, unit: "By",
             description: "Memory the KV pages may take at most (--cache-tokens or --cache-bytes)");

@@ -49,6 +49,7 @@ public sealed class PagedCacheTests
         Assert.Equal(0, pool.PagesInUse);
         pool.TrimFree();
         Assert.Equal(0, pool.AllocatedBytes);
+        Assert.Equal(2 * 3 * pool.PageBytes, pool.PeakBytes);
     }
 
     [Fact]
