@@ -111,17 +111,9 @@ public sealed class LocalBlockStack : IBlockStack
         }
     }
 
-    /// <summary>Bytes of KV cache one token of one row needs across the stack.</summary>
-    public long CacheBytesPerToken(ScalarType dtype) =>
-        _blocks.Sum(b => 2L * b.CacheShape.KvHeads * b.CacheShape.HeadDim) * ElementSize(dtype);
-
-    static long ElementSize(ScalarType t) => t switch
-    {
-        ScalarType.Float32 => 4,
-        ScalarType.BFloat16 or ScalarType.Float16 => 2,
-        ScalarType.Float64 => 8,
-        _ => throw new ArgumentException($"unsupported cache dtype {t}"),
-    };
+    /// <summary>Bytes of KV cache one token of one row needs across the stack, in <see cref="CacheDType"/>.</summary>
+    public long CacheBytesPerToken() =>
+        _blocks.Sum(b => 2L * b.CacheShape.KvHeads * b.CacheShape.HeadDim) * LayerCache.ElementSize(CacheDType);
 
     public void Dispose()
     {

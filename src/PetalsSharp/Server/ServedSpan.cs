@@ -38,7 +38,7 @@ internal sealed class ServedSpan
         try
         {
             stack.CacheDType = options.ResolvedKvDtype;
-            return new ServedSpan(stack, fingerprints, options.ResolveCacheTokens(stack.CacheBytesPerToken(stack.CacheDType)), options.MaxCacheShare,
+            return new ServedSpan(stack, fingerprints, options.ResolveCacheTokens(stack.CacheBytesPerToken()), options.MaxCacheShare,
                 options.CacheOvercommit);
         }
         catch
