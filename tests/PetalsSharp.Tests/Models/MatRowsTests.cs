@@ -19,7 +19,32 @@ public sealed class MatRowsTests
     [InlineData(ScalarType.Float16, false)]
     [InlineData(ScalarType.Float16, true)]
     [InlineData(ScalarType.Float16, true, true)]
-    public void Matches_F_linear_for_1_to_16_rows(ScalarType dtype, bool withBias, bool halfBias = false)
+    public void Matches_F_linear_for_1_to_16_rows(ScalarType dtype, bool withBias, bool halfBias = false) =>
+        CheckAgainstLinear(dtype, withBias, halfBias);
+
+    /// <summary>
+    /// Where the 512-bit tiles run by default, the 256-bit ones (what a machine without AVX-512 runs) still match.
+    /// Switching the global only picks another correct kernel, so tests running meanwhile are unaffected.
+    /// </summary>
+    [Theory]
+    [InlineData(ScalarType.Float32)]
+    [InlineData(ScalarType.BFloat16)]
+    [InlineData(ScalarType.Float16)]
+    public void The_256_bit_tiles_match_F_linear_too(ScalarType dtype)
+    {
+        bool wide = MatRows.UseWideTiles;
+        MatRows.UseWideTiles = false;
+        try
+        {
+            CheckAgainstLinear(dtype, withBias: true, halfBias: false);
+        }
+        finally
+        {
+            MatRows.UseWideTiles = wide;
+        }
+    }
+
+    static void CheckAgainstLinear(ScalarType dtype, bool withBias, bool halfBias)
     {
         using var scope = NewDisposeScope();
         manual_seed(3);

@@ -32,6 +32,9 @@ public static unsafe partial class MatRows
             // 16-bit tiles are converted once into an L1-resident f32 copy, then reused by every activation row pair.
             float* scratch = typeof(T) == typeof(F32) ? null : Scratch(Tile * n);
             bool wide = UseWideTiles && Vector512.IsHardwareAccelerated;
+            // f16 stays on the scratch path: its integer-SIMD widening costs more than an FMA per lane, so converting a
+            // tile once beats converting it again for every group of four activation rows.
+            if (wide && typeof(T) != typeof(F16)) o = WideRange<T>(w, n, x, rows, y, ldy, bias, o, o1);
             for (; o + Tile <= o1; o += Tile)
             {
                 float* t = (float*)(w + o * rowBytes);
@@ -43,7 +46,7 @@ public static unsafe partial class MatRows
                 float* b = bias is null ? null : bias + o;
                 int r = 0;
                 if (wide)
-                    for (; r + 4 <= rows; r += 4) Tile4Wide(t, n, x + (long)r * n, y + (long)r * ldy + o, ldy, b);
+                    for (; r + 4 <= rows; r += 4) Tile4x4<F32>((byte*)t, 4L * n, n, x + (long)r * n, y + (long)r * ldy + o, ldy, b, null);
                 for (; r + 2 <= rows; r += 2) Tile2(t, n, x + (long)r * n, y + (long)r * ldy + o, ldy, b);
                 if (r < rows) Tile1<F32>((byte*)t, n, x + (long)r * n, y + (long)r * ldy + o, b);
             }
@@ -216,6 +219,7 @@ public static unsafe partial class MatRows
     {
         static abstract int Size { get; }
         static abstract Vector256<float> Load8(byte* row, int i);
+        static abstract Vector512<float> Load16(byte* row, int i);
         static abstract float Load1(byte* row, int i);
     }
 
@@ -223,6 +227,7 @@ public static unsafe partial class MatRows
     {
         public static int Size => 4;
         public static Vector256<float> Load8(byte* row, int i) => Vector256.Load((float*)row + i);
+        public static Vector512<float> Load16(byte* row, int i) => Vector512.Load((float*)row + i);
         public static float Load1(byte* row, int i) => ((float*)row)[i];
     }
 
@@ -231,6 +236,10 @@ public static unsafe partial class MatRows
     {
         public static int Size => 2;
         public static Vector256<float> Load8(byte* row, int i) => Vector256.ShiftLeft(Widen((ushort*)row + i), 16).AsSingle();
+        public static Vector512<float> Load16(byte* row, int i) =>
+            Vector512.ShiftLeft(Avx512F.IsSupported
+                ? Avx512F.ConvertToVector512Int32(Vector256.Load((ushort*)row + i))
+                : Vector512.WidenLower(Vector256.Load((ushort*)row + i).ToVector512Unsafe()).AsInt32(), 16).AsSingle();
         public static float Load1(byte* row, int i) => BitConverter.Int32BitsToSingle(((ushort*)row)[i] << 16);
     }
 
@@ -254,6 +263,8 @@ public static unsafe partial class MatRows
             var infNan = Vector256.GreaterThan(h & Vector256.Create(0x7FFF0000), Vector256.Create(0x7BFFFFFF));
             return (f.AsInt32() | (infNan & Vector256.Create(0x7F800000))).AsSingle();
         }
+
+        public static Vector512<float> Load16(byte* row, int i) => Vector512.Create(Load8(row, i), Load8(row, i + 8));
 
         public static float Load1(byte* row, int i) => (float)((Half*)row)[i];
     }

@@ -59,7 +59,7 @@ public static unsafe partial class MatRows
             float* b = bias is null ? null : bias + o;
             int r = 0;
             if (wide)
-                for (; r + 4 <= rows; r += 4) Tile4Wide(t, n, x + (long)r * n, y + (long)r * ldy + o, ldy, b);
+                for (; r + 4 <= rows; r += 4) Tile4x4<F32>((byte*)t, 4L * n, n, x + (long)r * n, y + (long)r * ldy + o, ldy, b, null);
             for (; r + 2 <= rows; r += 2) Tile2(t, n, x + (long)r * n, y + (long)r * ldy + o, ldy, b);
             if (r < rows) Tile1<F32>((byte*)t, n, x + (long)r * n, y + (long)r * ldy + o, b);
         }
