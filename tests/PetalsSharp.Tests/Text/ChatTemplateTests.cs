@@ -70,6 +70,38 @@ public class ChatTemplateTests
         Assert.Equal("<s>[INST] Hello! [/INST]Hi! How can I help?</s>[INST] What is 2+2? [/INST]", t.Apply(Conversation[1..]));
     }
 
+    /// <summary>
+    /// Mistral-7B-Instruct v0.1/v0.2's current template: the system message goes in front of the last user turn,
+    /// assistant turns get a leading space and EOS, and it ignores the generation prompt flag.
+    /// </summary>
+    [Fact]
+    public void MistralInstruct()
+    {
+        var t = Load("mistral-instruct-v0.2");
+        const string expected = "<s>[INST] Hello![/INST] Hi! How can I help?</s>[INST] You are a helpful assistant.\n\nWhat is 2+2?[/INST]";
+        Assert.Equal(expected, t.Apply(Conversation));
+        Assert.Equal(expected, t.Apply(Conversation, addGenerationPrompt: false));
+        Assert.Equal("<s>[INST] Hello![/INST]", t.Apply(Conversation[1..2]));
+        var ex = Assert.Throws<ChatTemplateException>(() => t.Apply([Conversation[0], Conversation[2]]));
+        Assert.Equal("After the optional system message, conversation roles must alternate user/assistant/user/assistant/...", ex.Message);
+        Assert.True(ex.Raised);
+    }
+
+    /// <summary>Qwen2-Instruct's ChatML: a default system turn when none is given, and the assistant header on request.</summary>
+    [Fact]
+    public void Qwen2InstructChatMl()
+    {
+        var t = Load("qwen2-instruct");
+        const string turns = "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+            + "<|im_start|>user\nHello!<|im_end|>\n"
+            + "<|im_start|>assistant\nHi! How can I help?<|im_end|>\n"
+            + "<|im_start|>user\nWhat is 2+2?<|im_end|>\n";
+        Assert.Equal(turns + "<|im_start|>assistant\n", t.Apply(Conversation));
+        Assert.Equal(turns, t.Apply(Conversation, addGenerationPrompt: false));
+        Assert.Equal("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\nHello!<|im_end|>\n<|im_start|>assistant\n",
+            t.Apply(Conversation[1..2]));
+    }
+
     [Fact]
     public void Zephyr() => Assert.Equal(
         "<|system|>\nYou are a helpful assistant.</s>\n<|user|>\nHello!</s>\n<|assistant|>\nHi! How can I help?</s>\n"

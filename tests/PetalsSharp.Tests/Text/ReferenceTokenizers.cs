@@ -13,7 +13,8 @@ namespace PetalsSharp.Tests.Text;
 public sealed class ReferenceTokenizers : IDisposable
 {
     /// <summary>Names of the folders <see cref="Dir"/> knows, in the order they are written.</summary>
-    public static readonly string[] Names = ["gpt2-300", "gpt2-1000", "gpt2-32000", "gpt2-50257", "qwen2-style", "llama3-style"];
+    public static readonly string[] Names =
+        ["gpt2-300", "gpt2-1000", "gpt2-32000", "gpt2-50257", "qwen2-style", "llama3-style", "mistral-style", "metaspace-split"];
 
     private const string QwenPattern =
         @"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
@@ -34,6 +35,12 @@ public sealed class ReferenceTokenizers : IDisposable
         string gpt2 = Path.Combine(Dir("gpt2-50257"), TokenizerLoader.HfJsonFileName);
         WriteQwen2(gpt2, Dir("qwen2-style"));
         WriteLlama3(gpt2, Dir("llama3-style"));
+        if (Fixtures.Stories260KDir is { } stories)
+        {
+            string sentencePiece = Path.Combine(stories, TokenizerLoader.HfJsonFileName);
+            WriteMistral(sentencePiece, Dir("mistral-style"));
+            WriteMetaspaceSplit(sentencePiece, Dir("metaspace-split"));
+        }
     }
 
     /// <summary>The folder of the tokenizer called <paramref name="name"/>.</summary>
@@ -104,6 +111,57 @@ public sealed class ReferenceTokenizers : IDisposable
         {
             ["bos_token"] = "<|begin_of_text|>", ["eos_token"] = "<|end_of_text|>", ["tokenizer_class"] = "PreTrainedTokenizerFast",
         });
+    }
+
+    /// <summary>
+    /// Mistral's <c>legacy: false</c> layout on stories260K's SentencePiece BPE (byte fallback): no normalizer, a Metaspace
+    /// pre-tokenizer that prepends ▁ only at the start of the input (<c>prepend_scheme: first</c>, no split), the
+    /// Replace/ByteFallback/Fuse/Strip decoder, BOS from a TemplateProcessing, and [INST] [/INST] as added tokens.
+    /// </summary>
+    private static void WriteMistral(string sentencePieceJson, string dir)
+    {
+        var root = JsonNode.Parse(File.ReadAllText(sentencePieceJson))!;
+        AddSpecials(root, 512, ["[INST]", "[/INST]"]);
+        root["normalizer"] = null;
+        root["pre_tokenizer"] = new JsonObject
+        {
+            ["type"] = "Metaspace", ["replacement"] = "\u2581", ["prepend_scheme"] = "first", ["split"] = false,
+        };
+        Save(root, dir, new JsonObject
+        {
+            ["add_bos_token"] = true, ["bos_token"] = "<s>", ["eos_token"] = "</s>", ["legacy"] = false, ["tokenizer_class"] = "LlamaTokenizer",
+        });
+    }
+
+    /// <summary>Metaspace the older way: a prefix on every piece (<c>always</c>), split at every ▁, and its own decoder.</summary>
+    private static void WriteMetaspaceSplit(string sentencePieceJson, string dir)
+    {
+        var root = JsonNode.Parse(File.ReadAllText(sentencePieceJson))!;
+        AddSpecials(root, 512, ["[INST]", "[/INST]"]);
+        root["normalizer"] = null;
+        root["pre_tokenizer"] = new JsonObject
+        {
+            ["type"] = "Metaspace", ["replacement"] = "\u2581", ["prepend_scheme"] = "always", ["split"] = true,
+        };
+        root["decoder"] = new JsonObject
+        {
+            ["type"] = "Metaspace", ["replacement"] = "\u2581", ["prepend_scheme"] = "always", ["split"] = true,
+        };
+        Save(root, dir, new JsonObject { ["bos_token"] = "<s>", ["eos_token"] = "</s>" });
+    }
+
+    /// <summary>Appends <paramref name="specials"/> to the added tokens, with ids from <paramref name="firstId"/> on.</summary>
+    private static void AddSpecials(JsonNode root, int firstId, string[] specials)
+    {
+        var added = root["added_tokens"]!.AsArray();
+        for (int i = 0; i < specials.Length; i++)
+        {
+            added.Add(new JsonObject
+            {
+                ["id"] = firstId + i, ["content"] = specials[i], ["single_word"] = false, ["lstrip"] = false, ["rstrip"] = false,
+                ["normalized"] = false, ["special"] = true,
+            });
+        }
     }
 
     /// <summary>GPT-2's 50256 ordinary tokens with <paramref name="specials"/> as added tokens from id 50256 on.</summary>

@@ -48,9 +48,9 @@ public class TokenizerErrorTests : IDisposable
     [Fact]
     public void UnsupportedPreTokenizer_IsNamed()
     {
-        Write("""{"pre_tokenizer": {"type": "Metaspace"}, "model": {"type": "BPE", "vocab": {"a": 0}, "merges": []}}""");
+        Write("""{"pre_tokenizer": {"type": "BertPreTokenizer"}, "model": {"type": "BPE", "vocab": {"a": 0}, "merges": []}}""");
         var ex = Assert.Throws<NotSupportedException>(() => TokenizerLoader.Load(_dir));
-        Assert.Contains("pre_tokenizer 'Metaspace'", ex.Message);
+        Assert.Contains("pre_tokenizer 'BertPreTokenizer'", ex.Message);
     }
 
     [Fact]

@@ -8,7 +8,7 @@ namespace PetalsSharp.Text.Tokenizers;
 /// <summary>A <c>tokenizer.json</c> decoder: turns the token strings of a sequence back into text pieces.</summary>
 internal abstract class HfDecoder
 {
-    private const string SupportedTypes = "Sequence, Replace, ByteFallback, Fuse, Strip, ByteLevel";
+    private const string SupportedTypes = "Sequence, Replace, ByteFallback, Fuse, Strip, ByteLevel, Metaspace";
 
     public abstract List<string> Apply(List<string> tokens);
 
@@ -30,6 +30,7 @@ internal abstract class HfDecoder
             "Strip" => new StripDecoder(
                 HfJson.String(e, "content") ?? " ", HfJson.Int(e, "start", 0), HfJson.Int(e, "stop", 0)),
             "ByteLevel" => new ByteLevelDecoder(),
+            "Metaspace" => MetaspaceDecoder.FromJson(e, file),
             _ => throw HfJson.Unsupported(file, "decoder", type, SupportedTypes),
         };
     }

@@ -141,13 +141,13 @@ public sealed class HfJsonTokenizer : ITextTokenizer
         {
             foreach (Match m in _addedRegex.Matches(text))
             {
-                EncodeSegment(text[last..m.Index], ids);
+                EncodeSegment(text[last..m.Index], last == 0, ids);
                 ids.Add(_added[m.Value]);
                 last = m.Index + m.Length;
             }
         }
 
-        EncodeSegment(last == 0 ? text : text[last..], ids);
+        EncodeSegment(last == 0 ? text : text[last..], last == 0, ids);
         return ids;
     }
 
@@ -173,7 +173,8 @@ public sealed class HfJsonTokenizer : ITextTokenizer
     /// <inheritdoc />
     public string? TokenToString(int id) => (uint)id < (uint)_tokens.Length ? _tokens[id] : null;
 
-    private void EncodeSegment(string segment, List<int> ids)
+    /// <summary>Encodes the text between added tokens; <paramref name="atStart"/>: it begins the input.</summary>
+    private void EncodeSegment(string segment, bool atStart, List<int> ids)
     {
         if (segment.Length == 0)
         {
@@ -187,7 +188,7 @@ public sealed class HfJsonTokenizer : ITextTokenizer
             return;
         }
 
-        foreach (var word in _preTokenizer.Run(normalized))
+        foreach (var word in _preTokenizer.Run(normalized, atStart))
         {
             _model.EncodeWord(word, ids);
         }

@@ -11,17 +11,21 @@ internal abstract class HfPreTokenizer
     public const string Gpt2Pattern = @"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+";
 
     private const string SupportedTypes =
-        "Sequence, ByteLevel, Split, Punctuation, Digits (behaviors Isolated, Removed, MergedWithPrevious, MergedWithNext, Contiguous)";
+        "Sequence, ByteLevel, Metaspace, Split, Punctuation, Digits (behaviors Isolated, Removed, MergedWithPrevious, MergedWithNext, Contiguous)";
 
     private static readonly Regex Gpt2Regex = new(Gpt2Pattern, RegexOptions.CultureInvariant | RegexOptions.Compiled);
 
-    /// <summary>Splits one piece and appends the non-empty results to <paramref name="output"/>.</summary>
-    public abstract void Split(string piece, List<string> output);
+    /// <summary>
+    /// Splits one piece and appends the non-empty results to <paramref name="output"/>. <paramref name="atStart"/>: the
+    /// piece begins at offset 0 of the input (what Metaspace's <c>prepend_scheme: first</c> asks).
+    /// </summary>
+    public abstract void Split(string piece, List<string> output, bool atStart);
 
-    public List<string> Run(string text)
+    /// <summary>Splits <paramref name="text"/>, a segment between added tokens that starts the input when <paramref name="atStart"/>.</summary>
+    public List<string> Run(string text, bool atStart = true)
     {
         var output = new List<string>();
-        Split(text, output);
+        Split(text, output, atStart);
         return output;
     }
 
@@ -40,6 +44,8 @@ internal abstract class HfPreTokenizer
                     HfJson.Array(e, "pretokenizers", file, "pre_tokenizer Sequence").Select(p => Parse(p, file)).OfType<HfPreTokenizer>().ToArray());
             case "ByteLevel":
                 return new ByteLevelPreTokenizer(HfJson.Bool(e, "add_prefix_space", true), HfJson.Bool(e, "use_regex", true));
+            case "Metaspace":
+                return MetaspacePreTokenizer.FromJson(e, file);
             case "Split":
                 if (HfJson.Bool(e, "invert", false))
                 {
@@ -85,15 +91,15 @@ internal abstract class HfPreTokenizer
 
     private sealed class SequencePreTokenizer(HfPreTokenizer[] steps) : HfPreTokenizer
     {
-        public override void Split(string piece, List<string> output)
+        public override void Split(string piece, List<string> output, bool atStart)
         {
             var current = new List<string> { piece };
             foreach (var step in steps)
             {
                 var next = new List<string>(current.Count * 2);
-                foreach (var p in current)
+                for (int i = 0; i < current.Count; i++)
                 {
-                    step.Split(p, next);
+                    step.Split(current[i], next, atStart && i == 0);
                 }
 
                 current = next;
@@ -106,7 +112,7 @@ internal abstract class HfPreTokenizer
     /// <summary>Optionally splits with the GPT-2 pattern, then maps every piece to the byte-level alphabet.</summary>
     private sealed class ByteLevelPreTokenizer(bool addPrefixSpace, bool useRegex) : HfPreTokenizer
     {
-        public override void Split(string piece, List<string> output)
+        public override void Split(string piece, List<string> output, bool atStart)
         {
             if (addPrefixSpace && !piece.StartsWith(' '))
             {
@@ -151,7 +157,7 @@ internal abstract class HfPreTokenizer
     /// <summary>Splits around the ranges a matcher finds, keeping or gluing the matches as HF's <c>SplitDelimiterBehavior</c> says.</summary>
     private sealed class SplitPreTokenizer(Func<string, IEnumerable<(int Index, int Length)>> matcher, string behavior) : HfPreTokenizer
     {
-        public override void Split(string piece, List<string> output)
+        public override void Split(string piece, List<string> output, bool atStart)
         {
             int last = 0;
             string? carry = null; // a match waiting to be glued to the next piece (MergedWithNext)
