@@ -4,7 +4,7 @@ using TorchSharp;
 namespace PetalsSharp.Models;
 
 /// <summary>
-/// One model family (Llama, Mixtral, Falcon, BLOOM): how its config reads, which tensors a block and the
+/// One model family (Llama, Mixtral, Falcon, BLOOM, Mistral, Qwen2): how its config reads, which tensors a block and the
 /// client-side ends hold, and how to build them. Adding a family means one file that implements this.
 /// </summary>
 public interface IModelFamily
@@ -68,7 +68,8 @@ public sealed record TensorSpec(string Name, long[] Shape, TensorRole Role, doub
 /// <summary>The families this build knows, looked up by <c>model_type</c>.</summary>
 public static class ModelFamilies
 {
-    static readonly IModelFamily[] All = [LlamaFamily.Instance, MixtralFamily.Instance, FalconFamily.Instance, BloomFamily.Instance];
+    static readonly IModelFamily[] All =
+        [LlamaFamily.Instance, MixtralFamily.Instance, FalconFamily.Instance, BloomFamily.Instance, MistralFamily.Instance, Qwen2Family.Instance];
 
     public static IEnumerable<string> Names => All.SelectMany(f => f.ModelTypes);
 

@@ -147,7 +147,7 @@ public sealed class BlockLinear : nn.Module
 }
 
 /// <summary>
-/// Rotary grouped-query self-attention (Llama, Mixtral): project, rotate q and k, append to the cache, attend
+/// Rotary grouped-query self-attention (Llama, Mixtral, Mistral, Qwen2): project, rotate q and k, append to the cache, attend
 /// (within a sliding window when set), project out.
 /// </summary>
 public sealed class RotaryAttention : nn.Module
@@ -157,13 +157,18 @@ public sealed class RotaryAttention : nn.Module
     readonly int _heads, _kvHeads;
     readonly int? _slidingWindow;
 
-    public RotaryAttention(TensorTable t, ModelConfig c, Rotary rotary, bool bias = false, int? slidingWindow = null) : base("self_attn")
+    /// <summary>
+    /// <paramref name="qkvBias"/>: biases on q/k/v (Llama's <c>attention_bias</c>, Qwen2); <paramref name="outBias"/>: on
+    /// o_proj too (Llama's <c>attention_bias</c> only).
+    /// </summary>
+    public RotaryAttention(TensorTable t, ModelConfig c, Rotary rotary, bool qkvBias = false, bool outBias = false, int? slidingWindow = null)
+        : base("self_attn")
     {
         long h = c.HiddenSize, q = c.NumHeads * c.HeadDim, kv = c.NumKvHeads * c.HeadDim;
-        q_proj = t.Linear("self_attn.q_proj", q, h, bias);
-        k_proj = t.Linear("self_attn.k_proj", kv, h, bias);
-        v_proj = t.Linear("self_attn.v_proj", kv, h, bias);
-        o_proj = t.Linear("self_attn.o_proj", h, q, bias);
+        q_proj = t.Linear("self_attn.q_proj", q, h, qkvBias);
+        k_proj = t.Linear("self_attn.k_proj", kv, h, qkvBias);
+        v_proj = t.Linear("self_attn.v_proj", kv, h, qkvBias);
+        o_proj = t.Linear("self_attn.o_proj", h, q, outBias);
         (_rotary, _heads, _kvHeads, _slidingWindow) = (rotary, c.NumHeads, c.NumKvHeads, slidingWindow);
         RegisterComponents();
     }

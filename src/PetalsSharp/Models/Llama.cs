@@ -116,13 +116,13 @@ public abstract class RotaryBlock : DecoderBlock
     /// <summary>Block <paramref name="index"/>'s table: its tensors are <c>model.layers.{index}.*</c>.</summary>
     internal static TensorTable Layer(TensorTable t, int index) => t.ForBlock(index, $"model.layers.{index}.");
 
-    protected RotaryBlock(RotaryConfig c, TensorTable t, bool attentionBias = false, int? slidingWindow = null)
+    protected RotaryBlock(RotaryConfig c, TensorTable t, bool qkvBias = false, bool outBias = false, int? slidingWindow = null)
         : base($"layers.{t.Block}", t.Block)
     {
         _c = c;
         var rotary = new Rotary(c.HeadDim, c.RopeTheta, c.RopeScaling, c.MaxPositionEmbeddings);
         input_layernorm = t.Norm("input_layernorm", c.HiddenSize, c.RmsNormEps, rms: true);
-        self_attn = new RotaryAttention(t, c, rotary, attentionBias, slidingWindow);
+        self_attn = new RotaryAttention(t, c, rotary, qkvBias, outBias, slidingWindow);
         post_attention_layernorm = t.Norm("post_attention_layernorm", c.HiddenSize, c.RmsNormEps, rms: true);
         // Registered by hand: RegisterComponents in the derived class does not see a base class's private fields.
         register_module(nameof(input_layernorm), input_layernorm);
@@ -148,17 +148,25 @@ public abstract class RotaryBlock : DecoderBlock
     }
 }
 
-/// <summary>Llama decoder block: <see cref="RotaryBlock"/> with a SwiGLU MLP. The same block serves Llama 2, 3 and 3.1.</summary>
+/// <summary>
+/// Llama decoder block: <see cref="RotaryBlock"/> with a SwiGLU MLP. The same block serves Llama 2, 3 and 3.1, Mistral
+/// (with a sliding window) and Qwen2 (with q/k/v biases): they differ only in which biases exist and the window.
+/// </summary>
 public sealed class LlamaBlock : RotaryBlock
 {
     readonly BlockLinear gate_proj, up_proj, down_proj;   // [I, H] [I, H] [H, I]
 
-    internal LlamaBlock(LlamaConfig c, TensorTable t) : base(c, t, c.AttentionBias)
+    internal LlamaBlock(LlamaConfig c, TensorTable t) : this(c, t, c.AttentionBias, c.AttentionBias, c.MlpBias, slidingWindow: null)
+    {
+    }
+
+    internal LlamaBlock(RotaryConfig c, TensorTable t, bool qkvBias, bool outBias, bool mlpBias, int? slidingWindow)
+        : base(c, t, qkvBias, outBias, slidingWindow)
     {
         long h = c.HiddenSize, i = c.IntermediateSize;
-        gate_proj = t.Linear("mlp.gate_proj", i, h, c.MlpBias);
-        up_proj = t.Linear("mlp.up_proj", i, h, c.MlpBias);
-        down_proj = t.Linear("mlp.down_proj", h, i, c.MlpBias);
+        gate_proj = t.Linear("mlp.gate_proj", i, h, mlpBias);
+        up_proj = t.Linear("mlp.up_proj", i, h, mlpBias);
+        down_proj = t.Linear("mlp.down_proj", h, i, mlpBias);
         RegisterComponents();
     }
 

@@ -62,7 +62,12 @@ public abstract record ModelConfig
         foreach (var (key, value) in OwnHfKeys().ToList()) json[key] = value?.DeepClone();
         json["tie_word_embeddings"] = TieWordEmbeddings;
         json["bos_token_id"] = BosTokenId;
-        json["eos_token_id"] = EosTokenIds.Count == 1 ? EosTokenIds[0] : new JsonArray([.. EosTokenIds.Select(e => (JsonNode?)e)]);
+        json["eos_token_id"] = EosTokenIds.Count switch
+        {
+            0 => null,
+            1 => EosTokenIds[0],
+            _ => new JsonArray([.. EosTokenIds.Select(e => (JsonNode?)e)]),
+        };
         json["pad_token_id"] = PadTokenId;
         json["torch_dtype"] = TorchDtype ?? "float32";
         return json;
@@ -90,7 +95,7 @@ public abstract record ModelConfig
             MaxPositionEmbeddings = r.Int("max_position_embeddings", d.MaxPositions),
             TieWordEmbeddings = r.Bool("tie_word_embeddings", d.Tie),
             BosTokenId = r.IntOrNull("bos_token_id") ?? d.Bos,
-            EosTokenIds = r.Has("eos_token_id") ? r.IntList("eos_token_id") : [d.Eos],
+            EosTokenIds = r.Has("eos_token_id") ? r.IntList("eos_token_id") : d.Eos is { } eos ? [eos] : [],
             PadTokenId = r.IntOrNull("pad_token_id"),
             TorchDtype = r.String("torch_dtype"),
         });
@@ -136,7 +141,7 @@ public abstract record ModelConfig
 
 /// <summary>A family's transformers 4.45 defaults for the keys <see cref="ModelConfig.ReadCommon"/> reads.</summary>
 internal sealed record CommonDefaults(string ModelType, int Vocab, int Hidden, int Heads, int Layers, int MaxPositions, bool Tie,
-    int Bos, int Eos, bool ShortNames = false);
+    int? Bos, int? Eos, bool ShortNames = false);
 
 /// <summary>A config.json that cannot be used: malformed, inconsistent or of an unknown family.</summary>
 public sealed class ConfigException(string message, Exception? inner = null) : Exception(message, inner);

@@ -17,6 +17,8 @@ public sealed class LoraFamilyTests
     [InlineData("mixtral")]
     [InlineData("falcon-new")]
     [InlineData("bloom")]
+    [InlineData("mistral")]
+    [InlineData("qwen2")]
     public void Blocks_with_the_adapter_equal_merged_weights_in_forward_steps_and_backward(string fixture)
     {
         var model = ModelConfigLoader.Load(TestData.Path(fixture));

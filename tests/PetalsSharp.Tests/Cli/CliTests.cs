@@ -64,6 +64,28 @@ public sealed class CliTests
         Assert.DoesNotContain("   at ", res.Stderr);
     }
 
+    /// <summary>A server refuses a config it cannot serve in one line that names what is unsupported, before it loads anything.</summary>
+    [Theory]
+    [InlineData("""{"model_type":"gemma2","hidden_size":64}""", "unsupported model_type 'gemma2' (supported: llama, mixtral, falcon, RefinedWeb, RefinedWebModel, bloom, mistral, qwen2)")]
+    [InlineData("""{"model_type":"qwen2","hidden_size":64,"num_attention_heads":4,"num_hidden_layers":2,"use_sliding_window":true,"sliding_window":32,"max_window_layers":1}""",
+        "use_sliding_window true is not supported for qwen2 (sliding-window attention on layers 1 and up, window 32)")]
+    public async Task A_server_names_the_config_it_cannot_serve(string config, string expected)
+    {
+        var dir = Directory.CreateTempSubdirectory("petals-unservable").FullName;
+        try
+        {
+            File.WriteAllText(Path.Combine(dir, "config.json"), config);
+            var res = await CliRunner.RunAsync("server", "--model", dir, "--blocks", "0:1", "--port", "0");
+            Assert.NotEqual(0, res.ExitCode);
+            Assert.Contains(expected, res.Stderr);
+            Assert.Single(res.Stderr.Trim().Split('\n'));
+        }
+        finally
+        {
+            Directory.Delete(dir, recursive: true);
+        }
+    }
+
     [Fact]
     public async Task Unknown_option_is_a_usage_error()
     {

@@ -46,6 +46,35 @@ public sealed class ConfigTests
     }
 
     [Fact]
+    public void Mistral_and_Qwen2_take_transformers_defaults_for_absent_keys()
+    {
+        var mistral = (MistralConfig)ModelConfigLoader.Parse("""{"model_type":"mistral"}""");
+        Assert.Equal((4096, 8, 14336, 1e-6, 10000.0), (mistral.SlidingWindow!.Value, mistral.NumKvHeads, mistral.IntermediateSize, mistral.RmsNormEps, mistral.RopeTheta));
+        Assert.Equal((1, 2), (mistral.BosTokenId!.Value, mistral.EosTokenIds.Single()));
+        // Mistral 7B v0.2 and later write "sliding_window": null: no window at all.
+        Assert.Null(ModelConfigLoader.Parse("""{"model_type":"mistral","sliding_window":null}""").AttentionWindow);
+
+        var qwen = (Qwen2Config)ModelConfigLoader.Parse("""{"model_type":"qwen2"}""");
+        Assert.Equal((151936, 32, 22016, 32768), (qwen.VocabSize, qwen.NumKvHeads, qwen.IntermediateSize, qwen.MaxPositionEmbeddings));
+        Assert.Null(qwen.BosTokenId);
+        Assert.Empty(qwen.EosTokenIds);
+        // Qwen2.5 checkpoints carry a window size with the window off: no layer slides.
+        var qwen25 = ModelConfigLoader.Parse("""{"model_type":"qwen2","use_sliding_window":false,"sliding_window":131072,"max_window_layers":21}""");
+        Assert.Null(qwen25.AttentionWindow);
+    }
+
+    [Theory]
+    [InlineData("mistral")]
+    [InlineData("qwen2")]
+    public void Mistral_and_Qwen2_fixture_configs_round_trip_through_HF_json(string fixture)
+    {
+        var c = ModelConfigLoader.Load(TestData.Path(fixture));
+        var again = ModelConfigLoader.Parse(c.ToHfJson().ToJsonString());
+        Assert.Equal(c.EosTokenIds, again.EosTokenIds);
+        Assert.Equal(c with { EosTokenIds = [] }, again with { EosTokenIds = [] });
+    }
+
+    [Fact]
     public void Config_round_trips_through_HF_json()
     {
         var c = ModelConfigLoader.Load(TestData.Path("llama-gqa"));
@@ -64,6 +93,9 @@ public sealed class ConfigTests
     [InlineData("""{"model_type":"llama","hidden_size":-5}""", "hidden_size must be positive")]
     [InlineData("""{"model_type":"llama","hidden_act":"gelu"}""", "hidden_act 'gelu' is not supported")]
     [InlineData("""{"model_type":"llama","tie_word_embeddings":"yes"}""", "'tie_word_embeddings' must be true or false")]
+    [InlineData("""{"model_type":"qwen2","use_sliding_window":true,"sliding_window":4096,"max_window_layers":21}""",
+        "use_sliding_window true is not supported for qwen2 (sliding-window attention on layers 21 and up, window 4096)")]
+    [InlineData("""{"model_type":"mistral","sliding_window":0}""", "sliding_window must be positive or null (got 0)")]
     public void Bad_configs_get_errors_that_name_the_problem(string json, string expected)
     {
         var e = Assert.Throws<ConfigException>(() => ModelConfigLoader.Parse(json, "/models/x/config.json"));

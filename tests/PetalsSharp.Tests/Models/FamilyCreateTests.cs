@@ -12,6 +12,8 @@ public sealed class FamilyCreateTests
     [Theory]
     [InlineData("falcon")]
     [InlineData("bloom")]
+    [InlineData("mistral")]
+    [InlineData("qwen2")]
     public async Task Create_model_writes_a_family_checkpoint_that_generates(string family)
     {
         var dir = Path.Combine(Directory.CreateTempSubdirectory("petals-create").FullName, family);
@@ -35,6 +37,8 @@ public sealed class FamilyCreateTests
     [InlineData("llama")]
     [InlineData("falcon")]
     [InlineData("bloom")]
+    [InlineData("mistral")]
+    [InlineData("qwen2")]
     public void Benchmark_configs_have_about_100M_parameters(string family)
     {
         var c = ModelFamilies.Find(family)!.BenchmarkConfig();

@@ -27,6 +27,8 @@ public sealed class JointStepTests
     [InlineData("falcon-new", false)]
     [InlineData("bloom", false)]
     [InlineData("bloom", true)]
+    [InlineData("mistral", true)]
+    [InlineData("qwen2", true)]
     public void Sessions_stepped_together_match_each_one_alone(string fixture, bool withAdapter)
     {
         using var ckpt = Checkpoint.Open(TestData.Path(fixture));
@@ -120,6 +122,7 @@ public sealed class JointStepTests
     [InlineData("llama-gqa")]
     [InlineData("falcon-new")]
     [InlineData("bloom")]
+    [InlineData("qwen2")]
     public void Sessions_with_different_adapters_share_a_pass_each_with_its_own(string fixture)
     {
         using var ckpt = Checkpoint.Open(TestData.Path(fixture));

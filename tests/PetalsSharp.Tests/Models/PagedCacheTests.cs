@@ -129,6 +129,7 @@ public sealed class PagedCacheTests
     [InlineData("llama-gqa")]
     [InlineData("falcon-new")]
     [InlineData("bloom")]
+    [InlineData("qwen2")]
     public void A_rollback_across_a_page_boundary_matches_a_session_that_never_went_there(string fixture)
     {
         using var ckpt = Checkpoint.Open(TestData.Path(fixture));
@@ -158,6 +159,7 @@ public sealed class PagedCacheTests
     [InlineData("llama-gqa")]
     [InlineData("mixtral")]
     [InlineData("bloom")]
+    [InlineData("mistral")]
     public void A_beam_reorder_across_pages_matches_a_session_built_in_that_order(string fixture)
     {
         using var ckpt = Checkpoint.Open(TestData.Path(fixture));

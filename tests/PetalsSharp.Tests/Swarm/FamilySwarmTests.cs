@@ -8,7 +8,7 @@ using Xunit;
 namespace PetalsSharp.Tests.Swarm;
 
 /// <summary>
-/// Falcon and BLOOM through two `petals server` processes, each holding half the blocks: the client keeps the
+/// Falcon, BLOOM, Mistral and Qwen2 through two `petals server` processes, each holding half the blocks: the client keeps the
 /// embeddings (and BLOOM's embedding norm), the servers run the blocks, and greedy decoding gives the fixture's tokens.
 /// Both servers also hold a random LoRA adapter: plain requests ignore it, requests naming it equal merged weights.
 /// </summary>
@@ -18,6 +18,8 @@ public sealed class FamilySwarmTests
     [Theory]
     [InlineData("falcon-new")]
     [InlineData("bloom")]
+    [InlineData("mistral")]
+    [InlineData("qwen2")]
     public async Task Two_servers_give_the_fixture_greedy_tokens_and_logits(string fixture)
     {
         var dir = TestData.Path(fixture);

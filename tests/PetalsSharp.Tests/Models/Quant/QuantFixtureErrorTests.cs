@@ -18,6 +18,8 @@ public class QuantFixtureErrorTests(ITestOutputHelper output)
     [InlineData("mixtral")]
     [InlineData("falcon-new")]
     [InlineData("bloom")]
+    [InlineData("mistral")]
+    [InlineData("qwen2")]
     public void Packed_logits_stay_near_f32(string fixture)
     {
         var dir = TestData.Path(fixture);
