@@ -191,33 +191,43 @@ public sealed class PagedCacheTests
             foreach (var file in Directory.GetFiles(TestData.Path("mixtral"))) File.Copy(file, Path.Combine(dir, Path.GetFileName(file)));
             var config = Path.Combine(dir, "config.json");
             File.WriteAllText(config, File.ReadAllText(config).Replace("\"sliding_window\": null", "\"sliding_window\": 20"));
-            using var ckpt = Checkpoint.Open(dir);
-            Assert.Equal(20, ckpt.Config.AttentionWindow);
-            using var stack = ckpt.LoadBlocks(0, ckpt.Config.NumLayers, ScalarType.Float32);
-            using var scope = NewDisposeScope();
-            using var noGrad = no_grad();
-            manual_seed(6);
-            var x = randn(1, 70, stack.Config.HiddenSize);                      // [1, 70, H]
-            var full = stack.Forward(x);                                         // [1, 70, H], windowed mask
-            using var session = (LocalBlockSession)stack.OpenSession(new SessionOptions(1, 80));
-            var outputs = new List<Tensor> { session.Step(x.narrow(1, 0, 10)) };
-            for (int t = 10; t < 70; t++)
-            {
-                outputs.Add(session.Step(x.narrow(1, t, 1)));                    // fused single-token steps
-                Assert.True(session.Caches[0].PagesHeld <= 4, $"{session.Caches[0].PagesHeld} pages held at {t + 1} tokens");
-            }
-            TensorAssert.Close(full, cat(outputs, 1), 1e-4, 1e-4, "decoding with dropped pages");
-            Assert.True(session.Caches[0].FirstKept > 0, "no page was dropped");
-
-            var back = session.Step(x.narrow(1, 67, 3), new StepOptions(StartFromPosition: 67));   // a short rollback works
-            TensorAssert.Close(full.narrow(1, 67, 3), back, 1e-4, 1e-4, "after a short rollback");
-            var e = Assert.Throws<ArgumentOutOfRangeException>(() => session.Step(x.narrow(1, 10, 1), new StepOptions(StartFromPosition: 10)));
-            Assert.Contains("sliding window", e.Message);
-            Assert.Equal(70, session.Position);
+            WindowedSessionKeepsItsPages(dir, window: 20, maxPages: 4);
         }
         finally
         {
             Directory.Delete(dir, recursive: true);
         }
+    }
+
+    /// <summary>Mistral's window of 4: a session keeps at most three pages (the window, one page of slack, a straddle).</summary>
+    [Fact]
+    public void Mistral_keeps_only_its_window_too() => WindowedSessionKeepsItsPages(TestData.Path("mistral"), window: 4, maxPages: 3);
+
+    static void WindowedSessionKeepsItsPages(string dir, int window, int maxPages)
+    {
+        using var ckpt = Checkpoint.Open(dir);
+        Assert.Equal(window, ckpt.Config.AttentionWindow);
+        using var stack = ckpt.LoadBlocks(0, ckpt.Config.NumLayers, ScalarType.Float32);
+        using var scope = NewDisposeScope();
+        using var noGrad = no_grad();
+        manual_seed(6);
+        var x = randn(1, 70, stack.Config.HiddenSize);                      // [1, 70, H]
+        var full = stack.Forward(x);                                         // [1, 70, H], windowed mask
+        using var session = (LocalBlockSession)stack.OpenSession(new SessionOptions(1, 80));
+        var outputs = new List<Tensor> { session.Step(x.narrow(1, 0, 10)) };
+        for (int t = 10; t < 70; t++)
+        {
+            outputs.Add(session.Step(x.narrow(1, t, 1)));                    // fused single-token steps
+            Assert.True(session.Caches[0].PagesHeld <= maxPages, $"{session.Caches[0].PagesHeld} pages held at {t + 1} tokens");
+        }
+        TensorAssert.Close(full, cat(outputs, 1), 1e-4, 1e-4, "decoding with dropped pages");
+        Assert.True(session.Caches[0].FirstKept > 0, "no page was dropped");
+
+        int back = 70 - Math.Min(3, window - 1);
+        var again = session.Step(x.narrow(1, back, 70 - back), new StepOptions(StartFromPosition: back));   // a short rollback works
+        TensorAssert.Close(full.narrow(1, back, 70 - back), again, 1e-4, 1e-4, "after a short rollback");
+        var e = Assert.Throws<ArgumentOutOfRangeException>(() => session.Step(x.narrow(1, 10, 1), new StepOptions(StartFromPosition: 10)));
+        Assert.Contains("sliding window", e.Message);
+        Assert.Equal(70, session.Position);
     }
 }
