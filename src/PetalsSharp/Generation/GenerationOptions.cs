@@ -55,8 +55,12 @@ public sealed record GenerationOptions
     /// </summary>
     public RouteOverrides? Routing { get; init; }
 
+    /// <summary>Speculative decoding (one prompt at a time); null decodes one token per step.</summary>
+    public SpeculativeOptions? Speculative { get; init; }
+
     public void Validate(int numLayers)
     {
+        Speculative?.Validate();
         if (MaxNewTokens < 0) throw new ArgumentOutOfRangeException(nameof(MaxNewTokens), "max_new_tokens must be >= 0");
         if (!(Temperature > 0) || double.IsInfinity(Temperature)) throw new ArgumentOutOfRangeException(nameof(Temperature), "temperature must be a positive number");
         if (TopK < 0) throw new ArgumentOutOfRangeException(nameof(TopK), "top_k must be >= 0");
@@ -113,7 +117,11 @@ public sealed record GenerationResult(
     IReadOnlyList<IReadOnlyList<int>> NewTokens,
     IReadOnlyList<string> Texts,
     IReadOnlyList<FinishReason> FinishReasons,
-    IReadOnlyDictionary<int, Tensor> HiddenStates);
+    IReadOnlyDictionary<int, Tensor> HiddenStates)
+{
+    /// <summary>Steps, proposed and accepted draft tokens of a speculative generation; null otherwise.</summary>
+    public SpeculationStats? Speculation { get; init; }
+}
 
 /// <summary>
 /// What a fine-tuned model adds to generation. Virtual tokens go in front of each row's prompt (after its left

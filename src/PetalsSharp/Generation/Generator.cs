@@ -46,7 +46,7 @@ public static class Generator
 }
 
 /// <summary>State of one generation: sequences, finished rows, emitted text and captured hidden states.</summary>
-internal sealed class GenerationRun
+internal sealed partial class GenerationRun
 {
     readonly CausalLM _model;
     readonly GenerationOptions _o;
@@ -83,7 +83,10 @@ internal sealed class GenerationRun
     int Batch => _seqs.Length;
     int PadId => _model.Config.PadTokenId ?? _model.Config.EosTokenIds.FirstOrDefault();
 
-    public async IAsyncEnumerable<GenerationStep> RunAsync([EnumeratorCancellation] CancellationToken ct)
+    public IAsyncEnumerable<GenerationStep> RunAsync(CancellationToken ct) =>
+        _o.Speculative is null ? RunPlainAsync(ct) : RunSpeculativeAsync(_o.Speculative, ct);
+
+    async IAsyncEnumerable<GenerationStep> RunPlainAsync([EnumeratorCancellation] CancellationToken ct)
     {
         if (_o.MaxNewTokens == 0) yield break;
         var tuning = _o.Tuning;
@@ -181,9 +184,10 @@ internal sealed class GenerationRun
         if (_hidden.TryGetValue(layer, out var list)) list.Add(t.detach().clone().DetachFromDisposeScope());
     }
 
-    Tensor Process(Tensor scores)
+    /// <summary>The processors and warpers over scores <c>[B, V]</c>; <paramref name="sequences"/> (one per row) default to the rows'.</summary>
+    Tensor Process(Tensor scores, IReadOnlyList<IReadOnlyList<int>>? sequences = null)
     {
-        IReadOnlyList<IReadOnlyList<int>> seqs = _seqs;
+        IReadOnlyList<IReadOnlyList<int>> seqs = sequences ?? _seqs;
         if (_o.RepetitionPenalty != 1.0) scores = Sampling.RepetitionPenalty(seqs, scores, _o.RepetitionPenalty);
         foreach (var p in _o.LogitsProcessors) scores = p.Process(seqs, scores);
         if (!_o.DoSample) return scores;
@@ -239,6 +243,7 @@ internal sealed class GenerationRun
             return t;
         });
         return new GenerationResult(_seqs.Select(s => (IReadOnlyList<int>)s).ToList(), _new.Select(s => (IReadOnlyList<int>)s).ToList(),
-            _texts, _finished.Select(f => f ?? FinishReason.Length).ToList(), hidden);
+            _texts, _finished.Select(f => f ?? FinishReason.Length).ToList(), hidden)
+        { Speculation = _speculation };
     }
 }
