@@ -11,8 +11,10 @@ namespace PetalsSharp.Api.Chat;
 /// <param name="AllowedServers">This request's server allow-list (distributed models), or null.</param>
 /// <param name="BlockedServers">This request's server block-list (distributed models), or null.</param>
 /// <param name="Adapter">The server-side LoRA adapter this request runs with (distributed models), or null.</param>
+/// <param name="Speculative">This request's speculative decoding choice (<see cref="PetalsKeys.Speculative"/>), or null for the engine's default.</param>
 public sealed record GenerationRequest(IReadOnlyList<int> PromptIds, GenerationOptions Options, bool ShowRoute = false,
-    IReadOnlySet<string>? AllowedServers = null, IReadOnlySet<string>? BlockedServers = null, string? Adapter = null)
+    IReadOnlySet<string>? AllowedServers = null, IReadOnlySet<string>? BlockedServers = null, string? Adapter = null,
+    SpeculativeChoice? Speculative = null)
 {
     /// <summary>Tokens generated when the caller gives no limit (capped by the model's context).</summary>
     public const int DefaultMaxOutputTokens = 256;
@@ -58,7 +60,8 @@ public sealed record GenerationRequest(IReadOnlyList<int> PromptIds, GenerationO
         };
         options.Validate(model.Config.NumLayers);
         return new GenerationRequest(promptIds, options, Flag(extra, PetalsKeys.ShowRoute),
-            Servers(extra, PetalsKeys.AllowedServers), Servers(extra, PetalsKeys.BlockedServers), adapter);
+            Servers(extra, PetalsKeys.AllowedServers), Servers(extra, PetalsKeys.BlockedServers), adapter,
+            SpeculativeChoice.From(extra is not null && extra.TryGetValue(PetalsKeys.Speculative, out var spec) ? spec : null));
     }
 
     static object? Get(AdditionalPropertiesDictionary? extra, string key) =>
@@ -108,4 +111,42 @@ public sealed record GenerationRequest(IReadOnlyList<int> PromptIds, GenerationO
         IEnumerable<string> list => list.ToHashSet(),
         var other => throw new ArgumentException($"{key} must be a list of server addresses or peer ids, not {other.GetType().Name}"),
     };
+}
+
+/// <summary>A request's speculative decoding: which draft (<see cref="PromptLookup"/>, <see cref="DraftModel"/> or <see cref="Off"/>) and the starting k.</summary>
+public sealed record SpeculativeChoice(string Draft, int Tokens = 4)
+{
+    public const string PromptLookup = "prompt-lookup", DraftModel = "draft-model", Off = "off";
+
+    /// <summary>Parses <see cref="PetalsKeys.Speculative"/>'s value; null when absent. Bad values throw <see cref="ArgumentException"/>.</summary>
+    public static SpeculativeChoice? From(object? value)
+    {
+        switch (value)
+        {
+            case null: return null;
+            case SpeculativeChoice c: return Checked(c.Draft, c.Tokens);
+            case string s:
+                var parts = s.Split(':');
+                if (parts.Length > 2 || parts.Length == 2 && !int.TryParse(parts[1], out _))
+                    throw new ArgumentException($"{PetalsKeys.Speculative} must be DRAFT or DRAFT:K (got '{s}')");
+                return Checked(parts[0], parts.Length == 2 ? int.Parse(parts[1]) : 4);
+            case System.Text.Json.JsonElement { ValueKind: System.Text.Json.JsonValueKind.String } e: return From(e.GetString());
+            case System.Text.Json.JsonElement { ValueKind: System.Text.Json.JsonValueKind.Object } o:
+                var draft = o.TryGetProperty("draft", out var d) && d.ValueKind == System.Text.Json.JsonValueKind.String ? d.GetString()!
+                    : throw new ArgumentException($"{PetalsKeys.Speculative}.draft must be a string");
+                int k = !o.TryGetProperty("tokens", out var t) ? 4
+                    : t.ValueKind == System.Text.Json.JsonValueKind.Number && t.TryGetInt32(out var n) ? n
+                    : throw new ArgumentException($"{PetalsKeys.Speculative}.tokens must be an integer");
+                return Checked(draft, k);
+            default: throw new ArgumentException($"{PetalsKeys.Speculative} must be a string or an object, not {value.GetType().Name}");
+        }
+    }
+
+    static SpeculativeChoice Checked(string draft, int tokens)
+    {
+        if (draft is not (PromptLookup or DraftModel or Off))
+            throw new ArgumentException($"{PetalsKeys.Speculative}: the draft must be {PromptLookup}, {DraftModel} or {Off} (got '{draft}')");
+        if (tokens < 1 || tokens > 8) throw new ArgumentException($"{PetalsKeys.Speculative}: tokens must be in [1, 8] (got {tokens})");
+        return new SpeculativeChoice(draft, tokens);
+    }
 }

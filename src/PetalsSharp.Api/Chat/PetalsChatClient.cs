@@ -89,6 +89,7 @@ public sealed class PetalsChatClient : IChatClient
         InputTokenCount = done.PromptTokens,
         OutputTokenCount = done.CompletionTokens,
         TotalTokenCount = done.PromptTokens + done.CompletionTokens,
+        CachedInputTokenCount = done.CachedTokens,
     };
 
     static AdditionalPropertiesDictionary? Extra(TextCompletion done) =>

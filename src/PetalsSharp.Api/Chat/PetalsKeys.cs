@@ -33,4 +33,13 @@ public static class PetalsKeys
 
     /// <summary>Response, string: <c>route: ADDR[start:end] ...</c> as planned when the session opened.</summary>
     public const string Route = "petals.route";
+
+    /// <summary>
+    /// Request: speculative decoding for this call. A string, <c>"prompt-lookup"</c> (free: copies what followed the
+    /// last n-gram), <c>"draft-model"</c> (the small model the engine was given, <see cref="TextEngine.DraftModel"/>) or
+    /// <c>"off"</c>, optionally with the starting draft length after a colon (<c>"draft-model:6"</c>); over HTTP also an
+    /// object <c>{"draft": "prompt-lookup", "tokens": 6}</c>. Output is unchanged: greedy tokens are the same, sampled
+    /// ones have the same distribution.
+    /// </summary>
+    public const string Speculative = "petals.speculative";
 }

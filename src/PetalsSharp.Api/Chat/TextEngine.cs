@@ -12,7 +12,9 @@ namespace PetalsSharp.Api.Chat;
 /// <param name="PromptTokens">Tokens in the prompt.</param>
 /// <param name="CompletionTokens">Tokens generated, an ending EOS included.</param>
 /// <param name="Route">The session's route line when <see cref="GenerationRequest.ShowRoute"/> was asked (distributed models).</param>
-public sealed record TextCompletion(string Text, ChatFinishReason FinishReason, int PromptTokens, int CompletionTokens, string? Route);
+/// <param name="CachedTokens">Prompt tokens a kept session's cache held already, so they were not sent (OpenAI's <c>cached_tokens</c>).</param>
+public sealed record TextCompletion(string Text, ChatFinishReason FinishReason, int PromptTokens, int CompletionTokens, string? Route,
+    int CachedTokens = 0);
 
 /// <summary>A prompt longer than the model's context; answered as OpenAI's <c>context_length_exceeded</c>.</summary>
 public sealed class PromptTooLongException(string message) : ArgumentException(message);
@@ -29,6 +31,18 @@ public sealed class TextEngine(CausalLM model, string modelId)
 {
     public CausalLM Model { get; } = model;
     public string ModelId { get; } = modelId;
+
+    /// <summary>A small local model with the same tokenizer, for requests that ask for <see cref="SpeculativeChoice.DraftModel"/>.</summary>
+    public CausalLM? DraftModel { get; set; }
+
+    /// <summary>Speculative decoding for requests that do not choose (<see cref="PetalsKeys.Speculative"/>); null = off.</summary>
+    public SpeculativeChoice? DefaultSpeculative { get; set; }
+
+    /// <summary>
+    /// Sessions kept between the turns of a chat, so a turn sends only its new tokens; null (the default) opens a new
+    /// session per call. Requests with their own server lists, adapter or route report always get a new one.
+    /// </summary>
+    public ChatSessionCache? Sessions { get; set; }
 
     /// <summary>The model's tokenizer; text generation needs one.</summary>
     public ITextTokenizer Tokenizer => Model.Tokenizer
@@ -69,9 +83,35 @@ public sealed class TextEngine(CausalLM model, string modelId)
     public async Task<TextCompletion> GenerateAsync(GenerationRequest request, CancellationToken cancellationToken = default)
     {
         var route = new RouteCapture();
-        var result = await Model.GenerateAsync([request.PromptIds], OptionsFor(request, route), cancellationToken).ConfigureAwait(false);
+        var options = OptionsFor(request, route);
+        await using var draft = options.Speculative?.Draft;
+        var kept = Keep(request, options);
+        GenerationResult result;
+        try
+        {
+            result = await Model.GenerateAsync([request.PromptIds], options with { Reuse = kept }, cancellationToken).ConfigureAwait(false);
+        }
+        catch (Exception) when (kept is not null && !cancellationToken.IsCancellationRequested)
+        {
+            // The kept session's servers are gone (and failover found none): a fresh session, with no error to the user.
+            await ChatSessionCache.DiscardAsync(kept);
+            kept = null;
+            result = await Model.GenerateAsync([request.PromptIds], options, cancellationToken).ConfigureAwait(false);
+        }
+        finally
+        {
+            if (kept is not null) Sessions!.Return(kept);
+        }
         var finish = result.FinishReasons[0] == FinishReason.Length ? ChatFinishReason.Length : ChatFinishReason.Stop;
-        return new TextCompletion(result.Texts[0], finish, request.PromptIds.Count, result.NewTokens[0].Count, route.Line);
+        return new TextCompletion(result.Texts[0], finish, request.PromptIds.Count, result.NewTokens[0].Count, route.Line, result.CachedTokens);
+    }
+
+    /// <summary>A kept session for this request (<see cref="Sessions"/>), or null when it runs on a session of its own.</summary>
+    ReusableSession? Keep(GenerationRequest request, GenerationOptions options)
+    {
+        if (Sessions is null || options.Routing is not null || options.Tuning is not null) return null;
+        int extra = options.Speculative is { } spec ? spec.MaxDraftTokens + 1 : 0;
+        return Sessions.Take(request.PromptIds, request.PromptIds.Count + request.Options.MaxNewTokens + extra);
     }
 
     /// <summary>
@@ -84,18 +124,49 @@ public sealed class TextEngine(CausalLM model, string modelId)
         var route = new RouteCapture();
         var tokens = new List<int>();
         var text = new System.Text.StringBuilder();
-        await foreach (var step in Model.StreamAsync([request.PromptIds], OptionsFor(request, route), cancellationToken).ConfigureAwait(false))
+        var options = OptionsFor(request, route);
+        await using var draft = options.Speculative?.Draft;
+        var kept = Keep(request, options);
+        // What the generator will skip: the cached prefix, short of the last prompt token (it always runs one).
+        int cached = kept is null ? 0 : Math.Min(kept.CommonPrefix(request.PromptIds), request.PromptIds.Count - 1);
+        var steps = Model.StreamAsync([request.PromptIds], options with { Reuse = kept }, cancellationToken).GetAsyncEnumerator(cancellationToken);
+        bool more;
+        try
         {
-            if (step.Tokens[0] is { } token) tokens.Add(token);
-            text.Append(step.TextDeltas[0]);
-            if (step.TextDeltas[0].Length > 0) yield return new TextUpdate(step.TextDeltas[0]);
+            // The first step runs the prompt: if a kept session fails there, nothing was shown yet and a fresh one can take over.
+            try
+            {
+                more = await steps.MoveNextAsync();
+            }
+            catch (Exception) when (kept is not null && !cancellationToken.IsCancellationRequested)
+            {
+                await steps.DisposeAsync();
+                await ChatSessionCache.DiscardAsync(kept);
+                kept = null;
+                cached = 0;
+                steps = Model.StreamAsync([request.PromptIds], options, cancellationToken).GetAsyncEnumerator(cancellationToken);
+                more = await steps.MoveNextAsync();
+            }
+            while (more)
+            {
+                var step = steps.Current;
+                if (step.Tokens[0] is { } token) tokens.Add(token);
+                text.Append(step.TextDeltas[0]);
+                if (step.TextDeltas[0].Length > 0) yield return new TextUpdate(step.TextDeltas[0]);
+                more = await steps.MoveNextAsync();
+            }
+        }
+        finally
+        {
+            await steps.DisposeAsync();
+            if (kept is not null) Sessions!.Return(kept);
         }
         // The generator holds back a trailing half-decoded character while a row runs, and a row that runs out of
         // tokens never flushes it; the non-streamed text has it, so it is sent with the last update.
         var full = FullText(request.Options, tokens);
         var rest = full.Length > text.Length && full.StartsWith(text.ToString(), StringComparison.Ordinal) ? full[text.Length..] : "";
         text.Append(rest);
-        var final = new TextCompletion(text.ToString(), StreamFinish(request.Options, tokens), request.PromptIds.Count, tokens.Count, route.Line);
+        var final = new TextCompletion(text.ToString(), StreamFinish(request.Options, tokens), request.PromptIds.Count, tokens.Count, route.Line, cached);
         yield return new TextUpdate(rest, final);
     }
 
@@ -129,13 +200,24 @@ public sealed class TextEngine(CausalLM model, string modelId)
     /// The generator options with this request's routing: server lists and adapter for its session, and a callback
     /// that keeps the route line when it was asked for. A local model refuses server lists and adapters.
     /// </summary>
-    static GenerationOptions OptionsFor(GenerationRequest request, RouteCapture route)
+    GenerationOptions OptionsFor(GenerationRequest request, RouteCapture route)
     {
+        var options = request.Options;
+        if (Speculation(request.Speculative ?? DefaultSpeculative) is { } spec) options = options with { Speculative = spec };
         bool filtered = request.AllowedServers is not null || request.BlockedServers is not null || request.Adapter is not null;
-        if (!filtered && !request.ShowRoute) return request.Options;
+        if (!filtered && !request.ShowRoute) return options;
         Action<string>? capture = request.ShowRoute ? line => route.Line = line : null;
-        return request.Options with { Routing = new RouteOverrides(request.AllowedServers, request.BlockedServers, capture, request.Adapter) };
+        return options with { Routing = new RouteOverrides(request.AllowedServers, request.BlockedServers, capture, request.Adapter) };
     }
+
+    /// <summary>The draft a choice names, fresh for one generation (a draft model's session follows one context).</summary>
+    SpeculativeOptions? Speculation(SpeculativeChoice? choice) => choice?.Draft switch
+    {
+        null or SpeculativeChoice.Off => null,
+        SpeculativeChoice.PromptLookup => new SpeculativeOptions(new PromptLookupDraft(), choice.Tokens),
+        _ => new SpeculativeOptions(new Generation.DraftModel(DraftModel
+            ?? throw new ArgumentException($"{PetalsKeys.Speculative}: this server has no draft model (start it with --draft-model)")), choice.Tokens),
+    };
 
     sealed class RouteCapture
     {

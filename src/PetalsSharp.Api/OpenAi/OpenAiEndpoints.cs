@@ -121,7 +121,11 @@ public static class OpenAiEndpoints
         static string? Finish(ChatFinishReason? f) => f is null ? null : f == ChatFinishReason.Length ? "length" : "stop";
 
         static object Usage(TextCompletion d) =>
-            new { prompt_tokens = d.PromptTokens, completion_tokens = d.CompletionTokens, total_tokens = d.PromptTokens + d.CompletionTokens };
+            new
+            {
+                prompt_tokens = d.PromptTokens, completion_tokens = d.CompletionTokens, total_tokens = d.PromptTokens + d.CompletionTokens,
+                prompt_tokens_details = new { cached_tokens = d.CachedTokens },
+            };
 
         public object Whole(string text, TextCompletion d) => chat
             ? new

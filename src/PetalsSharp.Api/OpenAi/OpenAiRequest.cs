@@ -128,6 +128,7 @@ internal sealed class OpenAiRequest
         ["blocked_servers"] = Chat.PetalsKeys.BlockedServers,
         ["show_route"] = Chat.PetalsKeys.ShowRoute,
         ["ignore_eos"] = Chat.PetalsKeys.IgnoreEos,
+        ["speculative"] = Chat.PetalsKeys.Speculative,
     };
 
     void PetalsExtensions(ChatOptions options)
@@ -145,11 +146,12 @@ internal sealed class OpenAiRequest
             {
                 "adapter" => value.ValueKind == JsonValueKind.String,
                 "show_route" or "ignore_eos" => value.ValueKind is JsonValueKind.True or JsonValueKind.False,
+                "speculative" => value.ValueKind is JsonValueKind.String or JsonValueKind.Object,
                 _ => value.ValueKind == JsonValueKind.String
                     || value.ValueKind == JsonValueKind.Array && value.EnumerateArray().All(x => x.ValueKind == JsonValueKind.String),
             };
             if (!ok)
-                throw OpenAiError.Invalid($"petals.{field.Name} must be {(field.Name switch { "adapter" => "a string", "show_route" or "ignore_eos" => "a boolean", _ => "a list of server addresses or peer ids" })}",
+                throw OpenAiError.Invalid($"petals.{field.Name} must be {(field.Name switch { "adapter" => "a string", "show_route" or "ignore_eos" => "a boolean", "speculative" => "a string or an object", _ => "a list of server addresses or peer ids" })}",
                     $"petals.{field.Name}");
             (options.AdditionalProperties ??= [])[key] = value.Clone();
         }

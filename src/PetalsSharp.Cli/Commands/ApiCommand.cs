@@ -25,9 +25,26 @@ public static class ApiCommand
             model, dtype, quant, host, port, local, name, maxRequest,
         };
         remote.AddTo(cmd);
+        var draft = new DraftOptionSet();
+        draft.AddTo(cmd);
+        var keep = new Option<int>("--keep-sessions")
+        {
+            Description = "Chat sessions kept open between turns, so a turn sends only its new tokens (0 = off)", DefaultValueFactory = _ => 4,
+        };
+        var keepIdle = new Option<double>("--keep-idle")
+        {
+            Description = "Seconds a kept chat session waits for its next turn", DefaultValueFactory = _ => 120,
+        };
+        cmd.Options.Add(keep);
+        cmd.Options.Add(keepIdle);
         cmd.SetAction(async (pr, ct) =>
         {
             var where = remote.Read(pr);
+            bool speculative = draft.Requested(pr);
+            int kept = pr.GetValue(keep);
+            double idle = pr.GetValue(keepIdle);
+            if (kept < 0 || kept > 1024) throw new CliException($"--keep-sessions must be in [0, 1024] (got {kept})");
+            if (!(idle > 0 && idle <= 86400)) throw new CliException($"--keep-idle must be in (0, 86400] seconds (got {idle})");
             bool swarm = !string.IsNullOrWhiteSpace(where.Peers) || !string.IsNullOrWhiteSpace(where.InitialPeers);
             if (swarm == pr.GetValue(local)) throw new CliException("give --initial-peers (or --peers) to use a swarm, or --local to run the whole model here");
             var (opened, source) = await ModelOpener.OpenWithSourceAsync(pr.GetValue(model)!, Cli.ParseDtypeOrDefault(pr.GetValue(dtype)), where, ct,
@@ -41,6 +58,13 @@ public static class ApiCommand
                 : source.SwarmName is { } hubName
                     ? new PetalsChatClient(lm, hubName, Text.Templates.ChatTemplate.TryLoad(dir))
                     : PetalsChatClient.ForFolder(lm, dir);
+            using var draftLm = speculative ? await draft.LoadModelAsync(pr, lm, ct) : null;
+            chat.Engine.DraftModel = draftLm;
+            if (speculative)
+                chat.Engine.DefaultSpeculative = new Api.Chat.SpeculativeChoice(
+                    draftLm is null ? Api.Chat.SpeculativeChoice.PromptLookup : Api.Chat.SpeculativeChoice.DraftModel, pr.GetValue(draft.DraftTokens));
+            await using var sessions = kept == 0 ? null : new Api.Chat.ChatSessionCache(lm, kept, TimeSpan.FromSeconds(idle));
+            chat.Engine.Sessions = sessions;
             await using var app = OpenAiServer.Build(chat, pr.GetValue(host)!, pr.GetValue(port), pr.GetValue(maxRequest));
             // With a DHT, the same server shows the swarm's dashboard at / (JSON at /api/v1/swarm).
             await using var watcher = string.IsNullOrWhiteSpace(where.InitialPeers) ? null

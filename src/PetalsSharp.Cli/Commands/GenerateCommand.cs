@@ -32,11 +32,14 @@ public static class GenerateCommand
             model, dtype, quant, prompt, inputIds, maxNew, temperature, topK, topP, repetition, seed, greedy, stop, ignoreEos, tuned, json,
         };
         remote.AddTo(cmd);
+        var draft = new DraftOptionSet();
+        draft.AddTo(cmd);
         cmd.SetAction(async (pr, ct) =>
         {
             var prompts = pr.GetValue(prompt) ?? [];
             var ids = pr.GetValue(inputIds);
             if ((prompts.Length == 0) == (ids is null)) throw new CliException("give either --prompt or --input-ids");
+            bool speculative = draft.Requested(pr);
             var options = new GenerationOptions
             {
                 MaxNewTokens = pr.GetValue(maxNew),
@@ -58,6 +61,13 @@ public static class GenerateCommand
             IReadOnlyList<IReadOnlyList<int>> rows = ids is not null
                 ? Cli.ParseInputIds(ids)
                 : prompts.Select(p => (IReadOnlyList<int>)(lm.Tokenizer ?? throw new CliException("the model folder has no tokenizer; use --input-ids")).Encode(p).ToArray()).ToList();
+            using var draftLm = speculative ? await draft.LoadModelAsync(pr, lm, ct) : null;
+            if (speculative)
+            {
+                if (rows.Count != 1) throw new CliException("speculative decoding (--draft, --draft-model) takes one prompt at a time");
+                options = options with { Speculative = draft.Options(pr, draftLm) };
+            }
+            await using var _ = options.Speculative?.Draft;
             if (pr.GetValue(json)) return await PrintJsonAsync(lm, rows, options, ct);
             return await StreamTextAsync(lm, rows, prompts, options, ct);
         });
@@ -72,6 +82,14 @@ public static class GenerateCommand
         w.WriteStartObject();
         WriteRows(w, "sequences", result.Sequences);
         WriteRows(w, "new_tokens", result.NewTokens);
+        if (result.Speculation is { } spec)
+        {
+            w.WriteStartObject("speculation");
+            w.WriteNumber("steps", spec.Steps);
+            w.WriteNumber("proposed", spec.Proposed);
+            w.WriteNumber("accepted", spec.Accepted);
+            w.WriteEndObject();
+        }
         w.WriteEndObject();
         w.Flush();
         stdout.WriteByte((byte)'\n');

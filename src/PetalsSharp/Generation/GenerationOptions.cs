@@ -55,6 +55,12 @@ public sealed record GenerationOptions
     /// </summary>
     public RouteOverrides? Routing { get; init; }
 
+    /// <summary>
+    /// Run on this open session instead of a new one (one prompt, no virtual tokens or hidden states): the prompt's
+    /// prefix that its cache holds is not sent again. The caller keeps and disposes it.
+    /// </summary>
+    public ReusableSession? Reuse { get; init; }
+
     /// <summary>Speculative decoding (one prompt at a time); null decodes one token per step.</summary>
     public SpeculativeOptions? Speculative { get; init; }
 
@@ -121,6 +127,9 @@ public sealed record GenerationResult(
 {
     /// <summary>Steps, proposed and accepted draft tokens of a speculative generation; null otherwise.</summary>
     public SpeculationStats? Speculation { get; init; }
+
+    /// <summary>Prompt tokens a <see cref="GenerationOptions.Reuse"/>d session's cache held already (not sent again).</summary>
+    public int CachedTokens { get; init; }
 }
 
 /// <summary>

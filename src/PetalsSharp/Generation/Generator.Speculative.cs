@@ -22,18 +22,19 @@ internal sealed partial class GenerationRun
         var tuning = _o.Tuning;
         int prefix = tuning?.PrefixLength ?? 0;
         int maxLength = prefix + _promptLength + _o.MaxNewTokens + spec.MaxDraftTokens + 1;
-        var session = _model.Blocks.OpenSession(new SessionOptions(1, maxLength) { Routing = _o.Routing });
-        await using var _ = session;
+        var (session, start) = OpenOrReuse(maxLength);
+        await using var _ = _o.Reuse is null ? session : null;
         int steps = 0, proposed = 0, accepted = 0, produced = 0, k = spec.DraftTokens;
 
         // Prefill: the prompt (with any virtual tokens), then the first token as plain decoding picks it.
         int first;
-        using (var scores = await ScoresAsync(session, _seqs[0].ToArray(), prefill: true, start: 0, ct))    // [1, V]
+        using (var scores = await ScoresAsync(session, _seqs[0].Skip(start).ToArray(), prefill: true, start, ct))   // [1, V]
             first = ChooseFrom(_seqs[0], scores.narrow(0, 0, 1)).Token;
         steps++;
+        int cached = prefix + _promptLength;   // positions the cache holds that the generation keeps
+        _o.Reuse?.Holds(_seqs[0].Take(cached));
         Accept(0, first, produced, out var delta);
         yield return new GenerationStep(produced++, [first], [delta]);
-        int cached = prefix + _promptLength;   // positions the cache holds that the generation keeps
 
         while (_finished[0] is null)
         {
@@ -54,6 +55,7 @@ internal sealed partial class GenerationRun
             proposed += drafts.Length;
             accepted += keep;
             cached += 1 + keep;
+            _o.Reuse?.Holds(context.Concat(drafts.Take(keep)));
 
             foreach (var token in drafts.Take(keep).Append(next))
             {
@@ -86,7 +88,7 @@ internal sealed partial class GenerationRun
         var options = new StepOptions(StartFromPosition: session.Position == start ? null : start,
             Prompts: prefill ? tuning?.DeepPrompts : null);
         Tensor output;
-        using (embedded) output = await session.StepAsync(embedded, options, ct);                                        // [1, T, H]
+        using (embedded) output = await StepReusedAsync(session, embedded, options, ct);                                 // [1, T, H]
         using (output)
         using (var scope = NewDisposeScope())
         {

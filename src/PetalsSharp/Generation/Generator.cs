@@ -60,6 +60,7 @@ internal sealed partial class GenerationRun
     readonly HashSet<int> _eos;
     readonly ITokenSampler _sampler;
     readonly Dictionary<int, List<Tensor>> _hidden = new();
+    int _cachedTokens;
 
     public GenerationRun(CausalLM model, IReadOnlyList<IReadOnlyList<int>> prompts, GenerationOptions options)
     {
@@ -94,15 +95,13 @@ internal sealed partial class GenerationRun
         if (tuning?.DeepPrompts is not null && (prefix == 0 || _leftPad.Any(p => p > 0)))
             throw new NotSupportedException(prefix == 0 ? "deep prompts need the prefix embeddings too"
                 : "deep prompts with prompts of unequal lengths (left padding) are not supported; generate them one at a time");
-        var session = _model.Blocks.OpenSession(new SessionOptions(Batch, prefix + _promptLength + _o.MaxNewTokens,
-            _leftPad.Any(p => p > 0) ? _leftPad : null)
-        { Routing = _o.Routing });
-        await using var _ = session;
+        var (session, start) = OpenOrReuse(prefix + _promptLength + _o.MaxNewTokens);
+        await using var _ = _o.Reuse is null ? session : null;
         var input = new long[Batch * _promptLength];
         for (int b = 0; b < Batch; b++)
             for (int t = 0; t < _seqs[b].Count; t++) input[b * _promptLength + _leftPad[b] + t] = _seqs[b][t];
-        var rowsIn = input;
-        int width = _promptLength;
+        var rowsIn = start == 0 ? input : input[start..];
+        int width = _promptLength - start, fed = start;
         for (int step = 0; step < _o.MaxNewTokens; step++)
         {
             ct.ThrowIfCancellationRequested();
@@ -119,8 +118,11 @@ internal sealed partial class GenerationRun
                 embedded.DetachFromDisposeScope();
             }
             Tensor output;
-            var stepOptions = new StepOptions(OnBlockOutput: Sink(), Prompts: step == 0 ? tuning?.DeepPrompts : null);
-            using (embedded) output = await session.StepAsync(embedded, stepOptions, ct);                 // [B, T, H]
+            var stepOptions = new StepOptions(OnBlockOutput: Sink(), Prompts: step == 0 ? tuning?.DeepPrompts : null,
+                StartFromPosition: step == 0 && session.Position != start ? start : null);
+            using (embedded) output = await StepReusedAsync(session, embedded, stepOptions, ct);          // [B, T, H]
+            fed += width;
+            _o.Reuse?.Holds(_seqs[0].Take(fed));
             int[] next;
             using (output)
             using (var scope = NewDisposeScope())
@@ -138,6 +140,38 @@ internal sealed partial class GenerationRun
             if (_finished.All(f => f is not null)) break;
             rowsIn = next.Select((t, b) => (long)(_finished[b] is null ? t : PadId)).ToArray();
             width = 1;
+        }
+    }
+
+    /// <summary>
+    /// A new session of <paramref name="maxLength"/>, or the <see cref="GenerationOptions.Reuse"/>d one and how much of
+    /// the prompt its cache holds (at least one prompt token is always run: its scores pick the first new token).
+    /// </summary>
+    (IBlockSession Session, int Start) OpenOrReuse(int maxLength)
+    {
+        if (_o.Reuse is not { } reuse)
+            return (_model.Blocks.OpenSession(new SessionOptions(Batch, maxLength, _leftPad.Any(p => p > 0) ? _leftPad : null)
+            { Routing = _o.Routing }), 0);
+        if (Batch != 1 || _o.Tuning is not null || _hidden.Count > 0)
+            throw new NotSupportedException("a reused session takes one prompt, without tuning or hidden states");
+        if (maxLength > reuse.MaxLength)
+            throw new ArgumentException($"the generation needs {maxLength} positions, the reused session holds {reuse.MaxLength}");
+        int start = Math.Min(reuse.CommonPrefix(_seqs[0]), _seqs[0].Count - 1);
+        _cachedTokens = start;
+        return (reuse.Session, start);
+    }
+
+    /// <summary>A step; on a reused session a failure also forgets what its cache held, which can no longer be trusted.</summary>
+    async ValueTask<Tensor> StepReusedAsync(IBlockSession session, Tensor hidden, StepOptions options, CancellationToken ct)
+    {
+        try
+        {
+            return await session.StepAsync(hidden, options, ct);
+        }
+        catch
+        {
+            _o.Reuse?.Forget();
+            throw;
         }
     }
 
@@ -244,6 +278,6 @@ internal sealed partial class GenerationRun
         });
         return new GenerationResult(_seqs.Select(s => (IReadOnlyList<int>)s).ToList(), _new.Select(s => (IReadOnlyList<int>)s).ToList(),
             _texts, _finished.Select(f => f ?? FinishReason.Length).ToList(), hidden)
-        { Speculation = _speculation };
+        { Speculation = _speculation, CachedTokens = _cachedTokens };
     }
 }
