@@ -5,6 +5,7 @@ using PetalsSharp.Benchmarks;
 //   dotnet run --project benchmarks/PetalsSharp.Benchmarks -c Release -- matrows [--ms 300]
 //   dotnet run --project benchmarks/PetalsSharp.Benchmarks -c Release -- swarm [--model DIR] [--servers 3] [--rounds 5] [--no-push]
 //   dotnet run --project benchmarks/PetalsSharp.Benchmarks -c Release -- wan [--model DIR] [--delay-ms 50]
+//   dotnet run --project benchmarks/PetalsSharp.Benchmarks -c Release -- speculative [--model DIR] [--delay-ms 50] [--new 32] [--rounds 3]
 //   dotnet run --project benchmarks/PetalsSharp.Benchmarks -c Release -- memory --model DIR [--dtype bf16] [--cache-bytes 270000000] [--prompt 64] [--new 64]
 PetalsSharp.Runtime.Configure();
 var command = args.FirstOrDefault() ?? "engine";
@@ -26,10 +27,13 @@ switch (command)
     case "swarm":
         await SwarmBenchmark.RunAsync(options);
         return 0;
+    case "speculative":
+        await SpeculativeBenchmark.RunAsync(options);
+        return 0;
     case "memory":
         await MemoryBenchmark.RunAsync(options);
         return 0;
     default:
-        Console.Error.WriteLine($"unknown benchmark '{command}' (available: engine, matrows, swarm, hop, wan, memory)");
+        Console.Error.WriteLine($"unknown benchmark '{command}' (available: engine, matrows, swarm, hop, wan, speculative, memory)");
         return 2;
 }

@@ -24,12 +24,16 @@ public static class GenerateCommand
         var greedy = new Option<bool>("--greedy") { Description = "Pick the most likely token at every step" };
         var stop = new Option<string[]>("--stop") { Description = "Stop when the text contains this string (repeatable)" };
         var ignoreEos = new Option<bool>("--ignore-eos") { Description = "Do not stop at the end-of-sequence token" };
+        var numBeams = new Option<int>("--num-beams") { Description = "Beam search with this many beams (one prompt; greedy scores)", DefaultValueFactory = _ => 1 };
+        var lengthPenalty = new Option<double>("--length-penalty") { Description = "Beam search: divide a finished beam's log-probability by length^this", DefaultValueFactory = _ => 1.0 };
+        var earlyStopping = new Option<bool>("--early-stopping") { Description = "Beam search: stop as soon as --num-beams beams have finished" };
         var remote = new ModelOpener.RemoteOptionSet();
         var tuned = new Option<string>("--tuned") { Description = "Generate with parameters trained by 'petals finetune' (.safetensors)" };
         var json = new Option<bool>("--json") { Description = "Print {\"sequences\": [[...]], \"new_tokens\": [[...]]} instead of text" };
         var cmd = new Command("generate", "Generate text (or token ids) from a model.\n\nExamples:\n  petals generate -m ./my-model -p \"Once upon a time\" -n 40\n  petals generate -m ./my-model --input-ids \"1,2,3;4,5,6\" -n 12 --greedy --json\n  petals generate -m ./my-model --peers 127.0.0.1:31330,127.0.0.1:31331 -p \"Hello\"")
         {
             model, dtype, quant, prompt, inputIds, maxNew, temperature, topK, topP, repetition, seed, greedy, stop, ignoreEos, tuned, json,
+            numBeams, lengthPenalty, earlyStopping,
         };
         remote.AddTo(cmd);
         var draft = new DraftOptionSet();
@@ -51,7 +55,11 @@ public static class GenerateCommand
                 Seed = pr.GetValue(seed),
                 StopStrings = pr.GetValue(stop) ?? [],
                 IgnoreEos = pr.GetValue(ignoreEos),
+                NumBeams = pr.GetValue(numBeams),
+                LengthPenalty = pr.GetValue(lengthPenalty),
+                EarlyStopping = pr.GetValue(earlyStopping),
             };
+            if (options.NumBeams > 1 && !pr.GetValue(greedy)) throw new CliException("--num-beams scores beams greedily: add --greedy");
             var tunedPath = pr.GetValue(tuned);
             if (tunedPath is not null && !File.Exists(tunedPath)) throw new CliException($"--tuned: file not found: {tunedPath}");
             using var lm = await ModelOpener.OpenAsync(pr.GetValue(model)!, Cli.ParseDtypeOrDefault(pr.GetValue(dtype)),

@@ -61,12 +61,25 @@ public sealed record GenerationOptions
     /// </summary>
     public ReusableSession? Reuse { get; init; }
 
+    /// <summary>Beam search with this many beams (one prompt at a time, greedy scores); 1 = off. As HF's <c>num_beams</c>.</summary>
+    public int NumBeams { get; init; } = 1;
+
+    /// <summary>Beam search: a finished beam's score is its log-probability ÷ generated length^this (HF's <c>length_penalty</c>).</summary>
+    public double LengthPenalty { get; init; } = 1.0;
+
+    /// <summary>Beam search: stop once <see cref="NumBeams"/> beams have finished (HF's <c>early_stopping=True</c>).</summary>
+    public bool EarlyStopping { get; init; }
+
     /// <summary>Speculative decoding (one prompt at a time); null decodes one token per step.</summary>
     public SpeculativeOptions? Speculative { get; init; }
 
     public void Validate(int numLayers)
     {
         Speculative?.Validate();
+        if (NumBeams < 1 || NumBeams > 512) throw new ArgumentOutOfRangeException(nameof(NumBeams), $"num_beams must be in [1, 512] (got {NumBeams})");
+        if (NumBeams > 1 && (DoSample || Speculative is not null || Sampler is not null))
+            throw new NotSupportedException("beam search scores beams greedily: it does not combine with sampling, a custom sampler or speculative decoding");
+        if (!double.IsFinite(LengthPenalty)) throw new ArgumentOutOfRangeException(nameof(LengthPenalty), "length_penalty must be a finite number");
         if (MaxNewTokens < 0) throw new ArgumentOutOfRangeException(nameof(MaxNewTokens), "max_new_tokens must be >= 0");
         if (!(Temperature > 0) || double.IsInfinity(Temperature)) throw new ArgumentOutOfRangeException(nameof(Temperature), "temperature must be a positive number");
         if (TopK < 0) throw new ArgumentOutOfRangeException(nameof(TopK), "top_k must be >= 0");

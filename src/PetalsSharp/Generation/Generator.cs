@@ -85,7 +85,7 @@ internal sealed partial class GenerationRun
     int PadId => _model.Config.PadTokenId ?? _model.Config.EosTokenIds.FirstOrDefault();
 
     public IAsyncEnumerable<GenerationStep> RunAsync(CancellationToken ct) =>
-        _o.Speculative is null ? RunPlainAsync(ct) : RunSpeculativeAsync(_o.Speculative, ct);
+        _o.NumBeams > 1 ? RunBeamAsync(ct) : _o.Speculative is null ? RunPlainAsync(ct) : RunSpeculativeAsync(_o.Speculative, ct);
 
     async IAsyncEnumerable<GenerationStep> RunPlainAsync([EnumeratorCancellation] CancellationToken ct)
     {

@@ -90,6 +90,9 @@ public sealed class OpenAiEndpointTests(ApiSwarm swarm) : OpenAiAppTest(swarm)
     [InlineData("""{"model":"MODEL","messages":[]}""", 400, "messages")]
     [InlineData("""{"model":"MODEL","messages":[{"role":"user","content":"x"}],"max_tokens":100000}""", 400, null)]
     [InlineData("""{"model":"nope","messages":[{"role":"user","content":"x"}]}""", 404, "model")]
+    [InlineData("""{"model":"MODEL","messages":[{"role":"user","content":"x"}],"petals":{"speculative":7}}""", 400, "petals.speculative")]
+    [InlineData("""{"model":"MODEL","messages":[{"role":"user","content":"x"}],"petals":{"speculative":"fast"}}""", 400, null)]
+    [InlineData("""{"model":"MODEL","messages":[{"role":"user","content":"x"}],"petals":{"speculative":"draft-model"}}""", 400, null)]
     public async Task Bad_requests_get_openai_errors(string body, int status, string? param)
     {
         var r = await PostAsync("/v1/chat/completions", body.Replace("MODEL", Swarm.ModelId));

@@ -43,6 +43,11 @@ public sealed class CliTests
     [InlineData("bad-overcommit", "--cache-overcommit must be in [1, 100]")]
     [InlineData("no-input", "give either --prompt or --input-ids")]
     [InlineData("bad-top-p", "top_p must be in (0, 1]")]
+    [InlineData("bad-draft", "--draft must be prompt-lookup")]
+    [InlineData("draft-batch", "speculative decoding (--draft, --draft-model) takes one prompt at a time")]
+    [InlineData("draft-vocab", "a draft needs the same tokenizer")]
+    [InlineData("beams-sampled", "--num-beams scores beams greedily: add --greedy")]
+    [InlineData("beams-batch", "beam search takes one prompt at a time")]
     public async Task Bad_input_gets_one_line_and_a_nonzero_exit(string scenario, string expected)
     {
         string[] args = scenario switch
@@ -55,6 +60,11 @@ public sealed class CliTests
             "bad-overcommit" => ["server", "--model", Fixture, "--blocks", "0:2", "--port", "0", "--cache-overcommit", "0.5"],
             "no-input" => ["generate", "--model", Fixture],
             "bad-top-p" => ["generate", "--model", Fixture, "--input-ids", "1,2", "--top-p", "0"],
+            "bad-draft" => ["generate", "--model", Fixture, "--input-ids", "1,2", "--draft", "ngram"],
+            "draft-batch" => ["generate", "--model", Fixture, "--input-ids", "1,2;3,4", "--draft", "prompt-lookup"],
+            "draft-vocab" => ["generate", "--model", Fixture, "--input-ids", "1,2", "--draft-model", TestData.Path("bloom")],
+            "beams-sampled" => ["generate", "--model", Fixture, "--input-ids", "1,2", "--num-beams", "2"],
+            "beams-batch" => ["generate", "--model", Fixture, "--input-ids", "1,2;3,4", "--num-beams", "2", "--greedy"],
             _ => throw new ArgumentException(scenario),
         };
         var res = await CliRunner.RunAsync(args);
@@ -84,6 +94,41 @@ public sealed class CliTests
         {
             Directory.Delete(dir, recursive: true);
         }
+    }
+
+    /// <summary>Speculative decoding from the CLI gives plain greedy's tokens and reports its steps in <c>--json</c>.</summary>
+    [Theory]
+    [InlineData("--draft", "prompt-lookup")]
+    [InlineData("--draft-model", "")]
+    public async Task Generate_with_a_draft_gives_the_fixture_greedy_tokens(string option, string value)
+    {
+        using var r = Reference.Load("llama-gqa");
+        var ids = r.IdsArg("generation.prompt_ids").Split(';')[0];
+        var plain = await CliRunner.RunAsync("generate", "--model", Fixture, "--input-ids", ids, "--max-new-tokens", "12", "--greedy", "--ignore-eos", "--json");
+        var drafted = await CliRunner.RunAsync("generate", "--model", Fixture, "--input-ids", ids, "--max-new-tokens", "12", "--greedy", "--ignore-eos", "--json",
+            option, value.Length > 0 ? value : Fixture);
+        Assert.True(plain.ExitCode == 0 && drafted.ExitCode == 0, plain.Stderr + drafted.Stderr);
+        using var a = JsonDocument.Parse(plain.Stdout);
+        using var b = JsonDocument.Parse(drafted.Stdout);
+        Assert.Equal(a.RootElement.GetProperty("new_tokens").GetRawText(), b.RootElement.GetProperty("new_tokens").GetRawText());
+        var spec = b.RootElement.GetProperty("speculation");
+        Assert.True(spec.GetProperty("steps").GetInt32() <= 12);
+        if (option == "--draft-model") Assert.True(spec.GetProperty("steps").GetInt32() < 12, spec.ToString());
+    }
+
+    [Fact]
+    public async Task Generate_with_beams_gives_what_the_library_gives()
+    {
+        using var r = Reference.Load("llama-gqa");
+        var prompt = r.IdRows("generation.prompt_ids")[0];
+        var res = await CliRunner.RunAsync("generate", "--model", Fixture, "--input-ids", string.Join(",", prompt), "-n", "6", "--greedy",
+            "--ignore-eos", "--num-beams", "4", "--length-penalty", "0.5", "--json");
+        Assert.True(res.ExitCode == 0, res.Stderr);
+        using var lm = PetalsSharp.Models.CausalLM.Load(Fixture);
+        var expected = await PetalsSharp.Generation.Generator.GenerateAsync(lm, [prompt],
+            new PetalsSharp.Generation.GenerationOptions { MaxNewTokens = 6, IgnoreEos = true, NumBeams = 4, LengthPenalty = 0.5 });
+        using var doc = JsonDocument.Parse(res.Stdout);
+        Assert.Equal(expected.NewTokens[0], doc.RootElement.GetProperty("new_tokens")[0].EnumerateArray().Select(x => x.GetInt32()).ToList());
     }
 
     [Fact]
