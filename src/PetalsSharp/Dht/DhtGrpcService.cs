@@ -13,6 +13,15 @@ public sealed class DhtGrpcService(DhtNode node) : DhtService.DhtServiceBase
 {
     static RpcException Invalid(string detail) => new(new Status(StatusCode.InvalidArgument, detail));
 
+    /// <summary>Refuses a caller over its address's request rate (<see cref="RequestQuota"/>) before any work.</summary>
+    void Admit(ServerCallContext context)
+    {
+        if (node.Quota.TryTake(context.Peer)) return;
+        throw new RpcException(new Status(StatusCode.ResourceExhausted,
+            $"DHT request quota exceeded for {RequestQuota.AddressOf(context.Peer)}: at most {node.Quota.PerSecond:0.#} requests/s " +
+            $"in bursts of {node.Quota.Burst:0}; retry later"));
+    }
+
     (V1.Contact Responder, ByteString Signature) Sign(string method, ByteString nonce, V1.Contact? sender)
     {
         if (!DhtWire.NonceOk(nonce)) throw Invalid($"nonce must be {DhtLimits.MinNonceBytes}..{DhtLimits.MaxNonceBytes} bytes");
@@ -22,12 +31,14 @@ public sealed class DhtGrpcService(DhtNode node) : DhtService.DhtServiceBase
 
     public override Task<PingReply> Ping(PingRequest request, ServerCallContext context)
     {
+        Admit(context);
         var (responder, signature) = Sign("Ping", request.Nonce, request.Sender);
         return Task.FromResult(new PingReply { Responder = responder, Signature = signature });
     }
 
     public override Task<StoreReply> Store(StoreRequest request, ServerCallContext context)
     {
+        Admit(context);
         if (request.Records.Count > DhtLimits.MaxRecordsPerStore) throw Invalid($"at most {DhtLimits.MaxRecordsPerStore} records per Store");
         var (responder, signature) = Sign("Store", request.Nonce, request.Sender);
         var reply = new StoreReply { Responder = responder, Signature = signature };
@@ -41,6 +52,7 @@ public sealed class DhtGrpcService(DhtNode node) : DhtService.DhtServiceBase
 
     public override Task<FindNodeReply> FindNode(FindNodeRequest request, ServerCallContext context)
     {
+        Admit(context);
         if (request.Target.Length != NodeId.Length) throw Invalid($"target must be {NodeId.Length} bytes");
         var (responder, signature) = Sign("FindNode", request.Nonce, request.Sender);
         var reply = new FindNodeReply { Responder = responder, Signature = signature };
@@ -50,6 +62,7 @@ public sealed class DhtGrpcService(DhtNode node) : DhtService.DhtServiceBase
 
     public override Task<FindValueReply> FindValue(FindValueRequest request, ServerCallContext context)
     {
+        Admit(context);
         if (DhtRecords.CheckKey(request.Key) is { } error) throw Invalid(error);
         var (responder, signature) = Sign("FindValue", request.Nonce, request.Sender);
         var reply = new FindValueReply { Responder = responder, Signature = signature };

@@ -53,7 +53,8 @@ public sealed partial class DhtNode : IAsyncDisposable
         _ownsIdentity = options.Identity is null;
         Identity = options.Identity ?? NodeIdentity.CreateEphemeral();
         _table = new RoutingTable(Identity.Id, options.K, DateTimeOffset.UtcNow);
-        _store = new RecordStore(options.MaxSubkeysPerKey, options.MaxStoredBytes, options.MaxTtl);
+        _store = new RecordStore(options.MaxSubkeysPerKey, options.MaxStoredBytes, options.MaxTtl, options.MaxEntriesPerOwner);
+        Quota = new RequestQuota(options.RequestsPerSecondPerAddress, options.RequestBurstPerAddress, options.QuotaExemptsLoopback);
         _selfContact = DhtWire.ToWire(new Contact(Identity.Id, Identity.PublicKey, ""));
         _rpc = new DhtRpc(Identity, () => _selfContact, options.SwarmKey, options.RpcTimeout);
     }
@@ -75,6 +76,9 @@ public sealed partial class DhtNode : IAsyncDisposable
 
     internal RoutingTable Table => _table;
     internal RecordStore Records => _store;
+
+    /// <summary>The per-address request rate every DHT call is checked against.</summary>
+    public RequestQuota Quota { get; }
 
     /// <summary>A node that is not reachable yet: register it in an app with <see cref="ConfigureServices"/> and <see cref="MapService"/>, then call <see cref="Start(string)"/>.</summary>
     public static DhtNode Create(DhtNodeOptions options) => new(options);

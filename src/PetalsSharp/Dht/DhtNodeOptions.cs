@@ -55,6 +55,21 @@ public sealed record DhtNodeOptions
     /// <summary>Most bytes of records this node holds for others.</summary>
     public long MaxStoredBytes { get; init; } = 256L * 1024 * 1024;
 
+    /// <summary>
+    /// Entries one owner identity may hold on this node, across all keys. A server announces one entry per block it
+    /// hosts plus a few per model, so honest owners stay far below it.
+    /// </summary>
+    public int MaxEntriesPerOwner { get; init; } = 4096;
+
+    /// <summary>Requests per second one remote IP address may make (the refill rate of its token bucket).</summary>
+    public double RequestsPerSecondPerAddress { get; init; } = 200;
+
+    /// <summary>How many requests one address may make in a burst (the depth of its token bucket).</summary>
+    public double RequestBurstPerAddress { get; init; } = 1000;
+
+    /// <summary>Leave loopback addresses out of the per-address rate: a local swarm shares 127.0.0.1.</summary>
+    public bool QuotaExemptsLoopback { get; init; } = true;
+
     /// <summary>Where the node reports joins, failed upkeep rounds and refused records; silent when null.</summary>
     public Microsoft.Extensions.Logging.ILogger? Logger { get; init; }
 

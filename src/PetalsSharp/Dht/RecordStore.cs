@@ -4,9 +4,14 @@ namespace PetalsSharp.Dht;
 /// The records one node holds for the swarm, under limits on subkeys per key and total bytes. Every entry is checked
 /// before it is kept (see <see cref="DhtRecords.Check"/>); per subkey the latest expiration wins. Thread-safe.
 /// </summary>
-public sealed class RecordStore(int maxSubkeysPerKey, long maxBytes, TimeSpan maxTtl)
+/// <remarks>
+/// Each owner identity (a subkey is its node id) may hold at most <paramref name="maxEntriesPerOwner"/> entries here:
+/// a peer that floods stores under one identity is refused past it, while everyone else is still stored.
+/// </remarks>
+public sealed class RecordStore(int maxSubkeysPerKey, long maxBytes, TimeSpan maxTtl, int maxEntriesPerOwner = int.MaxValue)
 {
     readonly Dictionary<string, Dictionary<string, SignedEntry>> _records = new(StringComparer.Ordinal);
+    readonly Dictionary<string, int> _perOwner = new(StringComparer.Ordinal);
     // When each key was last stored here or replicated from here (unix ms): replication skips keys that another
     // holder pushed recently, so one holder per key does the work each period instead of all k.
     readonly Dictionary<string, long> _lastPushed = new(StringComparer.Ordinal);
@@ -49,8 +54,12 @@ public sealed class RecordStore(int maxSubkeysPerKey, long maxBytes, TimeSpan ma
             if (verify && existing is not null && existing.ExpirationUnixMs >= entry.ExpirationUnixMs)
                 return "a later entry for this subkey is already stored";
             if (existing is null && subs.Count >= maxSubkeysPerKey) return $"key already has {maxSubkeysPerKey} subkeys";
+            int owned = _perOwner.GetValueOrDefault(entry.Subkey);
+            if (existing is null && owned >= maxEntriesPerOwner)
+                return $"quota: identity {entry.Subkey[..Math.Min(16, entry.Subkey.Length)]}… already stores {maxEntriesPerOwner} entries on this node";
             long delta = entry.Size - (existing?.Size ?? 0);
             if (_bytes + delta > maxBytes) return "node storage is full";
+            if (existing is null) _perOwner[entry.Subkey] = owned + 1;
             subs[entry.Subkey] = entry;
             _records[entry.Key] = subs;
             _lastPushed[entry.Key] = now.ToUnixTimeMilliseconds();
@@ -108,6 +117,7 @@ public sealed class RecordStore(int maxSubkeysPerKey, long maxBytes, TimeSpan ma
         {
             _records.Clear();
             _lastPushed.Clear();
+            _perOwner.Clear();
             _bytes = 0;
         }
     }
@@ -126,6 +136,7 @@ public sealed class RecordStore(int maxSubkeysPerKey, long maxBytes, TimeSpan ma
                     if (e.ExpirationUnixMs > nowMs) continue;
                     subs.Remove(subkey);
                     _bytes -= e.Size;
+                    if (--OwnedCount(subkey) <= 0) _perOwner.Remove(subkey);
                     removed++;
                 }
                 if (subs.Count > 0) continue;
@@ -135,4 +146,7 @@ public sealed class RecordStore(int maxSubkeysPerKey, long maxBytes, TimeSpan ma
         }
         return removed;
     }
+
+    ref int OwnedCount(string owner) =>
+        ref System.Runtime.InteropServices.CollectionsMarshal.GetValueRefOrAddDefault(_perOwner, owner, out _);
 }
