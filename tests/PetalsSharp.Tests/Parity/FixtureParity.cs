@@ -110,6 +110,7 @@ public abstract class FixtureParity<TModel>(TModel m) where TModel : FixtureMode
     public void Prompt_tuning_forward_loss_and_gradient_match_HF()
     {
         using var scope = NewDisposeScope();
+        using var grad = enable_grad();   // grad mode is per thread, and xunit runs this on a pool thread
         var ends = M.Lm.Ends;
         var ids = M.Ref.Longs("input_ids");                                                 // [B, T]
         long b = ids.shape[0], t = ids.shape[1];

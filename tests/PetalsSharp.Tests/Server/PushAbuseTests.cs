@@ -199,8 +199,8 @@ public sealed class PushAbuseTests(PushSwarm swarm, Xunit.Abstractions.ITestOutp
         using var x = randn(1, 3, 64, generator: new Generator(8));
         var (hidden, position) = await victim.StepAsync(x);
         Assert.Equal(3, position);
-        using var noGrad = no_grad();
-        TensorAssert.Close(swarm.Tail.Forward(x), hidden, 1e-4, 1e-4, "the victim's output");
+        // Grad mode is per thread: a no_grad still open across an await would be left behind on this pool thread.
+        using (no_grad()) TensorAssert.Close(swarm.Tail.Forward(x), hidden, 1e-4, 1e-4, "the victim's output");
         await victim.CloseAsync();
         Assert.DoesNotContain(id, swarm.B.Log);
     }
@@ -226,8 +226,7 @@ public sealed class PushAbuseTests(PushSwarm swarm, Xunit.Abstractions.ITestOutp
         var result = session.Call.ResponseStream.Current.Result;
         Assert.Equal(stepId, result.StepId);
         Assert.Equal(2, result.Position);
-        using var noGrad = no_grad();
-        TensorAssert.Close(swarm.Tail.Forward(x), TensorCodec.Decode(result.Hidden, "b"), 1e-4, 1e-4, "output of the pushed step");
+        using (no_grad()) TensorAssert.Close(swarm.Tail.Forward(x), TensorCodec.Decode(result.Hidden, "b"), 1e-4, 1e-4, "output of the pushed step");
         await lane.RequestStream.CompleteAsync();
     }
 }
