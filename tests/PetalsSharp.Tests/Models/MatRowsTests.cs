@@ -32,8 +32,9 @@ public sealed class MatRowsTests
     [InlineData(ScalarType.Float16)]
     public void The_256_bit_tiles_match_F_linear_too(ScalarType dtype)
     {
-        bool wide = MatRows.UseWideTiles;
+        bool wide = MatRows.UseWideTiles, v512 = MatRows.UseVector512;
         MatRows.UseWideTiles = false;
+        MatRows.UseVector512 = false;
         try
         {
             CheckAgainstLinear(dtype, withBias: true, halfBias: false);
@@ -41,6 +42,7 @@ public sealed class MatRowsTests
         finally
         {
             MatRows.UseWideTiles = wide;
+            MatRows.UseVector512 = v512;
         }
     }
 

@@ -23,7 +23,9 @@ public static unsafe partial class MatRows
             if (UsePairs && typeof(T) == typeof(Bf16)) o = PairRange<Bf16Pair>(w, n, x, y, bias, o, o1);
             else if (UsePairs && typeof(T) == typeof(F16)) o = PairRange<F16Pair>(w, n, x, y, bias, o, o1);
             else if (typeof(T) == typeof(F32) && UseVector512 && Vector512.IsHardwareAccelerated)
-                for (; o + Tile <= o1; o += Tile) Tile1Wide((float*)(w + o * rowBytes), n, x, y + o, bias is null ? null : bias + o);
+                for (; o + Tile <= o1; o += Tile)
+                    Tile4x1<F32>(w + o * rowBytes, rowBytes, n, x, y + o, bias is null ? null : bias + o,
+                        PrefetchOneRow && o + 2 * Tile <= o1 ? w + (o + Tile) * rowBytes : null);
             for (; o + Tile <= o1; o += Tile)
                 Tile1<T>(w + o * rowBytes, n, x, y + o, bias is null ? null : bias + o);
         }

@@ -11,10 +11,11 @@ public static unsafe partial class MatRows
 {
     /// <summary>
     /// Whether 1-row products (f32, and 16-bit with <see cref="UsePairs"/>) use 512-bit vectors where the runtime
-    /// accelerates them. Off: on this EPYC (2026-12-02, quiet box) f32 streamed the same either way and the 512-bit
-    /// pair kernel was half as fast; a benchmark switch (<c>matrows --v512 true</c>).
+    /// accelerates them. On by default (<c>PETALS_VECTOR512=0</c> turns it off): on an EPYC (2026-12-02) f32 streamed the
+    /// same either way, while on a Xeon with AVX-512 (2026-12-03) the 512-bit f32 tile with its next-tile prefetch
+    /// decoded the 100M model at 94–96 tok/s against 87–89. The 512-bit pair kernel is still off (<see cref="UsePairs"/>).
     /// </summary>
-    public static bool UseVector512 { get; set; }
+    public static bool UseVector512 { get; set; } = Environment.GetEnvironmentVariable("PETALS_VECTOR512") != "0";
 
     /// <summary>
     /// Whether 1-row 16-bit products use the shift/mask kernel (else the widening one). Off: it measured no faster
