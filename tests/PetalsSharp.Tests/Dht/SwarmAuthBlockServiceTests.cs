@@ -45,8 +45,16 @@ public sealed class SwarmAuthBlockServiceTests
     static async Task<List<CallMessage>> Echo(BlockService.BlockServiceClient client)
     {
         using var call = client.Forward();
-        await call.RequestStream.WriteAsync(new CallMessage { Header = new CallHeader() });
-        await call.RequestStream.CompleteAsync();
+        try
+        {
+            await call.RequestStream.WriteAsync(new CallMessage { Header = new CallHeader() });
+            await call.RequestStream.CompleteAsync();
+        }
+        catch (RpcException)
+        {
+            // A server that refuses the call may answer before it reads: the write then fails (as Cancelled, on a
+            // loaded machine), and the server's own status is the one the response carries.
+        }
         return await call.ResponseStream.ReadAllAsync().ToListAsync();
     }
 
