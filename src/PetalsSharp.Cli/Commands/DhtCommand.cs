@@ -32,7 +32,8 @@ public static class DhtCommand
         var peers = new Option<string?>("--initial-peers") { Description = "Peers to join through: ADDR[,ADDR] with ADDR = HOST:PORT or HOST:PORT/ID" };
         var publicAddress = new Option<string?>("--public-address") { Description = "HOST:PORT to announce instead of the listening address" };
         var joinTimeout = new Option<double>("--join-timeout") { Description = "Seconds to keep retrying initial peers that cannot be reached before giving up (0 = one try)", DefaultValueFactory = _ => 60 };
-        var cmd = new Command("dht", Help) { host, port, identity, swarmKey, peers, publicAddress, joinTimeout };
+        var noTls = new Option<bool>("--no-tls") { Description = "Serve and dial without TLS (debugging, benchmarks); every node of the swarm must agree" };
+        var cmd = new Command("dht", Help) { host, port, identity, swarmKey, peers, publicAddress, joinTimeout, noTls };
         cmd.SetAction(async (pr, ct) =>
         {
             var initial = (pr.GetValue(peers) ?? "").Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
@@ -50,6 +51,7 @@ public static class DhtCommand
                 Identity = identityPath is null ? null : NodeIdentity.LoadOrCreate(identityPath),
                 SwarmKey = keyPath is null ? null : SwarmKey.Load(keyPath),
                 JoinTimeout = Cli.JoinTimeout(pr.GetValue(joinTimeout)),
+                Tls = !pr.GetValue(noTls),
             };
             // SIGINT and SIGTERM are the normal way to stop a bootstrap node: take them over so the node shuts down
             // cleanly and the exit code is 0 rather than the runtime's 130/143.

@@ -27,6 +27,11 @@ public static class ModelOpener
         Description = "Private swarm secret file",
     };
 
+    public static Option<bool> NoTlsOption() => new("--no-tls")
+    {
+        Description = "Talk to a swarm that runs without TLS (debugging, benchmarks); by default every link is TLS, pinned to node ids",
+    };
+
     public static Option<bool> ShowRouteOption() => new("--show-route")
     {
         Description = "Write 'route: ADDR[start:end] ...' to stderr whenever a route is chosen",
@@ -54,7 +59,8 @@ public static class ModelOpener
 
     /// <summary>Where the blocks run: locally (no peers), on listed servers, or on servers found in the DHT.</summary>
     public sealed record Remote(string? Peers = null, string? InitialPeers = null, string? SwarmKeyPath = null,
-        string Compression = "none", bool ShowRoute = false, bool NoPush = false, string? Adapter = null, bool RequireExact = false);
+        string Compression = "none", bool ShowRoute = false, bool NoPush = false, string? Adapter = null, bool RequireExact = false, bool NoTls = false,
+        double VerifyRate = 0.05);
 
     /// <summary>The options every model-running command shares, added to <paramref name="command"/>.</summary>
     public sealed class RemoteOptionSet
@@ -65,6 +71,12 @@ public static class ModelOpener
         public Option<string> Compression { get; } = CompressionOption();
         public Option<bool> ShowRoute { get; } = ShowRouteOption();
         public Option<bool> NoPush { get; } = NoPushOption();
+        public Option<bool> NoTls { get; } = NoTlsOption();
+        public Option<double> VerifyRate { get; } = new("--verify-rate")
+        {
+            Description = "Share of steps recomputed on a second server of the same blocks to catch wrong activations (0 = off, 1 = every step)",
+            DefaultValueFactory = _ => 0.05,
+        };
         public Option<string> Adapter { get; } = new("--adapter")
         {
             Description = "Run the blocks with this server-side LoRA adapter (only servers that announce it are used)",
@@ -76,11 +88,12 @@ public static class ModelOpener
 
         public void AddTo(Command command)
         {
-            foreach (var o in new Option[] { Peers, InitialPeers, SwarmKey, Compression, ShowRoute, NoPush, Adapter, RequireExact }) command.Options.Add(o);
+            foreach (var o in new Option[] { Peers, InitialPeers, SwarmKey, Compression, ShowRoute, NoPush, NoTls, VerifyRate, Adapter, RequireExact }) command.Options.Add(o);
         }
 
         public Remote Read(System.CommandLine.ParseResult pr) => new(pr.GetValue(Peers), pr.GetValue(InitialPeers), pr.GetValue(SwarmKey),
-            pr.GetValue(Compression)!, pr.GetValue(ShowRoute), pr.GetValue(NoPush), pr.GetValue(Adapter), pr.GetValue(RequireExact));
+            pr.GetValue(Compression)!, pr.GetValue(ShowRoute), pr.GetValue(NoPush), pr.GetValue(Adapter), pr.GetValue(RequireExact), pr.GetValue(NoTls),
+            pr.GetValue(VerifyRate) is var rate and >= 0 and <= 1 ? rate : throw new CliException($"--verify-rate must be between 0 and 1 (got {pr.GetValue(VerifyRate)})"));
     }
 
     /// <summary>Opens a model locally or over a swarm; a null <paramref name="dtype"/> holds weights in the checkpoint's own.</summary>
@@ -118,6 +131,8 @@ public static class ModelOpener
             UseServerToServer = !remote.NoPush,
             ActiveAdapter = remote.Adapter,
             RequireExact = remote.RequireExact,
+            Tls = !remote.NoTls,
+            VerifyRate = remote.VerifyRate,
         };
         var lm = viaPeers
             ? await DistributedModel.ConnectAsync(modelDir, Cli.SplitList(remote.Peers), options, new ModelLoadOptions(dtype, EndsQuant: quant), ct)

@@ -45,11 +45,12 @@ public static class ServerCommand
         var publicName = new Option<string?>("--public-name") { Description = "Name shown in swarm tables" };
         var metricsPort = new Option<int?>("--metrics-port") { Description = "Serve Prometheus metrics at http://HOST:PORT/metrics (HTTP/1.1; 0 = any free port, printed at start)" };
         var adapters = new Option<string?>("--adapters") { Description = "PEFT LoRA adapters to serve: DIR, NAME=DIR or a hub repo ORG/NAME[@REV], comma-separated (a folder is named after itself, a hub adapter after its repo id); requests pick one by name" };
+        var noTls = new Option<bool>("--no-tls") { Description = "Serve and dial without TLS (debugging, benchmarks); clients and peers must use --no-tls too" };
         var dhtPrefix = new Option<string?>("--dht-prefix") { Description = "DHT key prefix (default: the model folder's name, '.' and ' ' as '-')" };
         var cmd = new Command("server", "Serve a span of a model's transformer blocks over gRPC.\n\nExamples:\n  petals server -m ./my-model --blocks 0:12 --port 31330 --new-swarm\n  petals server -m ./my-model --blocks 12:24 --port 31331 --initial-peers 10.0.0.5:31330\n  petals server -m ./my-model --num-blocks 8 --initial-peers 10.0.0.5:31330")
         {
             model, blocks, numBlocks, memoryBudget, placementDelay, rebalancePeriod, balanceThreshold, throughput, host, port, publicAddress, dtype, quant, cacheTokens, cacheBytes, kvDtype, overcommit, maxSession, idle, cacheShare, readTimeout, requestMemory, requestTokens, prefillChunk,
-            initialPeers, pushPeers, joinTimeout, newSwarm, identity, swarmKey, updatePeriod, publicName, dhtPrefix, metricsPort, adapters,
+            initialPeers, pushPeers, joinTimeout, newSwarm, identity, swarmKey, updatePeriod, publicName, dhtPrefix, metricsPort, adapters, noTls,
         };
         cmd.SetAction(async (pr, ct) =>
         {
@@ -109,7 +110,7 @@ public static class ServerCommand
                 InitialPeers = Cli.SplitList(pr.GetValue(initialPeers)), NewSwarm = pr.GetValue(newSwarm),
                 PushPeers = Cli.SplitList(pr.GetValue(pushPeers)),
                 JoinTimeout = Cli.JoinTimeout(pr.GetValue(joinTimeout)),
-                IdentityPath = pr.GetValue(identity), SwarmKey = Cli.LoadSwarmKey(pr.GetValue(swarmKey)),
+                IdentityPath = pr.GetValue(identity), SwarmKey = Cli.LoadSwarmKey(pr.GetValue(swarmKey)), Tls = !pr.GetValue(noTls),
                 UpdatePeriod = TimeSpan.FromSeconds(pr.GetValue(updatePeriod)), PublicName = pr.GetValue(publicName),
                 DhtPrefix = pr.GetValue(dhtPrefix), MetricsPort = pr.GetValue(metricsPort),
                 Adapters = await ModelSource.ResolveAdaptersAsync(Cli.SplitList(pr.GetValue(adapters)), ct),

@@ -16,20 +16,21 @@ public static class SwarmCommand
         initialPeers.Required = true;
         var swarmKey = ModelOpener.SwarmKeyOption();
         var json = new Option<bool>("--json") { Description = "Print JSON instead of tables" };
+        var noTls = ModelOpener.NoTlsOption();
         var cmd = new Command("swarm", "Show the models of a swarm, per-block coverage and the servers.\n\nExample:\n  petals swarm --initial-peers 127.0.0.1:31337")
         {
-            initialPeers, swarmKey, json,
+            initialPeers, swarmKey, json, noTls,
         };
         cmd.SetAction(async (pr, ct) =>
         {
             await using var dht = await SwarmReader.JoinAsClientAsync(Cli.SplitList(pr.GetValue(initialPeers)),
-                Cli.LoadSwarmKey(pr.GetValue(swarmKey)), ct);
+                Cli.LoadSwarmKey(pr.GetValue(swarmKey)), ct, tls: !pr.GetValue(noTls));
             var models = await SwarmReader.ReadModelsAsync(dht, ct);
             var snapshots = new List<SwarmSnapshot>();
             foreach (var m in models) snapshots.Add(await SwarmReader.ReadAsync(dht, m.DhtPrefix, m.NumBlocks, ct));
             // Records are claims anyone can sign: coverage counts only servers that answered Info as announced.
             var probeTimeout = new RemoteOptions().ProbeTimeout;
-            var verified = await Task.WhenAll(snapshots.Select(s => SwarmVerifier.VerifyAsync(s, Cli.LoadSwarmKey(pr.GetValue(swarmKey)), probeTimeout, ct)));
+            var verified = await Task.WhenAll(snapshots.Select(s => SwarmVerifier.VerifyAsync(s, Cli.LoadSwarmKey(pr.GetValue(swarmKey)), probeTimeout, ct, !pr.GetValue(noTls))));
             if (pr.GetValue(json)) Console.WriteLine(ToJson(snapshots, verified).ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
             else Render(snapshots, verified);
             return 0;

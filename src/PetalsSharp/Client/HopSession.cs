@@ -77,6 +77,9 @@ internal sealed class HopSession(ServerConnection server, ChainHop hop, SessionO
 
     public string Address => server.Address;
 
+    /// <summary>The server's node id, for the previous server's push to pin (null when unpinned).</summary>
+    public string? PeerId => server.PeerId;
+
     /// <summary>Deep prompts sent with the step at position 0 (a replacement server needs them for the replay).</summary>
     public Tensor? PrefillPrompts { get; private set; }
 

@@ -22,6 +22,15 @@ public sealed record RemoteOptions
     public bool VerifyWeights { get; init; } = true;
 
     /// <summary>
+    /// Share of inference steps whose every hop is recomputed on a second server holding the same blocks and
+    /// compared (a third decides a disagreement; a server caught lying is banned for the session). 0 turns it off.
+    /// </summary>
+    public double VerifyRate { get; init; } = 0.05;
+
+    /// <summary>Seed of the draws that pick checked steps (reproducible runs and tests); null = random.</summary>
+    public int? VerifySeed { get; init; }
+
+    /// <summary>
     /// How many times a failed hop (lost connection, timeout, error status) is replaced before the call fails for
     /// good. Each retry bans the failed server, plans a replacement for exactly its blocks and replays the history.
     /// </summary>
@@ -80,6 +89,12 @@ public sealed record RemoteOptions
 
     /// <summary>Private swarm secret sent with every call; null in a public swarm.</summary>
     public PetalsSharp.Dht.SwarmKey? SwarmKey { get; init; }
+
+    /// <summary>
+    /// TLS to servers and DHT nodes, each checked against the node id it was found under (its record's signer, or
+    /// the "/ID" of an initial peer). False (<c>--no-tls</c>) talks to a swarm that runs without TLS.
+    /// </summary>
+    public bool Tls { get; init; } = true;
 
     /// <summary>
     /// Server-side LoRA adapter to run every block with (sent as <c>active_adapter</c> in every Forward, Backward and

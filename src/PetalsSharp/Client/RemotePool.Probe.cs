@@ -1,4 +1,5 @@
 using System.Collections.Concurrent;
+using Microsoft.Extensions.Logging;
 using PetalsSharp.Swarm;
 
 namespace PetalsSharp.Client;
@@ -16,7 +17,7 @@ internal sealed partial class RemotePool
     /// </summary>
     async Task<List<Exception>> ProbeAsync(IReadOnlyCollection<string> addresses, CancellationToken ct)
     {
-        var fresh = addresses.Where(a => !UnreachableServers.IsRemembered(a)).ToList();
+        var fresh = addresses.Where(a => !UnreachableServers.IsRemembered(Wire.PeerTarget.Parse(a).Address)).ToList();
         var errors = await AddAsync(fresh, Options.ProbeTimeout, untilCovered: true, ct).ConfigureAwait(false);
         if (Covers()) return errors;
         errors.AddRange(await AddAsync(addresses, Options.ConnectTimeout, untilCovered: true, ct).ConfigureAwait(false));
@@ -31,12 +32,16 @@ internal sealed partial class RemotePool
     async Task<List<Exception>> AddAsync(IEnumerable<string> addresses, TimeSpan timeout, bool untilCovered, CancellationToken ct)
     {
         var pending = new List<Task<Exception?>>();
-        foreach (var address in addresses.Distinct())
+        // Peers may carry the node id their record names ("host:port/ID"). One probe per address tries its ids in
+        // turn: records of fresh keys naming an honest server's address fail their TLS handshakes without banning
+        // it, and a thousand of them naming a hanging address cost one dial, not a thousand.
+        foreach (var group in addresses.Distinct().GroupBy(a => Wire.PeerTarget.Parse(a).Address))
         {
+            var address = group.Key;
             if (_servers.ContainsKey(address)) continue;
             var probe = new TaskCompletionSource<Exception?>(TaskCreationOptions.RunContinuationsAsynchronously);
             var task = _probing.GetOrAdd(address, probe.Task);
-            if (task == probe.Task) _ = RunProbeAsync(address, timeout, probe, ct);
+            if (task == probe.Task) _ = RunProbeAsync(address, [.. group], timeout, probe, ct);
             pending.Add(task);
         }
         var errors = new List<Exception>();
@@ -57,13 +62,13 @@ internal sealed partial class RemotePool
         return errors;
     }
 
-    async Task RunProbeAsync(string address, TimeSpan timeout, TaskCompletionSource<Exception?> probe, CancellationToken ct)
+    async Task RunProbeAsync(string address, IReadOnlyList<string> peers, TimeSpan timeout, TaskCompletionSource<Exception?> probe, CancellationToken ct)
     {
         Exception? error = null;
         UnreachableServers.ProbeStarted(address);
         try
         {
-            var server = await ServerConnection.ConnectAsync(address, Config, Options, ct, timeout).ConfigureAwait(false);
+            var server = await ConnectAnyAsync(peers, timeout, ct).ConfigureAwait(false);
             try { server.VerifyWeights(_fingerprints.Get); }
             catch
             {
@@ -72,7 +77,7 @@ internal sealed partial class RemotePool
             }
             UnreachableServers.Answered(address);
             if (!_servers.TryAdd(server.Address, server)) server.Dispose();
-            else if (_closed && _servers.TryRemove(new KeyValuePair<string, ServerConnection>(address, server))) server.Dispose();
+            else if (_closed && _servers.TryRemove(new KeyValuePair<string, ServerConnection>(server.Address, server))) server.Dispose();
             else ObserveRtt(server.Address, server.ConnectRtt.TotalSeconds);
         }
         catch (Exception e) when (e is not OperationCanceledException || !ct.IsCancellationRequested)
@@ -88,6 +93,29 @@ internal sealed partial class RemotePool
         _probing.TryRemove(new KeyValuePair<string, Task<Exception?>>(address, probe.Task));
         probe.SetResult(error);
     }
+
+    /// <summary>
+    /// Connects to the first of <paramref name="peers"/> (one address, several claimed ids) whose id the server's
+    /// certificate proves. A failure other than a wrong identity is the address's, and ends the attempt.
+    /// </summary>
+    async Task<ServerConnection> ConnectAnyAsync(IReadOnlyList<string> peers, TimeSpan timeout, CancellationToken ct)
+    {
+        var wrong = new List<string>();
+        foreach (var peer in peers.Take(MaxIdsPerAddress))
+        {
+            try { return await ServerConnection.ConnectAsync(peer, Config, Options, ct, timeout).ConfigureAwait(false); }
+            catch (Exception e) when (Wire.PeerTls.IdentityMismatch(e) is { } mismatch)
+            {
+                Options.Logger.LogWarning("refusing {Peer}: {Message}", peer, mismatch.Message);
+                wrong.Add(mismatch.Message);
+            }
+        }
+        throw new SwarmException(wrong.Count == 1 ? wrong[0] : $"{peers.Count} records name {Wire.PeerTarget.Parse(peers[0]).Address}; " +
+            $"none is the node that answers there ({wrong.FirstOrDefault()})");
+    }
+
+    /// <summary>Ids tried per address: every one of them costs a TLS handshake.</summary>
+    const int MaxIdsPerAddress = 64;
 
     /// <summary>Whether the connected, unbanned servers hold every block.</summary>
     bool Covers()

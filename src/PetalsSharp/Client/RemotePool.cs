@@ -102,6 +102,7 @@ internal sealed partial class RemotePool : IDisposable, IAsyncDisposable
 
     public bool IsBanned(string address)
     {
+        if (IsDistrusted(address)) return true;
         lock (_memory) return _bans.IsBanned(address, DateTimeOffset.UtcNow);
     }
 
@@ -125,7 +126,7 @@ internal sealed partial class RemotePool : IDisposable, IAsyncDisposable
         var servers = await _discover(ct).ConfigureAwait(false);
         Learn(servers);
         if (servers.Count > 0) Retire(servers);   // an empty read is more likely a DHT hiccup than an empty swarm
-        await ProbeAsync(servers.Select(s => s.Address).Distinct().ToList(), ct).ConfigureAwait(false);
+        await ProbeAsync(servers.Select(s => s.Dial(tls: true)).Distinct().ToList(), ct).ConfigureAwait(false);
     }
 
     /// <summary>
@@ -186,7 +187,9 @@ internal sealed partial class RemotePool : IDisposable, IAsyncDisposable
                 BannedPeers = _bans.BannedPeers(now),
                 CacheTokensNeeded = cacheTokensNeeded,
                 AllowedPeers = routing?.AllowedServers ?? Options.AllowedServers,
-                BlockedPeers = routing?.BlockedServers ?? Options.BlockedServers,
+                // A server caught lying is never planned, even when it alone holds a block: no route beats a wrong one.
+                BlockedPeers = _liars.IsEmpty ? routing?.BlockedServers ?? Options.BlockedServers
+                    : new HashSet<string>((routing?.BlockedServers ?? Options.BlockedServers ?? new HashSet<string>()).Concat(Liars)),
                 Adapter = (string.IsNullOrEmpty(routing?.Adapter) ? Options.ActiveAdapter : routing.Adapter) is { Length: > 0 } adapter ? adapter : null,
                 RequireExact = Options.RequireExact,
             };

@@ -28,6 +28,9 @@ public sealed class RemoteSequential : IBlockStack, IAsyncDisposable
     public int End { get; }
     public RemoteOptions Options => Pool.Options;
 
+    /// <summary>What activation checks found so far (see <see cref="RemoteOptions.VerifyRate"/>).</summary>
+    public VerificationStats Verification => Pool.Verification;
+
     /// <summary>Servers known to this stack.</summary>
     public IReadOnlyList<ServerConnection> Servers => Pool.Servers;
 
@@ -53,7 +56,7 @@ public sealed class RemoteSequential : IBlockStack, IAsyncDisposable
     {
         options ??= new RemoteOptions();
         var dht = await SwarmReader.JoinAsClientAsync(initialPeers, options.SwarmKey, cancellationToken, options.JoinTimeout,
-            options.Logger).ConfigureAwait(false);
+            options.Logger, options.Tls).ConfigureAwait(false);
         try
         {
             async Task<IReadOnlyList<ServerInfo>> Discover(CancellationToken ct) =>
@@ -65,7 +68,7 @@ public sealed class RemoteSequential : IBlockStack, IAsyncDisposable
             var uncovered = snapshot.Uncovered();
             if (uncovered.Count > 0)
                 throw new SwarmException($"no ONLINE server holds block(s) {string.Join(", ", uncovered)} of '{dhtPrefix}'");
-            var pool = await RemotePool.ConnectAsync(config, online.Select(s => s.Address), options, localCheckpoint, cancellationToken, Discover).ConfigureAwait(false);
+            var pool = await RemotePool.ConnectAsync(config, online.Select(s => s.Dial(tls: true)), options, localCheckpoint, cancellationToken, Discover).ConfigureAwait(false);
             pool.Own(dht);
             pool.Learn(online);
             var stack = new RemoteSequential(new SwarmContext(pool), 0, config.NumLayers, ownsPool: true);

@@ -56,8 +56,11 @@ internal sealed class RemoteSession : IBlockSession
         if (prompts is not null) BlockPrompts.Check(prompts, _hops[^1].Hop.End - _start, hidden);
         // Every hop gets its own step id up front, so a step that was pushed and is later resent is deduplicated.
         var ids = _hops.ToDictionary(hop => hop, _ => HopSession.NewStepId());
+        // A sampled step is driven hop by hop, each hop's output checked before it goes on (StepVerifier). Steps of
+        // deep-prompt sessions are not sampled: a cache-free recompute would need the prompts of every position.
+        bool verify = prompts is null && _hops[0].PrefillPrompts is null && _swarm.Pool.DrawVerification();
         // Deep prompts differ per server, so a step carrying them is driven hop by hop.
-        bool pushed = _swarm.Options.UseServerToServer && !_pushRefused && _hops.Count > 1 && prompts is null && _hops[0].FitsOneMessage(hidden)
+        bool pushed = !verify && _swarm.Options.UseServerToServer && !_pushRefused && _hops.Count > 1 && prompts is null && _hops[0].FitsOneMessage(hidden)
                       && await TrySendWithPushAsync(hidden, start, hypoIds, ids, ct).ConfigureAwait(false);
         for (int i = 0; i < _hops.Count; i++)
         {
@@ -73,6 +76,16 @@ internal sealed class RemoteSession : IBlockSession
                     ? hop.ReceiveAsync(ids[hop], input, start, hypoIds, ct, adopt)
                     : hop.StepAsync(input, start, hypoIds, ct, ids.GetValueOrDefault(hop), HopPrompts(prompts, hop.Hop)), ct).ConfigureAwait(false);
                 adopted = adopt;
+                if (verify && await StepVerifier.CheckAsync(_swarm, hop, output, Options.LeftPadding, ct).ConfigureAwait(false) == StepVerifier.Verdict.HopLied)
+                {
+                    // Its answers fed every later hop's cache: replace it and all hops after it, replaying its inputs.
+                    output.Dispose();
+                    using var inputs = cat(hop.History.ToArray(), 1);                   // [B, start+T, H]
+                    var lie = new HopFailure(hop.Hop, new SwarmException($"{hop.Address} returned wrong activations"));
+                    (output, _) = await FailoverAsync(i, h, start, hypoIds, null, lie, ct, _hops.Count - i, inputs).ConfigureAwait(false);
+                    end = _hops[^1].Hop.End;
+                    i = _hops.Count - 1;
+                }
             }
             catch (HopFailure failure)
             {
@@ -104,7 +117,10 @@ internal sealed class RemoteSession : IBlockSession
     async Task<bool> TrySendWithPushAsync(Tensor hidden, int start, Tensor? hypoIds, Dictionary<HopSession, string> ids, CancellationToken ct)
     {
         var first = _hops[0];
-        var next = _hops.Skip(1).Select(h => new NextServer { Address = h.Address, SessionId = h.SessionId, StepId = ids[h], PushToken = h.PushToken });
+        var next = _hops.Skip(1).Select(h => new NextServer
+        {
+            Address = h.Address, PeerId = h.PeerId ?? "", SessionId = h.SessionId, StepId = ids[h], PushToken = h.PushToken,
+        });
         try
         {
             await Retries.Attempt(_swarm, first.Hop, async () =>
@@ -136,13 +152,18 @@ internal sealed class RemoteSession : IBlockSession
     /// from position 0 so the new servers rebuild their caches, and returns this step's outputs. Retries with
     /// growing backoff; after MaxRetries the session fails with the last cause.
     /// </summary>
+    /// <remarks>
+    /// With <paramref name="count"/> &gt; 1 the hops from <paramref name="index"/> on are replaced together, from
+    /// <paramref name="replayed"/> (the first one's whole input, this step's included) when given.
+    /// </remarks>
     async Task<(Tensor Output, int Hops)> FailoverAsync(int index, Tensor hidden, int start, Tensor? hypoIds, Tensor? prompts,
-        HopFailure first, CancellationToken ct)
+        HopFailure first, CancellationToken ct, int count = 1, Tensor? replayed = null)
     {
         var failed = _hops[index];
+        int spanEnd = _hops[index + count - 1].Hop.End;
         // The replay starts at position 0, so it carries the prompts of the prefill (or of this step, if it is one).
         var replayPrompts = start == 0 ? prompts : failed.PrefillPrompts;
-        using var replay = failed.ReplayInput(start, hypoIds, hidden);                         // [B, start+T, H]
+        using var replay = replayed?.alias() ?? failed.ReplayInput(start, hypoIds, hidden);   // [B, start+T, H]
         Exception last = first;
         var options = _swarm.Options;
         options.Logger.LogInformation("replacing {Hop} in an inference session at position {Start}", failed.Hop, start);
@@ -154,7 +175,7 @@ internal sealed class RemoteSession : IBlockSession
             try
             {
                 IReadOnlyList<ChainHop> chain;
-                (chain, retry) = await _swarm.ReplanAsync(failed.Hop.Start, failed.Hop.End, retry, ct, (long)Options.Batch * Options.MaxLength).ConfigureAwait(false);
+                (chain, retry) = await _swarm.ReplanAsync(failed.Hop.Start, spanEnd, retry, ct, (long)Options.Batch * Options.MaxLength).ConfigureAwait(false);
                 var x = replay;                                                         // [B, start+T, H]
                 foreach (var hop in chain)
                 {
@@ -169,8 +190,8 @@ internal sealed class RemoteSession : IBlockSession
                     }, ct).ConfigureAwait(false);
                     if (!ReferenceEquals(input, replay)) input.Dispose();
                 }
-                await failed.DisposeAsync().ConfigureAwait(false);
-                _hops.RemoveAt(index);
+                foreach (var old in _hops.Skip(index).Take(count)) await old.DisposeAsync().ConfigureAwait(false);
+                _hops.RemoveRange(index, count);
                 _hops.InsertRange(index, fresh);
                 _swarm.ReportRoute(_hops.Select(h => h.Hop));
                 using (x) return (x.narrow(1, start, hidden.shape[1]).clone(), fresh.Count);   // [B, T, H]: this step's positions
@@ -187,7 +208,7 @@ internal sealed class RemoteSession : IBlockSession
                 }
             }
         }
-        throw new SwarmException($"blocks [{failed.Hop.Start}, {failed.Hop.End}) could not be served after {options.MaxRetries} retries; last failure: {last.Message}",
+        throw new SwarmException($"blocks [{failed.Hop.Start}, {spanEnd}) could not be served after {options.MaxRetries} retries; last failure: {last.Message}",
             last is HopFailure ? last.InnerException : last);
     }
 

@@ -12,8 +12,9 @@ public sealed class ServerConnection : IDisposable
 {
     readonly GrpcChannel _channel;
 
-    ServerConnection(string address, GrpcChannel channel, InfoReply info, RemoteOptions options, TimeSpan rtt)
+    ServerConnection(string address, string? peerId, GrpcChannel channel, InfoReply info, RemoteOptions options, TimeSpan rtt)
     {
+        PeerId = peerId;
         ConnectRtt = rtt;
         Address = address;
         _channel = channel;
@@ -23,6 +24,9 @@ public sealed class ServerConnection : IDisposable
     }
 
     public string Address { get; }
+
+    /// <summary>The node id its TLS certificate was checked against (from its DHT record), or null when unpinned.</summary>
+    public string? PeerId { get; }
     public BlockService.BlockServiceClient Client { get; }
     public InfoReply Info { get; }
     public ServerSpan Span { get; }
@@ -44,11 +48,17 @@ public sealed class ServerConnection : IDisposable
         ServerInfo.ReadAdapters(Info.Adapters), DateTimeOffset.MaxValue)
     { Quant = ServerInfo.ReadQuant(Info.Quant) };
 
-    /// <summary>Connects, asks Info and checks that the server serves this model with a compatible protocol.</summary>
-    public static async Task<ServerConnection> ConnectAsync(string address, ModelConfig config, RemoteOptions options,
+    /// <summary>
+    /// Connects to <paramref name="peer"/> ("HOST:PORT", or "HOST:PORT/NODE_ID" to accept only that node's TLS
+    /// certificate), asks Info and checks that the server serves this model with a compatible protocol.
+    /// </summary>
+    public static async Task<ServerConnection> ConnectAsync(string peer, ModelConfig config, RemoteOptions options,
         CancellationToken cancellationToken = default, TimeSpan? timeout = null)
     {
-        var channel = PeerChannels.Create(address, new PeerChannelOptions(options.MaxMessageBytes));
+        var target = PeerTarget.Parse(peer);
+        var address = target.Address;
+        var channel = PeerChannels.Create(PeerTarget.Dial(address, options.Tls && target.Tls, target.ExpectedId),
+            new PeerChannelOptions(options.MaxMessageBytes));
         try
         {
             var client = new BlockService.BlockServiceClient(PetalsSharp.Dht.SwarmAuth.Apply(channel, options.SwarmKey));
@@ -63,7 +73,7 @@ public sealed class ServerConnection : IDisposable
                 throw new SwarmException($"{address} announces an invalid span [{info.StartBlock}, {info.EndBlock})");
             if (info.BlockFingerprints.Count != info.EndBlock - info.StartBlock)
                 throw new SwarmException($"{address} sent {info.BlockFingerprints.Count} block fingerprints for a span of {info.EndBlock - info.StartBlock}");
-            return new ServerConnection(address, channel, info, options, sw.Elapsed);
+            return new ServerConnection(address, target.ExpectedId, channel, info, options, sw.Elapsed);
         }
         catch
         {

@@ -19,12 +19,13 @@ public static class SwarmVerifier
     /// with the same model size and span as announced.
     /// </summary>
     public static async Task<IReadOnlySet<ServerInfo>> VerifyAsync(SwarmSnapshot snapshot, SwarmKey? swarmKey, TimeSpan timeout,
-        CancellationToken ct = default)
+        CancellationToken ct = default, bool tls = true)
     {
-        var addresses = snapshot.Online.Select(s => s.Address).Distinct(StringComparer.Ordinal).Take(MaxProbes).ToList();
+        // Dialed pinned to each record's signer: a record naming someone else's address fails the TLS handshake.
+        var addresses = snapshot.Online.Select(s => s.Dial(tls)).Distinct(StringComparer.Ordinal).Take(MaxProbes).ToList();
         var infos = await Task.WhenAll(addresses.Select(a => InfoAsync(a, swarmKey, timeout, ct))).ConfigureAwait(false);
         var answered = addresses.Zip(infos).Where(x => x.Second is not null).ToDictionary(x => x.First, x => x.Second!, StringComparer.Ordinal);
-        return snapshot.Online.Where(s => answered.TryGetValue(s.Address, out var i)
+        return snapshot.Online.Where(s => answered.TryGetValue(s.Dial(tls), out var i)
             && i.NumBlocks == snapshot.NumBlocks && i.StartBlock == s.Start && i.EndBlock == s.End).ToHashSet();
     }
 

@@ -73,9 +73,10 @@ public sealed partial class DhtNode
         }
         catch (Exception e) when (e is RpcException or DhtException && !ct.IsCancellationRequested)
         {
-            var why = $"{peer.Address}: {(e is RpcException r ? $"{r.StatusCode} {r.Status.Detail}" : e.Message)}";
+            var mismatch = Wire.PeerTls.IdentityMismatch(e);
+            var why = mismatch?.Message ?? $"{peer.Address}: {(e is RpcException r ? $"{r.StatusCode} {r.Status.Detail}" : e.Message)}";
             _log.LogDebug("initial peer did not answer attempt {Attempt} (deadline {Deadline:F1} s): {Reason}", attempt, deadline.TotalSeconds, why);
-            return new(peer, why, IsTransient(e));
+            return new(peer, why, mismatch is null && IsTransient(e));
         }
     }
 

@@ -56,7 +56,7 @@ public sealed partial class DhtNode : IAsyncDisposable
         _store = new RecordStore(options.MaxSubkeysPerKey, options.MaxStoredBytes, options.MaxTtl, options.MaxEntriesPerOwner);
         Quota = new RequestQuota(options.RequestsPerSecondPerAddress, options.RequestBurstPerAddress, options.QuotaExemptsLoopback);
         _selfContact = DhtWire.ToWire(new Contact(Identity.Id, Identity.PublicKey, ""));
-        _rpc = new DhtRpc(Identity, () => _selfContact, options.SwarmKey, options.RpcTimeout);
+        _rpc = new DhtRpc(Identity, () => _selfContact, options.SwarmKey, options.RpcTimeout, options.Tls);
     }
 
     /// <summary>This node's key pair.</summary>
@@ -95,8 +95,7 @@ public sealed partial class DhtNode : IAsyncDisposable
             // to the application (the CLI stops on them through its own cancellation token).
             builder.Services.AddSingleton<Microsoft.Extensions.Hosting.IHostLifetime, PassiveLifetime>();
             var ip = ResolveHost(options.Host);
-            // Plain-text gRPC: an endpoint that also offers HTTP/1.1 cannot negotiate HTTP/2 without TLS.
-            builder.WebHost.ConfigureKestrel(k => k.Listen(ip, options.Port, l => l.Protocols = HttpProtocols.Http2));
+            builder.WebHost.ConfigureKestrel(k => k.Listen(ip, options.Port, node.ConfigureListen));
             node.ConfigureServices(builder.Services);
             var app = builder.Build();
             UseFrameGuard(app);
@@ -112,6 +111,18 @@ public sealed partial class DhtNode : IAsyncDisposable
             throw;
         }
     }
+
+    /// <summary>
+    /// HTTP/2 only, over TLS with a certificate on this node's key unless <see cref="DhtNodeOptions.Tls"/> is off
+    /// (plain-text gRPC must not offer HTTP/1.1: without TLS there is no ALPN to pick HTTP/2).
+    /// </summary>
+    public void ConfigureListen(ListenOptions listen)
+    {
+        listen.Protocols = HttpProtocols.Http2;
+        if (_options.Tls) listen.UseHttps(_certificate ??= Identity.CreateCertificate());
+    }
+
+    System.Security.Cryptography.X509Certificates.X509Certificate2? _certificate;
 
     /// <summary>Registers this node and its gRPC service (with its message limits and swarm-key check) in an app's services.</summary>
     public void ConfigureServices(IServiceCollection services)
@@ -251,6 +262,8 @@ public sealed partial class DhtNode : IAsyncDisposable
             catch (OperationCanceledException) { }
             await _app.DisposeAsync().ConfigureAwait(false);
         }
+        // A host app (a server's) may still be closing connections with it; the finalizer frees it there.
+        if (_app is not null) _certificate?.Dispose();
         if (_ownsIdentity) Identity.Dispose();
     }
 }

@@ -18,6 +18,12 @@ public sealed record DhtNodeOptions
     /// <summary>Private swarm secret; null = public swarm (no authentication headers at all).</summary>
     public SwarmKey? SwarmKey { get; init; }
 
+    /// <summary>
+    /// TLS on this node's port and on its calls to peers, with certificates on node keys (<c>Wire.PeerTls</c>).
+    /// Every node of a swarm must agree; false (<c>--no-tls</c>) is for debugging and benchmarks.
+    /// </summary>
+    public bool Tls { get; init; } = true;
+
     /// <summary>Bucket size and replication factor (Kademlia's k).</summary>
     public int K { get; init; } = 20;
 

@@ -2,6 +2,7 @@ using System.Security.Cryptography;
 using Google.Protobuf;
 using Grpc.Core;
 using PetalsSharp.Dht.V1;
+using PetalsSharp.Wire;
 
 namespace PetalsSharp.Dht;
 
@@ -9,9 +10,11 @@ namespace PetalsSharp.Dht;
 /// The calling side of the protocol for one node: fresh nonce per request, deadline per call, and a check that every
 /// reply is signed by the node id it claims (and, when the caller knows it, by the id it expected).
 /// </summary>
-sealed class DhtRpc(NodeIdentity identity, Func<V1.Contact> self, SwarmKey? swarmKey, TimeSpan timeout)
+sealed class DhtRpc(NodeIdentity identity, Func<V1.Contact> self, SwarmKey? swarmKey, TimeSpan timeout, bool tls)
 {
-    DhtService.DhtServiceClient Client(string address) => new(SwarmAuth.Apply(DhtChannels.Shared.Get(address), swarmKey));
+    // A known id pins the TLS certificate too, so what a signed reply proves holds for the whole link.
+    DhtService.DhtServiceClient Client(string address, NodeId? expected) =>
+        new(SwarmAuth.Apply(DhtChannels.Shared.Get(PeerTarget.Dial(address, tls, expected?.ToString())), swarmKey));
 
     static ByteString Nonce() => ByteString.CopyFrom(RandomNumberGenerator.GetBytes(16));
 
@@ -42,7 +45,7 @@ sealed class DhtRpc(NodeIdentity identity, Func<V1.Contact> self, SwarmKey? swar
     public async Task<Contact> PingAsync(string address, NodeId? expected, CancellationToken ct, TimeSpan? deadline = null)
     {
         var nonce = Nonce();
-        var reply = await Client(address).PingAsync(new PingRequest { Sender = self(), Nonce = nonce }, Options(ct, deadline)).ConfigureAwait(false);
+        var reply = await Client(address, expected).PingAsync(new PingRequest { Sender = self(), Nonce = nonce }, Options(ct, deadline)).ConfigureAwait(false);
         return Verify("Ping", address, nonce, reply.Responder, reply.Signature, expected);
     }
 
@@ -50,7 +53,7 @@ sealed class DhtRpc(NodeIdentity identity, Func<V1.Contact> self, SwarmKey? swar
     {
         var nonce = Nonce();
         var request = new FindNodeRequest { Sender = self(), Nonce = nonce, Target = ByteString.CopyFrom(target.ToBytes()) };
-        var reply = await Client(peer.Address).FindNodeAsync(request, Options(ct)).ConfigureAwait(false);
+        var reply = await Client(peer.Address, peer.Id).FindNodeAsync(request, Options(ct)).ConfigureAwait(false);
         var responder = Verify("FindNode", peer.Address, nonce, reply.Responder, reply.Signature, peer.Id);
         return (responder, Contacts(reply.Nodes, reply.Nodes.Count));
     }
@@ -58,7 +61,7 @@ sealed class DhtRpc(NodeIdentity identity, Func<V1.Contact> self, SwarmKey? swar
     public async Task<(Contact Responder, List<Contact> Nodes, List<SignedEntry> Entries)> FindValueAsync(Contact peer, string key, CancellationToken ct)
     {
         var nonce = Nonce();
-        var reply = await Client(peer.Address).FindValueAsync(new FindValueRequest { Sender = self(), Nonce = nonce, Key = key }, Options(ct))
+        var reply = await Client(peer.Address, peer.Id).FindValueAsync(new FindValueRequest { Sender = self(), Nonce = nonce, Key = key }, Options(ct))
             .ConfigureAwait(false);
         var responder = Verify("FindValue", peer.Address, nonce, reply.Responder, reply.Signature, peer.Id);
         // Entries are only candidates: the reader verifies each one (DhtRecords.MergeVerified), never this peer. A
@@ -77,7 +80,7 @@ sealed class DhtRpc(NodeIdentity identity, Func<V1.Contact> self, SwarmKey? swar
         var nonce = Nonce();
         var request = new StoreRequest { Sender = self(), Nonce = nonce };
         request.Records.AddRange(entries.Select(e => new Record { Key = e.Key, Entry = e.ToWire() }));
-        var reply = await Client(peer.Address).StoreAsync(request, Options(ct)).ConfigureAwait(false);
+        var reply = await Client(peer.Address, peer.Id).StoreAsync(request, Options(ct)).ConfigureAwait(false);
         Verify("Store", peer.Address, nonce, reply.Responder, reply.Signature, peer.Id);
         return reply.Statuses.Take(entries.Count).Count(s => s.Accepted);
     }

@@ -23,6 +23,12 @@ public sealed class NodeIdentity : IDisposable
     /// <summary>DER SubjectPublicKeyInfo of the public key, as sent on the wire.</summary>
     public byte[] PublicKey { get; }
 
+    /// <summary>
+    /// A self-signed TLS certificate on this key, so that a peer's handshake proves the node id (see
+    /// <see cref="Wire.PeerTls"/>).
+    /// </summary>
+    public System.Security.Cryptography.X509Certificates.X509Certificate2 CreateCertificate() => Wire.PeerTls.SelfSigned(_key);
+
     /// <summary>A fresh key that lives only in memory.</summary>
     public static NodeIdentity CreateEphemeral() => new(ECDsa.Create(ECCurve.NamedCurves.nistP256));
 

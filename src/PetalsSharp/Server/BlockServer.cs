@@ -195,11 +195,31 @@ public sealed partial class BlockServer : IAsyncDisposable
         // The host must not install its own Ctrl+C/SIGTERM handlers: the CLI (or the test) decides when to stop.
         builder.Services.AddSingleton<IHostLifetime, ManualLifetime>();
         builder.Services.Configure<HostOptions>(o => o.ShutdownTimeout = TimeSpan.FromSeconds(5));
+        if (Options.UsesDht)
+        {
+            // The DHT node shares the block service's port, so a server is one address for everything.
+            _dht = PetalsSharp.Dht.DhtNode.Create(new PetalsSharp.Dht.DhtNodeOptions
+            {
+                Host = Options.Host, Port = Options.Port, PublicAddress = Options.PublicAddress, SwarmKey = Options.SwarmKey, Tls = Options.Tls,
+                JoinTimeout = Options.JoinTimeout,
+                Identity = Options.IdentityPath is null ? null : PetalsSharp.Dht.NodeIdentity.LoadOrCreate(Options.IdentityPath),
+                Logger = _loggerFactory.CreateLogger("petals.dht"),
+            });
+            _dht.ConfigureServices(builder.Services);
+        }
         var address = await ResolveHostAsync(Options.Host, cancellationToken);
         builder.WebHost.ConfigureKestrel(k =>
         {
-            // Plain-text gRPC needs HTTP/2 only: without TLS there is no ALPN to pick it.
-            k.Listen(address, Options.Port, listen => listen.Protocols = HttpProtocols.Http2);
+            k.Listen(address, Options.Port, listen =>
+            {
+                // The DHT node's certificate when there is one: clients pin the key that signed this server's record.
+                if (_dht is not null) _dht.ConfigureListen(listen);
+                else
+                {
+                    listen.Protocols = HttpProtocols.Http2;   // plain-text gRPC: no ALPN to pick HTTP/2
+                    if (Options.Tls) listen.UseHttps(_certificate ??= CreateCertificate());
+                }
+            });
             k.Limits.MaxRequestBodySize = null;    // streams are bounded per message, not per call
         });
         builder.Services.AddGrpc(o =>
@@ -208,18 +228,6 @@ public sealed partial class BlockServer : IAsyncDisposable
             o.MaxSendMessageSize = Options.MaxMessageBytes;
         }).AddServiceOptions<BlockServiceImpl>(o => PetalsSharp.Dht.SwarmAuth.Protect(o, Options.SwarmKey));
         builder.Services.AddSingleton(new BlockServiceImpl(this, _loggerFactory.CreateLogger<BlockServiceImpl>()));
-        if (Options.UsesDht)
-        {
-            // The DHT node shares the block service's port, so a server is one address for everything.
-            _dht = PetalsSharp.Dht.DhtNode.Create(new PetalsSharp.Dht.DhtNodeOptions
-            {
-                Host = Options.Host, Port = Options.Port, PublicAddress = Options.PublicAddress, SwarmKey = Options.SwarmKey,
-                JoinTimeout = Options.JoinTimeout,
-                Identity = Options.IdentityPath is null ? null : PetalsSharp.Dht.NodeIdentity.LoadOrCreate(Options.IdentityPath),
-                Logger = _loggerFactory.CreateLogger("petals.dht"),
-            });
-            _dht.ConfigureServices(builder.Services);
-        }
         var app = builder.Build();
         app.UseGrpcFrameGuard(Options.MaxMessageBytes, "/" + Wire.V1.BlockService.Descriptor.FullName);
         if (_dht is not null) PetalsSharp.Dht.DhtNode.UseFrameGuard(app);
@@ -249,6 +257,17 @@ public sealed partial class BlockServer : IAsyncDisposable
         return addresses.FirstOrDefault(a => a.AddressFamily == System.Net.Sockets.AddressFamily.InterNetwork)
             ?? addresses.FirstOrDefault() ?? throw new ArgumentException($"host '{host}' has no address");
     }
+
+    /// <summary>The TLS certificate of a server without a DHT node: on its identity file's key, or a key of this run.</summary>
+    System.Security.Cryptography.X509Certificates.X509Certificate2 CreateCertificate()
+    {
+        using var identity = Options.IdentityPath is null
+            ? PetalsSharp.Dht.NodeIdentity.CreateEphemeral()
+            : PetalsSharp.Dht.NodeIdentity.LoadOrCreate(Options.IdentityPath);
+        return identity.CreateCertificate();
+    }
+
+    System.Security.Cryptography.X509Certificates.X509Certificate2? _certificate;
 
     /// <summary>Ends every session (their streams get UNAVAILABLE), stops listening and frees the caches.</summary>
     public async Task StopAsync()

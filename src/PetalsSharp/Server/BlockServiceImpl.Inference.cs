@@ -210,6 +210,8 @@ public sealed partial class BlockServiceImpl
             RequestValidator.CheckId(next.SessionId, "next_servers.session_id");
             RequestValidator.CheckId(next.StepId, "next_servers.step_id");
             if (next.Address.Length is 0 or > 256) throw new WireException("next_servers.address must be HOST:PORT");
+            if (next.PeerId.Length > 0 && !PeerTls.IsId(next.PeerId))
+                throw new WireException("next_servers.peer_id must be empty or a node id of 40 hex digits");
             if (next.PushToken.Length > RequestValidator.MaxIdLength)
                 throw new WireException($"next_servers.push_token has {next.PushToken.Length} characters; the limit is {RequestValidator.MaxIdLength}");
         }

@@ -21,10 +21,11 @@ internal sealed class NextPinger(ServerOptions options, PeerChannels peers)
     {
         if (end >= numBlocks) return new Dictionary<string, double>();   // the last span has no next server
         var snapshot = await SwarmReader.ReadAsync(dht, options.ResolvedDhtPrefix, numBlocks, ct);
-        var next = snapshot.Online.Where(s => s.Start <= end && end < s.End && s.Address != self).Select(s => s.Address).Distinct().Take(8);
-        await Task.WhenAll(next.Select(async address =>
+        var next = snapshot.Online.Where(s => s.Start <= end && end < s.End && s.Address != self).DistinctBy(s => s.Address).Take(8);
+        await Task.WhenAll(next.Select(async server =>
         {
-            var client = new BlockService.BlockServiceClient(SwarmAuth.Apply(peers.Get(address), options.SwarmKey));
+            var address = server.Address;
+            var client = new BlockService.BlockServiceClient(SwarmAuth.Apply(peers.Get(server.Dial(options.Tls)), options.SwarmKey));
             var sw = Stopwatch.StartNew();
             try
             {

@@ -175,6 +175,12 @@ public sealed record ServerOptions
     /// <summary>Private swarm secret: only nodes with the same key can join, store or be served.</summary>
     public Dht.SwarmKey? SwarmKey { get; init; }
 
+    /// <summary>
+    /// TLS on the port (block service and DHT) and on pushes and pings to other servers, with a certificate on the
+    /// node's identity key. False (<c>--no-tls</c>) is for debugging and benchmarks; a swarm must agree on it.
+    /// </summary>
+    public bool Tls { get; init; } = true;
+
     /// <summary>How long joining keeps retrying initial peers that cannot be reached (see <see cref="Dht.DhtNodeOptions.JoinTimeout"/>).</summary>
     public TimeSpan JoinTimeout { get; init; } = TimeSpan.FromSeconds(60);
 

@@ -78,14 +78,16 @@ internal sealed class SessionInboxes(ServerOptions options, PeerChannels peers, 
     public void PushLater(NextServer next, InferenceStep step)
     {
         var request = new PushRequest { SessionId = next.SessionId, Step = step, PushToken = next.PushToken };
-        if (_lanes.TrySend(next.Address, request) is { } sent)
+        // Pinned to the id the client routed by: a push to a hijacked address fails its handshake, not leaks the step.
+        var dial = PeerTarget.Dial(next.Address, options.Tls, next.PeerId.Length > 0 ? next.PeerId.ToLowerInvariant() : null);
+        if (_lanes.TrySend(dial, request) is { } sent)
         {
             if (!sent.IsCompletedSuccessfully)
                 // The lane broke under this push: it may still reach the session another way.
-                _ = sent.ContinueWith(t => { if (t.IsFaulted || t.IsCanceled) PushUnary(next.Address, request); }, TaskScheduler.Default);
+                _ = sent.ContinueWith(t => { if (t.IsFaulted || t.IsCanceled) PushUnary(dial, request); }, TaskScheduler.Default);
             return;
         }
-        PushUnary(next.Address, request);
+        PushUnary(dial, request);
     }
 
     void PushUnary(string address, PushRequest request)

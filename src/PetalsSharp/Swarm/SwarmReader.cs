@@ -71,10 +71,11 @@ public static class SwarmReader
     /// <param name="ct">Cancels the join.</param>
     /// <param name="joinTimeout">How long to retry unreachable peers (default <see cref="ClientJoinTimeout"/>; zero = one try).</param>
     /// <param name="logger">Where failed attempts are reported.</param>
+    /// <param name="tls">Whether the swarm runs TLS (see <see cref="DhtNodeOptions.Tls"/>).</param>
     public static async Task<DhtNode> JoinAsClientAsync(IEnumerable<string> initialPeers, SwarmKey? swarmKey, CancellationToken ct = default,
-        TimeSpan? joinTimeout = null, Microsoft.Extensions.Logging.ILogger? logger = null)
+        TimeSpan? joinTimeout = null, Microsoft.Extensions.Logging.ILogger? logger = null, bool tls = true)
     {
-        var dht = DhtNode.Create(new DhtNodeOptions { SwarmKey = swarmKey, JoinTimeout = joinTimeout ?? ClientJoinTimeout, Logger = logger });
+        var dht = DhtNode.Create(new DhtNodeOptions { SwarmKey = swarmKey, JoinTimeout = joinTimeout ?? ClientJoinTimeout, Logger = logger, Tls = tls });
         try
         {
             await dht.BootstrapAsync(initialPeers, ct).ConfigureAwait(false);

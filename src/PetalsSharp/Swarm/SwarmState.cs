@@ -21,6 +21,12 @@ public sealed record ServerInfo(
 {
     public ServerSpan Span => new(Address, Start, End);
 
+    /// <summary>
+    /// How to dial it (see <see cref="Wire.PeerTarget"/>): over TLS, pinned to the key that signed its record. A
+    /// server known only by address (PeerId = address) is not pinned.
+    /// </summary>
+    public string Dial(bool tls) => Wire.PeerTarget.Dial(Address, tls, PeerId);
+
     /// <summary>The block format its linears are served in: "none" (exact), "int8", "nf4", or what a newer server announced.</summary>
     public string Quant { get; init; } = "none";
 

@@ -158,11 +158,14 @@ public sealed class PeerChannels : IDisposable
     }
 
     /// <summary>
-    /// A new channel the caller owns: HTTP/2 without TLS, large messages both ways, and fast first reconnects (the
-    /// default backoff makes the first call after a peer starts wait about a second).
+    /// A new channel the caller owns to the dial string <paramref name="address"/> (see <see cref="PeerTarget"/>:
+    /// TLS, pinned to a node id when one is given, unless it starts with <c>http://</c>): HTTP/2, large messages
+    /// both ways, and fast first reconnects (the default backoff makes the first call after a peer starts wait
+    /// about a second).
     /// </summary>
     public static GrpcChannel Create(string address, PeerChannelOptions options)
     {
+        var target = PeerTarget.Parse(address);
         var handler = new SocketsHttpHandler
         {
             EnableMultipleHttp2Connections = options.MultipleHttp2Connections,
@@ -171,6 +174,12 @@ public sealed class PeerChannels : IDisposable
             KeepAlivePingTimeout = TimeSpan.FromSeconds(20),
         };
         if (options.PooledConnectionIdleTimeout is { } idle) handler.PooledConnectionIdleTimeout = idle;
+        if (target.Tls)
+            handler.SslOptions = new System.Net.Security.SslClientAuthenticationOptions
+            {
+                RemoteCertificateValidationCallback = PeerTls.Validator(target.Address, target.ExpectedId),
+                ApplicationProtocols = [System.Net.Security.SslApplicationProtocol.Http2],
+            };
         var settings = new GrpcChannelOptions
         {
             MaxReceiveMessageSize = options.MaxMessageBytes,
@@ -179,7 +188,7 @@ public sealed class PeerChannels : IDisposable
             HttpHandler = handler,
         };
         if (options.MaxReconnectBackoff is { } max) settings.MaxReconnectBackoff = max;
-        return GrpcChannel.ForAddress(address.Contains("://") ? address : "http://" + address, settings);
+        return GrpcChannel.ForAddress(target.Uri, settings);
     }
 
     /// <summary>Closes every channel; calls still running on them fail.</summary>

@@ -19,8 +19,9 @@ public sealed class DhtHostingTests
         var key = SwarmKey.Generate();
         var builder = WebApplication.CreateSlimBuilder(new WebApplicationOptions { Args = [] });
         builder.Logging.ClearProviders();
-        builder.WebHost.ConfigureKestrel(k => k.Listen(IPAddress.Loopback, 0, l => l.Protocols = HttpProtocols.Http2));
         var hosted = DhtNode.Create(DhtTestSwarm.Options(key));
+        // The node's own listen settings: HTTP/2 over TLS with a certificate on its key, as peers expect.
+        builder.WebHost.ConfigureKestrel(k => k.Listen(IPAddress.Loopback, 0, hosted.ConfigureListen));
         hosted.ConfigureServices(builder.Services);
         await using var app = builder.Build();
         hosted.MapService(app);

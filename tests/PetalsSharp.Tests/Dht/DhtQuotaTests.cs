@@ -79,25 +79,5 @@ public sealed class DhtQuotaTests
     public void Peer_strings_name_their_address(string? peer, string? address) => Assert.Equal(address, RequestQuota.AddressOf(peer));
 
     /// <summary>A gRPC channel whose connections leave from <paramref name="source"/>.</summary>
-    static GrpcChannel Channel(string address, IPAddress source) => GrpcChannel.ForAddress("http://" + address, new GrpcChannelOptions
-    {
-        HttpHandler = new SocketsHttpHandler
-        {
-            ConnectCallback = async (context, ct) =>
-            {
-                var socket = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp) { NoDelay = true };
-                try
-                {
-                    socket.Bind(new IPEndPoint(source, 0));
-                    await socket.ConnectAsync(context.DnsEndPoint, ct);
-                    return new NetworkStream(socket, ownsSocket: true);
-                }
-                catch
-                {
-                    socket.Dispose();
-                    throw;
-                }
-            },
-        },
-    });
+    static GrpcChannel Channel(string address, IPAddress source) => TestChannels.Create(address, source);
 }

@@ -31,7 +31,7 @@ public sealed class DhtSecurityTests
     public async Task ForgedStoresAreRefused()
     {
         await using var node = await DhtNode.StartAsync(DhtTestSwarm.Options());
-        using var channel = GrpcChannel.ForAddress("http://" + node.Address);
+        using var channel = TestChannels.Create(node.Address);
         var client = new DhtService.DhtServiceClient(channel);
         using var attacker = NodeIdentity.CreateEphemeral();
         using var victim = NodeIdentity.CreateEphemeral();

@@ -44,7 +44,7 @@ public sealed class PrivateSwarmTests
     {
         var key = SwarmKey.Generate();
         await using var node = await DhtNode.StartAsync(DhtTestSwarm.Options(key));
-        using var channel = GrpcChannel.ForAddress("http://" + node.Address);
+        using var channel = TestChannels.Create(node.Address);
         var ping = new PingRequest { Nonce = ByteString.CopyFrom(RandomNumberGenerator.GetBytes(16)) };
 
         var plain = new DhtService.DhtServiceClient(channel);

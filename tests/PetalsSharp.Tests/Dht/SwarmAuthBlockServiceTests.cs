@@ -33,7 +33,14 @@ public sealed class SwarmAuthBlockServiceTests
     {
         var builder = WebApplication.CreateSlimBuilder(new WebApplicationOptions { Args = [] });
         builder.Logging.ClearProviders();
-        builder.WebHost.ConfigureKestrel(k => k.Listen(IPAddress.Loopback, 0, l => l.Protocols = HttpProtocols.Http2));
+        // TLS like a real server: the swarm key's proofs ride on top of it.
+        using var identity = NodeIdentity.CreateEphemeral();
+        var certificate = identity.CreateCertificate();
+        builder.WebHost.ConfigureKestrel(k => k.Listen(IPAddress.Loopback, 0, l =>
+        {
+            l.Protocols = HttpProtocols.Http2;
+            l.UseHttps(certificate);
+        }));
         builder.Services.AddGrpc().AddServiceOptions<EchoBlockService>(o => SwarmAuth.Protect(o, key));
         var app = builder.Build();
         app.MapGrpcService<EchoBlockService>();
@@ -67,7 +74,7 @@ public sealed class SwarmAuthBlockServiceTests
         await using (app)
         await using (open)
         {
-            using var channel = GrpcChannel.ForAddress("http://" + address);
+            using var channel = TestChannels.Create(address);
             var member = new BlockService.BlockServiceClient(SwarmAuth.Apply(channel, key));
             Assert.Equal("echo", (await member.InfoAsync(new InfoRequest())).ModelName);
             Assert.Single(await Echo(member));
@@ -79,7 +86,7 @@ public sealed class SwarmAuthBlockServiceTests
             }
 
             // A member talking to a server outside the swarm refuses its answers (it cannot prove the key).
-            using var openChannel = GrpcChannel.ForAddress("http://" + openAddress);
+            using var openChannel = TestChannels.Create(openAddress);
             var misled = new BlockService.BlockServiceClient(SwarmAuth.Apply(openChannel, key));
             Assert.Equal(StatusCode.PermissionDenied, (await Assert.ThrowsAsync<RpcException>(() => misled.InfoAsync(new InfoRequest()).ResponseAsync)).StatusCode);
             Assert.Equal(StatusCode.PermissionDenied, (await Assert.ThrowsAsync<RpcException>(() => Echo(misled))).StatusCode);

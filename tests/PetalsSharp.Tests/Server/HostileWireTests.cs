@@ -166,12 +166,12 @@ public sealed class HostileWireTests(Xunit.Abstractions.ITestOutputHelper output
         }
     }
 
-    /// <summary>Posts one hand-made gRPC frame over HTTP/2 without TLS (prior knowledge); returns grpc-status and grpc-message.</summary>
+    /// <summary>Posts one hand-made gRPC frame over HTTP/2 (TLS, as every peer link); returns grpc-status and grpc-message.</summary>
     internal static async Task<(int Status, string Message)> PostFrameAsync(string address, string method, byte[] frame,
         string service = "petals.v1.BlockService")
     {
-        using var http = new HttpClient(new SocketsHttpHandler()) { Timeout = TimeSpan.FromSeconds(60) };
-        using var request = new HttpRequestMessage(HttpMethod.Post, $"http://{address}/{service}/{method}")
+        using var http = new HttpClient(TestChannels.Handler()) { Timeout = TimeSpan.FromSeconds(60) };
+        using var request = new HttpRequestMessage(HttpMethod.Post, TestChannels.Url(address, $"{service}/{method}"))
         {
             Version = HttpVersion.Version20, VersionPolicy = HttpVersionPolicy.RequestVersionExact,
             Content = new ByteArrayContent(frame),

@@ -62,34 +62,9 @@ public sealed class ServerClient : IDisposable
     /// </param>
     public ServerClient(string address, System.Net.IPAddress? source = null)
     {
-        _channel = GrpcChannel.ForAddress($"http://{address}", new GrpcChannelOptions
-        {
-            MaxReceiveMessageSize = 64 << 20,
-            MaxSendMessageSize = 64 << 20,
-            InitialReconnectBackoff = TimeSpan.FromMilliseconds(50),
-            HttpHandler = source is null ? null : BoundHandler(source),
-        });
+        _channel = TestChannels.Create(address, source);
         Raw = new BlockService.BlockServiceClient(_channel);
     }
-
-    static System.Net.Http.SocketsHttpHandler BoundHandler(System.Net.IPAddress source) => new()
-    {
-        ConnectCallback = async (context, ct) =>
-        {
-            var socket = new System.Net.Sockets.Socket(source.AddressFamily, System.Net.Sockets.SocketType.Stream, System.Net.Sockets.ProtocolType.Tcp) { NoDelay = true };
-            try
-            {
-                socket.Bind(new System.Net.IPEndPoint(source, 0));
-                await socket.ConnectAsync(context.DnsEndPoint, ct);
-                return new System.Net.Sockets.NetworkStream(socket, ownsSocket: true);
-            }
-            catch
-            {
-                socket.Dispose();
-                throw;
-            }
-        },
-    };
 
     public BlockService.BlockServiceClient Raw { get; }
     public GrpcChannel Channel => _channel;

@@ -73,7 +73,7 @@ public sealed class ForgedAnnouncementTests(Xunit.Abstractions.ITestOutputHelper
     /// <summary>Stores <paramref name="count"/> ONLINE records for every block, each signed by a fresh key.</summary>
     static async Task ForgeAsync(DhtNode target, int count, Func<int, string> address)
     {
-        using var channel = GrpcChannel.ForAddress("http://" + target.Address);
+        using var channel = TestChannels.Create(target.Address);
         var client = new DhtService.DhtServiceClient(channel);
         var expiration = DateTimeOffset.UtcNow.AddMinutes(10);
         var records = new List<Record>();

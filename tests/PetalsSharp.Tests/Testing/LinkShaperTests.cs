@@ -166,7 +166,7 @@ public sealed class LinkShaperTests(ITestOutputHelper output)
 
         async Task<List<double>> TimeInfoCallsAsync(string address)
         {
-            using var channel = GrpcChannel.ForAddress($"http://{address}");
+            using var channel = TestChannels.Create(address);
             var client = new BlockService.BlockServiceClient(channel);
             var first = await client.InfoAsync(new InfoRequest());   // connection setup is not what we measure
             Assert.Equal(3, first.EndBlock);
