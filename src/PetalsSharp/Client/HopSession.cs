@@ -83,6 +83,40 @@ internal sealed class HopSession(ServerConnection server, ChainHop hop, SessionO
     /// <summary>Deep prompts sent with the step at position 0 (a replacement server needs them for the replay).</summary>
     public Tensor? PrefillPrompts { get; private set; }
 
+    /// <summary>
+    /// A session on another server of the same blocks that is fed this hop's inputs only when a step is checked
+    /// (<see cref="StepVerifier"/>), so a check costs the inputs since the last one, not the whole history.
+    /// </summary>
+    internal HopSession? Shadow { get; private set; }
+
+    /// <summary>Positions of this hop's inputs the shadow's cache holds.</summary>
+    internal int ShadowSynced { get; set; }
+
+    internal void SetShadow(HopSession shadow)
+    {
+        DropShadow();
+        Shadow = shadow;
+        ShadowSynced = 0;
+    }
+
+    internal void DropShadow()
+    {
+        var shadow = Shadow;
+        Shadow = null;
+        if (shadow is not null) _ = shadow.DisposeAsync().AsTask();
+    }
+
+    /// <summary>
+    /// A step from <paramref name="start"/> is coming: the shadow's positions from there on will be stale, and a beam
+    /// reorder (which the shadow did not see) makes all of it stale.
+    /// </summary>
+    internal void BeforeStep(int start, bool reorders)
+    {
+        if (Shadow is null) return;
+        if (reorders) DropShadow();
+        else ShadowSynced = Math.Min(ShadowSynced, start);
+    }
+
     /// <summary>Sends one step (split along T when it would not fit in a message) and returns the outputs.</summary>
     public async Task<Tensor> StepAsync(Tensor hidden, int start, Tensor? hypoIds, CancellationToken ct, string? stepId = null, Tensor? prompts = null)
     {
@@ -248,6 +282,7 @@ internal sealed class HopSession(ServerConnection server, ChainHop hop, SessionO
 
     void Release()
     {
+        DropShadow();
         _call?.Dispose();
         PrefillPrompts?.Dispose();
         foreach (var t in _history) t.Dispose();

@@ -56,11 +56,14 @@ internal sealed class RemoteSession : IBlockSession
         if (prompts is not null) BlockPrompts.Check(prompts, _hops[^1].Hop.End - _start, hidden);
         // Every hop gets its own step id up front, so a step that was pushed and is later resent is deduplicated.
         var ids = _hops.ToDictionary(hop => hop, _ => HopSession.NewStepId());
-        // A sampled step is driven hop by hop, each hop's output checked before it goes on (StepVerifier). Steps of
-        // deep-prompt sessions are not sampled: a cache-free recompute would need the prompts of every position.
+        // In a sampled step every hop's reply is checked on another server (StepVerifier) while the chain goes on;
+        // the step's output is returned only once the checks agree. Steps of deep-prompt sessions are not sampled: a
+        // recompute would need the prompts of every position.
         bool verify = prompts is null && _hops[0].PrefillPrompts is null && _swarm.Pool.DrawVerification();
+        foreach (var hop in _hops) hop.BeforeStep(start, reorders: hypoIds is not null);
+        var checks = new List<(HopSession Hop, Task<StepVerifier.Verdict> Verdict)>();
         // Deep prompts differ per server, so a step carrying them is driven hop by hop.
-        bool pushed = !verify && _swarm.Options.UseServerToServer && !_pushRefused && _hops.Count > 1 && prompts is null && _hops[0].FitsOneMessage(hidden)
+        bool pushed = _swarm.Options.UseServerToServer && !_pushRefused && _hops.Count > 1 && prompts is null && _hops[0].FitsOneMessage(hidden)
                       && await TrySendWithPushAsync(hidden, start, hypoIds, ids, ct).ConfigureAwait(false);
         for (int i = 0; i < _hops.Count; i++)
         {
@@ -76,16 +79,7 @@ internal sealed class RemoteSession : IBlockSession
                     ? hop.ReceiveAsync(ids[hop], input, start, hypoIds, ct, adopt)
                     : hop.StepAsync(input, start, hypoIds, ct, ids.GetValueOrDefault(hop), HopPrompts(prompts, hop.Hop)), ct).ConfigureAwait(false);
                 adopted = adopt;
-                if (verify && await StepVerifier.CheckAsync(_swarm, hop, output, Options.LeftPadding, ct).ConfigureAwait(false) == StepVerifier.Verdict.HopLied)
-                {
-                    // Its answers fed every later hop's cache: replace it and all hops after it, replaying its inputs.
-                    output.Dispose();
-                    using var inputs = cat(hop.History.ToArray(), 1);                   // [B, start+T, H]
-                    var lie = new HopFailure(hop.Hop, new SwarmException($"{hop.Address} returned wrong activations"));
-                    (output, _) = await FailoverAsync(i, h, start, hypoIds, null, lie, ct, _hops.Count - i, inputs).ConfigureAwait(false);
-                    end = _hops[^1].Hop.End;
-                    i = _hops.Count - 1;
-                }
+                if (verify) checks.Add((hop, StepVerifier.CheckAsync(_swarm, hop, output.detach().clone(), Options, ct)));
             }
             catch (HopFailure failure)
             {
@@ -105,8 +99,29 @@ internal sealed class RemoteSession : IBlockSession
             h = output;
             options?.OnBlockOutput?.Invoke(end - 1, h.detach().clone().DetachFromDisposeScope());
         }
+        if (checks.Count > 0) h = await AfterChecksAsync(checks, h, hidden, start, options, ct).ConfigureAwait(false);
         Position = start + (int)hidden.shape[1];
         return h;
+    }
+
+    /// <summary>
+    /// Waits for a sampled step's checks. A hop proven to lie fed every later hop, this step and before: it and every
+    /// hop after it are replaced by a failover that replays its inputs, and the replacement's output is the step's.
+    /// </summary>
+    async Task<Tensor> AfterChecksAsync(List<(HopSession Hop, Task<StepVerifier.Verdict> Verdict)> checks, Tensor output, Tensor hidden,
+        int start, StepOptions? options, CancellationToken ct)
+    {
+        var verdicts = await Task.WhenAll(checks.Select(c => c.Verdict)).ConfigureAwait(false);
+        var liars = checks.Zip(verdicts).Where(x => x.Second == StepVerifier.Verdict.HopLied).Select(x => _hops.IndexOf(x.First.Hop)).Where(i => i >= 0).ToList();
+        if (liars.Count == 0) return output;
+        int first = liars.Min();
+        var liar = _hops[first];
+        using var inputs = cat(liar.History.ToArray(), 1);                              // [B, start+T, H]: every input it saw
+        var lie = new HopFailure(liar.Hop, new SwarmException($"{liar.Address} returned wrong activations"));
+        var (replaced, _) = await FailoverAsync(first, hidden, start, null, null, lie, ct, _hops.Count - first, inputs).ConfigureAwait(false);
+        output.Dispose();
+        options?.OnBlockOutput?.Invoke(_hops[^1].Hop.End - 1, replaced.detach().clone().DetachFromDisposeScope());
+        return replaced;                                                                // [B, T, H]
     }
 
     /// <summary>

@@ -1,4 +1,5 @@
 using Microsoft.Extensions.Logging;
+using PetalsSharp.Models;
 using PetalsSharp.Swarm;
 using PetalsSharp.Wire.V1;
 using static TorchSharp.torch;
@@ -44,6 +45,37 @@ internal static class StepVerifier
         _ => 3e-2,
     };
 
+    /// <summary>
+    /// The step's rows from the hop's shadow session on <paramref name="server"/> (opened at the first check), fed the
+    /// inputs it has not seen; null when the shadow cannot be used (the caller recomputes from scratch instead).
+    /// </summary>
+    static async Task<Tensor?> ShadowStepAsync(SwarmContext swarm, HopSession hop, ServerConnection server, Tensor input, long t,
+        SessionOptions session, CancellationToken ct)
+    {
+        try
+        {
+            if (hop.Shadow is null)
+            {
+                var shadow = new HopSession(server, new ChainHop(server.Span, hop.Hop.Start, hop.Hop.End), session,
+                    swarm.Options with { Compression = Compression.None });
+                hop.SetShadow(shadow);
+                await shadow.OpenAsync(ct).ConfigureAwait(false);
+            }
+            int synced = hop.ShadowSynced;
+            long total = input.shape[1];
+            using var fresh = input.narrow(1, synced, total - synced);                   // [B, S - synced, H]
+            using var answer = await hop.Shadow!.StepAsync(fresh, synced, null, ct).ConfigureAwait(false);
+            hop.ShadowSynced = (int)total;
+            return answer.narrow(1, answer.shape[1] - t, t).clone();                    // [B, T, H]
+        }
+        catch (Exception e) when (!ct.IsCancellationRequested && e is not OutOfMemoryException)
+        {
+            swarm.Options.Logger.LogDebug("shadow session of {Hop} on {Server} failed, recomputing instead: {Message}", hop.Hop, server.Address, e.Message);
+            hop.DropShadow();
+            return null;
+        }
+    }
+
     /// <summary>‖a − b‖ / ‖b‖; infinite when either holds NaN/Inf (a wrong answer, whoever gave it).</summary>
     public static double Difference(Tensor a, Tensor b)
     {
@@ -59,27 +91,36 @@ internal static class StepVerifier
     /// Checks <paramref name="output"/> ([B, T, H], the hop's answer to its last T inputs) against other servers.
     /// On <see cref="Verdict.HopLied"/> the hop's server is already distrusted in the pool.
     /// </summary>
-    /// <remarks>A check that fails (a verifier went away) is only a check not made: it never fails the step.</remarks>
-    public static async Task<Verdict> CheckAsync(SwarmContext swarm, HopSession hop, Tensor output, IReadOnlyList<int>? leftPadding,
+    /// <remarks>
+    /// Takes ownership of <paramref name="output"/>. A check that fails (a verifier went away) is only a check not
+    /// made: it never fails the step.
+    /// </remarks>
+    public static async Task<Verdict> CheckAsync(SwarmContext swarm, HopSession hop, Tensor output, SessionOptions session,
         CancellationToken ct)
     {
-        try { return await CheckCoreAsync(swarm, hop, output, leftPadding, ct).ConfigureAwait(false); }
-        catch (Exception e) when (!ct.IsCancellationRequested && e is not OutOfMemoryException)
+        using (output)
         {
-            swarm.Options.Logger.LogInformation("could not check {Hop}: {Message}", hop.Hop, e.Message);
-            return Verdict.Inconclusive;
+            try { return await CheckCoreAsync(swarm, hop, output, session, ct).ConfigureAwait(false); }
+            catch (Exception e) when (!ct.IsCancellationRequested && e is not OutOfMemoryException)
+            {
+                swarm.Options.Logger.LogInformation("could not check {Hop}: {Message}", hop.Hop, e.Message);
+                return Verdict.Inconclusive;
+            }
         }
     }
 
-    static async Task<Verdict> CheckCoreAsync(SwarmContext swarm, HopSession hop, Tensor output, IReadOnlyList<int>? leftPadding,
+    static async Task<Verdict> CheckCoreAsync(SwarmContext swarm, HopSession hop, Tensor output, SessionOptions session,
         CancellationToken ct)
     {
+        var leftPadding = session.LeftPadding;
         var pool = swarm.Pool;
         var span = hop.Hop;
         var mine = swarm.Server(span);
+        // The shadow's server first, while it is usable: its cache makes the check incremental.
         var others = pool.Servers
             .Where(s => s.Address != hop.Address && !pool.IsBanned(s.Address) && s.Info.StartBlock <= span.Start && span.End <= s.Info.EndBlock)
-            .OrderBy(_ => Random.Shared.Next()).ToList();
+            .OrderBy(s => s.Address == hop.Shadow?.Address ? 0 : 1).ThenBy(_ => Random.Shared.Next()).ToList();
+        if (hop.Shadow is not null && (others.Count == 0 || others[0].Address != hop.Shadow.Address)) hop.DropShadow();
         if (others.Count == 0)
         {
             pool.CountUnverifiable();
@@ -99,7 +140,8 @@ internal static class StepVerifier
             Precision(a.Info) + Precision(b.Info) + (aCompressed ? Precision(swarm.Options.Compression) : 0);
 
         var second = others[0];
-        using var two = await RecomputeAsync(second).ConfigureAwait(false);
+        using var two = await ShadowStepAsync(swarm, hop, second, input, t, session, ct).ConfigureAwait(false)
+                        ?? await RecomputeAsync(second).ConfigureAwait(false);
         double d12 = Difference(output, two), tol12 = Tolerance(mine, second, aCompressed: true);
         if (d12 <= tol12) return Verdict.Agreed;
         pool.CountMismatch();

@@ -48,6 +48,7 @@ public sealed class CliTests
     [InlineData("draft-vocab", "a draft needs the same tokenizer")]
     [InlineData("beams-sampled", "--num-beams scores beams greedily: add --greedy")]
     [InlineData("beams-batch", "beam search takes one prompt at a time")]
+    [InlineData("bad-verify-rate", "--verify-rate must be between 0 and 1")]
     public async Task Bad_input_gets_one_line_and_a_nonzero_exit(string scenario, string expected)
     {
         string[] args = scenario switch
@@ -65,6 +66,7 @@ public sealed class CliTests
             "draft-vocab" => ["generate", "--model", Fixture, "--input-ids", "1,2", "--draft-model", TestData.Path("bloom")],
             "beams-sampled" => ["generate", "--model", Fixture, "--input-ids", "1,2", "--num-beams", "2"],
             "beams-batch" => ["generate", "--model", Fixture, "--input-ids", "1,2;3,4", "--num-beams", "2", "--greedy"],
+            "bad-verify-rate" => ["generate", "--model", Fixture, "--input-ids", "1,2", "--verify-rate", "2"],
             _ => throw new ArgumentException(scenario),
         };
         var res = await CliRunner.RunAsync(args);

@@ -65,6 +65,31 @@ public sealed class TlsLinkTests(Xunit.Abstractions.ITestOutputHelper output)
     }
 
     [SkippableFact]
+    public async Task Without_TLS_the_observer_reads_the_calls_and_a_TLS_client_cannot_talk_to_it()
+    {
+        Skip.If(Fixtures.Stories260KDir is null, Fixtures.Stories260KSkipReason);
+        var dir = Fixtures.Stories260KDir!;
+        using var reference = Reference.LoadFrom(dir);
+        int layers = ModelConfigLoader.Load(dir).NumLayers;
+        using var server = await ServerProcess.StartAsync(dir, 0, layers, "--no-tls");
+        await using var observer = new RecordingRelay(server.Address);
+        var c = reference["continuations"].EnumerateArray().First();
+        var expected = c.GetProperty("new_token_ids").EnumerateArray().Select(x => x.GetInt32()).Take(10).ToList();
+        using (var lm = await DistributedModel.ConnectAsync(dir, [observer.Address], new RemoteOptions { Tls = false }))
+        {
+            var result = await lm.GenerateAsync([c.GetProperty("prompt").GetString()!], new GenerationOptions { MaxNewTokens = 10, IgnoreEos = true });
+            Assert.Equal(expected, result.NewTokens[0]);
+        }
+        // The control for the test above: on a plain link the observer reads the preface and the method paths.
+        var text = Encoding.Latin1.GetString(RecordingRelay.Bytes(observer.Links.First().Up));
+        Assert.StartsWith("PRI * HTTP/2.0", text);
+        Assert.Contains("petals.v1.BlockService", text);
+        // A client with TLS on (the default) does not fall back to plain text.
+        var config = ModelConfigLoader.Load(dir);
+        await Assert.ThrowsAnyAsync<Exception>(() => ServerConnection.ConnectAsync(server.Address, config, new RemoteOptions { ConnectTimeout = TimeSpan.FromSeconds(10) }));
+    }
+
+    [SkippableFact]
     public async Task A_byte_changed_on_the_path_ends_the_call()
     {
         Skip.If(Fixtures.Stories260KDir is null, Fixtures.Stories260KSkipReason);
