@@ -9,8 +9,13 @@ namespace PetalsSharp.Dht;
 /// request is checked (nonce size, target size, key, record count) before the node sees it; a malformed request
 /// is INVALID_ARGUMENT. Replies are signed over the request's nonce.
 /// </summary>
+[BindServiceMethod(typeof(DhtGrpcService), nameof(BindStrict))]
 public sealed class DhtGrpcService(DhtNode node) : DhtService.DhtServiceBase
 {
+    /// <summary>Binds the service with request parsing that answers INVALID_ARGUMENT to a malformed message; the
+    /// second parameter is the generated base, which Grpc.AspNetCore matches handlers against (<see cref="Wire.StrictRequestBinder"/>).</summary>
+    public static void BindStrict(ServiceBinderBase binder, DhtService.DhtServiceBase? service) => DhtService.BindService(new Wire.StrictRequestBinder(binder), service);
+
     static RpcException Invalid(string detail) => new(new Status(StatusCode.InvalidArgument, detail));
 
     /// <summary>Refuses a caller over its address's request rate (<see cref="RequestQuota"/>) before any work.</summary>

@@ -13,8 +13,13 @@ namespace PetalsSharp.Server;
 /// thread; only model compute goes to the scheduler. Every failure leaves as an <see cref="RpcException"/>
 /// whose message names the offending field, and no request can take the process or another session down.
 /// </summary>
+[BindServiceMethod(typeof(BlockServiceImpl), nameof(BindStrict))]
 public sealed partial class BlockServiceImpl : BlockService.BlockServiceBase
 {
+    /// <summary>Binds the service with request parsing that answers INVALID_ARGUMENT to a malformed message; the
+    /// second parameter is the generated base, which Grpc.AspNetCore matches handlers against (<see cref="StrictRequestBinder"/>).</summary>
+    public static void BindStrict(ServiceBinderBase binder, BlockService.BlockServiceBase? service) => BlockService.BindService(new StrictRequestBinder(binder), service);
+
     readonly BlockServer _server;
     readonly ILogger _logger;
 

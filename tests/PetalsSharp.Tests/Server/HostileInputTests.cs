@@ -161,7 +161,7 @@ public sealed class HostileInputTests(ServerFixture f, ITestOutputHelper output)
         yield return new("repeated old step_id", StatusCode.FailedPrecondition, "step_id 'a' was already applied",
             () => Inference(Open(), Step("a", Hidden(1, 1)), Step("b", Hidden(1, 1)), Step("a", Hidden(1, 1))));
         // Not even a CallMessage: bytes that do not parse as protobuf.
-        yield return new("garbage gRPC message", StatusCode.Internal, "", () => RawForward([0x0A, 0xFF, 0xFF, 0xFF, 0xFF, 0x0F]));
+        yield return new("garbage gRPC message", Bad, "not a valid CallMessage message", () => RawForward([0x0A, 0xFF, 0xFF, 0xFF, 0xFF, 0x0F]));
     }
 
     async Task RawForward(byte[] payload)
