@@ -17,6 +17,9 @@ public sealed record DashboardSettings
 
     /// <summary>How often the DHT is read.</summary>
     public TimeSpan RefreshPeriod { get; init; } = TimeSpan.FromSeconds(1);
+
+    /// <summary>Whether the swarm runs TLS (false for a swarm started with <c>--no-tls</c>).</summary>
+    public bool Tls { get; init; } = true;
 }
 
 /// <summary>

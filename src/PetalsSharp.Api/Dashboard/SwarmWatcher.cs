@@ -39,7 +39,7 @@ public sealed class SwarmWatcher : IAsyncDisposable
     {
         if (settings.MinCoverage < 1) throw new ArgumentException($"min coverage {settings.MinCoverage} must be at least 1");
         if (settings.RefreshPeriod < TimeSpan.FromMilliseconds(100)) throw new ArgumentException("refresh period must be at least 0.1 s");
-        var dht = await SwarmReader.JoinAsClientAsync(initialPeers, swarmKey, ct).ConfigureAwait(false);
+        var dht = await SwarmReader.JoinAsClientAsync(initialPeers, swarmKey, ct, tls: settings.Tls).ConfigureAwait(false);
         return new SwarmWatcher(dht, settings, logger ?? NullLogger.Instance);
     }
 

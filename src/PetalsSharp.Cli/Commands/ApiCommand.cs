@@ -69,7 +69,7 @@ public static class ApiCommand
             // With a DHT, the same server shows the swarm's dashboard at / (JSON at /api/v1/swarm).
             await using var watcher = string.IsNullOrWhiteSpace(where.InitialPeers) ? null
                 : await Api.Dashboard.SwarmWatcher.StartAsync(Cli.SplitList(where.InitialPeers), Cli.LoadSwarmKey(where.SwarmKeyPath),
-                    new Api.Dashboard.DashboardSettings(), null, ct);
+                    new Api.Dashboard.DashboardSettings { Tls = !where.NoTls }, null, ct);
             if (watcher is not null) app.MapDashboard(() => watcher.Current);
             await app.StartAsync(ct);
             var url = OpenAiServer.Url(app);

@@ -28,7 +28,8 @@ public static class DashboardCommand
         var port = new Option<int>("--port") { Description = "Port to listen on (0 = any free port)", DefaultValueFactory = _ => 8080 };
         var minCoverage = new Option<int>("--min-coverage") { Description = "Warn when a block has fewer online servers than this", DefaultValueFactory = _ => 1 };
         var refresh = new Option<double>("--refresh") { Description = "Seconds between reads of the DHT", DefaultValueFactory = _ => 1 };
-        var cmd = new Command("dashboard", Help) { initialPeers, swarmKey, host, port, minCoverage, refresh };
+        var noTls = ModelOpener.NoTlsOption();
+        var cmd = new Command("dashboard", Help) { initialPeers, swarmKey, host, port, minCoverage, refresh, noTls };
         cmd.SetAction(async (pr, ct) =>
         {
             int min = pr.GetValue(minCoverage);
@@ -39,7 +40,7 @@ public static class DashboardCommand
             if (p is < 0 or > 65535) throw new CliException($"--port {p} is outside [0, 65535]");
             var peers = Cli.SplitList(pr.GetValue(initialPeers));
             foreach (var peer in peers) Dht.DhtAddress.Parse(peer);
-            var settings = new DashboardSettings { MinCoverage = min, RefreshPeriod = TimeSpan.FromSeconds(seconds) };
+            var settings = new DashboardSettings { MinCoverage = min, RefreshPeriod = TimeSpan.FromSeconds(seconds), Tls = !pr.GetValue(noTls) };
 
             using var loggerFactory = CliLogging.Create(LogLevel.Warning);
             using var stop = CancellationTokenSource.CreateLinkedTokenSource(ct);

@@ -1,3 +1,4 @@
+using System.Runtime.CompilerServices;
 using Microsoft.Extensions.Logging;
 using PetalsSharp.Models;
 using PetalsSharp.Swarm;
@@ -74,6 +75,11 @@ internal static class StepVerifier
             hop.DropShadow();
             return null;
         }
+        catch (Exception) when (ct.IsCancellationRequested)
+        {
+            hop.DropShadow();   // it may be mid-step: never reuse it
+            throw;
+        }
     }
 
     /// <summary>‖a − b‖ / ‖b‖; infinite when either holds NaN/Inf (a wrong answer, whoever gave it).</summary>
@@ -100,17 +106,28 @@ internal static class StepVerifier
     {
         using (output)
         {
-            try { return await CheckCoreAsync(swarm, hop, output, session, ct).ConfigureAwait(false); }
+            // A verifier that stops answering must not hold the step for long: the step waits for its checks.
+            using var bounded = CancellationTokenSource.CreateLinkedTokenSource(ct);
+            bounded.CancelAfter(CheckTimeout(swarm.Options));
+            var asking = new StrongBox<string?>();
+            try { return await CheckCoreAsync(swarm, hop, output, session, asking, bounded.Token).ConfigureAwait(false); }
             catch (Exception e) when (!ct.IsCancellationRequested && e is not OutOfMemoryException)
             {
+                // A verifier that ran out of time is not asked again for a while (a temporary ban, as for a failure).
+                if (bounded.IsCancellationRequested && asking.Value is { } slow)
+                    swarm.Pool.Ban(slow, new TimeoutException($"no answer to an activation check within {CheckTimeout(swarm.Options).TotalSeconds:F0} s"));
                 swarm.Options.Logger.LogInformation("could not check {Hop}: {Message}", hop.Hop, e.Message);
                 return Verdict.Inconclusive;
             }
         }
     }
 
+    /// <summary>How long one hop's check may take: the request timeout, at most 30 s.</summary>
+    public static TimeSpan CheckTimeout(RemoteOptions options) =>
+        options.RequestTimeout < TimeSpan.FromSeconds(30) ? options.RequestTimeout : TimeSpan.FromSeconds(30);
+
     static async Task<Verdict> CheckCoreAsync(SwarmContext swarm, HopSession hop, Tensor output, SessionOptions session,
-        CancellationToken ct)
+        StrongBox<string?> asking, CancellationToken ct)
     {
         var leftPadding = session.LeftPadding;
         var pool = swarm.Pool;
@@ -132,6 +149,7 @@ internal static class StepVerifier
         var options = swarm.Options with { Compression = Compression.None };
         async Task<Tensor> RecomputeAsync(ServerConnection server)
         {
+            asking.Value = server.Address;
             var hopThere = new ChainHop(server.Span, span.Start, span.End);
             using var full = await RemoteCalls.ForwardAsync(server, hopThere, input, null, leftPadding, options, ct).ConfigureAwait(false);   // [B, S, H]
             return full.narrow(1, input.shape[1] - t, t).clone();                      // [B, T, H]: the step's rows
@@ -140,6 +158,7 @@ internal static class StepVerifier
             Precision(a.Info) + Precision(b.Info) + (aCompressed ? Precision(swarm.Options.Compression) : 0);
 
         var second = others[0];
+        asking.Value = second.Address;
         using var two = await ShadowStepAsync(swarm, hop, second, input, t, session, ct).ConfigureAwait(false)
                         ?? await RecomputeAsync(second).ConfigureAwait(false);
         double d12 = Difference(output, two), tol12 = Tolerance(mine, second, aCompressed: true);
