@@ -1,5 +1,5 @@
-using Google.Protobuf;
 using System.Buffers.Binary;
+using Google.Protobuf;
 using PetalsSharp.Wire.V1;
 using static PetalsSharp.Tests.Security.BlockTarget;
 using WireTensor = PetalsSharp.Wire.V1.Tensor;

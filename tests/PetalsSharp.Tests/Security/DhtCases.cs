@@ -73,7 +73,9 @@ public sealed class DhtTarget(CampaignSwarm swarm) : IDisposable
         }
         Record ForeignKey(byte[] publicKey) => Wire(Honest().Entry with
         {
-            PublicKey = publicKey, Subkey = NodeId.FromPublicKey(publicKey).ToString(), Signature = RandomNumberGenerator.GetBytes(64),
+            PublicKey = publicKey,
+            Subkey = NodeId.FromPublicKey(publicKey).ToString(),
+            Signature = RandomNumberGenerator.GetBytes(64),
         });
         foreach (var onServer in new[] { false, true })
         {
