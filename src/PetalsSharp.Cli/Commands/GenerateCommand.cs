@@ -98,6 +98,17 @@ public static class GenerateCommand
             w.WriteNumber("accepted", spec.Accepted);
             w.WriteEndObject();
         }
+        if (lm.Blocks is Client.RemoteSequential remote)
+        {
+            // What activation checks (--verify-rate) did for this run.
+            var v = remote.Verification;
+            w.WriteStartObject("verification");
+            w.WriteNumber("checks", v.Checks);
+            w.WriteNumber("unverifiable", v.Unverifiable);
+            w.WriteNumber("mismatches", v.Mismatches);
+            w.WriteNumber("banned", v.Banned);
+            w.WriteEndObject();
+        }
         w.WriteEndObject();
         w.Flush();
         stdout.WriteByte((byte)'\n');

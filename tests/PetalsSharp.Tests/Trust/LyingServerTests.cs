@@ -110,6 +110,21 @@ public sealed class LyingServerTests(Xunit.Abstractions.ITestOutputHelper output
                 Assert.DoesNotContain(log.Lines, l => l.Contains(farA.Address + " returned wrong") || l.Contains(farB.Address + " returned wrong"));
             }
 
+            // The CLI over the two honest servers, every step checked: the JSON says what the checks did.
+            var ids = string.Join(",", c.GetProperty("prompt_ids").EnumerateArray().Select(x => x.GetInt32()));
+            var run = await Cli.CliRunner.RunAsync("generate", "--model", dir, "--peers", $"{farA.Address},{farB.Address}", "--verify-rate", "1",
+                "--input-ids", ids, "--max-new-tokens", "8", "--greedy", "--ignore-eos", "--json");
+            Assert.True(run.ExitCode == 0, run.Stderr);
+            using (var doc = System.Text.Json.JsonDocument.Parse(run.Stdout))
+            {
+                var v = doc.RootElement.GetProperty("verification");
+                output.WriteLine($"CLI: {v}");
+                Assert.True(v.GetProperty("checks").GetInt32() >= 8, v.ToString());
+                Assert.Equal(0, v.GetProperty("mismatches").GetInt32());
+                Assert.Equal(0, v.GetProperty("banned").GetInt32());
+                Assert.Equal(expected.Take(8), doc.RootElement.GetProperty("new_tokens")[0].EnumerateArray().Select(x => x.GetInt32()));
+            }
+
             // The default rate, over 200 steps (a fixed seed keeps the draws, and so the test, reproducible).
             var defaults = new RemoteOptions { VerifyWeights = false, VerifySeed = 19 };
             Assert.Equal(0.05, defaults.VerifyRate);
