@@ -55,17 +55,17 @@ public static class SwarmBenchmark
         }
     }
 
-    static double Generate(CausalLM lm, int[] prompt, GenerationOptions options)
+    internal static double Generate(CausalLM lm, int[] prompt, GenerationOptions options)
     {
         var sw = Stopwatch.StartNew();
         lm.GenerateAsync([prompt], options).GetAwaiter().GetResult();
         return sw.Elapsed.TotalSeconds;
     }
 
-    static double Median(List<double> values) => values.Order().ElementAt(values.Count / 2);
+    internal static double Median(List<double> values) => values.Order().ElementAt(values.Count / 2);
 
     /// <summary>Seconds of one whole generation, and its decode seconds per step (a prefill-only run subtracted).</summary>
-    static (double Total, double Step) Measure(CausalLM lm, int[] prompt, GenerationOptions options)
+    internal static (double Total, double Step) Measure(CausalLM lm, int[] prompt, GenerationOptions options)
     {
         double prefill = Generate(lm, prompt, options with { MaxNewTokens = 1 });
         double total = Generate(lm, prompt, options);

@@ -1,4 +1,3 @@
-using System.Diagnostics;
 using PetalsSharp.Client;
 using PetalsSharp.Generation;
 using PetalsSharp.Models;
@@ -37,7 +36,7 @@ public static class TrustBenchmark
             using var replicatedLm = await DistributedModel.ConnectAsync(dir, both, new RemoteOptions { VerifyRate = 0 });
             using var checkedLm = await DistributedModel.ConnectAsync(dir, both, new RemoteOptions { VerifyRate = rate, VerifySeed = 1 });
             var all = new (string Name, CausalLM Lm)[] { ("local", local), ("tls", overTls), ("plain", overPlain), ("replicated", replicatedLm), ("checked", checkedLm) };
-            foreach (var (_, lm) in all) Generate(lm, prompt, options);   // warm-up: JIT in fresh processes
+            foreach (var (_, lm) in all) SwarmBenchmark.Generate(lm, prompt, options);   // warm-up: JIT in fresh processes
             Console.WriteLine($"model {dir}; prompt {promptLen}, new {newTokens}, f32, {servers} spans on loopback, push on; checks at rate {rate} over 2 servers per span");
             Console.WriteLine("| round | local tok/s | TLS tok/s | plain tok/s | P1 TLS | P1 plain | TLS cost per hop per step | 2 per span, rate 0 tok/s | rate " + rate + " tok/s | checked ÷ unchecked |");
             Console.WriteLine("|---|---|---|---|---|---|---|---|---|---|");
@@ -47,7 +46,7 @@ public static class TrustBenchmark
             var checkRatio = new List<double>();
             for (int r = 1; r <= rounds; r++)
             {
-                var m = all.ToDictionary(x => x.Name, x => Measure(x.Lm, prompt, options));
+                var m = all.ToDictionary(x => x.Name, x => SwarmBenchmark.Measure(x.Lm, prompt, options));
                 p1Tls.Add(m["local"].Total / m["tls"].Total);
                 p1Plain.Add(m["local"].Total / m["plain"].Total);
                 tlsHop.Add((m["tls"].Step - m["plain"].Step) * 1000 / servers);
@@ -57,28 +56,12 @@ public static class TrustBenchmark
                                   $"{Tok("replicated")} | {Tok("checked")} | {checkRatio[^1]:F3} |");
             }
             var stats = ((RemoteSequential)checkedLm.Blocks).Verification;
-            Console.WriteLine($"P1 over TLS: median {Median(p1Tls):F3}; over plain text: median {Median(p1Plain):F3}; TLS per hop per step: median {Median(tlsHop):F3} ms");
-            Console.WriteLine($"tok/s with checks at {rate} ÷ without: median {Median(checkRatio):F3} (min {checkRatio.Min():F3}); checks made: {stats}");
+            Console.WriteLine($"P1 over TLS: median {SwarmBenchmark.Median(p1Tls):F3}; over plain text: median {SwarmBenchmark.Median(p1Plain):F3}; TLS per hop per step: median {SwarmBenchmark.Median(tlsHop):F3} ms");
+            Console.WriteLine($"tok/s with checks at {rate} ÷ without: median {SwarmBenchmark.Median(checkRatio):F3} (min {checkRatio.Min():F3}); checks made: {stats}");
         }
         finally
         {
             foreach (var p in tls.Concat(replicas).Concat(plain)) p.Dispose();
         }
-    }
-
-    static double Generate(CausalLM lm, int[] prompt, GenerationOptions options)
-    {
-        var sw = Stopwatch.StartNew();
-        lm.GenerateAsync([prompt], options).GetAwaiter().GetResult();
-        return sw.Elapsed.TotalSeconds;
-    }
-
-    static double Median(List<double> values) => values.Order().ElementAt(values.Count / 2);
-
-    static (double Total, double Step) Measure(CausalLM lm, int[] prompt, GenerationOptions options)
-    {
-        double prefill = Generate(lm, prompt, options with { MaxNewTokens = 1 });
-        double total = Generate(lm, prompt, options);
-        return (total, (total - prefill) / (options.MaxNewTokens - 1));
     }
 }
