@@ -13,7 +13,7 @@ public sealed record VerificationStats(long Checks, long Unverifiable, long Mism
 // Servers caught returning wrong activations: unlike a failure, a lie is not forgiven after a while.
 internal sealed partial class RemotePool
 {
-    readonly ConcurrentDictionary<string, string> _liars = new(StringComparer.Ordinal);
+    readonly ConcurrentDictionary<string, byte> _liars = new(StringComparer.Ordinal);
     long _checks, _unverifiable, _mismatches;
     readonly Lock _diceLock = new();
     Random? _dice;
@@ -40,14 +40,11 @@ internal sealed partial class RemotePool
     /// <summary>Bans <paramref name="address"/> for as long as this pool lives, logging the evidence.</summary>
     public void Distrust(string address, string evidence)
     {
-        if (_liars.TryAdd(address, evidence))
+        if (_liars.TryAdd(address, 0))
             Options.Logger.LogWarning("server {Address} returned wrong activations and is banned for this session: {Evidence}", address, evidence);
     }
 
     public bool IsDistrusted(string address) => _liars.ContainsKey(address);
-
-    /// <summary>Why a server was banned as a liar (null if it was not).</summary>
-    public string? Evidence(string address) => _liars.GetValueOrDefault(address);
 
     IEnumerable<string> Liars => _liars.Keys;
 }
