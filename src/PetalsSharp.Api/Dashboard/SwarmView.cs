@@ -59,6 +59,12 @@ public sealed record ServerView(
 {
     /// <summary>The block format its linears are served in: <c>none</c> (exact), <c>int8</c> or <c>nf4</c>.</summary>
     public string Quant { get; init; } = "none";
+
+    /// <summary><c>direct</c>, or <c>relayed</c> when clients reach it through <see cref="Relay"/>.</summary>
+    public string Reachability { get; init; } = "direct";
+
+    /// <summary>"HOST:PORT/ID" of its relay, or "" when direct.</summary>
+    public string Relay { get; init; } = "";
 }
 
 /// <summary>A round trip a server measured to a server that could follow it (announced next_pings).</summary>

@@ -58,7 +58,7 @@ public static class SwarmViewBuilder
             var lastSeen = expired ? previous?.Servers.FirstOrDefault(p => p.PeerId == s.PeerId)?.LastSeen ?? s.Expiration : now;
             servers.Add(new ServerView(s.PeerId, s.PublicName, s.Address, s.Start, s.End, expired ? Gone : StateName(s.State),
                 s.Throughput, s.InferenceRps, s.CacheTokensLeft, s.Version, s.WeightsDtype, s.Adapters, s.Expiration, lastSeen)
-            { Quant = s.Quant });
+            { Quant = s.Quant, Reachability = s.Reachability, Relay = s.Relay });
         }
         foreach (var p in previous?.Servers ?? [])
             if (servers.All(s => s.PeerId != p.PeerId) && now - p.LastSeen < settings.GoneRetention)

@@ -46,12 +46,21 @@ public static class ServerCommand
         var metricsPort = new Option<int?>("--metrics-port") { Description = "Serve Prometheus metrics at http://HOST:PORT/metrics (HTTP/1.1; 0 = any free port, printed at start)" };
         var adapters = new Option<string?>("--adapters") { Description = "PEFT LoRA adapters to serve: DIR, NAME=DIR or a hub repo ORG/NAME[@REV], comma-separated (a folder is named after itself, a hub adapter after its repo id); requests pick one by name" };
         var noTls = new Option<bool>("--no-tls") { Description = "Serve and dial without TLS (debugging, benchmarks); clients and peers must use --no-tls too" };
+        var reachability = new Option<string>("--reachability")
+        {
+            Description = "auto: ask DHT peers to dial this server at start and use a relay if none can; direct: announce the address unchecked; relay: open no inbound port (a Unix socket) and be reached through a relay",
+            DefaultValueFactory = _ => "auto",
+        };
+        var relayPeers = new Option<string?>("--relay-peers") { Description = "In relay mode, relays to try before those the DHT lists: HOST:PORT[/ID], comma-separated" };
+        var relay = new RelayOptionSet();
         var dhtPrefix = new Option<string?>("--dht-prefix") { Description = "DHT key prefix (default: the model folder's name, '.' and ' ' as '-')" };
-        var cmd = new Command("server", "Serve a span of a model's transformer blocks over gRPC.\n\nExamples:\n  petals server -m ./my-model --blocks 0:12 --port 31330 --new-swarm\n  petals server -m ./my-model --blocks 12:24 --port 31331 --initial-peers 10.0.0.5:31330\n  petals server -m ./my-model --num-blocks 8 --initial-peers 10.0.0.5:31330")
+        var cmd = new Command("server", "Serve a span of a model's transformer blocks over gRPC.\n\nExamples:\n  petals server -m ./my-model --blocks 0:12 --port 31330 --new-swarm\n  petals server -m ./my-model --blocks 12:24 --port 31331 --initial-peers 10.0.0.5:31330\n  petals server -m ./my-model --num-blocks 8 --initial-peers 10.0.0.5:31330\n  petals server -m ./my-model --num-blocks 8 --initial-peers 10.0.0.5:31330 --reachability relay   # behind NAT")
         {
             model, blocks, numBlocks, memoryBudget, placementDelay, rebalancePeriod, balanceThreshold, throughput, host, port, publicAddress, dtype, quant, cacheTokens, cacheBytes, kvDtype, overcommit, maxSession, idle, cacheShare, readTimeout, requestMemory, requestTokens, prefillChunk,
             initialPeers, pushPeers, joinTimeout, newSwarm, identity, swarmKey, updatePeriod, publicName, dhtPrefix, metricsPort, adapters, noTls,
+            reachability, relayPeers,
         };
+        relay.AddTo(cmd);
         cmd.SetAction(async (pr, ct) =>
         {
             var blocksText = pr.GetValue(blocks);
@@ -117,6 +126,14 @@ public static class ServerCommand
                 PlacementDelay = TimeSpan.FromSeconds(delay), RebalancePeriod = TimeSpan.FromSeconds(period),
                 BalanceQuality = PetalsSharp.Swarm.BlockSelection.QualityFromThreshold(threshold),
                 FixedThroughput = fixedThroughput, RemeasureThroughput = remeasure,
+                Reachability = pr.GetValue(reachability) switch
+                {
+                    "auto" => Reachability.Auto,
+                    "direct" => Reachability.Direct,
+                    "relay" => Reachability.Relay,
+                    var other => throw new CliException($"--reachability must be auto, direct or relay (got '{other}')"),
+                },
+                RelayPeers = Cli.SplitList(pr.GetValue(relayPeers)), Relay = relay.Parse(pr),
             };
             if (blocksText is null)
             {
@@ -178,6 +195,8 @@ public static class ServerCommand
 
         await using var server = Load(options, loggerFactory);
         await server.StartAsync(ct);
+        // Before "listening on", the line scripts wait for: once it is printed, how the server is reached is known.
+        if (server.RelayName.Length > 0) Console.Out.WriteLine($"reachable at {server.PublicAddress} via relay {server.RelayName}");
         Console.Out.WriteLine($"listening on {server.Address}");
         if (server.MetricsUrl is { } metricsUrl) Console.Out.WriteLine($"metrics on {metricsUrl}");
         Console.Out.Flush();

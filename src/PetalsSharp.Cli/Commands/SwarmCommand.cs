@@ -61,6 +61,7 @@ public static class SwarmCommand
                 ["state"] = v.State.ToString().ToUpperInvariant(), ["throughput"] = v.Throughput,
                 ["inference_rps"] = v.InferenceRps, ["cache_tokens_left"] = v.CacheTokensLeft,
                 ["public_name"] = v.PublicName, ["dtype"] = v.WeightsDtype, ["quant"] = v.Quant, ["version"] = v.Version,
+                ["reachability"] = v.Reachability, ["relay"] = v.Relay,
                 ["expires"] = v.Expiration.ToString("O"),
             }).ToArray()),
         }).ToArray()),
@@ -77,9 +78,10 @@ public static class SwarmCommand
                 + " (servers that answered)");
             var unverified = s.Online.Count(v => !verified[k].Contains(v));
             if (unverified > 0) AnsiConsole.MarkupLine($"[yellow]{unverified} ONLINE record(s) did not answer as announced[/]");
-            var table = new Table().AddColumns("state", "verified", "address", "span", "weights", "throughput tok/s", "cache tokens", "name", "peer id");
+            var table = new Table().AddColumns("state", "verified", "address", "reached", "span", "weights", "throughput tok/s", "cache tokens", "name", "peer id");
             foreach (var v in s.Servers)
                 table.AddRow(v.State.ToString().ToUpperInvariant(), verified[k].Contains(v) ? "yes" : "[red]no[/]", Markup.Escape(v.Address),
+                    v.IsRelayed ? $"[yellow]via relay[/] {Markup.Escape(v.Relay[..Math.Min(v.Relay.Length, v.Relay.LastIndexOf('/') is > 0 and var cut ? cut : v.Relay.Length)])}" : "direct",
                     $"{v.Start}:{v.End}", Markup.Escape(v.IsExact ? v.WeightsDtype : v.Quant), $"{v.Throughput:F0}",
                     v.CacheTokensLeft.ToString(), Markup.Escape(v.PublicName), v.PeerId[..Math.Min(12, v.PeerId.Length)]);
             AnsiConsole.Write(table);

@@ -33,6 +33,12 @@ internal sealed partial class RemotePool
     public VerificationStats Verification =>
         new(Interlocked.Read(ref _checks), Interlocked.Read(ref _unverifiable), Interlocked.Read(ref _mismatches), _liars.Count);
 
+    long _pushedSteps;
+
+    /// <summary>Steps whose later hops got their input pushed from server to server (not from this client).</summary>
+    public long PushedSteps => Interlocked.Read(ref _pushedSteps);
+
+    internal void CountPushedStep() => Interlocked.Increment(ref _pushedSteps);
     internal void CountCheck() => Interlocked.Increment(ref _checks);
     internal void CountUnverifiable() => Interlocked.Increment(ref _unverifiable);
     internal void CountMismatch() => Interlocked.Increment(ref _mismatches);

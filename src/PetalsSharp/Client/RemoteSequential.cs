@@ -31,6 +31,9 @@ public sealed class RemoteSequential : IBlockStack, IAsyncDisposable
     /// <summary>What activation checks found so far (see <see cref="RemoteOptions.VerifyRate"/>).</summary>
     public VerificationStats Verification => Pool.Verification;
 
+    /// <summary>Steps whose later hops got their input pushed from server to server (see <see cref="RemoteOptions.UseServerToServer"/>).</summary>
+    public long PushedSteps => Pool.PushedSteps;
+
     /// <summary>Servers known to this stack.</summary>
     public IReadOnlyList<ServerConnection> Servers => Pool.Servers;
 

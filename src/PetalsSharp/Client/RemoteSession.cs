@@ -99,6 +99,7 @@ internal sealed class RemoteSession : IBlockSession
             h = output;
             options?.OnBlockOutput?.Invoke(end - 1, h.detach().clone().DetachFromDisposeScope());
         }
+        if (pushed) _swarm.Pool.CountPushedStep();
         if (checks.Count > 0) h = await AfterChecksAsync(checks, h, hidden, start, options, ct).ConfigureAwait(false);
         Position = start + (int)hidden.shape[1];
         return h;

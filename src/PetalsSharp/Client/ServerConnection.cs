@@ -46,7 +46,7 @@ public sealed class ServerConnection : IDisposable
     public ServerInfo ToServerInfo() => new(Address, Address, Info.StartBlock, Info.EndBlock, ServerState.Online,
         Throughput: 0, InferenceRps: 0, Info.CacheTokensLeft, "", Info.WeightsDtype, Info.SoftwareVersion, Info.WeightsFingerprint,
         ServerInfo.ReadAdapters(Info.Adapters), DateTimeOffset.MaxValue)
-    { Quant = ServerInfo.ReadQuant(Info.Quant) };
+    { Quant = ServerInfo.ReadQuant(Info.Quant), Relay = ServerInfo.ReadRelay(Info.Relay) };
 
     /// <summary>
     /// Connects to <paramref name="peer"/> ("HOST:PORT", or "HOST:PORT/NODE_ID" to accept only that node's TLS

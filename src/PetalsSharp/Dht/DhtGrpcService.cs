@@ -65,6 +65,25 @@ public sealed class DhtGrpcService(DhtNode node) : DhtService.DhtServiceBase
         return Task.FromResult(reply);
     }
 
+    public override async Task<DialBackReply> DialBack(DialBackRequest request, ServerCallContext context)
+    {
+        Admit(context);
+        if (!node.DialBackQuota.TryTake(context.Peer))
+            throw new RpcException(new Status(StatusCode.ResourceExhausted,
+                $"dial-back quota exceeded for {RequestQuota.AddressOf(context.Peer)}: at most {node.DialBackQuota.PerSecond:0.#}/s in bursts of {node.DialBackQuota.Burst:0}"));
+        if (request.Address.Length is 0 or > 256) throw Invalid("address must be HOST:PORT of at most 256 characters");
+        var sender = DhtWire.ParseContact(request.Sender, requireAddress: false) ?? throw Invalid("sender must be a valid contact");
+        var (responder, signature) = Sign("DialBack", request.Nonce, request.Sender);
+        if (!node.TryEnterDialBack())
+            throw new RpcException(new Status(StatusCode.ResourceExhausted, $"this node is already running {DhtNode.MaxConcurrentDialBacks} dial-backs; retry later"));
+        try
+        {
+            var (reachable, error) = await node.DialBackAsync(request.Address, sender.Id, context.Peer, context.CancellationToken).ConfigureAwait(false);
+            return new DialBackReply { Responder = responder, Signature = signature, Reachable = reachable, Error = error };
+        }
+        finally { node.ExitDialBack(); }
+    }
+
     public override Task<FindValueReply> FindValue(FindValueRequest request, ServerCallContext context)
     {
         Admit(context);

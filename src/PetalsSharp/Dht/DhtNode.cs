@@ -97,9 +97,11 @@ public sealed partial class DhtNode : IAsyncDisposable
             var ip = ResolveHost(options.Host);
             builder.WebHost.ConfigureKestrel(k => k.Listen(ip, options.Port, node.ConfigureListen));
             node.ConfigureServices(builder.Services);
+            options.AddServices?.Invoke(builder.Services);
             var app = builder.Build();
             UseFrameGuard(app);
             node.MapService(app);
+            options.MapServices?.Invoke(app);
             node._app = app;
             await app.StartAsync(cancellationToken).ConfigureAwait(false);
             node.Start(app);

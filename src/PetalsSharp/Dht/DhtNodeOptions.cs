@@ -79,6 +79,12 @@ public sealed record DhtNodeOptions
     /// <summary>Where the node reports joins, failed upkeep rounds and refused records; silent when null.</summary>
     public Microsoft.Extensions.Logging.ILogger? Logger { get; init; }
 
+    /// <summary>More gRPC services for a node that hosts its own server (<see cref="DhtNode.StartAsync"/>): a relay, say.</summary>
+    public Action<Microsoft.Extensions.DependencyInjection.IServiceCollection>? AddServices { get; init; }
+
+    /// <summary>Maps the services <see cref="AddServices"/> added (with their middleware) into the node's app.</summary>
+    public Action<Microsoft.AspNetCore.Builder.WebApplication>? MapServices { get; init; }
+
     /// <summary>Throws when an option is out of range.</summary>
     public void Validate()
     {

@@ -74,6 +74,16 @@ sealed class DhtRpc(NodeIdentity identity, Func<V1.Contact> self, SwarmKey? swar
         return (responder, Contacts(reply.Nodes, reply.Nodes.Count), entries);
     }
 
+    /// <summary>Asks <paramref name="peer"/> to dial <paramref name="address"/> back (this node's announced address); returns its verdict.</summary>
+    public async Task<(bool Reachable, string Error)> DialBackAsync(Contact peer, string address, TimeSpan deadline, CancellationToken ct)
+    {
+        var nonce = Nonce();
+        var reply = await Client(peer.Address, peer.Id).DialBackAsync(new DialBackRequest { Sender = self(), Nonce = nonce, Address = address },
+            Options(ct, deadline)).ConfigureAwait(false);
+        Verify("DialBack", peer.Address, nonce, reply.Responder, reply.Signature, peer.Id);
+        return (reply.Reachable, reply.Error.Length > 200 ? reply.Error[..200] : reply.Error);
+    }
+
     /// <summary>Stores records on <paramref name="peer"/>; returns how many it accepted.</summary>
     public async Task<int> StoreAsync(Contact peer, IReadOnlyList<SignedEntry> entries, CancellationToken ct)
     {

@@ -43,6 +43,18 @@ internal sealed class Announcer(BlockServer server, DhtNode dht, ILogger logger)
         finally { _gate.Release(); }
     }
 
+    /// <summary>Announces the current span and state again now: the server's address changed (a new relay).</summary>
+    public async Task RefreshAsync(CancellationToken ct)
+    {
+        await _gate.WaitAsync(ct);
+        try
+        {
+            var (start, end, state) = _current;
+            if (end > start) _currentExpiration = await StoreAsync(start, end, state, DateTimeOffset.UtcNow + 2 * server.Options.UpdatePeriod, ct);
+        }
+        finally { _gate.Release(); }
+    }
+
     /// <summary>
     /// OFFLINE for the blocks of [start, end) outside the current span, then stops republishing them. Readers
     /// merge a peer's records by latest expiration, so these expire just before the current span's records:
@@ -109,6 +121,7 @@ internal sealed class Announcer(BlockServer server, DhtNode dht, ILogger logger)
             // While JOINING a new span the loaded blocks are still the old ones: announce no fingerprint then.
             WeightsFingerprint = server.Start == start && server.End == end ? server.WeightsFingerprint : "",
             ModelName = server.Options.ResolvedModelName, AnnouncedAtMs = DateTimeOffset.UtcNow.ToUnixTimeMilliseconds(),
+            Relay = server.RelayName,
         };
         a.Compressions.AddRange(TensorCodec.Supported);
         a.Adapters.AddRange(server.Adapters.Names);

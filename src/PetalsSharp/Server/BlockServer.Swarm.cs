@@ -24,8 +24,10 @@ public sealed partial class BlockServer
 
     async Task JoinSwarmAsync(WebApplication app, Dht.DhtNode dht, CancellationToken ct)
     {
-        dht.Start(app);
+        // A server with no inbound port stays a DHT client: peers could not dial it back.
+        if (Options.Reachability != Reachability.Relay) dht.Start(app);
         if (Options.InitialPeers.Count > 0) await dht.BootstrapAsync(Options.InitialPeers, ct);
+        await ResolveReachabilityAsync(dht, ct);
         _announcer = new Announcer(this, dht, _logger);
         if (Options.NumBlocks is { } n)
         {
@@ -47,8 +49,9 @@ public sealed partial class BlockServer
         }
         await _announcer.AnnounceAsync(Start, End, ServerState.Online, ct);
         _announcer.StartLoop();
-        _logger.LogInformation("ONLINE for blocks {Start}:{End} in the swarm as {Peer} (prefix {Prefix}, throughput {Throughput:F0} tok/s)",
-            Start, End, dht.PeerAddress, Options.ResolvedDhtPrefix, Throughput.Throughput);
+        _logger.LogInformation("ONLINE for blocks {Start}:{End} in the swarm as {Peer}{Relay} (prefix {Prefix}, throughput {Throughput:F0} tok/s)",
+            Start, End, $"{PublicAddress}/{dht.Id}", RelayName.Length > 0 ? $" via relay {RelayName}" : "", Options.ResolvedDhtPrefix, Throughput.Throughput);
+        await AnnounceHostedRelayAsync(dht, ct);
         if (Options.AutoPlaced && Options.RebalancePeriod > TimeSpan.Zero)
             _rebalancer = Rebalancer.Start(this, dht, _loggerFactory.CreateLogger("petals.balance"));
     }

@@ -138,7 +138,7 @@ public sealed partial class BlockServer : IAsyncDisposable
     public string Address { get; private set; } = "";
 
     /// <summary>The address announced to clients.</summary>
-    public string PublicAddress => Options.PublicAddress ?? _dht?.Address ?? Address;
+    public string PublicAddress => Volatile.Read(ref _relayState)?.Address ?? Options.PublicAddress ?? (_dht?.Address is { Length: > 0 } dht ? dht : Address);
 
     /// <summary>"float32", "bfloat16" or "float16": how the weights are held.</summary>
     public string WeightsDtypeName => Options.WeightDtype switch
@@ -210,7 +210,7 @@ public sealed partial class BlockServer : IAsyncDisposable
         var address = await ResolveHostAsync(Options.Host, cancellationToken);
         builder.WebHost.ConfigureKestrel(k =>
         {
-            k.Listen(address, Options.Port, listen =>
+            void Configure(ListenOptions listen)
             {
                 // The DHT node's certificate when there is one: clients pin the key that signed this server's record.
                 if (_dht is not null) _dht.ConfigureListen(listen);
@@ -219,9 +219,12 @@ public sealed partial class BlockServer : IAsyncDisposable
                     listen.Protocols = HttpProtocols.Http2;   // plain-text gRPC: no ALPN to pick HTTP/2
                     if (Options.Tls) listen.UseHttps(_certificate ??= CreateCertificate());
                 }
-            });
+            }
+            if (Options.Reachability == Reachability.Relay) ListenUnix(k, Configure);
+            else k.Listen(address, Options.Port, Configure);
             k.Limits.MaxRequestBodySize = null;    // streams are bounded per message, not per call
         });
+        AddRelayService(builder, address);
         builder.Services.AddGrpc(o =>
         {
             o.MaxReceiveMessageSize = Options.MaxMessageBytes;
@@ -233,13 +236,19 @@ public sealed partial class BlockServer : IAsyncDisposable
         if (_dht is not null) PetalsSharp.Dht.DhtNode.UseFrameGuard(app);
         app.MapGrpcService<BlockServiceImpl>();
         _dht?.MapService(app);
+        MapRelayService(app);
         await app.StartAsync(cancellationToken);
         _app = app;
+        if (_unixSocket is not null) Address = "unix:" + _unixSocket;
+        else
+        {
+            var bound = new Uri(app.Urls.First());
+            string host = IPAddress.Any.Equals(address) || IPAddress.IPv6Any.Equals(address) ? "127.0.0.1"
+                : address.AddressFamily == System.Net.Sockets.AddressFamily.InterNetworkV6 ? $"[{address}]" : address.ToString();
+            Address = $"{host}:{bound.Port}";
+            _localTcp = new IPEndPoint(IPAddress.Any.Equals(address) ? IPAddress.Loopback : IPAddress.IPv6Any.Equals(address) ? IPAddress.IPv6Loopback : address, bound.Port);
+        }
         if (_dht is not null) await JoinSwarmAsync(app, _dht, cancellationToken);
-        var bound = new Uri(app.Urls.First());
-        string host = IPAddress.Any.Equals(address) || IPAddress.IPv6Any.Equals(address) ? "127.0.0.1"
-            : address.AddressFamily == System.Net.Sockets.AddressFamily.InterNetworkV6 ? $"[{address}]" : address.ToString();
-        Address = $"{host}:{bound.Port}";
         if (Options.MetricsPort is { } metricsPort)
         {
             _exporter = PrometheusExporter.ForScope(this);
@@ -277,6 +286,7 @@ public sealed partial class BlockServer : IAsyncDisposable
         var announcer = Interlocked.Exchange(ref _announcer, null);
         if (announcer is not null) await announcer.DisposeAsync();   // OFFLINE first, while the DHT still runs
         if (!_stopping.IsCancellationRequested) _stopping.Cancel();
+        await StopRelayAsync();
         var dht = Interlocked.Exchange(ref _dht, null);
         if (dht is not null) await dht.DisposeAsync();
         var app = Interlocked.Exchange(ref _app, null);

@@ -52,6 +52,7 @@ public sealed partial class BlockServiceImpl : BlockService.BlockServiceBase
             WeightsFingerprint = span?.WeightsFingerprint ?? "",
             MaxMessageBytes = o.MaxMessageBytes,
             MaxSessionLength = _server.MaxSessionLength,
+            Relay = _server.RelayName,
         };
         reply.Compressions.AddRange(TensorCodec.Supported);
         reply.BlockFingerprints.AddRange(span?.BlockFingerprints ?? []);

@@ -196,6 +196,15 @@ public sealed record ServerOptions
     /// <summary>Name shown in the swarm's tables.</summary>
     public string? PublicName { get; init; }
 
+    /// <summary>How clients reach this server (<c>--reachability</c>): checked at start, direct, or through a relay with no inbound port.</summary>
+    public Reachability Reachability { get; init; } = Reachability.Auto;
+
+    /// <summary>Relays to try first in relay mode, <c>HOST:PORT[/ID]</c>; the DHT's relays follow.</summary>
+    public IReadOnlyList<string> RelayPeers { get; init; } = [];
+
+    /// <summary>Also relay for servers behind NAT (<c>--relay</c>), with these limits; null = not a relay.</summary>
+    public Relay.RelayOptions? Relay { get; init; }
+
     /// <summary>Whether the server hosts a DHT node and announces itself.</summary>
     public bool UsesDht => NewSwarm || InitialPeers.Count > 0;
 
@@ -254,8 +263,28 @@ public sealed record ServerOptions
         if (PrefillChunkRows < 1) throw new ArgumentException($"the prefill chunk must be at least 1 row (got {PrefillChunkRows})");
         if (JoinTimeout < TimeSpan.Zero) throw new ArgumentException("join timeout must not be negative");
         if (UpdatePeriod < TimeSpan.FromMilliseconds(100)) throw new ArgumentException("update period must be at least 0.1 s");
+        if (Reachability == Reachability.Relay && !UsesDht)
+            throw new ArgumentException("--reachability relay needs a swarm: clients find a relayed server's address in the DHT (give --initial-peers)");
+        if (Reachability == Reachability.Relay && Relay is not null)
+            throw new ArgumentException("a server reached through a relay cannot be a relay itself: drop --relay or --reachability relay");
+        Relay?.Validate();
+        foreach (var peer in RelayPeers)
+            if (!Dht.DhtAddress.TryParse(peer, out _, out _)) throw new ArgumentException($"relay '{peer}' is not HOST:PORT or HOST:PORT/ID");
         if (NewSwarm && InitialPeers.Count > 0) throw new ArgumentException("--new-swarm starts a swarm alone: give it or --initial-peers, not both");
         if (ResolvedDhtPrefix.Length == 0 || ResolvedDhtPrefix.Contains('.') || ResolvedDhtPrefix.Contains(' '))
             throw new ArgumentException($"DHT prefix '{ResolvedDhtPrefix}' must be non-empty without '.' or ' '");
     }
+}
+
+/// <summary>How clients reach a server (<c>--reachability</c>).</summary>
+public enum Reachability
+{
+    /// <summary>Ask peers to dial the announced address at start; relay mode if none can.</summary>
+    Auto,
+
+    /// <summary>Announce the address as it is, unchecked.</summary>
+    Direct,
+
+    /// <summary>Open no inbound port (a Unix socket only) and be reached through a relay.</summary>
+    Relay,
 }

@@ -72,6 +72,13 @@ public static class RoutePlanner
     public const double MaxDelay = 5;
     /// <summary>Added when a server lacks cache room: it would refuse the session, so only use it if nothing else works.</summary>
     public const double CachePenalty = 10;
+    /// <summary>
+    /// Added to every hop into a relayed server: the relay's splice (a measured RTT through the relay already holds
+    /// its network delay, an unmeasured one does not), and a preference for direct servers where they are as fast.
+    /// </summary>
+    public const double RelayDelay = 0.01;
+    /// <summary>Petals' relay penalty for load-spreading routes: a relayed server's weight is scaled by it.</summary>
+    public const double RelayPenalty = 0.5;
     /// <summary>Steps per second through one block assumed for a server that did not announce it.</summary>
     public const double DefaultInferenceRps = 300;
 
@@ -153,7 +160,8 @@ public static class RoutePlanner
 
     /// <summary>
     /// Petals' forward/backward routing: from the current block, pick one of the servers holding it at random with
-    /// probability ∝ its span length (1e-6 for peers the client cannot reach), run to the end of its span, repeat.
+    /// probability ∝ its span length (× <see cref="RelayPenalty"/> when relayed, 1e-6 for peers the client cannot
+    /// reach), run to the end of its span, repeat.
     /// Long spans mean few hops; the randomness spreads training load over replicas.
     /// </summary>
     public static PlannedRoute MaxThroughput(RoutingInputs inputs, Random random)
@@ -165,7 +173,8 @@ public static class RoutePlanner
         {
             var candidates = segments.Where(s => s.Start <= block && block < s.End).ToList();
             var weights = candidates.Select(c =>
-                double.IsPositiveInfinity(inputs.ClientRtts.GetValueOrDefault(c.Server.PeerId)) ? 1e-6 : c.Length).ToArray();
+                double.IsPositiveInfinity(inputs.ClientRtts.GetValueOrDefault(c.Server.PeerId)) ? 1e-6
+                : c.Server.IsRelayed ? c.Length * RelayPenalty : c.Length).ToArray();
             double pick = random.NextDouble() * weights.Sum();
             int chosen = candidates.Count - 1;
             for (int i = 0; i < candidates.Count; i++)
@@ -255,12 +264,13 @@ public static class RoutePlanner
         rtts is not null && rtts.TryGetValue(peer, out var rtt) && !double.IsNaN(rtt) ? Math.Min(Math.Max(rtt, 0) / 2, MaxDelay) : DefaultDelay;
 
     /// <summary>
-    /// Cache penalty for opening a session on <paramref name="server"/>. Its <c>cache_tokens_left</c> is already
+    /// Relay delay, and cache penalty for opening a session on <paramref name="server"/>. Its <c>cache_tokens_left</c> is already
     /// per token of one row across its whole span, so unlike Petals there is no × 2 × span-length factor; like
     /// Petals it assumes the worst case that the session uses the whole span.
     /// </summary>
     static double Penalty(ServerInfo server, RoutingInputs inputs) =>
-        inputs.CacheTokensNeeded is { } needed && server.CacheTokensLeft < needed ? CachePenalty : 0;
+        (inputs.CacheTokensNeeded is { } needed && server.CacheTokensLeft < needed ? CachePenalty : 0)
+        + (server.IsRelayed ? RelayDelay : 0);
 
     static (double[] Dist, int[] Prev) Dijkstra(List<(int To, double Cost)>[] edges, int source)
     {

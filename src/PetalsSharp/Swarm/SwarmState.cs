@@ -37,6 +37,19 @@ public sealed record ServerInfo(
     public static string ReadQuant(string announced) =>
         string.IsNullOrEmpty(announced) ? "none" : announced.Length <= 16 && announced.All(char.IsAsciiLetterOrDigit) ? announced : "unknown";
 
+    /// <summary>"HOST:PORT/ID" of the relay <see cref="Address"/> belongs to, or "" for a server clients dial directly.</summary>
+    public string Relay { get; init; } = "";
+
+    /// <summary>Whether clients reach it through a relay.</summary>
+    public bool IsRelayed => Relay.Length > 0;
+
+    /// <summary>"direct" or "relayed", as <c>petals swarm</c> shows it.</summary>
+    public string Reachability => IsRelayed ? "relayed" : "direct";
+
+    /// <summary>An announced relay name, bounded (hostile input): at most 256 printable ASCII characters, else dropped.</summary>
+    public static string ReadRelay(string announced) =>
+        announced.Length <= 256 && announced.All(c => c is > ' ' and < (char)127) ? announced : "unknown";
+
     /// <summary>Round trips (seconds) this server measured to servers that could follow it, by their address.</summary>
     public IReadOnlyDictionary<string, double> NextPings { get; init; } = new Dictionary<string, double>();
 
@@ -51,6 +64,7 @@ public sealed record ServerInfo(
             a.SoftwareVersion, a.WeightsFingerprint, ReadAdapters(a.Adapters), expiration)
         {
             Quant = ReadQuant(a.Quant),
+            Relay = ReadRelay(a.Relay),
             NextPings = a.NextPings.Where(p => p.Key.Length <= 256 && double.IsFinite(p.Value) && p.Value >= 0).Take(64)
                 .ToDictionary(p => p.Key, p => p.Value),
         };

@@ -20,15 +20,16 @@ public static class Layering
         ["Wire"] = ["PetalsSharp"],
         ["Text"] = ["PetalsSharp"],
         ["Dht"] = ["PetalsSharp", "Wire"],
+        ["Relay"] = ["PetalsSharp", "Wire", "Dht"],
         ["Models"] = ["PetalsSharp", "Wire", "Text", "Dht"],
         ["Swarm"] = ["PetalsSharp", "Wire", "Text", "Dht", "Models"],
         ["Generation"] = ["PetalsSharp", "Wire", "Text", "Dht", "Models"],
         ["Hub"] = ["PetalsSharp", "Wire", "Text", "Dht", "Models"],
         ["Client"] = ["PetalsSharp", "Wire", "Text", "Dht", "Models", "Swarm", "Generation", "Hub"],
-        ["Server"] = ["PetalsSharp", "Wire", "Text", "Dht", "Models", "Swarm", "Generation", "Hub"],
+        ["Server"] = ["PetalsSharp", "Wire", "Text", "Dht", "Relay", "Models", "Swarm", "Generation", "Hub"],
         ["Training"] = ["PetalsSharp", "Wire", "Text", "Dht", "Models", "Swarm", "Generation", "Hub", "Client"],
         ["Api"] = ["PetalsSharp", "Wire", "Text", "Dht", "Models", "Swarm", "Generation", "Hub", "Client", "Training"],
-        ["Cli"] = ["PetalsSharp", "Wire", "Text", "Dht", "Models", "Swarm", "Generation", "Hub", "Client", "Server",
+        ["Cli"] = ["PetalsSharp", "Wire", "Text", "Dht", "Relay", "Models", "Swarm", "Generation", "Hub", "Client", "Server",
             "Training", "Api"],
     };
 

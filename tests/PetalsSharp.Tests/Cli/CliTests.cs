@@ -49,6 +49,10 @@ public sealed class CliTests
     [InlineData("beams-sampled", "--num-beams scores beams greedily: add --greedy")]
     [InlineData("beams-batch", "beam search takes one prompt at a time")]
     [InlineData("bad-verify-rate", "--verify-rate must be between 0 and 1")]
+    [InlineData("relay-without-swarm", "--reachability relay needs a swarm")]
+    [InlineData("bad-reachability", "--reachability must be auto, direct or relay (got 'sometimes')")]
+    [InlineData("relayed-relay", "a server reached through a relay cannot be a relay itself")]
+    [InlineData("bad-relay-limit", "--relay-max-servers must be at least 1")]
     public async Task Bad_input_gets_one_line_and_a_nonzero_exit(string scenario, string expected)
     {
         string[] args = scenario switch
@@ -67,6 +71,10 @@ public sealed class CliTests
             "beams-sampled" => ["generate", "--model", Fixture, "--input-ids", "1,2", "--num-beams", "2"],
             "beams-batch" => ["generate", "--model", Fixture, "--input-ids", "1,2;3,4", "--num-beams", "2", "--greedy"],
             "bad-verify-rate" => ["generate", "--model", Fixture, "--input-ids", "1,2", "--verify-rate", "2"],
+            "relay-without-swarm" => ["server", "--model", Fixture, "--blocks", "0:2", "--port", "0", "--reachability", "relay"],
+            "bad-reachability" => ["server", "--model", Fixture, "--blocks", "0:2", "--port", "0", "--reachability", "sometimes"],
+            "relayed-relay" => ["server", "--model", Fixture, "--blocks", "0:2", "--port", "0", "--new-swarm", "--reachability", "relay", "--relay"],
+            "bad-relay-limit" => ["dht", "--port", "0", "--relay", "--relay-max-servers", "0"],
             _ => throw new ArgumentException(scenario),
         };
         var res = await CliRunner.RunAsync(args);

@@ -198,10 +198,16 @@ public sealed class ChildProcess : IDisposable
         catch (ArgumentException) { return false; }
     }
 
-    public void Dispose()
+    /// <summary>Kills the process at once, as a crash would (SIGKILL); its log stays readable.</summary>
+    public void Kill()
     {
         if (!_process.HasExited) _process.Kill(entireProcessTree: true);
         _process.WaitForExit(10_000);
+    }
+
+    public void Dispose()
+    {
+        Kill();
         _process.Dispose();
     }
 }

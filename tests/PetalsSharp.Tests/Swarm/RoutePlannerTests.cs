@@ -31,6 +31,23 @@ public sealed class RoutePlannerTests
     }
 
     [Fact]
+    public void ARelayedServerCostsItsRelayDelayAndHalfItsWeight()
+    {
+        // Equal servers, equal measured RTTs: the direct one wins by the relay's splice; a relayed one still serves alone.
+        var direct = Srv("d", 0, 4);
+        var relayed = Srv("r", 0, 4) with { Relay = "relay:1/" + new string('a', 40) };
+        var both = Inputs(0, 4, relayed, direct) with { ClientRtts = Rtts(("d", 0.01), ("r", 0.01)) };
+        Assert.Equal("d[0:4]", Route(RoutePlanner.MinLatency(both)));
+        var alone = RoutePlanner.MinLatency(Inputs(0, 4, relayed) with { ClientRtts = Rtts(("r", 0.01)) });
+        Assert.Equal("r[0:4]", Route(alone));
+        Assert.Equal(0.005 + RoutePlanner.OverheadDelay + RoutePlanner.RelayDelay + 4.0 / RoutePlanner.DefaultInferenceRps + 0.005, alone.Cost, 9);
+        // Load-spreading routes pick it with Petals' relay penalty: weight 0.5 × 4 against 4, so a third of the time.
+        var random = new Random(1);
+        int picked = Enumerable.Range(0, 3000).Count(_ => RoutePlanner.MaxThroughput(both, random).Hops[0].Server.PeerId == "r");
+        Assert.InRange(picked, 850, 1150);
+    }
+
+    [Fact]
     public void CostMatchesAHandComputedExample()
     {
         // a runs [0,3) at 100 steps/s, b [3,5) at 50: client→a 0.2/2 + 0.018, 3/100, a→b 0.04/2 + 0.018, 2/50, b→client 0.1/2.

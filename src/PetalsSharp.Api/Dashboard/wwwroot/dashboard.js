@@ -67,12 +67,13 @@ function spanBar(s, numBlocks) {
 
 function serversTable(m, now) {
   if (m.servers.length === 0) return el("p", { class: "empty", text: "no servers" });
-  const head = el("tr", {}, ...["state", "name", "address", "blocks", "throughput", "inference", "cache left", "version", "dtype", "quant", "adapters", "records"]
+  const head = el("tr", {}, ...["state", "name", "address", "reached", "blocks", "throughput", "inference", "cache left", "version", "dtype", "quant", "adapters", "records"]
     .map(h => el("th", { text: h })));
   const rows = m.servers.map(s => el("tr", { "data-peer-id": s.peer_id, "data-state": s.state, "data-address": s.address },
     el("td", {}, el("span", { class: "badge", "data-state": s.state, text: s.state })),
     el("td", { class: "name", title: s.peer_id, text: s.public_name || s.peer_id.slice(0, 12) }),
     el("td", { class: "mono", text: s.address }),
+    el("td", { "data-reachability": s.reachability ?? "direct", title: s.relay || "", text: s.relay ? `via relay ${s.relay.split("/")[0]}` : "direct" }),
     el("td", { "data-span": `${s.start}:${s.end}` }, el("span", { class: "mono", text: `${s.start}:${s.end}` }), spanBar(s, m.num_blocks)),
     el("td", { class: "num", text: `${fmt.num(s.throughput, 1)} tok/s` }),
     el("td", { class: "num", text: `${fmt.num(s.inference_rps, 1)} rps` }),
