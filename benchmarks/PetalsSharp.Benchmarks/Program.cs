@@ -7,6 +7,7 @@ using PetalsSharp.Benchmarks;
 //   dotnet run --project benchmarks/PetalsSharp.Benchmarks -c Release -- wan [--model DIR] [--delay-ms 50]
 //   dotnet run --project benchmarks/PetalsSharp.Benchmarks -c Release -- speculative [--model DIR] [--delay-ms 50] [--new 32] [--rounds 3]
 //   dotnet run --project benchmarks/PetalsSharp.Benchmarks -c Release -- trust [--model DIR] [--servers 3] [--rounds 5] [--verify-rate 0.05]
+//   dotnet run --project benchmarks/PetalsSharp.Benchmarks -c Release -- relay [--model DIR] [--rounds 5] [--steps 200]
 //   dotnet run --project benchmarks/PetalsSharp.Benchmarks -c Release -- memory --model DIR [--dtype bf16] [--cache-bytes 270000000] [--prompt 64] [--new 64]
 PetalsSharp.Runtime.Configure();
 var command = args.FirstOrDefault() ?? "engine";
@@ -34,10 +35,13 @@ switch (command)
     case "trust":
         await TrustBenchmark.RunAsync(options);
         return 0;
+    case "relay":
+        await RelayBenchmark.RunAsync(options);
+        return 0;
     case "memory":
         await MemoryBenchmark.RunAsync(options);
         return 0;
     default:
-        Console.Error.WriteLine($"unknown benchmark '{command}' (available: engine, matrows, swarm, hop, wan, speculative, trust, memory)");
+        Console.Error.WriteLine($"unknown benchmark '{command}' (available: engine, matrows, swarm, hop, wan, speculative, trust, relay, memory)");
         return 2;
 }
