@@ -79,7 +79,8 @@ public sealed class DhtGrpcService(DhtNode node) : DhtService.DhtServiceBase
         try
         {
             var (reachable, error) = await node.DialBackAsync(request.Address, sender.Id, context.Peer, context.CancellationToken).ConfigureAwait(false);
-            return new DialBackReply { Responder = responder, Signature = signature, Reachable = reachable, Error = error };
+            if (reachable is null) throw new RpcException(new Status(StatusCode.FailedPrecondition, error));   // no verdict
+            return new DialBackReply { Responder = responder, Signature = signature, Reachable = reachable.Value, Error = error };
         }
         finally { node.ExitDialBack(); }
     }

@@ -50,22 +50,27 @@ public sealed partial class DhtNode
     }
 
     /// <summary>
-    /// Answers a dial-back: dials <paramref name="address"/> (which must name <paramref name="caller"/>'s own IP),
-    /// TLS pinned to <paramref name="expected"/>, and calls the block service's Info with a 5 s deadline.
+    /// Answers a dial-back: dials <paramref name="address"/>'s port on <paramref name="caller"/>'s own IP (the
+    /// address must name that IP), TLS pinned to <paramref name="expected"/>, and calls the block service's Info
+    /// with a 5 s deadline. Null when the node cannot judge (the address names another host): no verdict, since a
+    /// server may well leave through another IP than the one it is reached at.
     /// </summary>
-    internal async Task<(bool Reachable, string Error)> DialBackAsync(string address, NodeId expected, string? caller, CancellationToken ct)
+    internal async Task<(bool? Reachable, string Error)> DialBackAsync(string address, NodeId expected, string? caller, CancellationToken ct)
     {
-        if (!DhtAddress.TryParse(address, out var hostPort, out _)) return (false, $"'{address}' is not HOST:PORT");
+        if (!DhtAddress.TryParse(address, out var hostPort, out _)) return (null, $"'{address}' is not HOST:PORT");
         var callerIp = RequestQuota.AddressOf(caller) is { } c && IPAddress.TryParse(c, out var ip) ? Normalize(ip) : null;
-        if (callerIp is null) return (false, "the caller's IP address is unknown");
-        var host = hostPort[..hostPort.LastIndexOf(':')].Trim('[', ']');
+        if (callerIp is null) return (null, "the caller's IP address is unknown");
+        int colon = hostPort.LastIndexOf(':');
+        var host = hostPort[..colon].Trim('[', ']');
         IPAddress[] resolved;
         try { resolved = IPAddress.TryParse(host, out var literal) ? [literal] : await Dns.GetHostAddressesAsync(host, ct).ConfigureAwait(false); }
-        catch (System.Net.Sockets.SocketException e) { return (false, $"cannot resolve '{host}': {e.Message}"); }
-        // Dialing only the caller's own IP keeps the check from aiming this node at third parties.
+        catch (System.Net.Sockets.SocketException) { return (null, $"cannot resolve '{host}'"); }
+        // Dialing only the caller's own IP keeps the check from aiming this node at third parties, and dialing the
+        // IP itself (not the name again) keeps a name that changes between the two lookups from doing the same.
         if (!resolved.Select(Normalize).Contains(callerIp))
-            return (false, $"'{host}' is not the caller's address {callerIp}; a node dials back only the address a check comes from");
-        using var channel = PeerChannels.Create(PeerTarget.Dial(hostPort, _options.Tls, expected.ToString()), new PeerChannelOptions(64 * 1024)
+            return (null, $"'{host}' is not the caller's address {callerIp}; a node dials back only the address a check comes from");
+        var target = (callerIp.AddressFamily == System.Net.Sockets.AddressFamily.InterNetworkV6 ? $"[{callerIp}]" : callerIp.ToString()) + hostPort[colon..];
+        using var channel = PeerChannels.Create(PeerTarget.Dial(target, _options.Tls, expected.ToString()), new PeerChannelOptions(64 * 1024)
         {
             ConnectTimeout = TimeSpan.FromSeconds(5),
         });
@@ -77,9 +82,10 @@ public sealed partial class DhtNode
         }
         catch (RpcException e)
         {
-            var why = PeerTls.IdentityMismatch(e)?.Message ?? $"{e.StatusCode}: {e.Status.Detail}";
-            _log.LogDebug("dial-back to {Address} failed: {Reason}", hostPort, why);
-            return (false, why.Length > 200 ? why[..200] : why);
+            // Coarse on purpose: the answer goes to whoever asked, and must not turn this node into a port scanner.
+            var why = PeerTls.IdentityMismatch(e) is not null ? "another node answers there" : $"no Info answer ({e.StatusCode})";
+            _log.LogDebug("dial-back to {Address} failed: {Reason}", target, e.Status.Detail);
+            return (false, why);
         }
     }
 

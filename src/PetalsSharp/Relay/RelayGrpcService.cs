@@ -24,6 +24,13 @@ public sealed class RelayGrpcService(RelayHub hub) : RelayService.RelayServiceBa
     public static void AddTo(IServiceCollection services, RelayHub hub, Dht.SwarmKey? swarmKey)
     {
         services.AddSingleton(hub);
+        // A registered server that vanishes without closing its connection (power loss, a dropped link) must free
+        // its slot and port: HTTP/2 pings find it within 40 s.
+        services.Configure<Microsoft.AspNetCore.Server.Kestrel.Core.KestrelServerOptions>(k =>
+        {
+            k.Limits.Http2.KeepAlivePingDelay = TimeSpan.FromSeconds(20);
+            k.Limits.Http2.KeepAlivePingTimeout = TimeSpan.FromSeconds(20);
+        });
         services.AddGrpc().AddServiceOptions<RelayGrpcService>(o =>
         {
             o.MaxReceiveMessageSize = Splice.MaxChunkBytes + 1024;

@@ -61,18 +61,35 @@ public sealed class RelayHub
         public string NodeId { get; } = nodeId;
         public TcpListener Listener { get; } = listener;
         public ByteBudget Budget { get; } = new(bytesPerSecond);
+        // Bounded by Open (at most MaxConnectionsPerServer ids are ever waiting), so unbounded is safe here.
         public System.Threading.Channels.Channel<ulong> Incoming { get; } =
             System.Threading.Channels.Channel.CreateUnbounded<ulong>(new() { SingleReader = true });
+        /// <summary>Ends the registration and every tunnel of it: a server cannot keep tunnels past its Register call.</summary>
+        public CancellationTokenSource Ended { get; } = new();
         public int Open;   // connections accepted and not yet closed
         public string Address = "";
     }
 
     sealed record Pending(Registration Owner, Socket Socket);
 
+    /// <summary>How long a Register or Tunnel call may take to send its first message.</summary>
+    static readonly TimeSpan FirstMessageTimeout = TimeSpan.FromSeconds(10);
+
+    static async Task<bool> FirstAsync<T>(IAsyncStreamReader<T> requests, CancellationToken ct)
+    {
+        using var first = CancellationTokenSource.CreateLinkedTokenSource(ct);
+        first.CancelAfter(FirstMessageTimeout);
+        try { return await requests.MoveNext(first.Token).ConfigureAwait(false); }
+        catch (OperationCanceledException) when (!ct.IsCancellationRequested)
+        {
+            throw new RpcException(new Status(StatusCode.DeadlineExceeded, $"no first message within {FirstMessageTimeout.TotalSeconds:0} s"));
+        }
+    }
+
     /// <summary>Runs one server's registration until its call ends (the server left or died) or <paramref name="ct"/> fires.</summary>
     internal async Task RegisterAsync(IAsyncStreamReader<RegisterRequest> requests, IServerStreamWriter<RegisterReply> replies, CancellationToken ct)
     {
-        if (!await requests.MoveNext(ct).ConfigureAwait(false)) return;
+        if (!await FirstAsync(requests, ct).ConfigureAwait(false)) return;
         var nodeId = requests.Current.NodeId;
         if (!Wire.PeerTls.IsId(nodeId)) throw new RpcException(new Status(StatusCode.InvalidArgument, "node_id must be 40 hex digits"));
         Registration registration;
@@ -85,7 +102,8 @@ public sealed class RelayHub
             _servers[registration] = 0;
         }
         var listener = registration.Listener;
-        using var stop = CancellationTokenSource.CreateLinkedTokenSource(ct);
+        using var stop = CancellationTokenSource.CreateLinkedTokenSource(ct, registration.Ended.Token);
+        Task accept = Task.CompletedTask, notify = Task.CompletedTask, alive = Task.CompletedTask;
         try
         {
             listener.Start();
@@ -100,21 +118,24 @@ public sealed class RelayHub
                 },
             }, ct).ConfigureAwait(false);
             _log.LogInformation("relaying for server {Server} at {Address} ({Servers}/{Max} servers)", nodeId, registration.Address, _servers.Count, _options.MaxServers);
-            var accept = AcceptLoopAsync(registration, stop.Token);
-            var notify = Task.Run(async () =>
+            accept = AcceptLoopAsync(registration, stop.Token);
+            notify = Task.Run(async () =>
             {
                 await foreach (var id in registration.Incoming.Reader.ReadAllAsync(stop.Token).ConfigureAwait(false))
                     await replies.WriteAsync(new RegisterReply { Incoming = new Incoming { ConnectionId = id } }, stop.Token).ConfigureAwait(false);
             }, stop.Token);
             // The server only keeps the call open; anything it sends after the first message is ignored.
-            var alive = Task.Run(async () => { while (await requests.MoveNext(stop.Token).ConfigureAwait(false)) { } }, stop.Token);
+            alive = Task.Run(async () => { while (await requests.MoveNext(stop.Token).ConfigureAwait(false)) { } }, stop.Token);
             await Task.WhenAny(accept, notify, alive).ConfigureAwait(false);
         }
         catch (Exception e) when (e is OperationCanceledException or IOException or SocketException or InvalidOperationException) { }
         finally
         {
-            stop.Cancel();
+            registration.Ended.Cancel();
             listener.Dispose();
+            // The call's streams must not be touched once this method returns: wait for everything using them.
+            try { await Task.WhenAll(accept, notify, alive).ConfigureAwait(false); }
+            catch (Exception) { /* cancelled, or the server's side broke: the registration is over either way */ }
             _servers.TryRemove(registration, out _);
             foreach (var (id, pending) in _pending.Where(p => p.Value.Owner == registration).ToList())
                 if (_pending.TryRemove(id, out _)) pending.Socket.Dispose();
@@ -126,7 +147,15 @@ public sealed class RelayHub
     {
         while (!ct.IsCancellationRequested)
         {
-            var socket = await registration.Listener.AcceptSocketAsync(ct).ConfigureAwait(false);
+            Socket socket;
+            try { socket = await registration.Listener.AcceptSocketAsync(ct).ConfigureAwait(false); }
+            catch (SocketException e)
+            {
+                // A client that reset while queued, or no file descriptors left: never a reason to drop the server.
+                _log.LogDebug("accepting a connection to {Address} failed: {Message}", registration.Address, e.Message);
+                await Task.Delay(TimeSpan.FromMilliseconds(e.SocketErrorCode == SocketError.TooManyOpenSockets ? 500 : 10), ct).ConfigureAwait(false);
+                continue;
+            }
             if (Interlocked.Increment(ref registration.Open) > _options.MaxConnectionsPerServer)
             {
                 Interlocked.Decrement(ref registration.Open);
@@ -134,7 +163,13 @@ public sealed class RelayHub
                 socket.Dispose();
                 continue;
             }
-            socket.NoDelay = true;
+            try { socket.NoDelay = true; }
+            catch (SocketException)
+            {
+                Interlocked.Decrement(ref registration.Open);
+                socket.Dispose();
+                continue;
+            }
             ulong id = BitConverter.ToUInt64(RandomNumberGenerator.GetBytes(8));
             _pending[id] = new Pending(registration, socket);
             registration.Incoming.Writer.TryWrite(id);
@@ -157,7 +192,7 @@ public sealed class RelayHub
     /// <summary>Splices the client connection the first message names into this Tunnel call until either side ends.</summary>
     internal async Task TunnelAsync(IAsyncStreamReader<TunnelChunk> requests, IServerStreamWriter<TunnelChunk> replies, CancellationToken ct)
     {
-        if (!await requests.MoveNext(ct).ConfigureAwait(false)) return;
+        if (!await FirstAsync(requests, ct).ConfigureAwait(false)) return;
         var first = requests.Current;
         if (!_pending.TryRemove(first.ConnectionId, out var pending))
             throw new RpcException(new Status(StatusCode.NotFound, "no waiting connection has this id (it expired, or was never offered)"));
@@ -165,9 +200,11 @@ public sealed class RelayHub
         Interlocked.Increment(ref _connections);
         try
         {
+            // The tunnel ends with its registration, even if the server keeps the Tunnel call open.
+            using var linked = CancellationTokenSource.CreateLinkedTokenSource(ct, owner.Ended.Token);
             Stream stream = new CountingStream(new NetworkStream(pending.Socket, ownsSocket: true), n => Interlocked.Add(ref _bytes, n));
             if (ClientStreamTap is { } tap) stream = tap(stream);
-            await Splice.RunAsync(stream, requests, chunk => replies.WriteAsync(chunk, ct), owner.Budget, first.Data, ct).ConfigureAwait(false);
+            await Splice.RunAsync(stream, requests, (chunk, token) => replies.WriteAsync(chunk, token), owner.Budget, first.Data, linked.Token).ConfigureAwait(false);
         }
         finally { Interlocked.Decrement(ref owner.Open); }
     }

@@ -34,7 +34,7 @@ public sealed class RelayLink : IAsyncDisposable
     readonly Func<RelayState, Task> _onRegistered;
     readonly ILogger _log;
     readonly CancellationTokenSource _stop = new();
-    readonly TaskCompletionSource _first = new(TaskCreationOptions.RunContinuationsAsynchronously);
+    readonly TaskCompletionSource<RelayState> _first = new(TaskCreationOptions.RunContinuationsAsynchronously);
     readonly Task _loop;
     RelayState? _current;
     int _registrations;
@@ -60,9 +60,8 @@ public sealed class RelayLink : IAsyncDisposable
     /// <exception cref="TimeoutException">No relay accepted the server within <paramref name="timeout"/>.</exception>
     public async Task<RelayState> WaitRegisteredAsync(TimeSpan timeout, CancellationToken ct)
     {
-        try { await _first.Task.WaitAsync(timeout, ct).ConfigureAwait(false); }
+        try { return await _first.Task.WaitAsync(timeout, ct).ConfigureAwait(false); }
         catch (TimeoutException) { throw new TimeoutException($"no relay accepted this server within {timeout.TotalSeconds:0} s (start one with `petals dht --relay`)"); }
-        return Current ?? throw new InvalidOperationException("the relay registration ended at once");
     }
 
     async Task LoopAsync()
@@ -73,7 +72,7 @@ public sealed class RelayLink : IAsyncDisposable
         {
             IReadOnlyList<string> relays;
             try { relays = await _options.FindRelays(ct).ConfigureAwait(false); }
-            catch (Exception e) when (e is not OperationCanceledException)
+            catch (Exception e) when (!ct.IsCancellationRequested)
             {
                 _log.LogWarning("looking for relays failed: {Message}", e.Message);
                 relays = [];
@@ -84,6 +83,7 @@ public sealed class RelayLink : IAsyncDisposable
             foreach (var relay in order)
             {
                 if (ct.IsCancellationRequested) return;
+                long began = Environment.TickCount64;
                 try { served = await RunAsync(relay, ct).ConfigureAwait(false); }
                 catch (Exception e) when (!ct.IsCancellationRequested)
                 {
@@ -91,7 +91,14 @@ public sealed class RelayLink : IAsyncDisposable
                 }
                 failedAt[relay] = Environment.TickCount64;
                 Volatile.Write(ref _current, null);
-                if (served) break;   // read the DHT again: the relay that died may be the one it lists first
+                if (!served) continue;
+                // A relay that accepts and drops at once must not spin the server through registrations.
+                if (Environment.TickCount64 - began < MinRegistration.TotalMilliseconds)
+                {
+                    try { await Task.Delay(_options.RetryDelay, ct).ConfigureAwait(false); }
+                    catch (OperationCanceledException) { return; }
+                }
+                break;   // read the DHT again: the relay that died may be the one it lists first
             }
             if (!served)
             {
@@ -101,6 +108,9 @@ public sealed class RelayLink : IAsyncDisposable
             }
         }
     }
+
+    /// <summary>A registration shorter than this is followed by a pause before the next.</summary>
+    static readonly TimeSpan MinRegistration = TimeSpan.FromSeconds(5);
 
     /// <summary>One registration, until the relay ends it or dies; true when it got as far as serving.</summary>
     async Task<bool> RunAsync(string relay, CancellationToken ct)
@@ -118,12 +128,16 @@ public sealed class RelayLink : IAsyncDisposable
         }
         if (!Dht.DhtAddress.TryParse(registered.Address, out var address, out _)) throw new IOException($"the relay offered an invalid address '{registered.Address}'");
         var target = PeerTarget.Parse(relay);
+        // A relay offers ports on its own host; anything else would have this server announce someone else's address.
+        if (HostOf(address) != HostOf(target.Address)) throw new IOException($"the relay at {target.Address} offered an address on another host ({address})");
         var state = new RelayState(address, target.ExpectedId is null ? target.Address : $"{target.Address}/{target.ExpectedId}");
         Volatile.Write(ref _current, state);
         Interlocked.Increment(ref _registrations);
         _log.LogInformation("reachable through relay {Relay} at {Address}", state.Relay, state.Address);
         await _onRegistered(state).ConfigureAwait(false);
-        _first.TrySetResult();
+        _first.TrySetResult(state);
+        // The relay says how many connections it carries; more ids than that are a relay trying to exhaust us.
+        int maxTunnels = registered.MaxConnections is > 0 and <= 4096 ? registered.MaxConnections : 64;
         var tunnels = new List<Task>();
         try
         {
@@ -131,6 +145,11 @@ public sealed class RelayLink : IAsyncDisposable
             {
                 if (call.ResponseStream.Current.Incoming is not { } incoming) continue;
                 tunnels.RemoveAll(t => t.IsCompleted);
+                if (tunnels.Count >= maxTunnels)
+                {
+                    _log.LogDebug("relay {Relay} offered more than {Max} connections at once; ignoring one", state.Relay, maxTunnels);
+                    continue;
+                }
                 tunnels.Add(TunnelAsync(client, incoming.ConnectionId, ct));
             }
             _log.LogWarning("relay {Relay} ended the registration; registering again", state.Relay);
@@ -160,7 +179,7 @@ public sealed class RelayLink : IAsyncDisposable
                 socket.Dispose();
                 throw;
             }
-            await Splice.RunAsync(new NetworkStream(socket, ownsSocket: true), call.ResponseStream, chunk => call.RequestStream.WriteAsync(chunk),
+            await Splice.RunAsync(new NetworkStream(socket, ownsSocket: true), call.ResponseStream, (chunk, token) => call.RequestStream.WriteAsync(chunk, token),
                 budget: null, first: null, ct).ConfigureAwait(false);
         }
         catch (Exception e) when (e is RpcException or IOException or SocketException or OperationCanceledException or InvalidOperationException)
@@ -168,6 +187,8 @@ public sealed class RelayLink : IAsyncDisposable
             _log.LogDebug("relayed connection {Id} ended: {Message}", id, e.Message);
         }
     }
+
+    static string HostOf(string hostPort) => hostPort[..hostPort.LastIndexOf(':')];
 
     public async ValueTask DisposeAsync()
     {

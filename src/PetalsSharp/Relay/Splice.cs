@@ -15,11 +15,11 @@ static class Splice
 
     /// <param name="stream">The TCP or Unix socket stream (the client's on the relay, the server's own listener on the server).</param>
     /// <param name="reader">Chunks from the other end of the Tunnel.</param>
-    /// <param name="write">Sends one chunk to the other end (never called concurrently).</param>
+    /// <param name="write">Sends one chunk to the other end (never called concurrently; the token ends a write stuck on flow control).</param>
     /// <param name="budget">Bytes per second both ways together, or null for no limit.</param>
     /// <param name="first">Bytes that arrived with the Tunnel's first message, written before anything else.</param>
     /// <param name="ct">Ends the connection.</param>
-    public static async Task RunAsync(Stream stream, IAsyncStreamReader<TunnelChunk> reader, Func<TunnelChunk, Task> write,
+    public static async Task RunAsync(Stream stream, IAsyncStreamReader<TunnelChunk> reader, Func<TunnelChunk, CancellationToken, Task> write,
         ByteBudget? budget, ByteString? first, CancellationToken ct)
     {
         using var linked = CancellationTokenSource.CreateLinkedTokenSource(ct);
@@ -43,7 +43,7 @@ static class Splice
             while ((n = await stream.ReadAsync(buffer, token).ConfigureAwait(false)) > 0)
             {
                 if (budget is not null) await budget.TakeAsync(n, token).ConfigureAwait(false);
-                await write(new TunnelChunk { Data = ByteString.CopyFrom(buffer, 0, n) }).ConfigureAwait(false);
+                await write(new TunnelChunk { Data = ByteString.CopyFrom(buffer, 0, n) }, token).ConfigureAwait(false);
             }
         }, token);
         // Either side ending ends the connection: TLS and HTTP/2 never half-close a live link.

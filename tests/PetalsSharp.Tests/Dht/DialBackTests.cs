@@ -19,10 +19,10 @@ public sealed class DialBackTests
         var rpc = new DhtRpc(caller, () => self, null, TimeSpan.FromSeconds(30), tls: true);
         var peer = new Contact(node.Id, node.Identity.PublicKey, node.Address);
 
-        // A third party's address: refused without a dial, so a check cannot aim the node at someone else.
-        var (elsewhere, why) = await rpc.DialBackAsync(peer, "192.0.2.7:31330", TimeSpan.FromSeconds(30), CancellationToken.None);
-        Assert.False(elsewhere);
-        Assert.Contains("not the caller's address 127.0.0.1", why);
+        // A third party's address: no dial and no verdict, so a check cannot aim the node at someone else.
+        var elsewhere = await Assert.ThrowsAsync<RpcException>(() => rpc.DialBackAsync(peer, "192.0.2.7:31330", TimeSpan.FromSeconds(30), CancellationToken.None));
+        Assert.Equal(StatusCode.FailedPrecondition, elsewhere.StatusCode);
+        Assert.Contains("not the caller's address 127.0.0.1", elsewhere.Status.Detail);
 
         // The caller's own IP, where nothing listens: dialed, and the failure is named.
         using var probe = new System.Net.Sockets.TcpListener(System.Net.IPAddress.Loopback, 0);
@@ -31,16 +31,17 @@ public sealed class DialBackTests
         probe.Stop();
         var (closed, reason) = await rpc.DialBackAsync(peer, $"127.0.0.1:{port}", TimeSpan.FromSeconds(30), CancellationToken.None);
         Assert.False(closed);
-        Assert.Contains("Unavailable", reason);
+        Assert.Equal("no Info answer (Unavailable)", reason);
 
         // Another node at the caller's IP (this one): TLS is pinned to the caller's id, so it does not count as reachable.
-        var (dhtOnly, _) = await rpc.DialBackAsync(peer, node.Address, TimeSpan.FromSeconds(30), CancellationToken.None);
+        var (dhtOnly, other) = await rpc.DialBackAsync(peer, node.Address, TimeSpan.FromSeconds(30), CancellationToken.None);
         Assert.False(dhtOnly);
+        Assert.Equal("another node answers there", other);
 
         // Three answered so far; the burst is five, refilled at one a second: a flood is refused with the reason.
         var flood = await Record.ExceptionAsync(async () =>
         {
-            for (int i = 0; i < 20; i++) await rpc.DialBackAsync(peer, "192.0.2.7:1", TimeSpan.FromSeconds(30), CancellationToken.None);
+            for (int i = 0; i < 20; i++) await rpc.DialBackAsync(peer, $"127.0.0.1:{port}", TimeSpan.FromSeconds(30), CancellationToken.None);
         });
         var refused = Assert.IsType<RpcException>(flood);
         Assert.Equal(StatusCode.ResourceExhausted, refused.StatusCode);

@@ -118,6 +118,30 @@ public sealed class RelayHubTests
         Assert.Equal(0, await ReadOrResetAsync(over));
     }
 
+    [Fact]
+    public async Task A_tunnel_ends_with_its_registration_so_a_server_cannot_keep_connections_past_it()
+    {
+        await using var relay = await StartAsync(new RelayOptions());
+        using var channel = TestChannels.Create(relay.Node.Address);
+        var client = relay.Client(channel);
+        var (call, registered) = await RegisterAsync(client);
+        var port = int.Parse(registered.Address[(registered.Address.LastIndexOf(':') + 1)..]);
+        using var user = new TcpClient();
+        await user.ConnectAsync(IPAddress.Loopback, port);
+        Assert.True(await call.ResponseStream.MoveNext(CancellationToken.None));
+        using var tunnel = client.Tunnel();
+        await tunnel.RequestStream.WriteAsync(new TunnelChunk { ConnectionId = call.ResponseStream.Current.Incoming.ConnectionId });
+        // Bytes flow through the tunnel...
+        await tunnel.RequestStream.WriteAsync(new TunnelChunk { Data = Google.Protobuf.ByteString.CopyFromUtf8("hello") });
+        var buffer = new byte[5];
+        await user.GetStream().ReadExactlyAsync(buffer);
+        Assert.Equal("hello", System.Text.Encoding.ASCII.GetString(buffer));
+        // ...until the server's registration ends, though it keeps the Tunnel call open.
+        call.Dispose();
+        Assert.Equal(0, await ReadOrResetAsync(user));
+        await WaitAsync(() => relay.Hub.Servers == 0, "the registration to end");
+    }
+
     static async Task<int> ReadOrResetAsync(TcpClient client)
     {
         using var timeout = new CancellationTokenSource(TimeSpan.FromSeconds(60));
