@@ -131,5 +131,16 @@ public sealed class SwarmViewBuilderTests
         Assert.Equal("ONLINE", s.GetProperty("state").GetString());
         foreach (var name in new[] { "peer_id", "address", "start", "end", "throughput", "inference_rps", "version", "dtype", "adapters", "expires", "last_seen" })
             Assert.True(s.TryGetProperty(name, out _), name);
+        Assert.Equal("direct", s.GetProperty("reachability").GetString());
+        Assert.Equal("", s.GetProperty("relay").GetString());
+    }
+
+    [Fact]
+    public void A_relayed_server_shows_its_relay()
+    {
+        var relay = "10.0.0.5:31338/" + new string('c', 40);
+        var view = Build(null, T0, 1, Model("m", 1, Server("a", 0, 1) with { Relay = relay }));
+        var s = Assert.Single(view.Models[0].Servers);
+        Assert.Equal(("relayed", relay), (s.Reachability, s.Relay));
     }
 }
