@@ -31,6 +31,9 @@ public sealed class TiledLinearTests
     public void Ops_Linear_tiles_16_bit_weights_and_keeps_autograd()
     {
         using var scope = NewDisposeScope();
+        // Grad mode is per thread, and xunit reuses its threads: a no_grad some test left open on this one must not
+        // turn the gradient below off (it did once, and autograd.grad then ended the process).
+        using var gradMode = enable_grad();
         manual_seed(6);
         var w = randn(16000, 300).to(ScalarType.BFloat16);                        // [out, in]: two default tiles
         var x = randn(1, 20, 300);                                                // [B, T, in]: more rows than decode kernels take
