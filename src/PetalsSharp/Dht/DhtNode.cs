@@ -195,7 +195,7 @@ public sealed partial class DhtNode : IAsyncDisposable
     /// What to announce when listening on a wildcard: the first non-loopback IPv4 of an interface that is up (peers
     /// cannot dial 0.0.0.0); set PublicAddress when that guess is wrong.
     /// </summary>
-    static string AnnouncedHost(IPAddress ip)
+    internal static string AnnouncedHost(IPAddress ip)
     {
         if (!ip.Equals(IPAddress.Any) && !ip.Equals(IPAddress.IPv6Any))
             return ip.AddressFamily == AddressFamily.InterNetworkV6 ? $"[{ip}]" : ip.ToString();

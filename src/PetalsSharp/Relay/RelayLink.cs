@@ -85,7 +85,8 @@ public sealed class RelayLink : IAsyncDisposable
                 if (ct.IsCancellationRequested) return;
                 long began = Environment.TickCount64;
                 try { served = await RunAsync(relay, ct).ConfigureAwait(false); }
-                catch (Exception e) when (!ct.IsCancellationRequested)
+                catch (Exception) when (ct.IsCancellationRequested) { return; }   // stopping: the call ends as Cancelled
+                catch (Exception e)
                 {
                     _log.LogWarning("relay {Relay}: {Message}", relay, e is RpcException r ? $"{r.StatusCode} {r.Status.Detail}" : e.Message);
                 }
@@ -195,7 +196,7 @@ public sealed class RelayLink : IAsyncDisposable
         if (_stop.IsCancellationRequested) return;
         _stop.Cancel();
         try { await _loop.ConfigureAwait(false); }
-        catch (OperationCanceledException) { }
+        catch (Exception) { /* stopping: whatever the last call ended with no longer matters */ }
         _stop.Dispose();
     }
 }

@@ -59,34 +59,53 @@ public sealed partial class BlockServer
     /// </summary>
     async Task ResolveReachabilityAsync(Dht.DhtNode dht, CancellationToken ct)
     {
-        bool relay = Options.Reachability == Reachability.Relay;
-        if (Options.Reachability == Reachability.Auto && Options.InitialPeers.Count > 0)
+        if (Options.Reachability == Reachability.Relay)
         {
-            var address = PublicAddress;
-            var check = await dht.CheckReachabilityAsync(address, ct: ct);
-            if (check.Reachable == false && Options.RelayPeers.Count == 0 && (await RelayDirectory.FindAsync(dht, ct)).Count == 0)
-            {
-                // Waiting for a relay that may never come would keep the server from serving anyone at all.
-                _logger.LogWarning("{Address} is not reachable from the swarm ({Answers}), and the swarm has no relay: announcing it anyway " +
-                    "(start one with `petals dht --relay`, or fix --public-address)", address, string.Join("; ", check.Answers));
-            }
-            else if (check.Reachable == false)
-            {
-                _logger.LogWarning("{Address} is not reachable from the swarm ({Answers}); switching to relay mode", address, string.Join("; ", check.Answers));
-                dht.Readdress("");
-                relay = true;
-            }
-            else _logger.LogDebug("reachability of {Address}: {Verdict} ({Answers})", address, check.Reachable == true ? "reachable" : "unknown", string.Join("; ", check.Answers));
+            _logger.LogInformation("relay mode (--reachability relay): no inbound port; clients reach this server through a relay");
+            await StartRelayLinkAsync(dht, ct);
+            return;
         }
-        else if (relay) _logger.LogInformation("relay mode (--reachability relay): no inbound port; clients reach this server through a relay");
-        if (!relay) return;
+        if (Options.Reachability != Reachability.Auto || Options.InitialPeers.Count == 0) return;
+        _directAddress = DirectAddress(dht);
+        if (await CheckDirectAsync(dht, _directAddress, ct) == false) await StartRelayLinkAsync(dht, ct);
+    }
+
+    /// <summary>
+    /// Asks peers to dial <paramref name="address"/> back. False only when it is unreachable and the swarm has a relay
+    /// to go to: with none, the server announces the address anyway, since waiting for a relay that may never come
+    /// would keep it from serving anyone at all.
+    /// </summary>
+    async Task<bool> CheckDirectAsync(Dht.DhtNode dht, string address, CancellationToken ct)
+    {
+        var check = await dht.CheckReachabilityAsync(address, ct: ct);
+        var answers = string.Join("; ", check.Answers);
+        if (check.Reachable != false)
+        {
+            _logger.LogDebug("reachability of {Address}: {Verdict} ({Answers})", address, check.Reachable == true ? "reachable" : "unknown", answers);
+            return true;
+        }
+        if (Options.RelayPeers.Count == 0 && (await RelayDirectory.FindAsync(dht, ct)).Count == 0)
+        {
+            _logger.LogWarning("{Address} is not reachable from the swarm ({Answers}), and the swarm has no relay: announcing it anyway " +
+                "(start one with `petals dht --relay`, or fix --public-address)", address, answers);
+            return true;
+        }
+        _logger.LogWarning("{Address} is not reachable from the swarm ({Answers}); switching to relay mode", address, answers);
+        return false;
+    }
+
+    /// <summary>Stops offering this node as a DHT contact and registers with a relay; returns once one accepted it.</summary>
+    async Task StartRelayLinkAsync(Dht.DhtNode dht, CancellationToken ct)
+    {
+        if (dht.Address.Length > 0) dht.Readdress("");
         EndPoint local = _unixSocket is not null ? new UnixDomainSocketEndPoint(_unixSocket)
             : _localTcp ?? throw new InvalidOperationException("the server listens nowhere a relay could reach");
-        _relayLink = RelayLink.Start(new RelayLinkOptions(dht.Id.ToString(), local, FindRelaysAsync)
+        var link = RelayLink.Start(new RelayLinkOptions(dht.Id.ToString(), local, FindRelaysAsync)
         {
             SwarmKey = Options.SwarmKey, Logger = _loggerFactory.CreateLogger("petals.relay"),
         }, OnRelayAsync);
-        await _relayLink.WaitRegisteredAsync(Options.JoinTimeout + TimeSpan.FromSeconds(30), ct);
+        _relayLink = link;
+        await link.WaitRegisteredAsync(Options.JoinTimeout + TimeSpan.FromSeconds(30), ct);
 
         async Task<IReadOnlyList<string>> FindRelaysAsync(CancellationToken token)
         {
@@ -95,6 +114,83 @@ public sealed partial class BlockServer
             return given.Concat(listed).ToList();
         }
     }
+
+    /// <summary>The direct address the last check was about (auto mode only).</summary>
+    string? _directAddress;
+
+    /// <summary>Replaces how the current direct address is found (tests: an address that "changed").</summary>
+    internal Func<string>? DirectAddressProbe { get; set; }
+
+    /// <summary>
+    /// The address clients would dial directly now: <c>--public-address</c>, else the bound one, whose wildcard host
+    /// is this machine's interface address at this moment (a new DHCP lease changes it).
+    /// </summary>
+    string DirectAddress(Dht.DhtNode dht)
+    {
+        if (DirectAddressProbe is { } probe) return probe();
+        if (Options.PublicAddress is { } given) return given;
+        if (_localTcp is { } local && (IPAddress.Any.Equals(_boundIp) || IPAddress.IPv6Any.Equals(_boundIp)))
+            return $"{PetalsSharp.Dht.DhtNode.AnnouncedHost(_boundIp)}:{local.Port}";
+        return dht.Address.Length > 0 ? dht.Address : Address;
+    }
+
+    IPAddress? _boundIp;
+
+    /// <summary>Whether the direct address can change while the server runs (so it is watched).</summary>
+    bool AddressMayChange => Options.Reachability == Reachability.Auto && Options.InitialPeers.Count > 0 && Options.PublicAddress is null
+        && (IPAddress.Any.Equals(_boundIp) || IPAddress.IPv6Any.Equals(_boundIp));
+
+    /// <summary>
+    /// Checks again when the direct address changed (auto mode): a direct server that became unreachable goes to a
+    /// relay, a relayed one that became reachable leaves it; either way the new address is announced at once.
+    /// </summary>
+    internal async Task CheckAddressAsync(CancellationToken ct)
+    {
+        if (_dht is not { } dht || Options.Reachability != Reachability.Auto || _directAddress is null) return;
+        var now = DirectAddress(dht);
+        if (now == _directAddress) return;
+        _logger.LogInformation("this server's address changed from {Old} to {New}; checking its reachability again", _directAddress, now);
+        _directAddress = now;
+        bool reachable = await CheckDirectAsync(dht, now, ct);
+        if (!reachable)
+        {
+            if (_relayLink is null) await StartRelayLinkAsync(dht, ct);   // its registration announces the relay's address
+            return;
+        }
+        var link = Interlocked.Exchange(ref _relayLink, null);
+        if (link is not null)
+        {
+            await link.DisposeAsync();
+            _logger.LogInformation("reachable directly at {Address} again; left the relay", now);
+        }
+        Volatile.Write(ref _relayState, null);
+        dht.Readdress(now);
+        if (_announcer is { } announcer) await announcer.RefreshAsync(ct);
+    }
+
+    /// <summary>Re-checks the address every update period while it may change.</summary>
+    void StartAddressWatch()
+    {
+        if (!AddressMayChange) return;
+        _addressWatch = Task.Run(async () =>
+        {
+            using var timer = new PeriodicTimer(Options.UpdatePeriod);
+            try
+            {
+                while (await timer.WaitForNextTickAsync(Stopping))
+                {
+                    try { await CheckAddressAsync(Stopping); }
+                    catch (Exception e) when (!Stopping.IsCancellationRequested)
+                    {
+                        _logger.LogWarning("checking this server's address again failed (will retry): {Message}", e.Message);
+                    }
+                }
+            }
+            catch (OperationCanceledException) { }
+        });
+    }
+
+    Task? _addressWatch;
 
     /// <summary>A (new) relay took the server: announce its address now, so clients failing over find it.</summary>
     async Task OnRelayAsync(RelayState state)
@@ -124,6 +220,7 @@ public sealed partial class BlockServer
 
     async Task StopRelayAsync()
     {
+        if (_addressWatch is { } watch) await watch;
         var link = Interlocked.Exchange(ref _relayLink, null);
         if (link is not null) await link.DisposeAsync();
         if (_relayAnnouncing is { } announcing) await announcing;

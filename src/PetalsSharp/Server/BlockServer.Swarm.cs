@@ -52,6 +52,7 @@ public sealed partial class BlockServer
         _logger.LogInformation("ONLINE for blocks {Start}:{End} in the swarm as {Peer}{Relay} (prefix {Prefix}, throughput {Throughput:F0} tok/s)",
             Start, End, $"{PublicAddress}/{dht.Id}", RelayName.Length > 0 ? $" via relay {RelayName}" : "", Options.ResolvedDhtPrefix, Throughput.Throughput);
         await AnnounceHostedRelayAsync(dht, ct);
+        StartAddressWatch();
         if (Options.AutoPlaced && Options.RebalancePeriod > TimeSpan.Zero)
             _rebalancer = Rebalancer.Start(this, dht, _loggerFactory.CreateLogger("petals.balance"));
     }

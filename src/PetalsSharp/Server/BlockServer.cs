@@ -246,6 +246,7 @@ public sealed partial class BlockServer : IAsyncDisposable
             string host = IPAddress.Any.Equals(address) || IPAddress.IPv6Any.Equals(address) ? "127.0.0.1"
                 : address.AddressFamily == System.Net.Sockets.AddressFamily.InterNetworkV6 ? $"[{address}]" : address.ToString();
             Address = $"{host}:{bound.Port}";
+            _boundIp = address;
             _localTcp = new IPEndPoint(IPAddress.Any.Equals(address) ? IPAddress.Loopback : IPAddress.IPv6Any.Equals(address) ? IPAddress.IPv6Loopback : address, bound.Port);
         }
         if (_dht is not null) await JoinSwarmAsync(app, _dht, cancellationToken);
