@@ -75,11 +75,15 @@ public sealed class RelayHub
     /// <summary>How long a Register or Tunnel call may take to send its first message.</summary>
     static readonly TimeSpan FirstMessageTimeout = TimeSpan.FromSeconds(10);
 
-    static async Task<bool> FirstAsync<T>(IAsyncStreamReader<T> requests, CancellationToken ct)
+    static async Task FirstAsync<T>(IAsyncStreamReader<T> requests, CancellationToken ct)
     {
         using var first = CancellationTokenSource.CreateLinkedTokenSource(ct);
         first.CancelAfter(FirstMessageTimeout);
-        try { return await requests.MoveNext(first.Token).ConfigureAwait(false); }
+        try
+        {
+            if (!await requests.MoveNext(first.Token).ConfigureAwait(false))
+                throw new RpcException(new Status(StatusCode.InvalidArgument, "the call ended before its first message"));
+        }
         catch (OperationCanceledException) when (!ct.IsCancellationRequested)
         {
             throw new RpcException(new Status(StatusCode.DeadlineExceeded, $"no first message within {FirstMessageTimeout.TotalSeconds:0} s"));
@@ -89,7 +93,7 @@ public sealed class RelayHub
     /// <summary>Runs one server's registration until its call ends (the server left or died) or <paramref name="ct"/> fires.</summary>
     internal async Task RegisterAsync(IAsyncStreamReader<RegisterRequest> requests, IServerStreamWriter<RegisterReply> replies, CancellationToken ct)
     {
-        if (!await FirstAsync(requests, ct).ConfigureAwait(false)) return;
+        await FirstAsync(requests, ct).ConfigureAwait(false);
         var nodeId = requests.Current.NodeId;
         if (!Wire.PeerTls.IsId(nodeId)) throw new RpcException(new Status(StatusCode.InvalidArgument, "node_id must be 40 hex digits"));
         Registration registration;
@@ -192,7 +196,7 @@ public sealed class RelayHub
     /// <summary>Splices the client connection the first message names into this Tunnel call until either side ends.</summary>
     internal async Task TunnelAsync(IAsyncStreamReader<TunnelChunk> requests, IServerStreamWriter<TunnelChunk> replies, CancellationToken ct)
     {
-        if (!await FirstAsync(requests, ct).ConfigureAwait(false)) return;
+        await FirstAsync(requests, ct).ConfigureAwait(false);
         var first = requests.Current;
         if (!_pending.TryRemove(first.ConnectionId, out var pending))
             throw new RpcException(new Status(StatusCode.NotFound, "no waiting connection has this id (it expired, or was never offered)"));

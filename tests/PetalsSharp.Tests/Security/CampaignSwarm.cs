@@ -43,7 +43,7 @@ public sealed class CampaignSwarm : IAsyncLifetime
         using (var reference = Reference.LoadFrom(ModelDir))
             Continuations = reference["continuations"].EnumerateArray().Select(c => (c.GetProperty("prompt").GetString()!,
                 c.GetProperty("new_token_ids").EnumerateArray().Select(x => x.GetInt32()).ToArray(), c.GetProperty("new_text").GetString()!)).ToList();
-        Dht = ChildProcess.Start(["dht", "--host", "127.0.0.1", "--port", "0"]);
+        Dht = ChildProcess.Start(["dht", "--host", "127.0.0.1", "--port", "0", "--relay"]);   // a relay too: its service is attacked as well
         var peers = await Dht.WaitForLineAsync("initial peers: ");
         DhtAddress = PetalsSharp.Dht.DhtAddress.Parse(peers).Address;
         Api = ChildProcess.Start(["api", "--model", ModelDir, "--local", "--port", "0", "--max-request-bytes", "2000000"]);

@@ -58,6 +58,13 @@ public sealed class HostileInputCampaignTests(CampaignSwarm swarm, ITestOutputHe
     }
 
     [Fact]
+    public async Task Relay_inputs_each_get_a_clear_status_while_a_client_generates_through_the_server()
+    {
+        using var target = new RelayTarget(swarm);
+        await CampaignAsync(target.All().ToList(), swarm.HealthyGenerationAsync);
+    }
+
+    [Fact]
     public async Task Api_inputs_each_get_a_clear_status_while_a_client_completes_greedily() =>
         await CampaignAsync(ApiCases.All(swarm).ToList(), swarm.HealthyCompletionsAsync);
 
