@@ -49,8 +49,6 @@ public sealed partial class BlockServer
         RelayGrpcService.Map(app);
     }
 
-
-
     /// <summary>
     /// Decides how clients reach this server: <see cref="Reachability.Direct"/> as announced, <see cref="Reachability.Relay"/>
     /// through a relay, and <see cref="Reachability.Auto"/> by asking DHT peers to dial the announced address back

@@ -164,6 +164,21 @@ public sealed class RelayTests(Xunit.Abstractions.ITestOutputHelper output)
     }
 
     [SkippableFact]
+    public async Task A_server_run_with_relay_carries_another_server_that_has_no_inbound_port()
+    {
+        Skip.If(Fixtures.Stories260KDir is null, Fixtures.Stories260KSkipReason);
+        int layers = ModelConfigLoader.Load(Dir).NumLayers;
+        using var bootstrap = ChildProcess.Start(["dht", "--host", "127.0.0.1", "--port", "0"]);   // no relay of its own
+        var peers = await bootstrap.WaitForLineAsync("initial peers: ");
+        using var volunteer = await ServerProcess.StartAsync(Dir, 0, 3, "--initial-peers", peers, "--throughput", "100", "--relay");
+        await WaitForLogAsync(volunteer, "relaying for servers behind NAT");
+        using var behind = await ServerProcess.StartAsync(Dir, 3, layers, "--initial-peers", peers, "--throughput", "100", "--reachability", "relay");
+        Assert.Contains($"via relay {volunteer.Address}/", behind.Log);   // stdout, printed before "listening on"
+        using var lm = await DistributedModel.ConnectViaDhtAsync(Dir, [peers]);
+        await AssertExactAsync(lm, count: 1);
+    }
+
+    [SkippableFact]
     public async Task A_byte_the_relay_changes_ends_the_call_and_the_server_stays_whole()
     {
         Skip.If(Fixtures.Stories260KDir is null, Fixtures.Stories260KSkipReason);
