@@ -1,6 +1,5 @@
 using System.Net;
 using System.Net.Sockets;
-using System.Text;
 using System.Text.Json;
 using PetalsSharp.Client;
 using PetalsSharp.Generation;
@@ -50,16 +49,6 @@ public sealed class RelayTests(Xunit.Abstractions.ITestOutputHelper output)
         }
     }
 
-    /// <summary>A TLS record header, handshake (0x16) first, and none of what plain-text gRPC carries in the clear.</summary>
-    static void AssertTlsRecords(byte[] bytes, string what)
-    {
-        Assert.True(bytes.Length >= 5, $"{what}: only {bytes.Length} bytes");
-        Assert.True(bytes[0] == 0x16 && bytes[1] == 0x03, $"{what} starts with {Convert.ToHexString(bytes, 0, 5)}, not a TLS handshake record");
-        var text = Encoding.Latin1.GetString(bytes);
-        Assert.DoesNotContain("PRI * HTTP/2.0", text);
-        Assert.DoesNotContain("petals.v1.BlockService", text);
-    }
-
     [SkippableFact]
     public async Task A_server_with_no_inbound_port_serves_through_a_relay_pushes_included_and_the_swarm_shows_it_relayed()
     {
@@ -85,8 +74,8 @@ public sealed class RelayTests(Xunit.Abstractions.ITestOutputHelper output)
         Assert.True(links.Count >= 2, $"{links.Count} relayed connection(s): the client's and the push lane's expected");
         foreach (var (link, i) in links.Select((l, i) => (l, i)))
         {
-            AssertTlsRecords(link.Up, $"relayed connection {i}, client to server");
-            AssertTlsRecords(link.Down, $"relayed connection {i}, server to client");
+            Trust.TlsLinkTests.AssertTlsRecords(link.Up, $"relayed connection {i}, client to server");
+            Trust.TlsLinkTests.AssertTlsRecords(link.Down, $"relayed connection {i}, server to client");
         }
 
         var swarm = await CliRunner.RunAsync("swarm", "--initial-peers", relay.PeerAddress, "--json");

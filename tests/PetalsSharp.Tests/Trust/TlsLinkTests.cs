@@ -18,7 +18,7 @@ namespace PetalsSharp.Tests.Trust;
 public sealed class TlsLinkTests(Xunit.Abstractions.ITestOutputHelper output)
 {
     /// <summary>A TLS record header: handshake (0x16) or application data (0x17), then major version 3.</summary>
-    static void AssertTlsRecords(byte[] bytes, string what)
+    internal static void AssertTlsRecords(byte[] bytes, string what)
     {
         Assert.True(bytes.Length >= 5, $"{what}: only {bytes.Length} bytes");
         Assert.True(bytes[0] == 0x16 && bytes[1] == 0x03, $"{what} starts with {Convert.ToHexString(bytes, 0, 5)}, not a TLS handshake record");
