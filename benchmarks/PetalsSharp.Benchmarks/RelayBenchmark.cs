@@ -2,6 +2,7 @@ using System.Diagnostics;
 using PetalsSharp.Client;
 using PetalsSharp.Models;
 using PetalsSharp.Server;
+using PetalsSharp.Testing;
 using PetalsSharp.Wire.V1;
 using static TorchSharp.torch;
 
@@ -18,10 +19,10 @@ public static class RelayBenchmark
         var dir = args.Get("model") ?? PetalsSharp.Cli.Commands.DemoModel.Ensure();
         int rounds = args.Int("rounds", 5), steps = args.Int("steps", 200);
         var config = ModelConfigLoader.Load(dir);
-        using var bootstrap = PetalsProcess.Start("dht", "--host", "127.0.0.1", "--port", "0");
-        var peers = await bootstrap.WaitForAsync("initial peers: ");
-        using var relay = PetalsProcess.Start("dht", "--host", "127.0.0.1", "--port", "0", "--relay", "--initial-peers", peers);
-        await relay.WaitForAsync("relay: ");
+        using var bootstrap = ChildProcess.Start("dht", "--host", "127.0.0.1", "--port", "0");
+        var peers = await bootstrap.WaitForLineAsync("initial peers: ");
+        using var relay = ChildProcess.Start("dht", "--host", "127.0.0.1", "--port", "0", "--relay", "--initial-peers", peers);
+        await relay.WaitForLineAsync("relay: ");
         using var direct = await ServerProcess.StartAsync(dir, 0, config.NumLayers, "--initial-peers", peers, "--throughput", "100");
         using var relayed = await ServerProcess.StartAsync(dir, 0, config.NumLayers, "--initial-peers", peers, "--throughput", "100", "--reachability", "relay");
         const string marker = "reachable at ";
@@ -67,49 +68,5 @@ public static class RelayBenchmark
         Console.WriteLine($"Info round trip: direct {Median(info.Direct):F3} ms, relayed {Median(info.Relayed):F3} ms, extra {Median(info.Relayed) - Median(info.Direct):F3} ms");
         Console.WriteLine($"single-token step: direct {Median(step.Direct):F3} ms, relayed {Median(step.Relayed):F3} ms, extra {Median(step.Relayed) - Median(step.Direct):F3} ms");
         Console.WriteLine("per-round extra (relayed - direct) step ms: " + string.Join(", ", step.Relayed.Zip(step.Direct, (r, d) => (r - d).ToString("F3"))));
-    }
-}
-
-/// <summary>A <c>petals</c> child process whose output lines can be waited for (a DHT node or relay).</summary>
-sealed class PetalsProcess : IDisposable
-{
-    readonly Process _process;
-    readonly System.Text.StringBuilder _log = new();
-
-    PetalsProcess(Process process) => _process = process;
-
-    public static PetalsProcess Start(params string[] args)
-    {
-        var psi = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
-        psi.ArgumentList.Add(ServerProcess.DefaultPetalsDll);
-        foreach (var a in args) psi.ArgumentList.Add(a);
-        psi.Environment[ParentWatchdog.Variable] = Environment.ProcessId.ToString();
-        var p = new PetalsProcess(Process.Start(psi)!);
-        p._process.OutputDataReceived += (_, e) => { if (e.Data is not null) lock (p._log) p._log.AppendLine(e.Data); };
-        p._process.ErrorDataReceived += (_, e) => { if (e.Data is not null) lock (p._log) p._log.AppendLine(e.Data); };
-        p._process.BeginOutputReadLine();
-        p._process.BeginErrorReadLine();
-        return p;
-    }
-
-    /// <summary>The rest of the first line starting with <paramref name="prefix"/>, waiting up to a minute.</summary>
-    public async Task<string> WaitForAsync(string prefix)
-    {
-        for (int i = 0; i < 600; i++)
-        {
-            lock (_log)
-                foreach (var line in _log.ToString().Split('\n'))
-                    if (line.StartsWith(prefix, StringComparison.Ordinal)) return line[prefix.Length..].Trim();
-            if (_process.HasExited) break;
-            await Task.Delay(100);
-        }
-        lock (_log) throw new TimeoutException($"no '{prefix}' line:\n{_log}");
-    }
-
-    public void Dispose()
-    {
-        if (!_process.HasExited) _process.Kill(entireProcessTree: true);
-        _process.WaitForExit(10_000);
-        _process.Dispose();
     }
 }

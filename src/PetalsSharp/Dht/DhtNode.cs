@@ -182,7 +182,8 @@ public sealed partial class DhtNode : IAsyncDisposable
         Start($"{(IPAddress.TryParse(host, out var ip) ? AnnouncedHost(ip) : uri.Host)}:{uri.Port}");
     }
 
-    static IPAddress ResolveHost(string host) => host switch
+    /// <summary>The IP to listen on for a <c>--host</c> value: wildcards, "localhost", a literal or a name.</summary>
+    internal static IPAddress ResolveHost(string host) => host switch
     {
         "0.0.0.0" or "*" or "" => IPAddress.Any,
         "::" => IPAddress.IPv6Any,

@@ -17,15 +17,8 @@ public static class RelayHost
         },
     };
 
-    /// <summary>The IP the per-server ports listen on, from the node's <c>--host</c>.</summary>
-    public static IPAddress BindAddress(string host) => host switch
-    {
-        "0.0.0.0" or "*" or "" => IPAddress.Any,
-        "::" => IPAddress.IPv6Any,
-        "localhost" => IPAddress.Loopback,
-        _ => IPAddress.TryParse(host, out var ip) ? ip
-            : Dns.GetHostAddresses(host).FirstOrDefault() ?? throw new ArgumentException($"cannot resolve host '{host}'"),
-    };
+    /// <summary>The IP the per-server ports listen on, from the node's <c>--host</c> (as the node itself resolves it).</summary>
+    public static IPAddress BindAddress(string host) => DhtNode.ResolveHost(host);
 
     /// <summary>"host" of "host:port" (brackets of an IPv6 literal kept).</summary>
     public static string HostOf(string hostPort) => hostPort.LastIndexOf(':') is > 0 and var colon ? hostPort[..colon] : hostPort;

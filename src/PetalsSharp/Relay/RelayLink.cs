@@ -130,7 +130,7 @@ public sealed class RelayLink : IAsyncDisposable
         if (!Dht.DhtAddress.TryParse(registered.Address, out var address, out _)) throw new IOException($"the relay offered an invalid address '{registered.Address}'");
         var target = PeerTarget.Parse(relay);
         // A relay offers ports on its own host; anything else would have this server announce someone else's address.
-        if (HostOf(address) != HostOf(target.Address)) throw new IOException($"the relay at {target.Address} offered an address on another host ({address})");
+        if (RelayHost.HostOf(address) != RelayHost.HostOf(target.Address)) throw new IOException($"the relay at {target.Address} offered an address on another host ({address})");
         var state = new RelayState(address, target.ExpectedId is null ? target.Address : $"{target.Address}/{target.ExpectedId}");
         Volatile.Write(ref _current, state);
         Interlocked.Increment(ref _registrations);
@@ -188,8 +188,6 @@ public sealed class RelayLink : IAsyncDisposable
             _log.LogDebug("relayed connection {Id} ended: {Message}", id, e.Message);
         }
     }
-
-    static string HostOf(string hostPort) => hostPort[..hostPort.LastIndexOf(':')];
 
     public async ValueTask DisposeAsync()
     {

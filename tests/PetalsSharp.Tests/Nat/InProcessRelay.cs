@@ -30,13 +30,13 @@ public sealed class InProcessRelay : IAsyncDisposable
     /// <summary>When set, the relay flips the byte at this offset of each connection's server-to-client stream.</summary>
     public long? TamperAfter { get; set; }
 
-    public static async Task<InProcessRelay> StartAsync()
+    /// <summary>Starts the node and its relay (with <paramref name="options"/>' limits), announced in the DHT.</summary>
+    public static async Task<InProcessRelay> StartAsync(RelayOptions? options = null)
     {
         var identity = NodeIdentity.CreateEphemeral();
         DhtNode? node = null;
-        var hub = new RelayHub(new RelayOptions(), identity.Id.ToString(), IPAddress.Loopback, () => RelayHost.HostOf(node?.Address ?? "127.0.0.1:0"));
-        var options = RelayHost.Attach(new DhtNodeOptions { Host = "127.0.0.1", Port = 0, Identity = identity }, hub);
-        node = await DhtNode.StartAsync(options);
+        var hub = new RelayHub(options ?? new RelayOptions(), identity.Id.ToString(), IPAddress.Loopback, () => RelayHost.HostOf(node?.Address ?? "127.0.0.1:0"));
+        node = await DhtNode.StartAsync(RelayHost.Attach(new DhtNodeOptions { Host = "127.0.0.1", Port = 0, Identity = identity }, hub));
         var relay = new InProcessRelay(node, hub);
         hub.ClientStreamTap = stream =>
         {

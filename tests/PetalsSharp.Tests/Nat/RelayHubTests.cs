@@ -1,7 +1,6 @@
 using System.Net;
 using System.Net.Sockets;
 using Grpc.Core;
-using PetalsSharp.Dht;
 using PetalsSharp.Relay;
 using PetalsSharp.Relay.V1;
 using Xunit;
@@ -11,28 +10,9 @@ namespace PetalsSharp.Tests.Nat;
 /// <summary>A relay's limits and its answers to hostile calls, against an in-process relay over real sockets.</summary>
 public sealed class RelayHubTests
 {
-    sealed class Relay : IAsyncDisposable
-    {
-        public required DhtNode Node;
-        public required RelayHub Hub;
-        public required NodeIdentity Identity;
-        public RelayService.RelayServiceClient Client(Grpc.Net.Client.GrpcChannel channel) => new(channel);
+    static Task<InProcessRelay> StartAsync(RelayOptions options) => InProcessRelay.StartAsync(options);
 
-        public async ValueTask DisposeAsync()
-        {
-            await Node.DisposeAsync();
-            Identity.Dispose();
-        }
-    }
-
-    static async Task<Relay> StartAsync(RelayOptions options)
-    {
-        var identity = NodeIdentity.CreateEphemeral();
-        DhtNode? node = null;
-        var hub = new RelayHub(options, identity.Id.ToString(), IPAddress.Loopback, () => RelayHost.HostOf(node?.Address ?? "127.0.0.1:0"));
-        node = await DhtNode.StartAsync(RelayHost.Attach(new DhtNodeOptions { Host = "127.0.0.1", Port = 0, Identity = identity }, hub));
-        return new Relay { Node = node, Hub = hub, Identity = identity };
-    }
+    static RelayService.RelayServiceClient Client(Grpc.Net.Client.GrpcChannel channel) => new(channel);
 
     static readonly string ServerId = new('b', 40);
 
@@ -59,7 +39,7 @@ public sealed class RelayHubTests
     {
         await using var relay = await StartAsync(new RelayOptions { MaxServers = 1 });
         using var channel = TestChannels.Create(relay.Node.Address);
-        var client = relay.Client(channel);
+        var client = Client(channel);
         var (first, registered) = await RegisterAsync(client);
         Assert.StartsWith("127.0.0.1:", registered.Address);
         Assert.Equal(relay.Node.Id.ToString(), registered.RelayId);
@@ -81,7 +61,7 @@ public sealed class RelayHubTests
     {
         await using var relay = await StartAsync(new RelayOptions());
         using var channel = TestChannels.Create(relay.Node.Address);
-        var client = relay.Client(channel);
+        var client = Client(channel);
         using var register = client.Register();
         await register.RequestStream.WriteAsync(new RegisterRequest { NodeId = "not-an-id" });
         var bad = await Assert.ThrowsAsync<RpcException>(() => register.ResponseStream.MoveNext(CancellationToken.None));
@@ -100,7 +80,7 @@ public sealed class RelayHubTests
     {
         await using var relay = await StartAsync(new RelayOptions { MaxConnectionsPerServer = 1, TunnelTimeout = TimeSpan.FromSeconds(1) });
         using var channel = TestChannels.Create(relay.Node.Address);
-        var (call, registered) = await RegisterAsync(relay.Client(channel));
+        var (call, registered) = await RegisterAsync(Client(channel));
         using var _ = call;
         var port = int.Parse(registered.Address[(registered.Address.LastIndexOf(':') + 1)..]);
         using var kept = new TcpClient();
@@ -123,7 +103,7 @@ public sealed class RelayHubTests
     {
         await using var relay = await StartAsync(new RelayOptions());
         using var channel = TestChannels.Create(relay.Node.Address);
-        var client = relay.Client(channel);
+        var client = Client(channel);
         var (call, registered) = await RegisterAsync(client);
         var port = int.Parse(registered.Address[(registered.Address.LastIndexOf(':') + 1)..]);
         using var user = new TcpClient();

@@ -5,8 +5,8 @@ using PetalsSharp.Client;
 using PetalsSharp.Generation;
 using PetalsSharp.Models;
 using PetalsSharp.Server;
+using PetalsSharp.Testing;
 using PetalsSharp.Tests.Cli;
-using PetalsSharp.Tests.Security;
 using PetalsSharp.Wire.V1;
 using Xunit;
 
@@ -179,17 +179,7 @@ public sealed class RelayTests(Xunit.Abstractions.ITestOutputHelper output)
         var record = Assert.Single(snapshot.Online);
         Assert.True(record.IsRelayed);
         relay.TamperAfter = 2000;   // past the TLS handshake: inside an application-data record
-        using (var channel = TestChannels.Create(record.Address))
-        {
-            var client = new BlockService.BlockServiceClient(channel);
-            var e = await Record.ExceptionAsync(async () =>
-            {
-                for (int i = 0; i < 20; i++)
-                    await client.InfoAsync(new InfoRequest(), deadline: DateTime.UtcNow.AddSeconds(30));
-            });
-            var rpc = Assert.IsType<Grpc.Core.RpcException>(e);
-            output.WriteLine(rpc.Status.ToString());
-        }
+        output.WriteLine((await Trust.TlsLinkTests.TamperedCallsFailAsync(record.Address)).Status.ToString());
         // An honest relay again: the same server answers through it.
         relay.TamperAfter = null;
         using var again = TestChannels.Create(record.Address);

@@ -89,6 +89,19 @@ public sealed class TlsLinkTests(Xunit.Abstractions.ITestOutputHelper output)
         await Assert.ThrowsAnyAsync<Exception>(() => ServerConnection.ConnectAsync(server.Address, config, new RemoteOptions { ConnectTimeout = TimeSpan.FromSeconds(10) }));
     }
 
+    /// <summary>Info calls through a path that changes a byte (past the handshake) until one fails, as it must.</summary>
+    internal static async Task<Grpc.Core.RpcException> TamperedCallsFailAsync(string address)
+    {
+        using var channel = TestChannels.Create(address);
+        var client = new BlockService.BlockServiceClient(channel);
+        var e = await Record.ExceptionAsync(async () =>
+        {
+            for (int i = 0; i < 20; i++)
+                await client.InfoAsync(new InfoRequest(), deadline: DateTime.UtcNow.AddSeconds(30));
+        });
+        return Assert.IsType<Grpc.Core.RpcException>(e);
+    }
+
     [SkippableFact]
     public async Task A_byte_changed_on_the_path_ends_the_call()
     {
@@ -97,15 +110,7 @@ public sealed class TlsLinkTests(Xunit.Abstractions.ITestOutputHelper output)
         int layers = ModelConfigLoader.Load(dir).NumLayers;
         using var server = await ServerProcess.StartAsync(dir, 0, layers);
         await using var attacker = new RecordingRelay(server.Address) { TamperAfter = 2000 };   // past the handshake
-        using var channel = TestChannels.Create(attacker.Address);
-        var client = new BlockService.BlockServiceClient(channel);
-        var e = await Record.ExceptionAsync(async () =>
-        {
-            for (int i = 0; i < 20; i++)
-                await client.InfoAsync(new InfoRequest(), deadline: DateTime.UtcNow.AddSeconds(30));
-        });
-        var rpc = Assert.IsType<Grpc.Core.RpcException>(e);
-        output.WriteLine(rpc.Status.ToString());
+        output.WriteLine((await TamperedCallsFailAsync(attacker.Address)).Status.ToString());
         // The server itself is unharmed: a direct link still works.
         using var direct = TestChannels.Create(server.Address);
         Assert.Equal(layers, (await new BlockService.BlockServiceClient(direct).InfoAsync(new InfoRequest())).NumBlocks);
