@@ -71,6 +71,38 @@ public sealed class ComputeSchedulerTests
     }
 
     [Fact]
+    public async Task A_busy_queue_trims_the_heap_only_after_reference_path_work()
+    {
+        // Each joinable step queues the next before it ends, so the queue never idles (steady decode). With
+        // withPrefill, the first step also queues plain work (a prefill chunk on the reference path) behind it.
+        static async Task RunStepsUntil(ComputeScheduler scheduler, bool withPrefill, Func<bool> done)
+        {
+            var deadline = DateTime.UtcNow.AddMinutes(2);
+            var finished = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+            void Queue(bool first) => _ = scheduler.RunJoinableAsync<int, int>(ComputeScheduler.InferencePriority, "span", 1, 4, 0, inputs =>
+            {
+                if (first && withPrefill) _ = scheduler.RunAsync(ComputeScheduler.InferencePriority, () => 0);
+                if (done() || DateTime.UtcNow > deadline) finished.TrySetResult();
+                else Queue(false);
+                return inputs.Select(i => (i, (Exception?)null)).ToArray();
+            });
+            Queue(true);
+            await finished.Task;
+        }
+
+        using (var decodeOnly = new ComputeScheduler())
+        {
+            var clock = System.Diagnostics.Stopwatch.StartNew();
+            await RunStepsUntil(decodeOnly, withPrefill: false, () => clock.Elapsed > TimeSpan.FromSeconds(1.5));
+            Assert.Equal(0L, decodeOnly.Trims.Busy);   // fused steps free nothing: no trim while decoding
+        }
+        using var withPrefill = new ComputeScheduler();
+        await RunStepsUntil(withPrefill, withPrefill: true, () => withPrefill.Trims.Busy > 0);
+        Assert.True(withPrefill.Trims.Busy > 0, "what the prefill freed was never trimmed while decoding went on");
+        Assert.Equal(0L, withPrefill.Trims.Idle);
+    }
+
+    [Fact]
     public async Task Exceptions_and_cancellation_reach_the_caller_and_the_thread_survives()
     {
         using var scheduler = new ComputeScheduler();
