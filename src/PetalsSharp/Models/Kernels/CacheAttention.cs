@@ -45,8 +45,8 @@ public static unsafe class CacheAttention
         int d = cache.HeadDim;
         int lo = slidingWindow is { } w ? Math.Max(0, qpos - w + 1) : 0, n = qpos - lo + 1;
         float scale = 1f / MathF.Sqrt(d);
-        for (int j = lo; j <= qpos; j++)
-            scores[j - lo] = j < pad && j != qpos ? float.NegativeInfinity : cache.DotKey(q, row, j, kvHead) * scale;
+        cache.DotKeys(q, row, kvHead, lo, qpos, scale, scores);
+        for (int j = lo; j < Math.Min(pad, qpos); j++) scores[j - lo] = float.NegativeInfinity;
         // Added after the scaled dot, as the reference adds its bias: once per query, so no key loop tests for it.
         alibi?.AddTo(new Span<float>(scores, n), head, lo, pad);
         float max = float.NegativeInfinity;
@@ -55,14 +55,14 @@ public static unsafe class CacheAttention
         var outSpan = new Span<float>(output, d);
         outSpan.Clear();
         float sum = 0;
-        for (int j = lo; j <= qpos; j++)
+        for (int i = 0; i < n; i++)
         {
-            float s = scores[j - lo];
-            if (float.IsNegativeInfinity(s)) continue;
-            float p = MathF.Exp(s - max);
+            // exp(-inf) is exactly 0: masked tokens get weight 0, which AddValues skips.
+            float p = float.IsNegativeInfinity(scores[i]) ? 0f : MathF.Exp(scores[i] - max);
             sum += p;
-            cache.AddValue(p, row, j, kvHead, output);
+            scores[i] = p;
         }
+        cache.AddValues(scores, row, kvHead, lo, qpos, output);
         TensorPrimitives.Multiply(outSpan, 1f / sum, outSpan);
     }
 }

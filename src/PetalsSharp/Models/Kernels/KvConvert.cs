@@ -64,6 +64,18 @@ public static unsafe class KvConvert
 
     public static float Dot(float* q, byte* k, int d, KvKind kind)
     {
+        if (Vector512.IsHardwareAccelerated && (d & 15) == 0 && kind != KvKind.Float16)
+        {
+            var acc = Vector512<float>.Zero;
+            for (int i = 0; i < d; i += 16) acc = Vector512.FusedMultiplyAdd(Vector512.Load(q + i), Wide16(k, i, kind), acc);
+            return Vector512.Sum(acc);
+        }
+        if (Vector256.IsHardwareAccelerated && (d & 7) == 0 && kind != KvKind.Float16)
+        {
+            var acc = Vector256<float>.Zero;
+            for (int i = 0; i < d; i += 8) acc = Vector256.FusedMultiplyAdd(Vector256.Load(q + i), Wide8(k, i, kind), acc);
+            return Vector256.Sum(acc);
+        }
         if (kind == KvKind.Float32) return TensorPrimitives.Dot(new ReadOnlySpan<float>(q, d), new ReadOnlySpan<float>(k, d));
         if (d > StackFloats) return SlowDot(q, k, d, kind);
         float* wide = stackalloc float[d];
@@ -88,6 +100,53 @@ public static unsafe class KvConvert
         Load(v, wide, d, kind);
         TensorPrimitives.MultiplyAdd(new ReadOnlySpan<float>(wide, d), p, output, output);
     }
+
+    /// <summary>
+    /// <c>acc [d] += Σ p[j] · v_j</c> for <paramref name="count"/> values <paramref name="stride"/> bytes apart. For the
+    /// usual head sizes the accumulator stays in registers across the whole run.
+    /// </summary>
+    public static void MultiplyAddRun(byte* v, long stride, float* p, int count, float* acc, int d, KvKind kind)
+    {
+        if (Vector512.IsHardwareAccelerated && kind != KvKind.Float16 && (d == 64 || d == 128))
+        {
+            for (int c = 0; c < d; c += 64)
+            {
+                var a0 = Vector512.Load(acc + c);
+                var a1 = Vector512.Load(acc + c + 16);
+                var a2 = Vector512.Load(acc + c + 32);
+                var a3 = Vector512.Load(acc + c + 48);
+                byte* x = v;
+                for (int j = 0; j < count; j++, x += stride)
+                {
+                    if (p[j] == 0f) continue;
+                    var w = Vector512.Create(p[j]);
+                    a0 = Vector512.FusedMultiplyAdd(Wide16(x, c, kind), w, a0);
+                    a1 = Vector512.FusedMultiplyAdd(Wide16(x, c + 16, kind), w, a1);
+                    a2 = Vector512.FusedMultiplyAdd(Wide16(x, c + 32, kind), w, a2);
+                    a3 = Vector512.FusedMultiplyAdd(Wide16(x, c + 48, kind), w, a3);
+                }
+                a0.Store(acc + c);
+                a1.Store(acc + c + 16);
+                a2.Store(acc + c + 32);
+                a3.Store(acc + c + 48);
+            }
+            return;
+        }
+        for (int j = 0; j < count; j++, v += stride)
+            if (p[j] != 0f) MultiplyAdd(v, p[j], acc, d, kind);
+    }
+
+    /// <summary>16 stored elements from element <paramref name="i"/> as float32 (float32 or bfloat16 storage).</summary>
+    static Vector512<float> Wide16(byte* k, int i, KvKind kind) => kind == KvKind.Float32
+        ? Vector512.Load((float*)k + i)
+        : Vector512.ShiftLeft(Vector512.Create(Vector256.WidenLower(Vector256.Load((ushort*)k + i)),
+            Vector256.WidenUpper(Vector256.Load((ushort*)k + i))), 16).AsSingle();
+
+    /// <summary>8 stored elements from element <paramref name="i"/> as float32 (float32 or bfloat16 storage).</summary>
+    static Vector256<float> Wide8(byte* k, int i, KvKind kind) => kind == KvKind.Float32
+        ? Vector256.Load((float*)k + i)
+        : Vector256.ShiftLeft(Vector256.Create(Vector128.WidenLower(Vector128.Load((ushort*)k + i)),
+            Vector128.WidenUpper(Vector128.Load((ushort*)k + i))), 16).AsSingle();
 
     static float SlowDot(float* q, byte* k, int d, KvKind kind)
     {

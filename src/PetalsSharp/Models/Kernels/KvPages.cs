@@ -48,6 +48,39 @@ public readonly unsafe struct KvPages(nint* keyPages, nint* valuePages, int page
     public void AddValue(float p, int row, int pos, int head, float* acc) => KvConvert.MultiplyAdd(At(valuePages, row, pos, head), p, acc, HeadDim, Kind);
 
     /// <summary>
+    /// <c>scores[j - lo] = scale · q · key(j)</c> for tokens <paramref name="lo"/>..<paramref name="hi"/> of
+    /// <paramref name="row"/>: one page lookup per page and an inlined head-sized dot per key. Attention calls this
+    /// for every (row, head, token) of a step, and at head size 64 a general-purpose dot call per key cost more than
+    /// its arithmetic.
+    /// </summary>
+    public void DotKeys(float* q, int row, int head, int lo, int hi, float scale, float* scores)
+    {
+        long step = (long)TokenStride * ElementSize;
+        for (int j = lo; j <= hi;)
+        {
+            int end = Math.Min(hi + 1, (j / LayerCache.PageTokens + 1) * LayerCache.PageTokens);
+            for (byte* k = At(keyPages, row, j, head); j < end; j++, k += step)
+                scores[j - lo] = KvConvert.Dot(q, k, HeadDim, Kind) * scale;
+        }
+    }
+
+    /// <summary>
+    /// <c>acc += Σ p[j - lo] · value(j)</c> over tokens <paramref name="lo"/>..<paramref name="hi"/>, skipping
+    /// weights of exactly zero (masked tokens, whose slots may hold anything).
+    /// </summary>
+    public void AddValues(float* p, int row, int head, int lo, int hi, float* acc)
+    {
+        long step = (long)TokenStride * ElementSize;
+        for (int j = lo; j <= hi;)
+        {
+            int end = Math.Min(hi + 1, (j / LayerCache.PageTokens + 1) * LayerCache.PageTokens);
+            byte* v = At(valuePages, row, j, head);
+            KvConvert.MultiplyAddRun(v, step, p + (j - lo), end - j, acc, HeadDim, Kind);
+            j = end;
+        }
+    }
+
+    /// <summary>
     /// Page tables over token-major <c>[rows, maxLength, kvH, D]</c> storage (tests and tools that hold plain
     /// tensors). The tables are pinned arrays; keep them alive as long as the pages are read.
     /// </summary>
