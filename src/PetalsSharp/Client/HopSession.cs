@@ -14,6 +14,9 @@ internal sealed class HopSession(ServerConnection server, ChainHop hop, SessionO
     AsyncDuplexStreamingCall<InferenceRequest, InferenceReply>? _call;
     readonly List<Tensor> _history = [];
 
+    /// <summary>Tokens of each <see cref="_history"/> entry: asking a tensor its shape is a native call and an allocation, once per entry per step.</summary>
+    readonly List<int> _historyTokens = [];
+
     public ChainHop Hop { get; } = hop;
     public string SessionId { get; } = Guid.NewGuid().ToString("N");
 
@@ -241,16 +244,19 @@ internal sealed class HopSession(ServerConnection server, ChainHop hop, SessionO
         }
         // Keep exactly the inputs that produced the cache's first `start` positions, then this step's.
         int kept = 0, i = 0;
-        for (; i < _history.Count && kept + _history[i].shape[1] <= start; i++) kept += (int)_history[i].shape[1];
+        for (; i < _history.Count && kept + _historyTokens[i] <= start; i++) kept += _historyTokens[i];
         if (i < _history.Count && kept < start)
         {
             var head = _history[i].narrow(1, 0, start - kept).clone().DetachFromDisposeScope();
             _history[i].Dispose();
+            _historyTokens[i] = start - kept;
             _history[i++] = head;
         }
         for (int j = i; j < _history.Count; j++) _history[j].Dispose();
         _history.RemoveRange(i, _history.Count - i);
+        _historyTokens.RemoveRange(i, _historyTokens.Count - i);
         _history.Add(adopt ? hidden.DetachFromDisposeScope() : hidden.detach().clone().DetachFromDisposeScope());   // [B, T, H]
+        _historyTokens.Add((int)hidden.shape[1]);
     }
 
     async Task<InferenceReply> ReadAsync(CancellationToken ct)
@@ -287,5 +293,6 @@ internal sealed class HopSession(ServerConnection server, ChainHop hop, SessionO
         PrefillPrompts?.Dispose();
         foreach (var t in _history) t.Dispose();
         _history.Clear();
+        _historyTokens.Clear();
     }
 }

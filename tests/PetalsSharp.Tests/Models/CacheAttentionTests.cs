@@ -55,6 +55,38 @@ public sealed unsafe class CacheAttentionTests
     }
 
     [Theory]
+    [InlineData(8, 1)]
+    [InlineData(24, 3)]
+    [InlineData(64, 3)]
+    [InlineData(128, 2)]
+    public void A_group_of_query_heads_reads_its_kv_head_once_and_gets_each_heads_softmax(int headDim, int group)
+    {
+        using var scope = NewDisposeScope();
+        manual_seed(5);
+        var keys = randn(Batch, MaxLength, KvHeads, headDim);                  // [B, max, kvH, D]
+        var values = randn(Batch, MaxLength, KvHeads, headDim);                // [B, max, kvH, D]
+        var cache = KvPages.OverContiguous(Native.Pointer<float>(keys), Native.Pointer<float>(values), Batch, MaxLength, KvHeads, headDim,
+            out _keyTable, out _valueTable);
+        var scores = new float[group * MaxLength];
+        var output = new float[group * headDim];
+        const int row = 1, kvHead = 1, pad = 2;
+        foreach (int qpos in new[] { 0, 5, LayerCache.PageTokens, MaxLength - 1 })
+        {
+            var q = randn(group, headDim);                                     // [G, D]
+            fixed (float* s = scores, o = output)
+                CacheAttention.QueryGroup(Native.Pointer<float>(q), group, cache, row, kvHead, qpos, pad, null, s, MaxLength, o, null, 0);
+
+            var visible = Enumerable.Range(0, qpos + 1).Where(j => j >= pad || j == qpos).Select(j => (long)j).ToArray();
+            var index = tensor(visible);                                       // [n]
+            var k = keys[row].index_select(0, index).select(1, kvHead);        // [n, D]
+            var v = values[row].index_select(0, index).select(1, kvHead);      // [n, D]
+            var p = (q.matmul(k.t()) / Math.Sqrt(headDim)).softmax(1);         // [G, n]
+            var expected = p.matmul(v);                                        // [G, D]
+            TensorAssert.Close(expected, tensor(output).view(group, headDim), 1e-5, 1e-5, $"head dim {headDim}, group {group}, query at {qpos}");
+        }
+    }
+
+    [Theory]
     [InlineData(false, 0)]
     [InlineData(false, 3)]
     [InlineData(true, 2)]

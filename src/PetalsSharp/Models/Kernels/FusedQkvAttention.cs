@@ -59,7 +59,7 @@ public sealed unsafe class FusedQkvAttention
         step.Ensure(Slot.Attn, rows * _dense.In);
         step.Ensure(Slot.Out, rows * _dense.Out);
         if (_rotary is not null) RotaryAppend.Tables(step, _rotary, _fixedInverse);
-        CacheAttention.Prepare(step);
+        CacheAttention.Prepare(step, _heads / _kvHeads);
     }
 
     /// <summary>Phase 1: this worker's columns of <c>qkv [R, (heads + 2·kvH)·D] = query_key_value(normed [R, H])</c>.</summary>

@@ -44,7 +44,7 @@ public sealed unsafe class FusedRotaryAttention
         step.Ensure(Slot.Attn, rows * _o.In);
         step.Ensure(Slot.Out, rows * _o.Out);
         RotaryAppend.Tables(step, _rotary, _fixedInverse);
-        CacheAttention.Prepare(step);
+        CacheAttention.Prepare(step, _q.Out / _k.Out);
     }
 
     /// <summary><c>Hidden += o_proj(attention(normed))</c>; <paramref name="normed"/> is <c>[R, H]</c>.</summary>

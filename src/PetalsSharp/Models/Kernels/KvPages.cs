@@ -48,34 +48,37 @@ public readonly unsafe struct KvPages(nint* keyPages, nint* valuePages, int page
     public void AddValue(float p, int row, int pos, int head, float* acc) => KvConvert.MultiplyAdd(At(valuePages, row, pos, head), p, acc, HeadDim, Kind);
 
     /// <summary>
-    /// <c>scores[j - lo] = scale · q · key(j)</c> for tokens <paramref name="lo"/>..<paramref name="hi"/> of
-    /// <paramref name="row"/>: one page lookup per page and an inlined head-sized dot per key. Attention calls this
-    /// for every (row, head, token) of a step, and at head size 64 a general-purpose dot call per key cost more than
-    /// its arithmetic.
+    /// <c>scores[h·stride + j - lo] = scale · q_h · key(j)</c> for the <paramref name="count"/> query heads
+    /// <c>q [count, D]</c> and tokens <paramref name="lo"/>..<paramref name="hi"/> of <paramref name="row"/>: one page
+    /// lookup per page, each key read once for all the heads, and an inlined head-sized dot (a general-purpose dot call
+    /// per key cost more than its arithmetic at head size 64).
     /// </summary>
-    public void DotKeys(float* q, int row, int head, int lo, int hi, float scale, float* scores)
+    public void DotKeys(float* q, int count, int row, int head, int lo, int hi, float scale, float* scores, int stride)
     {
         long step = (long)TokenStride * ElementSize;
         for (int j = lo; j <= hi;)
         {
             int end = Math.Min(hi + 1, (j / LayerCache.PageTokens + 1) * LayerCache.PageTokens);
             for (byte* k = At(keyPages, row, j, head); j < end; j++, k += step)
-                scores[j - lo] = KvConvert.Dot(q, k, HeadDim, Kind) * scale;
+                for (int h = 0; h < count; h++)
+                    scores[(long)h * stride + j - lo] = KvConvert.Dot(q + (long)h * HeadDim, k, HeadDim, Kind) * scale;
         }
     }
 
     /// <summary>
-    /// <c>acc += Σ p[j - lo] · value(j)</c> over tokens <paramref name="lo"/>..<paramref name="hi"/>, skipping
-    /// weights of exactly zero (masked tokens, whose slots may hold anything).
+    /// <c>acc_h += Σ p[h·stride + j - lo] · value(j)</c> over tokens <paramref name="lo"/>..<paramref name="hi"/> for
+    /// the <paramref name="count"/> heads whose outputs are <c>acc [count, D]</c>, a page at a time so that its values
+    /// stay in L1 across the heads; weights of exactly zero (masked tokens, whose slots may hold anything) are skipped.
     /// </summary>
-    public void AddValues(float* p, int row, int head, int lo, int hi, float* acc)
+    public void AddValues(float* p, int count, int stride, int row, int head, int lo, int hi, float* acc)
     {
         long step = (long)TokenStride * ElementSize;
         for (int j = lo; j <= hi;)
         {
             int end = Math.Min(hi + 1, (j / LayerCache.PageTokens + 1) * LayerCache.PageTokens);
             byte* v = At(valuePages, row, j, head);
-            KvConvert.MultiplyAddRun(v, step, p + (j - lo), end - j, acc, HeadDim, Kind);
+            for (int h = 0; h < count; h++)
+                KvConvert.MultiplyAddRun(v, step, p + (long)h * stride + (j - lo), end - j, acc + (long)h * HeadDim, HeadDim, Kind);
             j = end;
         }
     }
