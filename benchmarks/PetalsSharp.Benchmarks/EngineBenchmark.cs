@@ -48,7 +48,9 @@ public static class EngineBenchmark
                     Console.WriteLine($"| {dtype} | {path} | {promptLen / prefill:F0} | {1 / decodeSeconds:F1} | {decodeSeconds * 1000:F2} | {bytesPerToken / 1e6:F0} MB | {gbps / 1e9:F1} | {gbps / bandwidth:F2} |");
                 }
             if (args.Get("breakdown") != "false") Breakdown(lm, dtype);
-            if (args.Get("phases") == "true") PhaseProfile.Print((LocalBlockStack)lm.Blocks, dtype);
+            if (args.Get("phases") == "true")
+                foreach (var batch in (args.Get("phase-rows") ?? "1").Split(',').Select(int.Parse))
+                    PhaseProfile.Print((LocalBlockStack)lm.Blocks, dtype, batch: batch);
         }
         await Task.CompletedTask;
     }

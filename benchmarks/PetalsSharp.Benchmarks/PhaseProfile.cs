@@ -13,12 +13,12 @@ public static class PhaseProfile
     static readonly string[] LlamaPhases = ["input norm", "q/k/v proj", "rotary + append", "attention", "o proj + residual",
         "post norm", "gate/up + silu", "down + residual"];
 
-    public static void Print(LocalBlockStack stack, ScalarType dtype, int steps = 30)
+    public static void Print(LocalBlockStack stack, ScalarType dtype, int steps = 30, int batch = 1)
     {
         FusedStep.OneRunPerStep = true;
-        using var session = (LocalBlockSession)stack.OpenSession(new SessionOptions(1, 300));
-        using (var scope = NewDisposeScope()) session.Step(randn(1, 64, stack.Config.HiddenSize));   // a 64-token past
-        var x = randn(1, 1, stack.Config.HiddenSize);                                            // [1, 1, H]
+        using var session = (LocalBlockSession)stack.OpenSession(new SessionOptions(batch, 300));
+        using (var scope = NewDisposeScope()) session.Step(randn(batch, 64, stack.Config.HiddenSize));   // a 64-token past
+        var x = randn(batch, 1, stack.Config.HiddenSize);                                        // [B, 1, H]
         void Step(int i)
         {
             using var scope = NewDisposeScope();
@@ -39,7 +39,7 @@ public static class PhaseProfile
         }
         double stepMs = sw.Elapsed.TotalMilliseconds / steps;
         int blocks = stack.Blocks.Count, perBlock = Math.Max(1, (profile.Phases + 1) / blocks);
-        Console.WriteLine($"|   phases ({dtype}), per step of {stepMs:F2} ms ({profile.Jobs / steps} team run(s) per step, {profile.Phases} phases): worker 0's work / wait, ms |");
+        Console.WriteLine($"|   phases ({dtype}), {batch} row(s), per step of {stepMs:F2} ms ({profile.Jobs / steps} team run(s) per step, {profile.Phases} phases): worker 0's work / wait, ms |");
         var names = perBlock == LlamaPhases.Length ? LlamaPhases : Enumerable.Range(0, perBlock).Select(k => $"phase {k}").ToArray();
         double work = 0, wait = 0;
         for (int p = 0; p < perBlock; p++)

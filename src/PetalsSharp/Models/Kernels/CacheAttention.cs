@@ -66,18 +66,11 @@ public static unsafe class CacheAttention
             for (int j = lo; j < Math.Min(pad, qpos); j++) s[j - lo] = float.NegativeInfinity;   // left padding, but never the query itself
             // Added after the scaled dot, as the reference adds its bias: once per query, so no key loop tests for it.
             alibi?.AddTo(new Span<float>(s, n), head + h, lo, pad);
-            float max = float.NegativeInfinity;
-            for (int i = 0; i < n; i++)
-                if (s[i] > max) max = s[i];
-            float sum = 0;
-            for (int i = 0; i < n; i++)
-            {
-                // exp(-inf) is exactly 0: masked tokens get weight 0, which AddValues skips.
-                float p = float.IsNegativeInfinity(s[i]) ? 0f : MathF.Exp(s[i] - max);
-                sum += p;
-                s[i] = p;
-            }
-            sums[h] = sum;
+            // Vectorized softmax numerator: exp(-inf) is exactly 0, so masked tokens get weight 0, which AddValues skips.
+            var weights = new Span<float>(s, n);
+            TensorPrimitives.Subtract(weights, TensorPrimitives.Max(weights), weights);
+            TensorPrimitives.Exp(weights, weights);
+            sums[h] = TensorPrimitives.Sum(weights);
         }
         new Span<float>(output, count * d).Clear();
         cache.AddValues(scores, count, scoreStride, row, kvHead, lo, qpos, output);
