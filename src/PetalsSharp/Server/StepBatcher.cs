@@ -33,6 +33,8 @@ internal sealed class StepBatcher(ComputeScheduler scheduler, int prefillChunkRo
         int batch = (int)hidden.shape[0], tokens = (int)hidden.shape[1], chunk = Math.Max(1, prefillChunkRows / Math.Max(1, batch));
         if (tokens > chunk && options is { Prompts: null, OnBlockOutput: null })
             return RunChunkedAsync(session, hidden, options, compression, chunk, ct);
+        if (FusedChunk(session, hidden, options) is { } fused)
+            return RunChunkedAsync(session, hidden, options, compression, fused, ct);
         if (JointSteps.KeyOf(session, hidden, options) is not { } key)
             return scheduler.RunAsync(ComputeScheduler.InferencePriority, () =>
             {
@@ -70,6 +72,23 @@ internal sealed class StepBatcher(ComputeScheduler scheduler, int prefillChunkRo
             }, ct);
         }
         return encoded!;
+    }
+
+    /// <summary>Rows of a short prompt that go through the fused kernels in chunks rather than libtorch in one step.</summary>
+    internal const int ShortPromptRows = 4 * MatRows.MaxRows;
+
+    /// <summary>
+    /// Tokens per chunk when a short prompt (more rows than one fused step takes, at most <see cref="ShortPromptRows"/>)
+    /// runs as consecutive fused steps; null when it should not. On a 2-core AMD EPYC, 16-row fused steps of the 100M
+    /// Llama ran at 900 tok/s against 460 for a 32-token prompt through libtorch (MKL takes its generic kernels there),
+    /// and eight sessions' prompts queued one after another were a third of a short benchmark run.
+    /// </summary>
+    static int? FusedChunk(LocalBlockSession session, Tensor hidden, StepOptions options)
+    {
+        int batch = (int)hidden.shape[0], tokens = (int)hidden.shape[1], chunk = MatRows.MaxRows / Math.Max(1, batch);
+        if (chunk < 1 || tokens <= chunk || batch * tokens > ShortPromptRows || options is not { Prompts: null, OnBlockOutput: null }) return null;
+        using var first = hidden.narrow(1, 0, chunk);                                   // [B, chunk, H]
+        return JointSteps.KeyOf(session, first, options) is null ? null : chunk;
     }
 
     (WireTensor? Value, Exception? Error)[] RunGroup(IReadOnlyList<Input> inputs)

@@ -55,4 +55,45 @@ public sealed class StepBatcherTests
             "the step after the prefill");
         expected.Dispose();
     }
+
+    [Theory]
+    [InlineData(40, 16)]   // a short prompt: fused steps of 16 rows (16 + 16 + 8), decoding sessions in between
+    [InlineData(70, 70)]   // past ShortPromptRows: one libtorch step, as before
+    public async Task A_short_prompt_runs_as_fused_steps_of_sixteen_rows_with_the_reference_output(int tokens, int doneWhenDecoded)
+    {
+        using var ckpt = Checkpoint.Open(TestData.Path("llama-gqa"));
+        using var stack = ckpt.LoadBlocks(0, ckpt.Config.NumLayers, ScalarType.Float32);
+        using var scheduler = new ComputeScheduler();
+        using var batcher = new StepBatcher(scheduler);
+        manual_seed(4);
+        using var prompt = randn(1, tokens, stack.Config.HiddenSize);                       // [1, T, H]
+        using var decodeIn = randn(1, 1, stack.Config.HiddenSize);                           // [1, 1, H]
+        using var whole = (LocalBlockSession)stack.OpenSession(new SessionOptions(1, 80));
+        using var parts = (LocalBlockSession)stack.OpenSession(new SessionOptions(1, 80));
+        using var decoding = (LocalBlockSession)stack.OpenSession(new SessionOptions(1, 8));
+        using var expected = RunReference(whole, prompt);
+
+        using var started = new ManualResetEventSlim();
+        using var release = new ManualResetEventSlim();
+        var blocker = scheduler.RunAsync(ComputeScheduler.InferencePriority, () => { started.Set(); release.Wait(); return 0; });
+        started.Wait();
+        var prefill = batcher.RunAsync(parts, prompt, new StepOptions(), PetalsSharp.Wire.V1.Compression.None, CancellationToken.None);
+        var decode = batcher.RunAsync(decoding, decodeIn, new StepOptions(), PetalsSharp.Wire.V1.Compression.None, CancellationToken.None);
+        var prefilledWhenDecoded = scheduler.RunAsync(ComputeScheduler.InferencePriority, () => parts.Position);
+        release.Set();
+        await blocker;
+        using var got = TensorCodec.Decode(await prefill, "hidden");                         // [1, T, H]
+        await decode;
+
+        Assert.Equal(doneWhenDecoded, await prefilledWhenDecoded);
+        Assert.Equal(tokens, parts.Position);
+        FusedParity.Close(expected, got, $"a {tokens}-token prompt");
+    }
+
+    /// <summary>The prompt through libtorch in one step (more rows than the fused kernels take).</summary>
+    static Tensor RunReference(LocalBlockSession session, Tensor prompt)
+    {
+        using var noGrad = no_grad();
+        return session.Step(prompt);                                                          // [1, T, H]
+    }
 }
