@@ -8,7 +8,7 @@ public enum KvKind : byte { Float32, BFloat16, Float16 }
 /// <c>pos / PageTokens</c> of that row, at slot <c>pos % PageTokens</c>, as <c>[kvH, D]</c> elements of
 /// <see cref="Kind"/>. The page tables are <c>[rows, pagesPerRow]</c> pointers (<see cref="LayerCache"/> fills them
 /// from its <see cref="KvPagePool"/>); a page a row has not reached yet is null and never read. Kernels write and read
-/// through <see cref="WriteKey"/>, <see cref="DotKey"/> and friends, which convert 16-bit storage to and from float32
+/// through <see cref="WriteKey"/>, <see cref="DotKeys"/> and friends, which convert 16-bit storage to and from float32
 /// (round to nearest even, as the reference path's <c>to(dtype)</c>), so compute is float32 whatever the storage.
 /// </summary>
 public readonly unsafe struct KvPages(nint* keyPages, nint* valuePages, int pagesPerRow, int maxLength, int kvHeads, int headDim,
@@ -29,23 +29,17 @@ public readonly unsafe struct KvPages(nint* keyPages, nint* valuePages, int page
 
     /// <summary>Key <c>[D]</c> of KV head <paramref name="head"/> at token <paramref name="pos"/> of <paramref name="row"/>, in place (float32 storage only).</summary>
     public float* Key(int row, int pos, int head) => Kind == KvKind.Float32 ? (float*)At(keyPages, row, pos, head)
-        : throw new InvalidOperationException("a 16-bit cache has no float32 keys to point at; use DotKey");
+        : throw new InvalidOperationException("a 16-bit cache has no float32 keys to point at; use DotKeys");
 
     /// <summary>Value <c>[D]</c> at token <paramref name="pos"/>, in place (float32 storage only).</summary>
     public float* Value(int row, int pos, int head) => Kind == KvKind.Float32 ? (float*)At(valuePages, row, pos, head)
-        : throw new InvalidOperationException("a 16-bit cache has no float32 values to point at; use AddValue");
+        : throw new InvalidOperationException("a 16-bit cache has no float32 values to point at; use AddValues");
 
     /// <summary>Stores <paramref name="key"/> <c>[D]</c> at token <paramref name="pos"/> of <paramref name="row"/>.</summary>
     public void WriteKey(int row, int pos, int head, float* key) => KvConvert.Store(key, At(keyPages, row, pos, head), HeadDim, Kind);
 
     /// <summary>Stores <paramref name="value"/> <c>[D]</c> at token <paramref name="pos"/> of <paramref name="row"/>.</summary>
     public void WriteValue(int row, int pos, int head, float* value) => KvConvert.Store(value, At(valuePages, row, pos, head), HeadDim, Kind);
-
-    /// <summary><c>q · key</c> of token <paramref name="pos"/>.</summary>
-    public float DotKey(float* q, int row, int pos, int head) => KvConvert.Dot(q, At(keyPages, row, pos, head), HeadDim, Kind);
-
-    /// <summary><c>acc += p · value</c> of token <paramref name="pos"/>.</summary>
-    public void AddValue(float p, int row, int pos, int head, float* acc) => KvConvert.MultiplyAdd(At(valuePages, row, pos, head), p, acc, HeadDim, Kind);
 
     /// <summary>
     /// <c>scores[h·stride + j - lo] = scale · q_h · key(j)</c> for the <paramref name="count"/> query heads
@@ -61,7 +55,7 @@ public readonly unsafe struct KvPages(nint* keyPages, nint* valuePages, int page
             int end = Math.Min(hi + 1, (j / LayerCache.PageTokens + 1) * LayerCache.PageTokens);
             // Pages are separate allocations the hardware prefetcher cannot guess: fetch the next page's key of this
             // slot while this one is scored, so its first keys are not cache misses.
-            byte* next = end <= hi ? At(keyPages, row, end, head) - (long)(end % LayerCache.PageTokens) * step : null;
+            byte* next = end <= hi ? At(keyPages, row, end, head) : null;   // end is a page boundary here
             for (byte* k = At(keyPages, row, j, head); j < end; j++, k += step)
             {
                 if (next is not null) Prefetch(next + (long)(j % LayerCache.PageTokens) * step, HeadDim * ElementSize);
