@@ -33,7 +33,7 @@ internal sealed class StepBatcher(ComputeScheduler scheduler, int prefillChunkRo
         int batch = (int)hidden.shape[0], tokens = (int)hidden.shape[1], chunk = Math.Max(1, prefillChunkRows / Math.Max(1, batch));
         if (tokens > chunk && options is { Prompts: null, OnBlockOutput: null })
             return RunChunkedAsync(session, hidden, options, compression, chunk, ct);
-        if (FusedChunk(session, hidden, options) is { } fused)
+        if (FusedChunk(session, hidden, batch, tokens, options) is { } fused)
             return RunChunkedAsync(session, hidden, options, compression, fused, ct);
         if (JointSteps.KeyOf(session, hidden, options) is not { } key)
             return scheduler.RunAsync(ComputeScheduler.InferencePriority, () =>
@@ -83,9 +83,9 @@ internal sealed class StepBatcher(ComputeScheduler scheduler, int prefillChunkRo
     /// Llama ran at 900 tok/s against 460 for a 32-token prompt through libtorch (MKL takes its generic kernels there),
     /// and eight sessions' prompts queued one after another were a third of a short benchmark run.
     /// </summary>
-    static int? FusedChunk(LocalBlockSession session, Tensor hidden, StepOptions options)
+    static int? FusedChunk(LocalBlockSession session, Tensor hidden, int batch, int tokens, StepOptions options)
     {
-        int batch = (int)hidden.shape[0], tokens = (int)hidden.shape[1], chunk = MatRows.MaxRows / Math.Max(1, batch);
+        int chunk = MatRows.MaxRows / Math.Max(1, batch);
         if (chunk < 1 || tokens <= chunk || batch * tokens > ShortPromptRows || options is not { Prompts: null, OnBlockOutput: null }) return null;
         using var first = hidden.narrow(1, 0, chunk);                                   // [B, chunk, H]
         return JointSteps.KeyOf(session, first, options) is null ? null : chunk;

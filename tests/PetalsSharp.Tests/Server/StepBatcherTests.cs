@@ -28,23 +28,11 @@ public sealed class StepBatcherTests
         using var whole = (LocalBlockSession)stack.OpenSession(new SessionOptions(2, 32));
         using var parts = (LocalBlockSession)stack.OpenSession(new SessionOptions(2, 32));
         using var decoding = (LocalBlockSession)stack.OpenSession(new SessionOptions(1, 32));
-        Tensor expected;
-        using (no_grad()) expected = whole.Step(prompt);
+        using var expected = RunReference(whole, prompt);
 
-        using var started = new ManualResetEventSlim();
-        using var release = new ManualResetEventSlim();
-        var blocker = scheduler.RunAsync(ComputeScheduler.InferencePriority, () => { started.Set(); release.Wait(); return 0; });
-        started.Wait();
-        var prefill = chunked.RunAsync(parts, prompt, new StepOptions(), PetalsSharp.Wire.V1.Compression.None, CancellationToken.None);
-        var decode = chunked.RunAsync(decoding, decodeIn, new StepOptions(), PetalsSharp.Wire.V1.Compression.None, CancellationToken.None);
-        // Queued right behind the decode step: what the prefill had done by the time the decode step ran.
-        var prefilledWhenDecoded = scheduler.RunAsync(ComputeScheduler.InferencePriority, () => parts.Position);
-        release.Set();
-        await blocker;
-        var output = await prefill;
-        await decode;
+        var (output, prefilledWhenDecoded) = await PrefillWithDecodeQueuedAsync(scheduler, chunked, parts, prompt, decoding, decodeIn);
 
-        Assert.Equal(4, await prefilledWhenDecoded);   // one chunk of 4 tokens (8 rows ÷ batch 2), not all 19
+        Assert.Equal(4, prefilledWhenDecoded);   // one chunk of 4 tokens (8 rows ÷ batch 2), not all 19
         Assert.Equal(19, parts.Position);
         using var got = TensorCodec.Decode(output, "hidden");                                // [2, 19, H]
         FusedParity.Close(expected, got, "chunked prefill");
@@ -53,7 +41,6 @@ public sealed class StepBatcherTests
         using (no_grad()) FusedParity.Close(whole.Step(next),
             TensorCodec.Decode(await chunked.RunAsync(parts, next, new StepOptions(), PetalsSharp.Wire.V1.Compression.None, CancellationToken.None), "hidden"),
             "the step after the prefill");
-        expected.Dispose();
     }
 
     [Theory]
@@ -73,6 +60,29 @@ public sealed class StepBatcherTests
         using var decoding = (LocalBlockSession)stack.OpenSession(new SessionOptions(1, 8));
         using var expected = RunReference(whole, prompt);
 
+        var (output, prefilledWhenDecoded) = await PrefillWithDecodeQueuedAsync(scheduler, batcher, parts, prompt, decoding, decodeIn);
+        using var got = TensorCodec.Decode(output, "hidden");                                // [1, T, H]
+
+        Assert.Equal(doneWhenDecoded, prefilledWhenDecoded);
+        Assert.Equal(tokens, parts.Position);
+        FusedParity.Close(expected, got, $"a {tokens}-token prompt");
+    }
+
+    /// <summary>The prompt through libtorch in one step (more rows than the fused kernels take).</summary>
+    static Tensor RunReference(LocalBlockSession session, Tensor prompt)
+    {
+        using var noGrad = no_grad();
+        return session.Step(prompt);                                                          // [B, T, H]
+    }
+
+    /// <summary>
+    /// Holds the compute thread, queues the prompt of <paramref name="parts"/>, then a decode step of
+    /// <paramref name="decoding"/>, then a probe of how far the prompt had got when that step ran; releases the thread
+    /// and returns the prompt's encoded output and the probe.
+    /// </summary>
+    static async Task<(PetalsSharp.Wire.V1.Tensor Output, int PrefilledWhenDecoded)> PrefillWithDecodeQueuedAsync(ComputeScheduler scheduler,
+        StepBatcher batcher, LocalBlockSession parts, Tensor prompt, LocalBlockSession decoding, Tensor decodeIn)
+    {
         using var started = new ManualResetEventSlim();
         using var release = new ManualResetEventSlim();
         var blocker = scheduler.RunAsync(ComputeScheduler.InferencePriority, () => { started.Set(); release.Wait(); return 0; });
@@ -82,18 +92,8 @@ public sealed class StepBatcherTests
         var prefilledWhenDecoded = scheduler.RunAsync(ComputeScheduler.InferencePriority, () => parts.Position);
         release.Set();
         await blocker;
-        using var got = TensorCodec.Decode(await prefill, "hidden");                         // [1, T, H]
+        var output = await prefill;
         await decode;
-
-        Assert.Equal(doneWhenDecoded, await prefilledWhenDecoded);
-        Assert.Equal(tokens, parts.Position);
-        FusedParity.Close(expected, got, $"a {tokens}-token prompt");
-    }
-
-    /// <summary>The prompt through libtorch in one step (more rows than the fused kernels take).</summary>
-    static Tensor RunReference(LocalBlockSession session, Tensor prompt)
-    {
-        using var noGrad = no_grad();
-        return session.Step(prompt);                                                          // [1, T, H]
+        return (output, await prefilledWhenDecoded);
     }
 }
