@@ -148,6 +148,9 @@ public sealed class LocalBlockSession : IBlockSession
     /// <summary>Steps that ran on the fused kernels (tests check the dispatch with it).</summary>
     internal int FusedSteps { get; private set; }
 
+    /// <summary>Whether the session made its own fused step, whose scratch it keeps until it closes.</summary>
+    internal bool HasOwnScratch => _fused is not null;
+
     /// <summary>Caches of each block, for parity tests against HF's past_key_values.</summary>
     public IReadOnlyList<LayerCache> Caches => _caches;
 

@@ -65,6 +65,7 @@ public sealed class StepBatcherTests
 
         Assert.Equal(doneWhenDecoded, prefilledWhenDecoded);
         Assert.Equal(tokens, parts.Position);
+        Assert.False(parts.HasOwnScratch, "prompt chunks run on the server's shared joint step, not a scratch of the session's own");
         FusedParity.Close(expected, got, $"a {tokens}-token prompt");
     }
 
