@@ -2,6 +2,7 @@ using System.CommandLine;
 using PetalsSharp.Cli;
 using PetalsSharp.Cli.Commands;
 
+ServerGen0.ReexecuteIfUnset(args);
 PetalsSharp.Runtime.Configure();
 PetalsSharp.Server.ParentWatchdog.StartFromEnvironment();
 

@@ -23,13 +23,20 @@ public sealed class ServerCliTests
         Assert.Contains(message, line);
     }
 
-    [Fact]
-    public async Task The_server_prints_its_address_serves_and_stops_on_SIGTERM()
+    /// <remarks>
+    /// The server re-executes itself with a 4 MB gen-0 budget (<c>ServerGen0</c>) unless the operator set one: the
+    /// process that prints the address has the same PID, and the variable in its environment.
+    /// </remarks>
+    [Theory]
+    [InlineData(null, "0x400000")]
+    [InlineData("0x800000", "0x800000")]
+    public async Task The_server_prints_its_address_serves_and_stops_on_SIGTERM(string? operatorGen0, string expectedGen0)
     {
         var psi = new ProcessStartInfo("dotnet")
         {
             RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false,
         };
+        psi.Environment["DOTNET_GCgen0size"] = operatorGen0;
         psi.ArgumentList.Add(Path.Combine(AppContext.BaseDirectory, "petals.dll"));
         foreach (var a in new[] { "server", "--model", TestData.Path("llama-gqa"), "--blocks", "1:3", "--host", "127.0.0.1", "--port", "0" })
             psi.ArgumentList.Add(a);
@@ -43,6 +50,8 @@ public sealed class ServerCliTests
             using var client = new ServerClient(line!["listening on ".Length..]);
             var info = await client.Raw.InfoAsync(new InfoRequest());
             Assert.Equal((1, 3), (info.StartBlock, info.EndBlock));
+            var environment = (await File.ReadAllTextAsync($"/proc/{p.Id}/environ")).Split('\0');
+            Assert.Contains($"DOTNET_GCgen0size={expectedGen0}", environment);
             using (Process.Start("kill", ["-TERM", p.Id.ToString()])) { }
             await p.WaitForExitAsync().WaitAsync(TimeSpan.FromMinutes(1));
             Assert.Equal(0, p.ExitCode);
