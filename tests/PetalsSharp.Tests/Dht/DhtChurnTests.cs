@@ -76,6 +76,9 @@ public sealed class DhtChurnTests(ITestOutputHelper output)
         var expiration = DateTimeOffset.UtcNow.AddMinutes(15);
         var keys = Enumerable.Range(0, 60).Select(i => $"small-{i}").ToList();
         await Task.WhenAll(keys.Select((key, i) => swarm.Nodes[random.Next(swarm.Nodes.Count)].StoreAsync(key, BitConverter.GetBytes(i), expiration)));
+        // A store under load may reach fewer than k nodes (a lookup or a call timed out); replication tops the key up.
+        // Without this wait the first wave could hit keys held by two or three nodes (56/60 once in a full run).
+        await WaitUntil(() => keys.All(k => Replicas(swarm, k) >= 6), TimeSpan.FromSeconds(120));
         var original = swarm.Nodes.ToHashSet();
         for (int wave = 0; wave < 3; wave++)
         {
