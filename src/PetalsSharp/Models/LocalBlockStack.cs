@@ -169,9 +169,42 @@ public sealed class LocalBlockSession : IBlockSession
         var ctx = new StepContext(Options.Batch, t, start, Options.LeftPadding, hidden.device) { Adapter = Options.Adapter };
         var output = Kernels.FusedDecode.Applies(hidden, ctx, _caches, options?.Prompts is not null) && Plans() is { } plans
             ? RunFused(plans, hidden, ctx, options?.OnBlockOutput)
-            : _stack.Run(hidden, ctx, _caches, options?.OnBlockOutput, options?.Prompts);
+            : ShortPromptChunk(hidden, t, options) is { } chunk && Plans() is { } chunkPlans
+                ? RunFusedChunks(chunkPlans, hidden, start, t, chunk)
+                : _stack.Run(hidden, ctx, _caches, options?.OnBlockOutput, options?.Prompts);
         Moved(start + t);
         return output.MoveToOuterDisposeScope();
+    }
+
+    /// <summary>Rows of a short prompt that run as consecutive fused steps rather than one libtorch step.</summary>
+    public const int ShortPromptRows = 4 * Kernels.MatRows.MaxRows;
+
+    /// <summary>
+    /// Tokens per fused step when this step is a short prompt (more rows than one fused step takes, at most
+    /// <see cref="ShortPromptRows"/>); null when it runs whole. On a 2-core AMD EPYC, 16-row fused steps of the 100M
+    /// Llama ran at 900 tok/s against 460 for a 32-token prompt through libtorch (MKL takes its generic kernels there).
+    /// </summary>
+    internal int? ShortPromptChunk(Tensor hidden, int tokens, StepOptions? options)
+    {
+        int batch = Options.Batch, chunk = Kernels.MatRows.MaxRows / Math.Max(1, batch);
+        if (chunk < 1 || tokens <= chunk || (long)batch * tokens > ShortPromptRows) return null;
+        if (options is { Prompts: not null } or { OnBlockOutput: not null }) return null;
+        return Kernels.FusedDecode.Applies(hidden, (long)batch * chunk, Options.Adapter, _caches, hasPrompts: false) ? chunk : null;
+    }
+
+    /// <summary>A short prompt as consecutive fused steps of <paramref name="chunk"/> tokens; causal attention over the cache makes them the whole step.</summary>
+    Tensor RunFusedChunks(Kernels.IFusedBlock[] plans, Tensor hidden, int start, int tokens, int chunk)
+    {
+        var whole = empty_like(hidden);                                                   // [B, T, H]
+        for (int at = 0; at < tokens; at += chunk)
+        {
+            int n = Math.Min(chunk, tokens - at);
+            using var part = hidden.narrow(1, at, n);                                     // [B, n, H]
+            var ctx = new StepContext(Options.Batch, n, start + at, Options.LeftPadding, hidden.device) { Adapter = Options.Adapter };
+            using var output = RunFused(plans, part, ctx, onBlockOutput: null);           // [B, n, H]
+            whole.narrow(1, at, n).copy_(output);
+        }
+        return whole;
     }
 
     /// <summary>Checks a step against the session and applies its beam reorder; returns where its tokens start.</summary>

@@ -80,19 +80,15 @@ internal sealed class StepBatcher(ComputeScheduler scheduler, int prefillChunkRo
         return encoded!;
     }
 
-    /// <summary>Rows of a short prompt that go through the fused kernels in chunks rather than libtorch in one step.</summary>
-    internal const int ShortPromptRows = 4 * MatRows.MaxRows;
-
     /// <summary>
-    /// Tokens per chunk when a short prompt (more rows than one fused step takes, at most <see cref="ShortPromptRows"/>)
-    /// runs as consecutive fused steps; null when it should not. On a 2-core AMD EPYC, 16-row fused steps of the 100M
-    /// Llama ran at 900 tok/s against 460 for a 32-token prompt through libtorch (MKL takes its generic kernels there),
-    /// and eight sessions' prompts queued one after another were a third of a short benchmark run.
+    /// Tokens per chunk when a short prompt (more rows than one fused step takes, at most
+    /// <see cref="LocalBlockSession.ShortPromptRows"/>) runs as consecutive fused steps, each its own compute task; null
+    /// when it should not. Eight sessions' prompts queued one after another were a third of a short benchmark run.
     /// </summary>
     static (int Chunk, object Key)? FusedChunk(LocalBlockSession session, Tensor hidden, int batch, int tokens, StepOptions options)
     {
         int chunk = MatRows.MaxRows / Math.Max(1, batch);
-        if (chunk < 1 || tokens <= chunk || batch * tokens > ShortPromptRows || options is not { Prompts: null, OnBlockOutput: null }) return null;
+        if (chunk < 1 || tokens <= chunk || batch * tokens > LocalBlockSession.ShortPromptRows || options is not { Prompts: null, OnBlockOutput: null }) return null;
         using var first = hidden.narrow(1, 0, chunk);                                   // [B, chunk, H]
         return JointSteps.KeyOf(session, first, options) is { } key ? (chunk, key) : null;
     }

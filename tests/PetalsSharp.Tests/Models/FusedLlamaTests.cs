@@ -49,9 +49,9 @@ public sealed class FusedLlamaTests
         var options = new SessionOptions(2, 32, [1, 0]);
         using var reference = (LocalBlockSession)stack.OpenSession(options);
         using var mixed = (LocalBlockSession)stack.OpenSession(options);
-        var prefix = randn(2, 9, stack.Config.HiddenSize);                // 18 rows: above the fused limit anyway
+        var prefix = randn(2, 9, stack.Config.HiddenSize);                // [2, 9, H]
         using (FusedDecode.Disable()) reference.Step(prefix);
-        mixed.Step(prefix);
+        using (FusedDecode.Disable()) mixed.Step(prefix);
         Assert.Equal(0, mixed.FusedSteps);
         for (int i = 0; i < 4; i++)
         {
@@ -70,13 +70,41 @@ public sealed class FusedLlamaTests
         using var stack = ckpt.LoadBlocks(0, ckpt.Config.NumLayers);
         using var scope = NewDisposeScope();
         using var noGrad = no_grad();
-        using var session = (LocalBlockSession)stack.OpenSession(new SessionOptions(1, 64));
+        using var session = (LocalBlockSession)stack.OpenSession(new SessionOptions(1, 128));
         using (FusedDecode.Disable()) session.Step(randn(1, 1, stack.Config.HiddenSize));
-        session.Step(randn(1, MatRows.MaxRows + 1, stack.Config.HiddenSize));   // prefill above the row limit
+        session.Step(randn(1, LocalBlockSession.ShortPromptRows + 1, stack.Config.HiddenSize));   // a prompt above the short-prompt limit
         var prompts = zeros(stack.Blocks.Count, 1, 1, stack.Config.HiddenSize);
         session.Step(randn(1, 1, stack.Config.HiddenSize), new StepOptions(Prompts: prompts));   // deep prompts
         Assert.Equal(0, session.FusedSteps);
         session.Step(randn(1, MatRows.MaxRows, stack.Config.HiddenSize));
         Assert.Equal(1, session.FusedSteps);
+        session.Step(randn(1, MatRows.MaxRows + 1, stack.Config.HiddenSize));   // a short prompt: two fused steps
+        Assert.Equal(3, session.FusedSteps);
+    }
+
+    /// <summary>
+    /// A prompt of more rows than one fused step takes, up to <see cref="LocalBlockSession.ShortPromptRows"/>, runs as
+    /// consecutive fused steps (with batch rows and left padding), and equals the reference prompt and what follows it.
+    /// </summary>
+    [Fact]
+    public void A_short_prompt_runs_as_fused_steps_and_matches_the_reference()
+    {
+        using var ckpt = Checkpoint.Open(TestAdapter.ModelDir);
+        using var stack = ckpt.LoadBlocks(0, ckpt.Config.NumLayers);
+        using var scope = NewDisposeScope();
+        using var noGrad = no_grad();
+        manual_seed(12);
+        var options = new SessionOptions(2, 40, [3, 0]);
+        using var reference = (LocalBlockSession)stack.OpenSession(options);
+        using var chunked = (LocalBlockSession)stack.OpenSession(options);
+        var prompt = randn(2, 20, stack.Config.HiddenSize);                         // [2, 20, H]: 40 rows, steps of 8 tokens
+        Tensor expected;
+        using (FusedDecode.Disable()) expected = reference.Step(prompt);
+        FusedParity.Close(expected, chunked.Step(prompt), "the prompt");
+        Assert.Equal(3, chunked.FusedSteps);                                        // 8 + 8 + 4 tokens
+        Assert.Equal(20, chunked.Position);
+        var next = randn(2, 1, stack.Config.HiddenSize);                            // [2, 1, H]
+        using (FusedDecode.Disable()) expected = reference.Step(next);
+        FusedParity.Close(expected, chunked.Step(next), "the step after it");
     }
 }

@@ -73,6 +73,7 @@ public sealed class StepBatcherTests
     static Tensor RunReference(LocalBlockSession session, Tensor prompt)
     {
         using var noGrad = no_grad();
+        using var reference = PetalsSharp.Models.Kernels.FusedDecode.Disable();
         return session.Step(prompt);                                                          // [B, T, H]
     }
 
