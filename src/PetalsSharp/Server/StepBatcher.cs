@@ -71,7 +71,7 @@ internal sealed class StepBatcher(ComputeScheduler scheduler, int prefillChunkRo
                 var part = hidden.narrow(1, at, n);                                     // [B, n, H]
                 var partOptions = first ? options : new StepOptions();
                 var output = fusedKey is null
-                    ? session.Step(part, partOptions)                                   // [B, n, H]
+                    ? StepWhole(session, part, partOptions)                             // [B, n, H]
                     : Single(JointSteps.Run([(session, part, partOptions)], JointFor(JointSteps.AdapterOf(fusedKey)))[0]);
                 whole.narrow(1, at, n).copy_(output);
                 return last ? TensorCodec.Encode(whole, compression) : null;            // [B, T, H]
@@ -91,6 +91,17 @@ internal sealed class StepBatcher(ComputeScheduler scheduler, int prefillChunkRo
         if (chunk < 1 || tokens <= chunk || batch * tokens > LocalBlockSession.ShortPromptRows || options is not { Prompts: null, OnBlockOutput: null }) return null;
         using var first = hidden.narrow(1, 0, chunk);                                   // [B, chunk, H]
         return JointSteps.KeyOf(session, first, options) is { } key ? (chunk, key) : null;
+    }
+
+    /// <summary>
+    /// A long prompt's chunk as one step. Its last chunk may be a short prompt's size: that one stays on the reference
+    /// too, where the session would otherwise run it as fused steps with scratch of its own that it keeps.
+    /// </summary>
+    static Tensor StepWhole(LocalBlockSession session, Tensor part, StepOptions options)
+    {
+        if (JointSteps.Rows(part) <= MatRows.MaxRows) return session.Step(part, options);
+        using var reference = FusedDecode.Disable();
+        return session.Step(part, options);
     }
 
     static Tensor Single((Tensor? Output, Exception? Error) outcome)

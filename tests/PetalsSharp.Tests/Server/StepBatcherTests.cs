@@ -43,6 +43,28 @@ public sealed class StepBatcherTests
             "the step after the prefill");
     }
 
+    /// <summary>
+    /// A long prompt's last chunk of a short prompt's size (here 120 tokens in chunks of 80: 80 + 40) stays on the
+    /// reference like the chunks before it, so the session keeps no fused scratch of its own.
+    /// </summary>
+    [Fact]
+    public async Task A_long_prompts_short_last_chunk_stays_on_the_reference()
+    {
+        using var ckpt = Checkpoint.Open(TestData.Path("llama-gqa"));
+        using var stack = ckpt.LoadBlocks(0, ckpt.Config.NumLayers, ScalarType.Float32);
+        using var scheduler = new ComputeScheduler();
+        using var chunked = new StepBatcher(scheduler, prefillChunkRows: 80);
+        manual_seed(5);
+        using var prompt = randn(1, 120, stack.Config.HiddenSize);                          // [1, 120, H]
+        using var whole = (LocalBlockSession)stack.OpenSession(new SessionOptions(1, 128));
+        using var parts = (LocalBlockSession)stack.OpenSession(new SessionOptions(1, 128));
+        using var expected = RunReference(whole, prompt);
+        var output = await chunked.RunAsync(parts, prompt, new StepOptions(), PetalsSharp.Wire.V1.Compression.None, CancellationToken.None);
+        using var got = TensorCodec.Decode(output, "hidden");                                // [1, 120, H]
+        Assert.Equal((120, 0, false), (parts.Position, parts.FusedSteps, parts.HasOwnScratch));
+        FusedParity.Close(expected, got, "a long prompt in chunks of 80 and 40 tokens");
+    }
+
     [Theory]
     [InlineData(40, 16)]   // a short prompt: fused steps of 16 rows (16 + 16 + 8), decoding sessions in between
     [InlineData(70, 70)]   // past ShortPromptRows: one libtorch step, as before
