@@ -33,7 +33,7 @@ internal sealed class StepBatcher(ComputeScheduler scheduler, int prefillChunkRo
         int batch = (int)hidden.shape[0], tokens = (int)hidden.shape[1], chunk = Math.Max(1, prefillChunkRows / Math.Max(1, batch));
         if (tokens > chunk && options is { Prompts: null, OnBlockOutput: null })
             return RunChunkedAsync(session, hidden, options, compression, chunk, ct);
-        if (FusedChunk(session, hidden, batch, tokens, options) is (int fused, { } chunkKey))
+        if (FusedChunk(session, hidden, tokens, options) is (int fused, { } chunkKey))
             return RunChunkedAsync(session, hidden, options, compression, fused, ct, chunkKey);
         if (JointSteps.KeyOf(session, hidden, options) is not { } key)
             return scheduler.RunAsync(ComputeScheduler.InferencePriority, () =>
@@ -85,10 +85,9 @@ internal sealed class StepBatcher(ComputeScheduler scheduler, int prefillChunkRo
     /// <see cref="LocalBlockSession.ShortPromptRows"/>) runs as consecutive fused steps, each its own compute task; null
     /// when it should not. Eight sessions' prompts queued one after another were a third of a short benchmark run.
     /// </summary>
-    static (int Chunk, object Key)? FusedChunk(LocalBlockSession session, Tensor hidden, int batch, int tokens, StepOptions options)
+    static (int Chunk, object Key)? FusedChunk(LocalBlockSession session, Tensor hidden, int tokens, StepOptions options)
     {
-        int chunk = MatRows.MaxRows / Math.Max(1, batch);
-        if (chunk < 1 || tokens <= chunk || batch * tokens > LocalBlockSession.ShortPromptRows || options is not { Prompts: null, OnBlockOutput: null }) return null;
+        if (session.ShortPromptChunk(hidden, tokens, options) is not { } chunk) return null;
         using var first = hidden.narrow(1, 0, chunk);                                   // [B, chunk, H]
         return JointSteps.KeyOf(session, first, options) is { } key ? (chunk, key) : null;
     }
