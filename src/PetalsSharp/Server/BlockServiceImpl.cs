@@ -308,8 +308,9 @@ public sealed partial class BlockServiceImpl : BlockService.BlockServiceBase
         // (a cancelled read, "the client reset the request stream", a write to a finished call).
         _ when context.CancellationToken.IsCancellationRequested =>
             RequestValidator.Error(StatusCode.Cancelled, "call cancelled by the client"),
-        // Kestrel may throw "the client reset the request stream" a moment before it cancels the call's token.
-        IOException when context.CancellationToken.WaitHandle.WaitOne(TimeSpan.FromMilliseconds(250)) =>
+        // Kestrel may throw "the client reset the request stream" a moment before it cancels the call's token, and
+        // gRPC's reader "can't read messages after the request is complete" when a hostile client aborts a stream.
+        IOException or InvalidOperationException when context.CancellationToken.WaitHandle.WaitOne(TimeSpan.FromMilliseconds(250)) =>
             RequestValidator.Error(StatusCode.Cancelled, "call cancelled by the client"),
         ObjectDisposedException when _server.Stopping.IsCancellationRequested =>
             RequestValidator.Error(StatusCode.Unavailable, "server is stopping"),
