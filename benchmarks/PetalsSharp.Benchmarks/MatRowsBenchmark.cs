@@ -23,10 +23,11 @@ public static unsafe class MatRowsBenchmark
         int rounds = args.Int("rounds", 3);
         if (args.Get("pairs") is { } pairs) MatRows.UsePairs = pairs != "false";
         if (args.Get("v512") is { } v512) MatRows.UseVector512 = v512 != "false";
+        if (args.Get("stream") is { } stream) MatRows.UseRowStream = stream != "false";
         if (args.Get("wide") is { } wide) MatRows.UseWideTiles = wide != "false";
         if (args.Get("qprefetch") is { } qprefetch) MatRows.QuantPrefetch = qprefetch != "false";
         if (args.Get("qint") is { } qint) MatRows.QuantIntegerDot = qint != "false";
-        bool qintDefault = MatRows.QuantIntegerDot;
+        bool qintDefault = MatRows.QuantIntegerDot, streamDefault = MatRows.UseRowStream;
         bool reference = args.Get("reference") == "true";
         // --hot: one copy of each matrix, cache-resident, so the kernel's compute cost shows without DRAM.
         MatrixSet.Budget = args.Get("hot") == "true" ? 0 : 384L << 20;
@@ -64,6 +65,8 @@ public static unsafe class MatRowsBenchmark
                                     ? i => MatRows.MultiplyRange(m[i % m.Length], xp, rows, yp, outF, null, 0, outF)
                                     : i => MatRows.Multiply(m[i % m.Length], xp, rows, yp, outF, null, WorkerTeam.Shared);
                                 MatRows.QuantIntegerDot = set.Name == "nf4-int" || (qintDefault && set.Name == "nf4");
+                                // "f32-tiles": f32 in the four-row tiles, measured in the same rounds as the stream.
+                                MatRows.UseRowStream = streamDefault && set.Name != "f32-tiles";
                                 var key = (set.Name, rows, t);
                                 if (!cells.TryGetValue(key, out var list)) cells[key] = list = [];
                                 list.Add(Measure(seconds, call));
@@ -111,7 +114,7 @@ public static unsafe class MatRowsBenchmark
             var format = name switch { "int8" => QuantFormat.Int8, "nf4" or "nf4-int" => QuantFormat.Nf4, _ => QuantFormat.None };
             if (format == QuantFormat.None)
             {
-                var dtype = name switch { "f32" => ScalarType.Float32, "bf16" => ScalarType.BFloat16, "f16" => ScalarType.Float16, _ => throw new ArgumentException($"unknown format '{name}'") };
+                var dtype = name switch { "f32" or "f32-tiles" => ScalarType.Float32, "bf16" => ScalarType.BFloat16, "f16" => ScalarType.Float16, _ => throw new ArgumentException($"unknown format '{name}'") };
                 long bytes = (long)outF * inF * (dtype == ScalarType.Float32 ? 4 : 2);
                 int copies = Copies(bytes);
                 _all = source.to(dtype).repeat(copies, 1).DetachFromDisposeScope();          // [copies*out, in]

@@ -46,6 +46,24 @@ public sealed class MatRowsTests
         }
     }
 
+    /// <summary>One-row f32 products stream rows in address order; the four-row tiles they replaced stay a benchmark's A/B.</summary>
+    [Theory]
+    [InlineData(true)]
+    [InlineData(false)]
+    public void The_four_row_f32_tiles_match_F_linear_too(bool v512)
+    {
+        bool stream = MatRows.UseRowStream, saved = MatRows.UseVector512;
+        (MatRows.UseRowStream, MatRows.UseVector512) = (false, v512);
+        try
+        {
+            CheckAgainstLinear(ScalarType.Float32, withBias: true, halfBias: false);
+        }
+        finally
+        {
+            (MatRows.UseRowStream, MatRows.UseVector512) = (stream, saved);
+        }
+    }
+
     static void CheckAgainstLinear(ScalarType dtype, bool withBias, bool halfBias)
     {
         using var scope = NewDisposeScope();

@@ -20,6 +20,11 @@ public static unsafe partial class MatRows
         int o = o0;
         if (rows == 1)
         {
+            if (typeof(T) == typeof(F32) && UseRowStream)
+            {
+                StreamRange((float*)w, n, x, y, bias, o0, o1);
+                return;
+            }
             if (UsePairs && typeof(T) == typeof(Bf16)) o = PairRange<Bf16Pair>(w, n, x, y, bias, o, o1);
             else if (UsePairs && typeof(T) == typeof(F16)) o = PairRange<F16Pair>(w, n, x, y, bias, o, o1);
             else if (typeof(T) == typeof(F32) && UseVector512 && Vector512.IsHardwareAccelerated)
