@@ -41,6 +41,8 @@ public static class EngineBenchmark
                     PetalsSharp.Models.Kernels.FusedStep.DynamicClaims = path != "fused-static";
                     // "fused-tiles": one-row f32 products in four-row tiles instead of the address-order stream.
                     PetalsSharp.Models.Kernels.MatRows.UseRowStream = path != "fused-tiles";
+                    // "fused-first": multi-row tiles prefetch the whole next tile in their first pass, as before.
+                    PetalsSharp.Models.Kernels.MatRows.SpreadRows = path != "fused-first";
                     var prefill = Timing.Median(() => Prefill(lm, prompt), repeats: 3);
                     // Decode time = (prefill + N steps) - prefill, so the prompt's cost is not counted twice.
                     var total = Timing.Median(() => lm.GenerateAsync([prompt], new GenerationOptions { MaxNewTokens = newTokens, IgnoreEos = true })

@@ -67,6 +67,7 @@ public static unsafe class MatRowsBenchmark
                                 MatRows.QuantIntegerDot = set.Name == "nf4-int" || (qintDefault && set.Name == "nf4");
                                 // "f32-tiles": f32 in the four-row tiles, measured in the same rounds as the stream.
                                 MatRows.UseRowStream = streamDefault && set.Name != "f32-tiles";
+                                MatRows.SpreadRows = !set.Name.EndsWith("-first");
                                 var key = (set.Name, rows, t);
                                 if (!cells.TryGetValue(key, out var list)) cells[key] = list = [];
                                 list.Add(Measure(seconds, call));
@@ -114,7 +115,7 @@ public static unsafe class MatRowsBenchmark
             var format = name switch { "int8" => QuantFormat.Int8, "nf4" or "nf4-int" => QuantFormat.Nf4, _ => QuantFormat.None };
             if (format == QuantFormat.None)
             {
-                var dtype = name switch { "f32" or "f32-tiles" => ScalarType.Float32, "bf16" => ScalarType.BFloat16, "f16" => ScalarType.Float16, _ => throw new ArgumentException($"unknown format '{name}'") };
+                var dtype = name switch { "f32" or "f32-tiles" or "f32-first" => ScalarType.Float32, "bf16" or "bf16-first" => ScalarType.BFloat16, "f16" => ScalarType.Float16, _ => throw new ArgumentException($"unknown format '{name}'") };
                 long bytes = (long)outF * inF * (dtype == ScalarType.Float32 ? 4 : 2);
                 int copies = Copies(bytes);
                 _all = source.to(dtype).repeat(copies, 1).DetachFromDisposeScope();          // [copies*out, in]

@@ -30,40 +30,61 @@ public static unsafe partial class MatRows
         where T : struct, IElement
     {
         long stride = (long)n * T.Size;
+        int groups = rows / 4, passes = groups + (rows % 4 >= 2 ? 1 : 0) + (rows % 2);
         for (; o + Tile <= o1; o += Tile)
         {
             byte* t = w + o * stride;
             // Within the caller's slice only: another worker streams the rows after it.
             byte* next = o + 2 * Tile <= o1 ? t + Tile * stride : null;
             float* b = bias is null ? null : bias + o;
-            int r = 0;
-            for (; r + 4 <= rows; r += 4, next = null) Tile4x4<T>(t, stride, n, x + (long)r * n, y + (long)r * ldy + o, ldy, b, next);
+            int r = 0, pass = 0;
+            for (; r + 4 <= rows; r += 4) Tile4x4<T>(t, stride, n, x + (long)r * n, y + (long)r * ldy + o, ldy, b, next, PrefetchRows(pass++, passes));
             if (r + 2 <= rows)
             {
-                Tile4x2<T>(t, stride, n, x + (long)r * n, y + (long)r * ldy + o, ldy, b, next);
-                next = null;
+                Tile4x2<T>(t, stride, n, x + (long)r * n, y + (long)r * ldy + o, ldy, b, next, PrefetchRows(pass++, passes));
                 r += 2;
             }
-            if (r < rows) Tile4x1<T>(t, stride, n, x + (long)r * n, y + (long)r * ldy + o, b, next);
+            if (r < rows) Tile4x1<T>(t, stride, n, x + (long)r * n, y + (long)r * ldy + o, b, next, PrefetchRows(pass, passes));
         }
         return o;
     }
 
+    /// <summary>
+    /// The rows of the next tile that pass <paramref name="pass"/> of <paramref name="passes"/> over this tile prefetches
+    /// (bit j: row j): every pass takes its share, so the next tile's lines are requested over the whole time this one
+    /// is reused, not all during its first pass. All four in the first pass left 16-row f32 products at 96 GFLOP/s per
+    /// core against 148 with the weight in cache (Zen 5, 2026-12-03).
+    /// </summary>
+    static int PrefetchRows(int pass, int passes) => passes <= 1 ? 0b1111 : SpreadRows ? Share(pass, passes) : pass == 0 ? 0b1111 : 0;
+
+    static int Share(int pass, int passes)
+    {
+        int mask = 0;
+        for (int j = pass; j < Tile; j += passes) mask |= 1 << j;
+        return mask;
+    }
+
+    /// <summary>
+    /// Whether multi-row passes share the next tile's prefetch (the default) or the first pass issues all of it
+    /// (<c>PETALS_SPREAD=0</c>), for a benchmark's A/B.
+    /// </summary>
+    public static bool SpreadRows { get; set; } = Environment.GetEnvironmentVariable("PETALS_SPREAD") != "0";
+
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    static void PrefetchTile<T>(byte* next, long stride, int i) where T : struct, IElement
+    static void PrefetchTile<T>(byte* next, long stride, int i, int rows) where T : struct, IElement
     {
         // One 64-byte line per weight row: every iteration for f32 (16 floats), every other one for 16-bit weights.
         if (next is null || !Sse.IsSupported || (T.Size == 2 && (i & 31) != 0)) return;
         byte* p = next + (long)i * T.Size;
-        Sse.Prefetch1(p);
-        Sse.Prefetch1(p + stride);
-        Sse.Prefetch1(p + 2 * stride);
-        Sse.Prefetch1(p + 3 * stride);
+        if ((rows & 1) != 0) Sse.Prefetch1(p);
+        if ((rows & 2) != 0) Sse.Prefetch1(p + stride);
+        if ((rows & 4) != 0) Sse.Prefetch1(p + 2 * stride);
+        if ((rows & 8) != 0) Sse.Prefetch1(p + 3 * stride);
     }
 
     /// <summary>Four weight rows against four activation rows: <c>y[r·ldy + 0..4)</c> for r in 0..4.</summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    static void Tile4x4<T>(byte* w, long stride, int n, float* x, float* y, int ldy, float* bias, byte* next)
+    static void Tile4x4<T>(byte* w, long stride, int n, float* x, float* y, int ldy, float* bias, byte* next, int prefetchRows = 0b1111)
         where T : struct, IElement
     {
         byte* w0 = w, w1 = w + stride, w2 = w + 2 * stride, w3 = w + 3 * stride;
@@ -75,7 +96,7 @@ public static unsafe partial class MatRows
         int i = 0;
         for (; i <= n - 16; i += 16)
         {
-            PrefetchTile<T>(next, stride, i);
+            PrefetchTile<T>(next, stride, i, prefetchRows);
             var v0 = T.Load16(w0, i);
             var v1 = T.Load16(w1, i);
             var v2 = T.Load16(w2, i);
@@ -172,7 +193,7 @@ public static unsafe partial class MatRows
 
     /// <summary>Four weight rows against two activation rows.</summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    static void Tile4x2<T>(byte* w, long stride, int n, float* x, float* y, int ldy, float* bias, byte* next)
+    static void Tile4x2<T>(byte* w, long stride, int n, float* x, float* y, int ldy, float* bias, byte* next, int prefetchRows = 0b1111)
         where T : struct, IElement
     {
         byte* w0 = w, w1 = w + stride, w2 = w + 2 * stride, w3 = w + 3 * stride;
@@ -182,7 +203,7 @@ public static unsafe partial class MatRows
         int i = 0;
         for (; i <= n - 16; i += 16)
         {
-            PrefetchTile<T>(next, stride, i);
+            PrefetchTile<T>(next, stride, i, prefetchRows);
             var v0 = T.Load16(w0, i);
             var v1 = T.Load16(w1, i);
             var v2 = T.Load16(w2, i);
@@ -207,7 +228,7 @@ public static unsafe partial class MatRows
 
     /// <summary>Four weight rows against one activation row.</summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    static void Tile4x1<T>(byte* w, long stride, int n, float* x, float* y, float* bias, byte* next)
+    static void Tile4x1<T>(byte* w, long stride, int n, float* x, float* y, float* bias, byte* next, int prefetchRows = 0b1111)
         where T : struct, IElement
     {
         byte* w0 = w, w1 = w + stride, w2 = w + 2 * stride, w3 = w + 3 * stride;
@@ -215,7 +236,7 @@ public static unsafe partial class MatRows
         int i = 0;
         for (; i <= n - 16; i += 16)
         {
-            PrefetchTile<T>(next, stride, i);
+            PrefetchTile<T>(next, stride, i, prefetchRows);
             var xv = Vector512.Load(x + i);
             a0 = Vector512.FusedMultiplyAdd(T.Load16(w0, i), xv, a0);
             a1 = Vector512.FusedMultiplyAdd(T.Load16(w1, i), xv, a1);
