@@ -43,6 +43,8 @@ public static class EngineBenchmark
                     PetalsSharp.Models.Kernels.MatRows.UseRowStream = path != "fused-tiles";
                     // "fused-first": multi-row tiles prefetch the whole next tile in their first pass, as before.
                     PetalsSharp.Models.Kernels.MatRows.SpreadRows = path != "fused-first";
+                    // "fused-yield": team waits yield past their spin instead of blocking.
+                    PetalsSharp.Models.Kernels.WorkerTeam.BlockingWaits = path != "fused-yield";
                     var prefill = Timing.Median(() => Prefill(lm, prompt), repeats: 3);
                     // Decode time = (prefill + N steps) - prefill, so the prompt's cost is not counted twice.
                     var total = Timing.Median(() => lm.GenerateAsync([prompt], new GenerationOptions { MaxNewTokens = newTokens, IgnoreEos = true })

@@ -48,6 +48,12 @@ public static class SwarmBenchmark
                 Console.WriteLine($"| {r} | {newTokens / localSeconds:F1} | {newTokens / swarmSeconds:F1} | {localStep * 1000:F2} | {swarmStep * 1000:F2} | {ratios[^1]:F3} | {hops[^1]:F2} ms |");
             }
             Console.WriteLine($"swarm ÷ local tok/s: median {Median(ratios):F3} (min {ratios.Min():F3}, max {ratios.Max():F3}); overhead per hop per step: median {Median(hops):F2} ms");
+            if (args.Get("split") == "true")
+                for (int r = 0; r < 2; r++)
+                {
+                    Split("local", local, prompt, newTokens);
+                    Split("swarm", remote, prompt, newTokens);
+                }
         }
         finally
         {
@@ -60,6 +66,35 @@ public static class SwarmBenchmark
         var sw = Stopwatch.StartNew();
         lm.GenerateAsync([prompt], options).GetAwaiter().GetResult();
         return sw.Elapsed.TotalSeconds;
+    }
+
+    /// <summary>Where a greedy decode step's time goes: the blocks (local or remote) and the ends around them, mean and median ms.</summary>
+    static void Split(string name, CausalLM lm, int[] prompt, int newTokens)
+    {
+        using var noGrad = TorchSharp.torch.no_grad();
+        using var session = lm.Blocks.OpenSession(new SessionOptions(1, prompt.Length + newTokens + 1));
+        long next;
+        using (TorchSharp.torch.NewDisposeScope())
+        {
+            var h = session.StepAsync(lm.Ends.Embed(TorchSharp.torch.tensor(prompt.Select(i => (long)i).ToArray(), [1, prompt.Length]))).AsTask().Result;
+            next = lm.Ends.Logits(lm.Ends.FinalNorm(h.narrow(1, prompt.Length - 1, 1))).argmax(-1).item<long>();
+        }
+        var blocks = new List<double>();
+        var ends = new List<double>();
+        for (int i = 0; i < newTokens; i++)
+        {
+            using var scope = TorchSharp.torch.NewDisposeScope();
+            long t0 = Stopwatch.GetTimestamp();
+            var x = lm.Ends.Embed(TorchSharp.torch.tensor(new[] { next }, [1, 1]));   // [1, 1, H]
+            long t1 = Stopwatch.GetTimestamp();
+            var h = session.StepAsync(x).AsTask().Result;                                // [1, 1, H]
+            long t2 = Stopwatch.GetTimestamp();
+            next = lm.Ends.Logits(lm.Ends.FinalNorm(h)).argmax(-1).item<long>();
+            long t3 = Stopwatch.GetTimestamp();
+            blocks.Add(Stopwatch.GetElapsedTime(t1, t2).TotalMilliseconds);
+            ends.Add(Stopwatch.GetElapsedTime(t0, t1).TotalMilliseconds + Stopwatch.GetElapsedTime(t2, t3).TotalMilliseconds);
+        }
+        Console.WriteLine($"{name}: blocks mean {blocks.Average():F2} median {Median(blocks):F2} ms; embed+head mean {ends.Average():F2} median {Median(ends):F2} ms");
     }
 
     internal static double Median(List<double> values) => values.Order().ElementAt(values.Count / 2);

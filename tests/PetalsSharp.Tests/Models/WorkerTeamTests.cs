@@ -41,6 +41,46 @@ public sealed class WorkerTeamTests
         }
     }
 
+    /// <summary>Worker 1 arrives 5 ms late at every barrier: the others spin out their budget and then block.</summary>
+    sealed class LateJob(WorkerTeam team) : ITeamJob
+    {
+        public int Passed;
+
+        public void Execute(int worker, int workers)
+        {
+            for (int p = 0; p < 4; p++)
+            {
+                if (worker == 1) Thread.Sleep(5);
+                team.Barrier();
+                Interlocked.Increment(ref Passed);
+            }
+            if (worker == 1) Thread.Sleep(5);   // and finishes late, while the caller waits for the run to end
+        }
+    }
+
+    [Theory]
+    [InlineData(true)]
+    [InlineData(false)]
+    public void Partners_wait_for_a_late_worker_blocked_or_yielding(bool blocking)
+    {
+        bool saved = WorkerTeam.BlockingWaits;
+        WorkerTeam.BlockingWaits = blocking;
+        try
+        {
+            using var team = new WorkerTeam(3);
+            for (int run = 0; run < 5; run++)
+            {
+                var job = new LateJob(team);
+                team.Run(job);
+                Assert.Equal(3 * 4, job.Passed);
+            }
+        }
+        finally
+        {
+            WorkerTeam.BlockingWaits = saved;
+        }
+    }
+
     sealed class FailingJob(WorkerTeam team, int failing) : ITeamJob
     {
         public int Finished;
