@@ -84,7 +84,8 @@ public readonly unsafe struct WeightMatrix(void* data, WeightType type, int rows
 /// </summary>
 /// <remarks>
 /// A tile of four weight rows is read once and dotted with every activation row while it sits in L1/L2, so a
-/// 16-row step costs one pass over the weight, not sixteen. One row converts 16-bit weights in registers; with
+/// 16-row step costs one pass over the weight, not sixteen. One f32 row reads the weight in address order instead
+/// (<see cref="StreamRange"/>), since there is nothing to reuse. One row converts 16-bit weights in registers; with
 /// AVX-512, several rows do too (bf16) in 4×4 tiles that prefetch the next tile (<see cref="UseWideTiles"/>); otherwise
 /// several rows convert each tile once into a per-thread f32 scratch and reuse it. Without 256-bit SIMD (Arm64) a portable
 /// path converts a row at a time and uses <see cref="System.Numerics.Tensors.TensorPrimitives.Dot(ReadOnlySpan{float}, ReadOnlySpan{float})"/>.
