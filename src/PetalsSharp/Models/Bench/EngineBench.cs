@@ -97,8 +97,11 @@ public static class EngineBench
     /// </summary>
     const int PromptWarmUps = 4;
 
-    /// <summary>Seconds of the prefill step and of all decode steps of one fresh session.</summary>
-    static (double Prefill, double Decode) RunOnce(LocalBlockStack blocks, ModelEnds? ends, EngineBenchOptions options, Action<int> stepped)
+    /// <summary>
+    /// Seconds of the prefill step and of all decode steps of one fresh session, untimed by anything else: what
+    /// <see cref="Run"/> repeats. A side-by-side comparison with another engine in the same process alternates these.
+    /// </summary>
+    public static (double Prefill, double Decode) RunOnce(LocalBlockStack blocks, ModelEnds? ends, EngineBenchOptions options, Action<int>? stepped = null)
     {
         using var noGrad = no_grad();
         int promptLength = options.PromptTokens, hidden = blocks.Config.HiddenSize;
@@ -116,7 +119,7 @@ public static class EngineBench
             next = ends is null ? 0 : Greedy(ends, h.narrow(1, promptLength - 1, 1));
         }
         double prefillSeconds = sw.Elapsed.TotalSeconds;
-        stepped(1);
+        stepped?.Invoke(1);
 
         sw.Restart();
         for (int i = 0; i < options.NewTokens; i++)
@@ -127,7 +130,7 @@ public static class EngineBench
                 : ends.Embed(tensor(new[] { next }, [1, 1]));                                // [1, 1, H]
             var h = session.Step(x);                                                         // [1, 1, H]
             if (ends is not null) next = Greedy(ends, h);
-            stepped(2 + i);
+            stepped?.Invoke(2 + i);
         }
         return (prefillSeconds, sw.Elapsed.TotalSeconds);
     }

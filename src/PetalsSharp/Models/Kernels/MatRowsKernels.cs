@@ -80,7 +80,7 @@ public static unsafe partial class MatRows
         int i = 0;
         for (; i <= n - 8; i += 8)
         {
-            if (T.Size == 2 && Sse.IsSupported) Sse.Prefetch0(next + i * 8);
+            if (T.Size == 2 && Sse.IsSupported) PrefetchWeight(next + i * 8, 0);
             var xv = Vector256.Load(x + i);
             a0 = Fmadd(T.Load8(w0, i), xv, a0);
             a1 = Fmadd(T.Load8(w1, i), xv, a1);
@@ -158,7 +158,7 @@ public static unsafe partial class MatRows
         int i = 0;
         for (; i <= count - 8; i += 8)
         {
-            if (T.Size == 2 && Sse.IsSupported && (i & 31) == 0) Sse.Prefetch0(next + i * 2);
+            if (T.Size == 2 && Sse.IsSupported && (i & 31) == 0) PrefetchWeight(next + i * 2, 0);
             T.Load8(w, i).Store(dst + i);
         }
         for (; i < count; i++) dst[i] = T.Load1(w, i);

@@ -11,8 +11,26 @@ namespace PetalsSharp.Models.Kernels;
 // 36–56 GB/s where this reads 48–78 GB/s on the 100M model's shapes (2048×768, 768×2048, 32000×768).
 public static unsafe partial class MatRows
 {
-    /// <summary>Bytes ahead of the read position that f32 one-row products prefetch (into L2).</summary>
+    /// <summary>Bytes ahead of the read position that f32 one-row products prefetch (2 and 8 KB measured the same).</summary>
     const int StreamPrefetchBytes = 4096;
+
+    /// <summary>
+    /// Whether weight prefetches carry the non-temporal hint (<c>prefetchnta</c>; the default) rather than asking for
+    /// L2 (f32 rows, multi-row tiles) or L1 (16-bit tiles). Weights are read once per step and never soon again; on a
+    /// Zen 5 EPYC (2026-12-04), where L3 is filled by lines leaving L2, the hint kept that stream out of the caches and
+    /// decode of the 100M model went from 0.97 to 1.12 of llama.cpp's speed in f32 and from 1.11 to 1.23 in bf16
+    /// (paired runs in one process, docs/benchmarks.md). <c>PETALS_PREFETCH_NTA=0</c> restores the old hints for an A/B.
+    /// </summary>
+    public static readonly bool NonTemporalPrefetch = Environment.GetEnvironmentVariable("PETALS_PREFETCH_NTA") != "0";
+
+    /// <summary>Prefetches the line at <paramref name="p"/> for a weight stream: non-temporal, or into <paramref name="level"/> (0: L1, 1: L2).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static void PrefetchWeight(byte* p, int level)
+    {
+        if (NonTemporalPrefetch) Sse.PrefetchNonTemporal(p);
+        else if (level == 0) Sse.Prefetch0(p);
+        else Sse.Prefetch1(p);
+    }
 
     /// <summary>
     /// Whether one-row f32 products read their rows in address order (<see cref="StreamRange"/>; the default). Off
@@ -42,8 +60,8 @@ public static unsafe partial class MatRows
         byte* p = (byte*)at + StreamPrefetchBytes;
         if (Sse.IsSupported && p + 128 <= end)
         {
-            Sse.Prefetch1(p);
-            Sse.Prefetch1(p + 64);
+            PrefetchWeight(p, 1);
+            PrefetchWeight(p + 64, 1);
         }
     }
 

@@ -76,10 +76,10 @@ public static unsafe partial class MatRows
         // One 64-byte line per weight row: every iteration for f32 (16 floats), every other one for 16-bit weights.
         if (next is null || !Sse.IsSupported || (T.Size == 2 && (i & 31) != 0)) return;
         byte* p = next + (long)i * T.Size;
-        if ((rows & 1) != 0) Sse.Prefetch1(p);
-        if ((rows & 2) != 0) Sse.Prefetch1(p + stride);
-        if ((rows & 4) != 0) Sse.Prefetch1(p + 2 * stride);
-        if ((rows & 8) != 0) Sse.Prefetch1(p + 3 * stride);
+        if ((rows & 1) != 0) PrefetchWeight(p, 1);
+        if ((rows & 2) != 0) PrefetchWeight(p + stride, 1);
+        if ((rows & 4) != 0) PrefetchWeight(p + 2 * stride, 1);
+        if ((rows & 8) != 0) PrefetchWeight(p + 3 * stride, 1);
     }
 
     /// <summary>Four weight rows against four activation rows: <c>y[r·ldy + 0..4)</c> for r in 0..4.</summary>
