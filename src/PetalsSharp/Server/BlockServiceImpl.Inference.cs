@@ -138,6 +138,8 @@ public sealed partial class BlockServiceImpl
             if (message.KindCase != InferenceRequest.KindOneofCase.Step)
                 throw new WireException("empty InferenceRequest (neither open nor step)");
             var step = message.Step;
+            // The step's compute follows within a fraction of a millisecond: wake the kernel team now.
+            if (step.Hidden is { } sent && sent.Shape.Count == 3 && sent.Shape[1] > 0) Models.Kernels.WorkerTeam.Shared.Prewarm();
             RequestValidator.CheckId(step.StepId, "step_id");
             if (step.StepId == lastId)
             {

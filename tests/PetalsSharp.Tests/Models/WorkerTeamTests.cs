@@ -232,4 +232,35 @@ public sealed class WorkerTeamTests
         team.Run(next);
         Assert.Equal(0, next.Errors);
     }
+
+    [Fact]
+    public void A_prewarmed_team_runs_the_next_job_and_blocks_again_when_none_comes()
+    {
+        using var team = new WorkerTeam(3) { SpinMicroseconds = 0 };   // idle workers block at once
+        var deadline = DateTime.UtcNow.AddSeconds(30);
+        void UntilAllBlocked()
+        {
+            while (team.BlockedWorkers < team.Size - 1)
+            {
+                Assert.True(DateTime.UtcNow < deadline, "the team's workers never blocked");
+                Thread.Sleep(1);
+            }
+        }
+        for (int run = 0; run < 30; run++)
+        {
+            UntilAllBlocked();
+            team.Prewarm(microseconds: run % 3 == 0 ? 0 : 2000);
+            if (run % 2 == 0) Thread.Sleep(1);   // the job comes during the spin or after it
+            var job = new PhaseJob(team, phases: 20);
+            team.Run(job);
+            Assert.Equal(0, job.Errors);
+        }
+        // No job follows: the woken workers spin out the window and block again.
+        UntilAllBlocked();
+        team.Prewarm(microseconds: 1000);
+        UntilAllBlocked();
+        var last = new PhaseJob(team, phases: 20);
+        team.Run(last);
+        Assert.Equal(0, last.Errors);
+    }
 }
