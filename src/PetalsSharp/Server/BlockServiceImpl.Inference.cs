@@ -138,8 +138,6 @@ public sealed partial class BlockServiceImpl
             if (message.KindCase != InferenceRequest.KindOneofCase.Step)
                 throw new WireException("empty InferenceRequest (neither open nor step)");
             var step = message.Step;
-            // The step's compute follows within a fraction of a millisecond: wake the kernel team now.
-            if (step.Hidden is { } sent && sent.Shape.Count == 3 && sent.Shape[1] > 0) Models.Kernels.WorkerTeam.Shared.Prewarm();
             RequestValidator.CheckId(step.StepId, "step_id");
             if (step.StepId == lastId)
             {
@@ -176,6 +174,8 @@ public sealed partial class BlockServiceImpl
                     $"hidden: position {start} + {tokens} tokens exceeds the session's max_length {open.MaxLength}");
 
             WireTensor output;
+            // A checked step computes within a fraction of a millisecond: wake the kernel team now, not at its first barrier.
+            if (tokens > 0) Models.Kernels.WorkerTeam.Shared.Prewarm();
             if (tokens == 0)
                 output = EmptyHidden(batch, open.OutputCompression);   // capacity check: nothing to run, position unchanged
             else

@@ -17,9 +17,10 @@ public static unsafe partial class MatRows
     /// <summary>
     /// Whether weight prefetches carry the non-temporal hint (<c>prefetchnta</c>; the default) rather than asking for
     /// L2 (f32 rows, multi-row tiles) or L1 (16-bit tiles). Weights are read once per step and never soon again; on a
-    /// Zen 5 EPYC (2026-12-04), where L3 is filled by lines leaving L2, the hint kept that stream out of the caches and
-    /// decode of the 100M model went from 0.97 to 1.12 of llama.cpp's speed in f32 and from 1.11 to 1.23 in bf16
-    /// (paired runs in one process, docs/benchmarks.md). <c>PETALS_PREFETCH_NTA=0</c> restores the old hints for an A/B.
+    /// Zen 5 EPYC (2026-12-04), where L3 is filled by lines leaving L2, the hint kept that stream out of the caches:
+    /// against llama.cpp, f32 decode went from 0.98 to 1.12 of its speed, f32 prefill from 1.13 to 1.21 and bf16 prefill
+    /// from 1.28 to 1.39, while bf16 decode stayed at 1.29–1.32 (paired runs, docs/benchmarks.md).
+    /// <c>PETALS_PREFETCH_NTA=0</c> restores the old hints for an A/B.
     /// </summary>
     public static readonly bool NonTemporalPrefetch = Environment.GetEnvironmentVariable("PETALS_PREFETCH_NTA") != "0";
 

@@ -78,9 +78,10 @@ public sealed partial class WorkerTeam
 
     /// <summary>
     /// Tells idle workers that a job is coming within <paramref name="microseconds"/>: blocked ones wake now and spin
-    /// until it is posted or the time is up, then block again. A server calls it when a step arrives, so the wake-up of a
-    /// worker that blocked since the last step overlaps the step's decoding and hand-off instead of delaying the job's
-    /// first barrier. Costs at most that much spinning when no job follows. Does nothing while no worker is blocked.
+    /// until it is posted or the time is up, then block again. A server calls it once a step has passed its checks, so
+    /// the wake-up of a worker that blocked since the last step overlaps the hand-off to the compute thread instead of
+    /// delaying the job's first barrier. Costs at most that much spinning when no job follows (an invalid step never
+    /// gets this far). Does nothing while no worker is blocked.
     /// </summary>
     public void Prewarm(int microseconds = 1000)
     {
