@@ -10,23 +10,9 @@ namespace PetalsSharp.Benchmarks;
 /// <summary>Latency of one hop: Info round trips and single-token inference steps against one server process.</summary>
 public static class HopBenchmark
 {
-    /// <summary>
-    /// A fixture of the test project, found from the benchmark's output folder upwards (its depth depends on whether
-    /// the build names a runtime identifier).
-    /// </summary>
-    static string TestFixture(string name)
-    {
-        for (var d = new DirectoryInfo(AppContext.BaseDirectory); d is not null; d = d.Parent)
-        {
-            var candidate = Path.Combine(d.FullName, "tests", "PetalsSharp.Tests", "TestData", name);
-            if (Directory.Exists(candidate)) return candidate;
-        }
-        throw new DirectoryNotFoundException($"test fixture '{name}' not found above {AppContext.BaseDirectory}; pass --model DIR");
-    }
-
     public static async Task RunAsync(BenchArgs args)
     {
-        var dir = args.Get("model") ?? TestFixture("llama-gqa");
+        var dir = args.Get("model") ?? RepoFiles.Find(Path.Combine("tests", "PetalsSharp.Tests", "TestData", "llama-gqa"), "config.json", "pass --model DIR");
         var config = ModelConfigLoader.Load(dir);
         using var server = await ServerProcess.StartAsync(dir, 0, config.NumLayers);
         using var conn = await ServerConnection.ConnectAsync(server.Address, config, new RemoteOptions());

@@ -85,13 +85,6 @@ public static class SpeculativeBenchmark
         return (result.NewTokens[0].Count / sw.Elapsed.TotalSeconds, result.Speculation);
     }
 
-    static string DemoModelDir()
-    {
-        for (var d = new DirectoryInfo(AppContext.BaseDirectory); d is not null; d = d.Parent)
-        {
-            var candidate = Path.Combine(d.FullName, "src", "PetalsSharp.Cli", "DemoModel", "stories260K");
-            if (File.Exists(Path.Combine(candidate, "config.json"))) return candidate;
-        }
-        throw new InvalidOperationException("stories260K not found: give --model DIR");
-    }
+    static string DemoModelDir() =>
+        RepoFiles.Find(Path.Combine("src", "PetalsSharp.Cli", "DemoModel", "stories260K"), "config.json", "give --model DIR");
 }
